@@ -1,0 +1,389 @@
+//! One decoder of one video, and the frame-exact decode loop.
+//!
+//! A [`FrameDecoder`] owns an open file, a codec context and a pixel converter, and remembers
+//! where it stands between requests, so the next frame of a sequential read costs one decode
+//! step and no seek. Asked for a frame, it follows the [`plan`](crate::engine::plan): continue
+//! forward, or seek to the keyframe the frame depends on, flush, and decode forward. Decoded
+//! frames are named by their pts (or counted, for files without timestamps) and never by a
+//! guess from the frame rate. When a seek does not deliver (the demuxer landed after the
+//! keyframe, or the target never came out), the decoder backs off to an earlier keyframe and
+//! finally to the start of the file: a slower answer, never a wrong frame.
+//!
+//! This type is synchronous and not shared: the pool runs each one on its own OS thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::engine::ffmpeg::{Converter, DecodedFrame, FfmpegError, MediaFile, VideoDecoder, VideoPacket};
+use crate::engine::index::{DecodedFrameMeta, FrameIdentity, SeekTarget, VideoIndex};
+use crate::engine::output::{OutputSpec, RawSpec};
+use crate::engine::plan::{self, Plan, Position};
+use crate::engine::stats::EngineStats;
+use crate::engine::EngineError;
+use crate::units::{FrameIndex, PacketNo, Pts};
+
+/// A converted frame, ready to cache or return.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub index: FrameIndex,
+    pub spec: RawSpec,
+    pub key: bool,
+    pub data: Bytes,
+}
+
+/// Tuning of the decode loop, from config.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeOptions {
+    /// Codec threads per decoder (1 = none; several decoders already run in parallel).
+    pub threads: usize,
+    /// Frames before the target to convert and hand out while scanning to it, so that stepping
+    /// backward from the target finds them cached.
+    pub keep_behind: u32,
+    /// Let the decoder skip non-reference frames that are too far before the target to be
+    /// kept: nothing depends on them and nobody will see them.
+    pub skip_nonref: bool,
+    /// Continue forward instead of seeking when the target's keyframe is this few packets
+    /// ahead.
+    pub continue_slack: u32,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions { threads: 1, keep_behind: 32, skip_nonref: true, continue_slack: 0 }
+    }
+}
+
+/// Why a pass toward the target failed, and so what to try next.
+enum Miss {
+    /// The demuxer landed after the keyframe asked for: try an earlier one.
+    Overshoot,
+    /// The target was passed or the stream ended without it.
+    NotProduced,
+    /// The demuxer returned a packet the index does not know: only the start is trustworthy.
+    Unrecognised,
+}
+
+pub struct FrameDecoder {
+    path: PathBuf,
+    video: String,
+    file: MediaFile,
+    decoder: VideoDecoder,
+    converter: Converter,
+    index: Arc<VideoIndex>,
+    options: DecodeOptions,
+    stats: Arc<EngineStats>,
+    position: Option<Position>,
+    /// After a seek: packets before this one are read but not decoded.
+    skip_until: Option<PacketNo>,
+    /// After a seek: frames presented before the keyframe (leading frames of an open GOP,
+    /// decoded without their references) are not trusted.
+    trusted_from: Option<Pts>,
+    /// ByCount identity: frames output since the start of the file.
+    counted: u32,
+    /// Frames already decoded past the last target (several come out of one decode step, and
+    /// all the last ones at the drain): the next sequential request takes them from here.
+    ahead: std::collections::VecDeque<RawFrame>,
+}
+
+/// At most this many frames are kept ahead of the last target.
+const MAX_AHEAD: usize = 16;
+
+impl FrameDecoder {
+    pub fn open(
+        path: &Path,
+        video: &str,
+        index: Arc<VideoIndex>,
+        options: DecodeOptions,
+        stats: Arc<EngineStats>,
+    ) -> Result<FrameDecoder, EngineError> {
+        let file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
+        let decoder = file
+            .new_decoder(options.threads)
+            .map_err(|e| EngineError::from_ffmpeg(video, e))?;
+        Ok(FrameDecoder {
+            path: path.to_path_buf(),
+            video: video.to_string(),
+            file,
+            decoder,
+            converter: Converter::default(),
+            index,
+            options,
+            stats,
+            position: None,
+            skip_until: None,
+            trusted_from: None,
+            counted: 0,
+            ahead: std::collections::VecDeque::new(),
+        })
+    }
+
+    pub fn position(&self) -> Option<Position> {
+        self.position
+    }
+
+    pub fn index(&self) -> &Arc<VideoIndex> {
+        &self.index
+    }
+
+    /// Decode `target` converted to `spec`. Frames met on the way that lie within
+    /// `keep_behind` frames before the target, or after it in the same decode step, are
+    /// converted too and handed to `side` (for the cache).
+    pub fn frame(
+        &mut self,
+        target: FrameIndex,
+        spec: &OutputSpec,
+        side: &mut dyn FnMut(RawFrame),
+    ) -> Result<RawFrame, EngineError> {
+        if self.index.frame(target).is_none() {
+            return Err(EngineError::IndexOutOfRange {
+                video: self.video.clone(),
+                index: target.0 as i64,
+                count: self.index.frame_count(),
+            });
+        }
+        let raw_spec = spec.raw_spec(self.index.stream.width, self.index.stream.height);
+        while let Some(front) = self.ahead.front() {
+            if front.index < target {
+                self.ahead.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some(front) = self.ahead.front() {
+            if front.index == target && front.spec == raw_spec {
+                return Ok(self.ahead.pop_front().expect("front exists"));
+            }
+        }
+        self.ahead.clear();
+        let mut plan = plan::plan(&self.index, self.position, target, self.options.continue_slack);
+        let mut from_start_tried = false;
+        let mut not_produced = 0;
+        loop {
+            if let Plan::Seek(seek) = plan {
+                from_start_tried |= seek == SeekTarget::Start;
+                self.seek(seek)?;
+            }
+            match self.forward_to(target, spec, side)? {
+                Ok(frame) => return Ok(frame),
+                Err(miss) => {
+                    self.position = None;
+                    not_produced += matches!(miss, Miss::NotProduced) as u32;
+                    // Decoding from the right keyframe and from the one before both failed:
+                    // the frame's data is damaged; decoding the whole file again won't help.
+                    if from_start_tried || not_produced >= 2 {
+                        return Err(EngineError::FrameUnavailable {
+                            video: self.video.clone(),
+                            index: target.0,
+                            reason: "the decoder never produced it, even decoding from the start of the file"
+                                .into(),
+                        });
+                    }
+                    let current = match plan {
+                        Plan::Seek(s) => s,
+                        Plan::Continue => self.index.frames[target.get()].seek,
+                    };
+                    plan = Plan::Seek(match miss {
+                        Miss::Overshoot | Miss::NotProduced => self.index.earlier(current),
+                        Miss::Unrecognised => SeekTarget::Start,
+                    });
+                    tracing::debug!(video = %self.video, target = target.0, ?plan, "seek did not deliver; backing off");
+                }
+            }
+        }
+    }
+
+    /// Position the decoder so that the next packet decoded is the seek target's keyframe.
+    fn seek(&mut self, target: SeekTarget) -> Result<(), EngineError> {
+        self.stats.seeks.inc();
+        self.decoder.flush();
+        self.counted = 0;
+        self.ahead.clear();
+        match target {
+            SeekTarget::Start => {
+                // Reopening is the one way to the start that no demuxer can get wrong.
+                self.file = MediaFile::open(&self.path).map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+                self.skip_until = None;
+                self.trusted_from = None;
+            }
+            SeekTarget::Point(i) => {
+                let point = self.index.seek_points[i];
+                let ts = point.seek_timestamp().unwrap_or(i64::MIN);
+                if self.file.seek_timestamp(ts).is_err() {
+                    // Fall back to the start rather than fail: slower, still exact.
+                    return self.seek(SeekTarget::Start);
+                }
+                self.skip_until = Some(point.packet);
+                self.trusted_from = point.pts.map(Pts);
+            }
+        }
+        self.position = Some(Position { next_packet: self.index.seek_packet(target), last_output: None, ended: false });
+        Ok(())
+    }
+
+    /// Read and decode forward until `target` comes out.
+    fn forward_to(
+        &mut self,
+        target: FrameIndex,
+        spec: &OutputSpec,
+        side: &mut dyn FnMut(RawFrame),
+    ) -> Result<Result<RawFrame, Miss>, EngineError> {
+        let keep_from = FrameIndex(target.0.saturating_sub(self.options.keep_behind));
+        // Packets presented before this pts are too early to keep and may skip non-ref decoding.
+        let skip_below = match (self.index.identity, self.options.skip_nonref) {
+            (FrameIdentity::ByPts, true) => Some(self.index.frames[keep_from.get()].pts.0),
+            _ => None,
+        };
+        let mut found: Option<RawFrame> = None;
+        let mut passed = false;
+        loop {
+            let Some(pos) = self.position else { return Ok(Err(Miss::NotProduced)) };
+            if pos.ended {
+                return Ok(found.ok_or(Miss::NotProduced));
+            }
+            let packet = self.file.read_packet().map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+            let skip = match &packet {
+                None => false,
+                Some(p) => {
+                    let no = match self.identify_packet(p, pos.next_packet) {
+                        Ok(no) => no,
+                        Err(miss) => return Ok(Err(miss)),
+                    };
+                    if let Some(first) = self.skip_until {
+                        if no < first {
+                            continue;
+                        }
+                        if no > first {
+                            return Ok(Err(Miss::Overshoot));
+                        }
+                        self.skip_until = None;
+                    }
+                    self.position = Some(Position { next_packet: PacketNo(no.0 + 1), ..pos });
+                    let pts = p.meta.pts.unwrap_or(i64::MAX);
+                    skip_below.is_some_and(|limit| pts < limit && !p.meta.key)
+                }
+            };
+            let at_end = packet.is_none();
+            let mut outputs: Vec<(FrameIndex, DecodedFrame)> = Vec::new();
+            self.decoder
+                .decode(packet.as_ref(), skip, &mut |frame| {
+                    outputs.push((FrameIndex(0), frame));
+                })
+                .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+            for (_, frame) in outputs.drain(..) {
+                let Some(idx) = self.identify_frame(&frame) else { continue };
+                self.stats.frames_decoded.inc();
+                if let Some(p) = self.position.as_mut() {
+                    p.last_output = Some(idx);
+                }
+                if idx > target && found.is_none() {
+                    passed = true;
+                }
+                if idx < keep_from || (idx > target && found.is_none()) {
+                    continue;
+                }
+                let converted = self.convert(idx, &frame, spec)?;
+                if idx == target {
+                    found = Some(converted);
+                } else {
+                    if idx > target && self.ahead.len() < MAX_AHEAD {
+                        self.ahead.push_back(converted.clone());
+                    }
+                    side(converted);
+                }
+            }
+            if at_end {
+                if let Some(p) = self.position.as_mut() {
+                    p.ended = true;
+                }
+            }
+            if let Some(frame) = found.take() {
+                return Ok(Ok(frame));
+            }
+            if passed {
+                return Ok(Err(Miss::NotProduced));
+            }
+        }
+    }
+
+    fn identify_packet(&self, packet: &VideoPacket, expected: PacketNo) -> Result<PacketNo, Miss> {
+        match self.index.identity {
+            FrameIdentity::ByCount => Ok(expected),
+            FrameIdentity::ByPts => packet
+                .meta
+                .pts
+                .and_then(|pts| self.index.packet_by_pts(pts))
+                .ok_or(Miss::Unrecognised),
+        }
+    }
+
+    fn identify_frame(&mut self, frame: &DecodedFrame) -> Option<FrameIndex> {
+        match self.index.identity {
+            FrameIdentity::ByPts => {
+                let pts = frame.pts()?;
+                if self.trusted_from.is_some_and(|t| pts < t) {
+                    return None;
+                }
+                self.index.frame_by_pts(pts)
+            }
+            FrameIdentity::ByCount => {
+                let idx = FrameIndex(self.counted);
+                self.counted += 1;
+                (idx.get() < self.index.frame_count()).then_some(idx)
+            }
+        }
+    }
+
+    fn convert(&mut self, idx: FrameIndex, frame: &DecodedFrame, spec: &OutputSpec) -> Result<RawFrame, EngineError> {
+        let raw = spec.raw_spec(frame.width(), frame.height());
+        let data = self
+            .converter
+            .convert(frame, raw.pixel_format, raw.width, raw.height)
+            .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+        Ok(RawFrame { index: idx, spec: raw, key: self.index.frames[idx.get()].key, data: Bytes::from(data) })
+    }
+}
+
+/// Build a video's index: one demux pass without decoding, or, for files whose packets carry
+/// no usable timestamps, one sequential decode pass.
+pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
+    let mut file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
+    let mut packets = Vec::new();
+    while let Some(p) = file.read_packet().map_err(|e| EngineError::from_ffmpeg(video, e))? {
+        packets.push(p.meta);
+    }
+    let stream = file.info().clone();
+    let index = match VideoIndex::from_packets(stream.clone(), &packets) {
+        Some(index) => index,
+        None => decode_pass(path, video, stream, packets.len())?,
+    };
+    if index.frame_count() == 0 {
+        return Err(EngineError::NoFrames { video: video.to_string() });
+    }
+    Ok(index)
+}
+
+fn decode_pass(
+    path: &Path,
+    video: &str,
+    stream: crate::engine::ffmpeg::StreamInfo,
+    packet_count: usize,
+) -> Result<VideoIndex, EngineError> {
+    let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
+    let mut file = MediaFile::open(path).map_err(map)?;
+    let mut decoder = file.new_decoder(1).map_err(map)?;
+    let mut metas = Vec::new();
+    loop {
+        let packet = file.read_packet().map_err(map)?;
+        decoder
+            .decode(packet.as_ref(), false, &mut |f| {
+                metas.push(DecodedFrameMeta { best_effort_timestamp: f.best_effort_timestamp(), key: f.is_key() });
+            })
+            .map_err(map)?;
+        if packet.is_none() {
+            break;
+        }
+    }
+    Ok(VideoIndex::from_decode(stream, packet_count, &metas))
+}

@@ -1,0 +1,458 @@
+//! The one place framesrv touches FFmpeg.
+//!
+//! Everything FFmpeg-shaped lives here: opening a file (locked down to plain local files and a
+//! list of video demuxers), reading the video stream's packets, seeking one stream in its own
+//! time base, decoding with the send/receive API, and converting decoded pictures to tightly
+//! packed pixels. The rest of the crate is safe Rust and sees only [`MediaFile`],
+//! [`VideoDecoder`], [`DecodedFrame`] and [`Converter`], whose methods cannot be misused to
+//! break memory safety.
+//!
+//! Why the lock-down: a client names a video, and FFmpeg will happily treat a name as a URL
+//! (`http:`, `concat:`, `pipe:`), or a probed file as a playlist (ffconcat, HLS) that points at
+//! other files. We pass FFmpeg only `file:` URLs of already-resolved paths, allow only the
+//! `file` protocol, and allow only demuxers that read a single self-contained video file.
+#![allow(unsafe_code)]
+
+use std::path::Path;
+use std::sync::Once;
+
+use ffmpeg_next as ff;
+use ff::ffi;
+use ff::codec::packet::Ref as _;
+
+use crate::engine::output::PixelFormat;
+use crate::units::{Pts, TimeBase};
+
+/// Demuxers a request may reach. Each reads one self-contained file; playlist and
+/// concatenation demuxers (hls, dash, concat, image2 patterns) are deliberately absent.
+const FORMAT_WHITELIST: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,h264,hevc,\
+flv,ogg,mpeg,m4v,ivf,obu,asf,nut,mxf,mjpeg";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FfmpegError {
+    #[error("cannot open as a video: {0}")]
+    Open(String),
+    #[error("the file has no video stream")]
+    NoVideoStream,
+    #[error("no decoder for codec {0}")]
+    NoDecoder(String),
+    #[error("demuxing failed: {0}")]
+    Demux(String),
+    #[error("seeking failed: {0}")]
+    Seek(String),
+    #[error("decoding failed: {0}")]
+    Decode(String),
+    #[error("pixel conversion failed: {0}")]
+    Convert(String),
+}
+
+/// Initialise FFmpeg once per process and keep its logging quiet: the daemon reports errors
+/// through its own typed errors and `tracing`, not FFmpeg's stderr chatter.
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = ff::init();
+        ff::util::log::set_level(ff::util::log::Level::Fatal);
+    });
+}
+
+/// What the container and codec say about the chosen video stream. Headers are informative
+/// only: counts and durations come from the index, never from here.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub codec: String,
+    pub container: String,
+    pub pixel_format: String,
+    pub width: u32,
+    pub height: u32,
+    pub time_base: TimeBase,
+    /// The stream's average frame rate as the container states it (0/0 when unknown).
+    pub header_fps: f64,
+    /// Whether the demuxer supports seeking by byte position.
+    pub byte_seekable: bool,
+}
+
+/// One packet's bookkeeping as read from the demuxer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMeta {
+    pub pts: Option<i64>,
+    pub dts: Option<i64>,
+    /// Byte offset in the file, or -1 when the demuxer does not know it.
+    pub pos: i64,
+    pub duration: i64,
+    pub key: bool,
+    /// The demuxer says the decoder must decode this packet but not output its frame (mp4 edit
+    /// lists mark the frames before the edit's start this way).
+    pub discard: bool,
+}
+
+/// A packet of the video stream, ready to be decoded.
+pub struct VideoPacket {
+    packet: ff::Packet,
+    pub meta: PacketMeta,
+}
+
+/// An open input file positioned somewhere in its video stream.
+pub struct MediaFile {
+    input: ff::format::context::Input,
+    stream_index: usize,
+    info: StreamInfo,
+}
+
+// SAFETY: an AVFormatContext is not tied to the thread that created it; FFmpeg only forbids
+// concurrent use, which `&mut self` on every method that touches it rules out. A MediaFile is
+// created on one thread and moved to a decoder thread that owns it from then on.
+unsafe impl Send for MediaFile {}
+
+impl MediaFile {
+    /// Open `path` (already resolved inside a media root) for reading its best video stream.
+    pub fn open(path: &Path) -> Result<MediaFile, FfmpegError> {
+        init();
+        let path_str = path
+            .to_str()
+            .filter(|s| !s.contains('\0'))
+            .ok_or_else(|| FfmpegError::Open("path is not valid UTF-8".into()))?;
+        // The explicit `file:` scheme means FFmpeg never reads any part of the name as another
+        // protocol, whatever characters the file name holds.
+        let url = format!("file:{path_str}");
+        let mut opts = ff::Dictionary::new();
+        opts.set("protocol_whitelist", "file");
+        opts.set("format_whitelist", FORMAT_WHITELIST);
+        // mov: never follow data references to other files.
+        opts.set("enable_drefs", "0");
+        let mut input = ff::format::input_with_dictionary(&url, opts)
+            .map_err(|e| FfmpegError::Open(e.to_string()))?;
+        let stream_index = input
+            .streams()
+            .best(ff::media::Type::Video)
+            .map(|s| s.index())
+            .ok_or(FfmpegError::NoVideoStream)?;
+        let nb_streams = input.nb_streams() as usize;
+        for i in 0..nb_streams {
+            if i != stream_index {
+                // SAFETY: `i` < nb_streams, so `streams[i]` is a valid AVStream owned by the
+                // context we hold mutably; setting `discard` is how FFmpeg documents skipping
+                // a stream's packets.
+                unsafe {
+                    let st = *(*input.as_mut_ptr()).streams.add(i);
+                    (*st).discard = ffi::AVDiscard::AVDISCARD_ALL;
+                }
+            }
+        }
+        let info = {
+            let stream = input.stream(stream_index).ok_or(FfmpegError::NoVideoStream)?;
+            let params = stream.parameters();
+            let codec_id = params.id();
+            let tb = stream.time_base();
+            let afr = stream.avg_frame_rate();
+            // SAFETY: `parameters()` borrows the stream's AVCodecParameters, valid while the
+            // input lives; we only read plain integer fields.
+            let (width, height, format) = unsafe {
+                let p = params.as_ptr();
+                ((*p).width.max(0) as u32, (*p).height.max(0) as u32, (*p).format)
+            };
+            // SAFETY: `format` came from the codec parameters; av_get_pix_fmt_name returns a
+            // static string or null for unknown values.
+            let pixel_format = unsafe {
+                let name = ffi::av_get_pix_fmt_name(std::mem::transmute::<i32, ffi::AVPixelFormat>(format));
+                if name.is_null() {
+                    "unknown".to_string()
+                } else {
+                    std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+                }
+            };
+            if codec_id == ff::codec::Id::None || width == 0 || height == 0 {
+                return Err(FfmpegError::NoVideoStream);
+            }
+            // SAFETY: `iformat` is set by a successful avformat_open_input and is static data.
+            let byte_seekable = unsafe {
+                let iformat = (*input.as_ptr()).iformat;
+                ((*iformat).flags & ffi::AVFMT_NO_BYTE_SEEK) == 0
+            };
+            StreamInfo {
+                codec: codec_id.name().to_string(),
+                container: input.format().name().to_string(),
+                pixel_format,
+                width,
+                height,
+                time_base: TimeBase { num: tb.numerator(), den: tb.denominator() },
+                header_fps: if afr.denominator() != 0 { f64::from(afr) } else { 0.0 },
+                byte_seekable,
+            }
+        };
+        Ok(MediaFile { input, stream_index, info })
+    }
+
+    pub fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    /// The next packet of the video stream, or `None` at the end of the file. A read error in
+    /// the middle of a file (truncation, corruption) also ends the stream: what was read before
+    /// it is served, nothing after it is guessed.
+    pub fn read_packet(&mut self) -> Result<Option<VideoPacket>, FfmpegError> {
+        loop {
+            let mut packet = ff::Packet::empty();
+            match packet.read(&mut self.input) {
+                Ok(()) => {}
+                Err(ff::Error::Eof) => return Ok(None),
+                Err(ff::Error::Other { errno }) if errno == libc_eagain() => continue,
+                Err(_) => return Ok(None),
+            }
+            if packet.stream() != self.stream_index {
+                continue;
+            }
+            // SAFETY: the packet was just filled by av_read_frame; reading its flags is plain
+            // field access.
+            let flags = unsafe { (*packet.as_ptr()).flags };
+            let meta = PacketMeta {
+                pts: packet.pts(),
+                dts: packet.dts(),
+                pos: packet.position() as i64,
+                duration: packet.duration(),
+                key: flags & ffi::AV_PKT_FLAG_KEY != 0,
+                discard: flags & ffi::AV_PKT_FLAG_DISCARD != 0,
+            };
+            return Ok(Some(VideoPacket { packet, meta }));
+        }
+    }
+
+    /// Seek the video stream to the last seek point at or before `ts` (stream time base).
+    pub fn seek_timestamp(&mut self, ts: i64) -> Result<(), FfmpegError> {
+        // SAFETY: the context is valid and exclusively ours; av_seek_frame with a stream index
+        // interprets `ts` in that stream's time base.
+        let ret = unsafe {
+            ffi::av_seek_frame(
+                self.input.as_mut_ptr(),
+                self.stream_index as i32,
+                ts,
+                ffi::AVSEEK_FLAG_BACKWARD,
+            )
+        };
+        if ret < 0 {
+            return Err(FfmpegError::Seek(ff::Error::from(ret).to_string()));
+        }
+        Ok(())
+    }
+
+    /// Seek to a byte offset (for streams without usable timestamps).
+    pub fn seek_byte(&mut self, pos: i64) -> Result<(), FfmpegError> {
+        // SAFETY: as in `seek_timestamp`; with AVSEEK_FLAG_BYTE the timestamp is a byte offset.
+        let ret = unsafe {
+            ffi::av_seek_frame(self.input.as_mut_ptr(), -1, pos, ffi::AVSEEK_FLAG_BYTE)
+        };
+        if ret < 0 {
+            return Err(FfmpegError::Seek(ff::Error::from(ret).to_string()));
+        }
+        Ok(())
+    }
+
+    /// A fresh decoder for this file's video stream.
+    pub fn new_decoder(&self, threads: usize) -> Result<VideoDecoder, FfmpegError> {
+        let stream = self.input.stream(self.stream_index).ok_or(FfmpegError::NoVideoStream)?;
+        let mut ctx = ff::codec::context::Context::from_parameters(stream.parameters())
+            .map_err(|e| FfmpegError::Decode(e.to_string()))?;
+        let codec_name = ctx.id().name().to_string();
+        let kind = if threads == 1 { ff::codec::threading::Type::None } else { ff::codec::threading::Type::Frame };
+        ctx.set_threading(ff::codec::threading::Config { kind, count: threads, ..Default::default() });
+        let decoder = ctx
+            .decoder()
+            .video()
+            .map_err(|_| FfmpegError::NoDecoder(codec_name))?;
+        Ok(VideoDecoder { decoder, skipping_nonref: false })
+    }
+}
+
+fn libc_eagain() -> i32 {
+    11
+}
+
+/// A decoded picture, still in the decoder's pixel format.
+pub struct DecodedFrame {
+    frame: ff::frame::Video,
+}
+
+impl DecodedFrame {
+    pub fn pts(&self) -> Option<Pts> {
+        self.frame.pts().map(Pts)
+    }
+
+    /// FFmpeg's best guess at the presentation time when the frame has no pts of its own.
+    pub fn best_effort_timestamp(&self) -> Option<i64> {
+        self.frame.timestamp()
+    }
+
+    pub fn is_key(&self) -> bool {
+        self.frame.is_key()
+    }
+
+    pub fn width(&self) -> u32 {
+        self.frame.width()
+    }
+
+    pub fn height(&self) -> u32 {
+        self.frame.height()
+    }
+}
+
+/// A video decoder driven with the send/receive API.
+pub struct VideoDecoder {
+    decoder: ff::decoder::Video,
+    skipping_nonref: bool,
+}
+
+// SAFETY: an AVCodecContext may be used from any thread as long as it is used from one at a
+// time; `&mut self` on every method guarantees that, and the decoder lives on one thread.
+unsafe impl Send for VideoDecoder {}
+
+impl VideoDecoder {
+    /// Decode one packet (or, with `None`, drain the decoder at the end of the stream) and hand
+    /// every frame it outputs to `on_frame`. The decoder's output queue is always emptied, so
+    /// the next packet can always be sent. With `skip_nonref`, the decoder may skip frames that
+    /// no other frame references: they will not be output. Corrupt packets are skipped the way
+    /// `ffmpeg` does, so that this decode and a reference sequential decode agree.
+    pub fn decode(
+        &mut self,
+        packet: Option<&VideoPacket>,
+        skip_nonref: bool,
+        on_frame: &mut dyn FnMut(DecodedFrame),
+    ) -> Result<(), FfmpegError> {
+        if skip_nonref != self.skipping_nonref {
+            // SAFETY: the codec context is ours; skip_frame is read by the decoder at each
+            // packet and may be changed between packets.
+            unsafe {
+                (*self.decoder.as_mut_ptr()).skip_frame = if skip_nonref {
+                    ffi::AVDiscard::AVDISCARD_NONREF
+                } else {
+                    ffi::AVDiscard::AVDISCARD_DEFAULT
+                };
+            }
+            self.skipping_nonref = skip_nonref;
+        }
+        let sent = match packet {
+            Some(p) => self.decoder.send_packet(&p.packet),
+            None => self.decoder.send_eof(),
+        };
+        match sent {
+            Ok(()) | Err(ff::Error::Eof) => {}
+            Err(ff::Error::Other { errno }) if errno == libc_eagain() => {}
+            // Invalid data in one packet: like ffmpeg, go on with the next one.
+            Err(_) => {}
+        }
+        loop {
+            let mut frame = ff::frame::Video::empty();
+            match self.decoder.receive_frame(&mut frame) {
+                Ok(()) => on_frame(DecodedFrame { frame }),
+                Err(ff::Error::Eof) => return Ok(()),
+                Err(ff::Error::Other { errno }) if errno == libc_eagain() => return Ok(()),
+                Err(e) => return Err(FfmpegError::Decode(e.to_string())),
+            }
+        }
+    }
+
+    /// Forget everything decoded so far (after a seek, or after draining at the end).
+    pub fn flush(&mut self) {
+        self.decoder.flush();
+    }
+}
+
+/// Converts decoded pictures to tightly packed pixels of a chosen format and size. Keeps its
+/// swscale context between frames and rebuilds it only when the input or output changes.
+/// swscale's context is not `Send`-safe to share, so a Converter lives on one thread.
+pub struct Converter {
+    scaler: Option<ScalerKey>,
+    context: Option<ff::software::scaling::Context>,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct ScalerKey {
+    src: ffi::AVPixelFormat,
+    src_w: u32,
+    src_h: u32,
+    dst: PixelFormat,
+    dst_w: u32,
+    dst_h: u32,
+}
+
+// SAFETY: a SwsContext holds no thread-affine state; the Converter is owned by a single decoder
+// thread and only used through `&mut self`.
+unsafe impl Send for Converter {}
+
+impl Default for Converter {
+    fn default() -> Self {
+        Converter { scaler: None, context: None }
+    }
+}
+
+fn av_pixel_format(format: PixelFormat) -> ff::format::Pixel {
+    match format {
+        PixelFormat::Rgb24 => ff::format::Pixel::RGB24,
+        PixelFormat::Bgr24 => ff::format::Pixel::BGR24,
+        PixelFormat::Rgba => ff::format::Pixel::RGBA,
+        PixelFormat::Gray8 => ff::format::Pixel::GRAY8,
+    }
+}
+
+impl Converter {
+    /// Convert `frame` to `format` at `width`x`height`, rows tightly packed.
+    pub fn convert(
+        &mut self,
+        frame: &DecodedFrame,
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<u8>, FfmpegError> {
+        let src_fmt: ffi::AVPixelFormat = frame.frame.format().into();
+        let key = ScalerKey {
+            src: src_fmt,
+            src_w: frame.width(),
+            src_h: frame.height(),
+            dst: format,
+            dst_w: width,
+            dst_h: height,
+        };
+        if self.scaler != Some(key) {
+            let ctx = ff::software::scaling::Context::get(
+                frame.frame.format(),
+                key.src_w,
+                key.src_h,
+                av_pixel_format(format),
+                width,
+                height,
+                ff::software::scaling::Flags::BICUBIC,
+            )
+            .map_err(|e| FfmpegError::Convert(e.to_string()))?;
+            self.context = Some(ctx);
+            self.scaler = Some(key);
+        }
+        let Some(ctx) = self.context.as_mut() else {
+            return Err(FfmpegError::Convert("no scaler".into()));
+        };
+        let stride = width as usize * format.bytes_per_pixel();
+        let len = stride * height as usize;
+        // Slack past the end: some SIMD writers store whole vectors at the end of a row.
+        let mut out = vec![0u8; len + 64];
+        let dst_ptrs: [*mut u8; 4] = [out.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()];
+        let dst_strides: [i32; 4] = [stride as i32, 0, 0, 0];
+        // SAFETY: the source planes and strides come from a decoded AVFrame of the size and
+        // format the context was built for (checked through `key`); the destination is one
+        // plane of `stride * height` bytes plus slack, matching the context's output.
+        let ret = unsafe {
+            let src = frame.frame.as_ptr();
+            ffi::sws_scale(
+                ctx.as_mut_ptr(),
+                (*src).data.as_ptr() as *const *const u8,
+                (*src).linesize.as_ptr(),
+                0,
+                key.src_h as i32,
+                dst_ptrs.as_ptr(),
+                dst_strides.as_ptr(),
+            )
+        };
+        if ret <= 0 {
+            return Err(FfmpegError::Convert(format!("sws_scale returned {ret}")));
+        }
+        out.truncate(len);
+        Ok(out)
+    }
+}

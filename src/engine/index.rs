@@ -1,0 +1,451 @@
+//! The index of a video: which frames exist, in presentation order, and where to start decoding
+//! each of them.
+//!
+//! Headers lie (a wrong `nb_frames`, a duration longer than the video, no count at all in
+//! mkv), so framesrv never trusts them. Opening a video demuxes every packet of its video stream
+//! once, without decoding, and derives everything from the packets: the frames in presentation
+//! order (sorted by pts), the seek points (keyframe packets), and for every frame the seek point
+//! it must be decoded from. Two kinds of files cannot be indexed from packets alone, because
+//! their packets carry no usable pts (raw `.h264`/`.hevc` streams, AVI with packed B-frames);
+//! for those the index is built from one sequential decode at open, and frames are identified
+//! by counting from the start of the stream.
+//!
+//! Everything here is pure data and logic, unit-tested without FFmpeg.
+
+use std::collections::HashMap;
+
+use crate::engine::ffmpeg::{PacketMeta, StreamInfo};
+use crate::units::{FrameIndex, PacketNo, Pts};
+
+/// How a decoded frame is matched to its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameIdentity {
+    /// Every packet has a unique pts: a decoded frame's pts names it, and the decoder may seek
+    /// to any keyframe.
+    ByPts,
+    /// Packets lack usable timestamps: frames are counted from the start of the stream, which
+    /// is the only seek point trusted.
+    ByCount,
+}
+
+/// Where decoding of a frame must begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SeekTarget {
+    /// The very start of the file (reopened, so no demuxer seek is involved).
+    Start,
+    /// A keyframe packet, by its position in [`VideoIndex::seek_points`].
+    Point(usize),
+}
+
+/// A keyframe packet the decoder can start from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeekPoint {
+    pub packet: PacketNo,
+    pub pts: Option<i64>,
+    pub dts: Option<i64>,
+}
+
+impl SeekPoint {
+    /// The timestamp to hand a backward seek so that it lands at or before this packet
+    /// whether the demuxer indexes by dts (mp4, avi, ts) or by pts (mkv).
+    pub fn seek_timestamp(&self) -> Option<i64> {
+        match (self.pts, self.dts) {
+            (Some(p), Some(d)) => Some(p.min(d)),
+            (p, d) => p.or(d),
+        }
+    }
+}
+
+/// One frame of the video, in presentation order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameEntry {
+    /// The frame's pts (ByPts), or FFmpeg's best-effort timestamp or the frame's ordinal
+    /// (ByCount); strictly increasing with the index either way.
+    pub pts: Pts,
+    /// Seconds from the first frame's presentation time.
+    pub time_s: f64,
+    pub duration_s: f64,
+    pub key: bool,
+    /// The packet that holds this frame (ByPts only).
+    pub packet: Option<PacketNo>,
+    /// Where decoding must start to produce this frame.
+    pub seek: SeekTarget,
+}
+
+/// The index of one video stream. Immutable once built and shared by every decoder of the
+/// video.
+#[derive(Debug)]
+pub struct VideoIndex {
+    pub stream: StreamInfo,
+    pub identity: FrameIdentity,
+    pub frames: Vec<FrameEntry>,
+    pub seek_points: Vec<SeekPoint>,
+    /// pts of every packet in decode order (ByPts only), to recognise a packet after a seek.
+    packet_by_pts: HashMap<i64, PacketNo>,
+    /// pts of each packet in decode order (ByPts only), to decide which packets may skip
+    /// non-reference decoding.
+    packet_pts: Vec<i64>,
+    pub packet_count: usize,
+    /// Presentation time of frame 0 in seconds, in the stream's own clock.
+    pub start_time_s: f64,
+    pub duration_s: f64,
+    pub avg_fps: f64,
+    pub variable_frame_rate: bool,
+    pub keyframe_count: usize,
+}
+
+/// Per-frame facts a sequential decode reports, for [`VideoIndex::from_decode`].
+#[derive(Debug, Clone, Copy)]
+pub struct DecodedFrameMeta {
+    pub best_effort_timestamp: Option<i64>,
+    pub key: bool,
+}
+
+impl VideoIndex {
+    /// Build the index from the packets of a demux pass. Returns `None` when the packets'
+    /// timestamps cannot identify frames (missing or repeated pts): the caller must then build
+    /// the index with a decode pass ([`VideoIndex::from_decode`]).
+    pub fn from_packets(stream: StreamInfo, packets: &[PacketMeta]) -> Option<VideoIndex> {
+        let mut packet_by_pts = HashMap::with_capacity(packets.len());
+        let mut packet_pts = Vec::with_capacity(packets.len());
+        for (no, p) in packets.iter().enumerate() {
+            let pts = p.pts?;
+            if packet_by_pts.insert(pts, PacketNo(no as u32)).is_some() {
+                return None;
+            }
+            packet_pts.push(pts);
+        }
+        let seek_points: Vec<SeekPoint> = packets
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.key)
+            .map(|(no, p)| SeekPoint { packet: PacketNo(no as u32), pts: p.pts, dts: p.dts })
+            .collect();
+        // Frames a decoder outputs: every packet not marked discard, except what lies before the
+        // first keyframe (undecodable: no decoder outputs it from a cold start).
+        let first_key_pts = seek_points.first().and_then(|s| s.pts);
+        let mut shown: Vec<(i64, usize)> = packets
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.discard)
+            .filter_map(|(no, p)| {
+                let pts = p.pts?;
+                match first_key_pts {
+                    Some(k) if pts < k => None,
+                    None => None,
+                    _ => Some((pts, no)),
+                }
+            })
+            .collect();
+        shown.sort_unstable();
+        let tb = stream.time_base;
+        let first_pts = shown.first().map(|(p, _)| *p).unwrap_or(0);
+        let frames: Vec<FrameEntry> = shown
+            .iter()
+            .map(|&(pts, no)| FrameEntry {
+                pts: Pts(pts),
+                time_s: tb.seconds(pts - first_pts),
+                duration_s: 0.0,
+                key: packets[no].key,
+                packet: Some(PacketNo(no as u32)),
+                seek: seek_target_for(&seek_points, PacketNo(no as u32), pts),
+            })
+            .collect();
+        let durations: Vec<f64> = shown
+            .iter()
+            .map(|&(_, no)| tb.seconds(packets[no].duration))
+            .collect();
+        let start_time_s = tb.seconds(first_pts);
+        let packet_count = packets.len();
+        Some(finish(VideoIndex {
+            stream,
+            identity: FrameIdentity::ByPts,
+            frames,
+            keyframe_count: seek_points.len(),
+            seek_points,
+            packet_by_pts,
+            packet_pts,
+            packet_count,
+            start_time_s,
+            duration_s: 0.0,
+            avg_fps: 0.0,
+            variable_frame_rate: false,
+        }, &durations))
+    }
+
+    /// Build the index from one sequential decode: `frames` as the decoder output them. Frames
+    /// are identified by counting from the start of the stream, the only seek point trusted.
+    pub fn from_decode(stream: StreamInfo, packet_count: usize, frames: &[DecodedFrameMeta]) -> VideoIndex {
+        let tb = stream.time_base;
+        let stamps: Option<Vec<i64>> = frames.iter().map(|f| f.best_effort_timestamp).collect();
+        let usable = stamps
+            .as_ref()
+            .filter(|s| s.windows(2).all(|w| w[0] < w[1]) && tb.den != 0);
+        let fps = if stream.header_fps > 0.0 { stream.header_fps } else { 25.0 };
+        let entries: Vec<FrameEntry> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let (pts, time_s) = match usable {
+                    Some(s) => (s[i], tb.seconds(s[i] - s[0])),
+                    None => (i as i64, i as f64 / fps),
+                };
+                FrameEntry {
+                    pts: Pts(pts),
+                    time_s,
+                    duration_s: 0.0,
+                    key: f.key,
+                    packet: None,
+                    seek: SeekTarget::Start,
+                }
+            })
+            .collect();
+        let start_time_s = usable.map(|s| tb.seconds(s[0])).unwrap_or(0.0);
+        let keyframe_count = frames.iter().filter(|f| f.key).count();
+        let durations = vec![0.0; entries.len()];
+        finish(VideoIndex {
+            stream,
+            identity: FrameIdentity::ByCount,
+            frames: entries,
+            seek_points: Vec::new(),
+            packet_by_pts: HashMap::new(),
+            packet_pts: Vec::new(),
+            packet_count,
+            start_time_s,
+            duration_s: 0.0,
+            avg_fps: 0.0,
+            variable_frame_rate: false,
+            keyframe_count,
+        }, &durations)
+    }
+
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn frame(&self, index: FrameIndex) -> Option<&FrameEntry> {
+        self.frames.get(index.get())
+    }
+
+    /// The frame whose pts is `pts` (ByPts).
+    pub fn frame_by_pts(&self, pts: Pts) -> Option<FrameIndex> {
+        self.frames
+            .binary_search_by(|f| f.pts.cmp(&pts))
+            .ok()
+            .map(|i| FrameIndex(i as u32))
+    }
+
+    /// The packet whose pts is `pts` (ByPts).
+    pub fn packet_by_pts(&self, pts: i64) -> Option<PacketNo> {
+        self.packet_by_pts.get(&pts).copied()
+    }
+
+    /// The pts of packet `no` (ByPts).
+    pub fn packet_pts(&self, no: PacketNo) -> Option<i64> {
+        self.packet_pts.get(no.get()).copied()
+    }
+
+    /// The packet number decoding must start from for a seek target.
+    pub fn seek_packet(&self, target: SeekTarget) -> PacketNo {
+        match target {
+            SeekTarget::Start => PacketNo(0),
+            SeekTarget::Point(i) => self.seek_points[i].packet,
+        }
+    }
+
+    /// The seek target before `target`, to back off to when a seek did not deliver.
+    pub fn earlier(&self, target: SeekTarget) -> SeekTarget {
+        match target {
+            SeekTarget::Point(i) if i > 0 => SeekTarget::Point(i - 1),
+            _ => SeekTarget::Start,
+        }
+    }
+
+    /// The frame displayed at `time_s` seconds from the first frame: the last frame whose
+    /// presentation time is at or before it. `None` when the time is outside the video.
+    pub fn frame_at(&self, time_s: f64) -> Option<FrameIndex> {
+        if !time_s.is_finite() || time_s < 0.0 || time_s >= self.duration_s || self.frames.is_empty() {
+            return None;
+        }
+        // Tolerate float noise of a client computing `i / fps`.
+        let t = time_s + 1e-9;
+        let after = self.frames.partition_point(|f| f.time_s <= t);
+        Some(FrameIndex(after.saturating_sub(1) as u32))
+    }
+}
+
+/// The seek point a frame is decoded from: the last keyframe that comes before it in decode
+/// order and is not presented after it. A frame presented before the keyframe that precedes it
+/// in decode order is a leading frame of an open GOP; it needs the previous GOP's references,
+/// so it is decoded from the previous keyframe.
+fn seek_target_for(points: &[SeekPoint], packet: PacketNo, pts: i64) -> SeekTarget {
+    let mut i = points.partition_point(|s| s.packet <= packet);
+    while i > 0 {
+        let p = &points[i - 1];
+        if p.pts.is_none_or(|k| k <= pts) {
+            return SeekTarget::Point(i - 1);
+        }
+        i -= 1;
+    }
+    SeekTarget::Start
+}
+
+/// Fill in the figures derived from the frames: durations, fps, VFR.
+fn finish(mut index: VideoIndex, packet_durations: &[f64]) -> VideoIndex {
+    let n = index.frames.len();
+    let intervals: Vec<f64> = index.frames.windows(2).map(|w| w[1].time_s - w[0].time_s).collect();
+    let mut sorted = intervals.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let fallback = if median > 0.0 {
+        median
+    } else if index.stream.header_fps > 0.0 {
+        1.0 / index.stream.header_fps
+    } else {
+        1.0 / 25.0
+    };
+    for i in 0..n {
+        let d = if i + 1 < n {
+            intervals[i]
+        } else {
+            packet_durations.get(i).copied().filter(|d| *d > 0.0).unwrap_or(fallback)
+        };
+        index.frames[i].duration_s = d;
+    }
+    index.duration_s = index.frames.last().map(|f| f.time_s + f.duration_s).unwrap_or(0.0);
+    index.avg_fps = if n > 1 && index.frames[n - 1].time_s > 0.0 {
+        (n - 1) as f64 / index.frames[n - 1].time_s
+    } else if n == 1 {
+        1.0 / fallback
+    } else {
+        0.0
+    };
+    // One tick of the time base, doubled, absorbs the rounding of constant rates to coarse
+    // time bases (30 fps in 1/1000 ticks alternates 33 and 34).
+    let tick = index.stream.time_base.seconds(1).abs() * 2.0;
+    let tolerance = tick.max(median * 0.01);
+    index.variable_frame_rate = intervals.iter().any(|d| (d - median).abs() > tolerance);
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::TimeBase;
+
+    fn stream() -> StreamInfo {
+        StreamInfo {
+            codec: "h264".into(),
+            container: "mp4".into(),
+            pixel_format: "yuv420p".into(),
+            width: 64,
+            height: 64,
+            time_base: TimeBase { num: 1, den: 25 },
+            header_fps: 25.0,
+            byte_seekable: true,
+        }
+    }
+
+    fn pkt(pts: i64, dts: i64, key: bool) -> PacketMeta {
+        PacketMeta { pts: Some(pts), dts: Some(dts), pos: 0, duration: 1, key, discard: false }
+    }
+
+    /// Display I0 B1 B2 P3 | I4(open) with leading B... decode order below.
+    fn open_gop() -> Vec<PacketMeta> {
+        vec![
+            pkt(0, -1, true),  // I0
+            pkt(3, 0, false),  // P3
+            pkt(1, 1, false),  // B1
+            pkt(2, 2, false),  // B2
+            pkt(6, 3, true),   // I6 open GOP
+            pkt(4, 4, false),  // B4 leading: refs P3 and I6
+            pkt(5, 5, false),  // B5 leading
+            pkt(7, 6, false),  // P7
+        ]
+    }
+
+    #[test]
+    fn frames_are_in_presentation_order_with_their_packets() {
+        let idx = VideoIndex::from_packets(stream(), &open_gop()).unwrap();
+        let pts: Vec<i64> = idx.frames.iter().map(|f| f.pts.0).collect();
+        assert_eq!(pts, vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(idx.frames[3].packet, Some(PacketNo(1)));
+        assert_eq!(idx.keyframe_count, 2);
+        assert_eq!(idx.frame_count(), 8);
+        assert!((idx.duration_s - 8.0 / 25.0).abs() < 1e-9);
+        assert!(!idx.variable_frame_rate);
+    }
+
+    #[test]
+    fn leading_frames_of_an_open_gop_decode_from_the_previous_keyframe() {
+        let idx = VideoIndex::from_packets(stream(), &open_gop()).unwrap();
+        assert_eq!(idx.frames[4].seek, SeekTarget::Point(0), "B4 precedes I6 in display");
+        assert_eq!(idx.frames[5].seek, SeekTarget::Point(0));
+        assert_eq!(idx.frames[6].seek, SeekTarget::Point(1));
+        assert_eq!(idx.frames[7].seek, SeekTarget::Point(1));
+    }
+
+    #[test]
+    fn discarded_packets_are_decoded_but_not_frames() {
+        let mut p = open_gop();
+        p[0].discard = true;
+        p[2].discard = true;
+        let idx = VideoIndex::from_packets(stream(), &p).unwrap();
+        assert_eq!(idx.frame_count(), 6);
+        assert_eq!(idx.frames[0].pts, Pts(2));
+        assert_eq!(idx.frames[0].seek, SeekTarget::Point(0));
+        assert_eq!(idx.frames[0].time_s, 0.0);
+        assert!((idx.start_time_s - 2.0 / 25.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn missing_or_repeated_pts_need_a_decode_pass() {
+        let mut p = open_gop();
+        p[3].pts = None;
+        assert!(VideoIndex::from_packets(stream(), &p).is_none());
+        let mut p = open_gop();
+        p[3].pts = Some(1);
+        assert!(VideoIndex::from_packets(stream(), &p).is_none());
+    }
+
+    #[test]
+    fn time_lookup_returns_the_frame_on_screen() {
+        let idx = VideoIndex::from_packets(stream(), &open_gop()).unwrap();
+        assert_eq!(idx.frame_at(0.0), Some(FrameIndex(0)));
+        assert_eq!(idx.frame_at(0.039), Some(FrameIndex(0)));
+        assert_eq!(idx.frame_at(0.04), Some(FrameIndex(1)));
+        assert_eq!(idx.frame_at(7.0 / 25.0 + 0.01), Some(FrameIndex(7)));
+        assert_eq!(idx.frame_at(8.0 / 25.0), None);
+        assert_eq!(idx.frame_at(-0.01), None);
+        assert_eq!(idx.frame_at(f64::NAN), None);
+    }
+
+    #[test]
+    fn variable_frame_rate_is_detected_from_intervals() {
+        let p: Vec<PacketMeta> = [0, 1, 2, 4, 5, 9, 10]
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| pkt(t, i as i64, i == 0))
+            .collect();
+        let idx = VideoIndex::from_packets(stream(), &p).unwrap();
+        assert!(idx.variable_frame_rate);
+        assert!((idx.avg_fps - 6.0 / 0.4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn decode_pass_index_counts_frames_and_uses_monotonic_stamps() {
+        let metas: Vec<DecodedFrameMeta> = (0..5)
+            .map(|i| DecodedFrameMeta { best_effort_timestamp: Some(10 + i), key: i == 0 })
+            .collect();
+        let idx = VideoIndex::from_decode(stream(), 5, &metas);
+        assert_eq!(idx.identity, FrameIdentity::ByCount);
+        assert_eq!(idx.frame_count(), 5);
+        assert!((idx.frames[4].time_s - 4.0 / 25.0).abs() < 1e-9);
+        let broken: Vec<DecodedFrameMeta> = (0..5)
+            .map(|_| DecodedFrameMeta { best_effort_timestamp: None, key: false })
+            .collect();
+        let idx = VideoIndex::from_decode(stream(), 5, &broken);
+        assert!((idx.frames[2].time_s - 2.0 / 25.0).abs() < 1e-9);
+        assert!(idx.frames.iter().all(|f| f.seek == SeekTarget::Start));
+    }
+}

@@ -1,0 +1,68 @@
+//! The frame-exact decoding engine: from a video file and a frame index (or time) to exactly
+//! that frame's pixels.
+//!
+//! The request path reads top to bottom:
+//! - [`store`]: the facade. Resolves a name inside the media roots, opens (indexes) the video
+//!   once, answers from the [`cache`] or asks the [`pool`] for a decode, and makes concurrent
+//!   requests for the same missing frame share one decode.
+//! - [`pool`]: decoder threads per video, a bounded number of them, each fed by a command
+//!   channel; picks the decoder that reaches the target cheapest.
+//! - [`decoder`]: one decoder's frame-exact loop, following the [`plan`].
+//! - [`index`]: the demux-once index of a video's frames and keyframes.
+//! - [`ffmpeg`]: the only module that touches FFmpeg (and the only `unsafe`).
+//! - [`output`]: pixel formats, sizes and PNG/JPEG encoding.
+
+pub mod cache;
+pub mod decoder;
+pub mod ffmpeg;
+pub mod index;
+pub mod output;
+pub mod plan;
+pub mod pool;
+pub mod stats;
+pub mod store;
+
+use ffmpeg::FfmpegError;
+
+/// What can go wrong between a video name and its pixels. Clone, because one decode's outcome
+/// is handed to every request that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("{video}: not a readable video ({reason})")]
+    NotAVideo { video: String, reason: String },
+    #[error("{video}: the file has no video stream")]
+    NoVideoStream { video: String },
+    #[error("{video}: the video stream has no decodable frames")]
+    NoFrames { video: String },
+    #[error("{video}: no decoder for its codec {codec}")]
+    UnsupportedCodec { video: String, codec: String },
+    #[error("{video}: frame index {index} is out of range: the video has {count} frames (valid indices 0..={last}, or -{count}..=-1 from the end)", last = (*count as i64) - 1)]
+    IndexOutOfRange { video: String, index: i64, count: usize },
+    #[error("{video}: time {time_s}s is out of range: the video lasts {duration_s:.3}s (valid times 0 <= t < {duration_s:.3})")]
+    TimeOutOfRange { video: String, time_s: f64, duration_s: f64 },
+    #[error("{video}: frame {index} cannot be decoded: {reason}")]
+    FrameUnavailable { video: String, index: u32, reason: String },
+    #[error("{video}: decoding failed: {reason}")]
+    DecodeFailed { video: String, reason: String },
+    #[error("{video}: {reason}")]
+    EncodeFailed { video: String, reason: String },
+    #[error("too busy: {what}")]
+    Overloaded { what: String },
+    #[error("the frame server is shutting down")]
+    ShuttingDown,
+}
+
+impl EngineError {
+    pub(crate) fn from_ffmpeg(video: &str, e: FfmpegError) -> EngineError {
+        let video = video.to_string();
+        match e {
+            FfmpegError::Open(reason) => EngineError::NotAVideo { video, reason },
+            FfmpegError::NoVideoStream => EngineError::NoVideoStream { video },
+            FfmpegError::NoDecoder(codec) => EngineError::UnsupportedCodec { video, codec },
+            FfmpegError::Demux(reason)
+            | FfmpegError::Seek(reason)
+            | FfmpegError::Decode(reason)
+            | FfmpegError::Convert(reason) => EngineError::DecodeFailed { video, reason },
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Counters an operator reads through `GetStats`: plain relaxed atomics, bumped on the hot path
+//! without locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Engine-wide counters, shared by the store, the pool and every decoder.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub seeks: Counter,
+    pub frames_decoded: Counter,
+    pub open_decoders: Counter,
+    pub videos_indexed: Counter,
+    pub requests: Counter,
+}

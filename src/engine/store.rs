@@ -1,0 +1,389 @@
+//! The frame store: what the gRPC service (or any Rust caller) talks to.
+//!
+//! It resolves a name inside the media roots, indexes the video once (on a blocking thread,
+//! shared by concurrent first requests), and answers frame requests from the byte-bounded cache
+//! or by sending a job to the decoder pool. Concurrent requests for the same missing frame wait
+//! for one decode: the first registers the frame as in flight, later ones queue behind it, and
+//! the decoder thread itself completes them all, so a client that gives up does not strand the
+//! others. PNG and JPEG are encoded from the cached raw pixels on the blocking pool.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use futures::stream::{self, Stream, StreamExt};
+use lru::LruCache;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, OnceCell};
+
+use crate::engine::cache::{ByteLru, CacheStats, Weigh};
+use crate::engine::decoder::{build_index, RawFrame};
+use crate::engine::output::{self, Encoding, OutputSpec, PixelFormat};
+use crate::engine::pool::{DecoderPool, FrameSink, OpenVideo, PoolConfig, VideoId};
+use crate::engine::stats::EngineStats;
+use crate::engine::EngineError;
+use crate::media_roots::{MediaRoots, RootsError};
+use crate::units::{ByteSize, FrameIndex};
+
+/// Everything about a returned frame but its bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameMeta {
+    pub index: FrameIndex,
+    pub pts: i64,
+    pub time_s: f64,
+    pub duration_s: f64,
+    pub width: u32,
+    pub height: u32,
+    pub key_frame: bool,
+    pub pixel_format: PixelFormat,
+    pub encoding: Encoding,
+}
+
+/// A frame as the cache holds it. Cloning shares the pixels.
+#[derive(Debug, Clone)]
+pub struct CachedFrame {
+    pub meta: FrameMeta,
+    pub data: Bytes,
+}
+
+impl Weigh for CachedFrame {
+    fn payload_bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+}
+
+/// A frame handed to a caller.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub meta: FrameMeta,
+    pub data: Bytes,
+    pub cache_hit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FrameKey {
+    video: VideoId,
+    index: FrameIndex,
+    spec: OutputSpec,
+}
+
+/// What a client points at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Presentation index; negative counts from the end (-1 is the last frame).
+    Index(i64),
+    /// Seconds from the first frame's presentation time.
+    Time(f64),
+}
+
+/// Everything a store needs to know, from config.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreConfig {
+    pub cache_size: ByteSize,
+    pub max_open_videos: usize,
+    pub pool: PoolConfig,
+    /// Frames requested ahead of the one being sent in a batch.
+    pub batch_lookahead: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StoreStats {
+    pub cache: CacheStats,
+    pub open_decoders: u64,
+    pub seeks: u64,
+    pub frames_decoded: u64,
+    pub videos_indexed: u64,
+    pub requests: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Roots(#[from] RootsError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+type Waiters = Vec<oneshot::Sender<Result<CachedFrame, EngineError>>>;
+
+/// The parts decoder threads write to: the cache and the in-flight table.
+struct Shared {
+    cache: ByteLru<FrameKey, CachedFrame>,
+    inflight: Mutex<HashMap<FrameKey, Waiters>>,
+}
+
+impl Shared {
+    fn cached_from_raw(video: &OpenVideo, frame: &RawFrame) -> CachedFrame {
+        let entry = &video.index.frames[frame.index.get()];
+        CachedFrame {
+            meta: FrameMeta {
+                index: frame.index,
+                pts: entry.pts.0,
+                time_s: entry.time_s,
+                duration_s: entry.duration_s,
+                width: frame.spec.width,
+                height: frame.spec.height,
+                key_frame: frame.key,
+                pixel_format: frame.spec.pixel_format,
+                encoding: Encoding::Raw,
+            },
+            data: frame.data.clone(),
+        }
+    }
+
+    /// A decode finished: cache it and wake everyone waiting for it.
+    fn complete(&self, key: FrameKey, result: Result<CachedFrame, EngineError>) {
+        if let Ok(frame) = &result {
+            self.cache.insert(key.clone(), frame.clone());
+        }
+        let waiters = self.inflight.lock().remove(&key).unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+impl FrameSink for Shared {
+    fn side_frame(&self, video: &OpenVideo, spec: &OutputSpec, frame: RawFrame) {
+        let key = FrameKey { video: video.id.clone(), index: frame.index, spec: *spec };
+        let cached = Self::cached_from_raw(video, &frame);
+        // Someone may be waiting for exactly this frame (a batch asks ahead): serve them too.
+        if self.inflight.lock().contains_key(&key) {
+            self.complete(key, Ok(cached));
+        } else if !self.cache.contains(&key) {
+            self.cache.insert(key, cached);
+        }
+    }
+
+    fn has_frame(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        self.cache.contains(&key) || self.inflight.lock().contains_key(&key)
+    }
+
+    fn cached(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> Option<RawFrame> {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        let hit = self.cache.get(&key)?;
+        Some(RawFrame {
+            index,
+            spec: output::RawSpec { pixel_format: hit.meta.pixel_format, width: hit.meta.width, height: hit.meta.height },
+            key: hit.meta.key_frame,
+            data: hit.data,
+        })
+    }
+}
+
+struct VideoSlot {
+    id: VideoId,
+    video: OnceCell<Result<Arc<OpenVideo>, EngineError>>,
+}
+
+pub struct FrameStore {
+    roots: MediaRoots,
+    config: StoreConfig,
+    shared: Arc<Shared>,
+    pool: DecoderPool,
+    videos: Mutex<LruCache<std::path::PathBuf, Arc<VideoSlot>>>,
+    stats: Arc<EngineStats>,
+}
+
+impl FrameStore {
+    pub fn new(roots: MediaRoots, config: StoreConfig) -> FrameStore {
+        crate::engine::ffmpeg::init();
+        let stats = Arc::new(EngineStats::default());
+        let shared = Arc::new(Shared {
+            cache: ByteLru::new(config.cache_size),
+            inflight: Mutex::new(HashMap::new()),
+        });
+        let pool = DecoderPool::new(config.pool, stats.clone(), shared.clone());
+        let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
+        FrameStore { roots, config, shared, pool, videos: Mutex::new(LruCache::new(cap)), stats }
+    }
+
+    pub fn roots(&self) -> &MediaRoots {
+        &self.roots
+    }
+
+    /// Open (index, on first use) the video a client names.
+    pub async fn open(&self, name: &str) -> Result<Arc<OpenVideo>, StoreError> {
+        let roots = self.roots.clone();
+        let owned = name.to_string();
+        let id = tokio::task::spawn_blocking(move || -> Result<VideoId, RootsError> {
+            let path = roots.resolve(&owned)?;
+            let meta = std::fs::metadata(&path).map_err(|_| RootsError::NotFound { name: owned.clone() })?;
+            let modified_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as i128)
+                .unwrap_or(0);
+            Ok(VideoId { path, size: meta.len(), modified_ns })
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)??;
+        let slot = {
+            let mut videos = self.videos.lock();
+            match videos.get(&id.path) {
+                Some(slot) if slot.id == id => slot.clone(),
+                _ => {
+                    let slot = Arc::new(VideoSlot { id: id.clone(), video: OnceCell::new() });
+                    videos.put(id.path.clone(), slot.clone());
+                    slot
+                }
+            }
+        };
+        let stats = self.stats.clone();
+        let id = slot.id.clone();
+        let result = slot
+            .video
+            .get_or_init(|| async move {
+                let name = name.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let index = build_index(&id.path, &name)?;
+                    stats.videos_indexed.inc();
+                    tracing::info!(
+                        video = %name,
+                        frames = index.frame_count(),
+                        keyframes = index.keyframe_count,
+                        identity = ?index.identity,
+                        ms = started.elapsed().as_millis() as u64,
+                        "indexed"
+                    );
+                    Ok(Arc::new(OpenVideo { id, name, index: Arc::new(index) }))
+                })
+                .await
+                .unwrap_or(Err(EngineError::ShuttingDown))
+            })
+            .await;
+        Ok(result.clone()?)
+    }
+
+    /// The frame a target points at, clamped to the video or an OUT_OF_RANGE error.
+    pub fn resolve(&self, video: &OpenVideo, target: Target, clamp: bool) -> Result<FrameIndex, EngineError> {
+        let count = video.index.frame_count();
+        let last = count as i64 - 1;
+        match target {
+            Target::Index(i) => {
+                let absolute = if i < 0 { count as i64 + i } else { i };
+                if (0..=last).contains(&absolute) {
+                    Ok(FrameIndex(absolute as u32))
+                } else if clamp {
+                    Ok(FrameIndex(absolute.clamp(0, last) as u32))
+                } else {
+                    Err(EngineError::IndexOutOfRange { video: video.name.clone(), index: i, count })
+                }
+            }
+            Target::Time(t) => match video.index.frame_at(t) {
+                Some(i) => Ok(i),
+                None if clamp && t.is_finite() => Ok(FrameIndex(if t < 0.0 { 0 } else { last as u32 })),
+                None => Err(EngineError::TimeOutOfRange {
+                    video: video.name.clone(),
+                    time_s: t,
+                    duration_s: video.index.duration_s,
+                }),
+            },
+        }
+    }
+
+    /// One frame in the requested output.
+    pub async fn frame(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) -> Result<Frame, EngineError> {
+        self.stats.requests.inc();
+        let key = FrameKey { video: video.id.clone(), index, spec };
+        if let Some(hit) = self.shared.cache.get(&key) {
+            return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
+        }
+        if spec.encoding == Encoding::Raw {
+            let (frame, hit) = self.raw(video, index, spec).await?;
+            return Ok(Frame { meta: frame.meta, data: frame.data, cache_hit: hit });
+        }
+        let (raw, hit) = self.raw(video, index, spec.as_raw()).await?;
+        let video_name = video.name.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let raw_spec = output::RawSpec {
+                pixel_format: raw.meta.pixel_format,
+                width: raw.meta.width,
+                height: raw.meta.height,
+            };
+            output::encode(&raw.data, raw_spec, spec.encoding, spec.jpeg_quality)
+                .map(|data| CachedFrame { meta: FrameMeta { encoding: spec.encoding, ..raw.meta }, data })
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+        .map_err(|e| EngineError::EncodeFailed { video: video_name, reason: e.to_string() })?;
+        self.shared.cache.insert(key, encoded.clone());
+        Ok(Frame { meta: encoded.meta, data: encoded.data, cache_hit: hit })
+    }
+
+    /// Raw pixels from the cache, or decoded once however many ask at the same time.
+    async fn raw(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) -> Result<(CachedFrame, bool), EngineError> {
+        let key = FrameKey { video: video.id.clone(), index, spec };
+        if let Some(hit) = self.shared.cache.get(&key) {
+            return Ok((hit, true));
+        }
+        let (tx, rx) = oneshot::channel();
+        let leader = {
+            let mut inflight = self.shared.inflight.lock();
+            // Checked again under the lock: a decoder may have completed it in between.
+            if let Some(hit) = self.shared.cache.get(&key) {
+                return Ok((hit, true));
+            }
+            let waiters = inflight.entry(key.clone()).or_default();
+            waiters.push(tx);
+            waiters.len() == 1
+        };
+        if leader {
+            let shared = self.shared.clone();
+            let done_video = video.clone();
+            let done_key = key.clone();
+            let reply = Box::new(move |result: Result<RawFrame, EngineError>| {
+                let result = result.map(|raw| Shared::cached_from_raw(&done_video, &raw));
+                shared.complete(done_key, result);
+            });
+            if let Err(e) = self.pool.submit(video, index, spec, reply) {
+                self.shared.complete(key, Err(e));
+            }
+        }
+        let frame = rx.await.map_err(|_| EngineError::ShuttingDown)??;
+        Ok((frame, false))
+    }
+
+    /// Frames in the given order, with a bounded number decoded ahead of the one being
+    /// consumed: a slow consumer holds back the decoding, never the memory.
+    pub fn frames(
+        self: &Arc<Self>,
+        video: Arc<OpenVideo>,
+        indices: Vec<FrameIndex>,
+        spec: OutputSpec,
+    ) -> impl Stream<Item = Result<Frame, EngineError>> + Send + 'static {
+        let store = self.clone();
+        let lookahead = self.config.batch_lookahead.max(1);
+        stream::iter(indices)
+            .map(move |i| {
+                let store = store.clone();
+                let video = video.clone();
+                async move { store.frame(&video, i, spec).await }
+            })
+            .buffered(lookahead)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            cache: self.shared.cache.stats(),
+            open_decoders: self.stats.open_decoders.get(),
+            seeks: self.stats.seeks.get(),
+            frames_decoded: self.stats.frames_decoded.get(),
+            videos_indexed: self.stats.videos_indexed.get(),
+            requests: self.stats.requests.get(),
+        }
+    }
+
+    /// Close every decoder (their threads exit once idle).
+    pub fn close_decoders(&self) {
+        self.pool.close_all();
+    }
+
+    pub fn decoder_count(&self) -> usize {
+        self.pool.decoder_count()
+    }
+}

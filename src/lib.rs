@@ -1,0 +1,13 @@
+//! framesrv: decoded video frames by index or by time, frame-exactly, over gRPC.
+//!
+//! # Layout
+//! - [`engine`]: the frame-exact decoding engine, usable as a library without the daemon.
+//!   Its request path is `store` → `cache` / `pool` → `decoder` → `ffmpeg`, with the
+//!   demux-once `index` and the pure seek `plan` beside it.
+//! - [`media_roots`]: client names to files inside the configured roots, and nothing else.
+//! - [`units`]: newtypes for frame indices, packet numbers, timestamps and byte sizes.
+#![deny(unsafe_code)]
+
+pub mod engine;
+pub mod media_roots;
+pub mod units;

@@ -1,0 +1,125 @@
+//! Test videos and references shared by the integration tests.
+//!
+//! Every generated frame carries its source frame number as a 16-bit barcode (black and white
+//! columns across the top half), over moving texture that makes encoders use P- and B-frames.
+//! A decoded frame's barcode says which source frame it is, independently of any timestamp, so
+//! a wrong frame cannot pass. The byte reference is the `ffmpeg` CLI's own sequential decode to
+//! rgb24 with no frame dropped or duplicated (`-fps_mode passthrough`).
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const W: u32 = 192;
+pub const H: u32 = 128;
+const BITS: u32 = 16;
+const BAR_H: u32 = 56;
+
+/// Grey source frame `n`: barcode on top, texture that moves with `n` below.
+pub fn source_frame(n: u32) -> Vec<u8> {
+    let mut f = vec![0u8; (W * H) as usize];
+    let col_w = W / BITS;
+    for y in 0..H {
+        for x in 0..W {
+            let v = if y < BAR_H {
+                let bit = (x / col_w).min(BITS - 1);
+                if (n >> (BITS - 1 - bit)) & 1 == 1 { 235 } else { 16 }
+            } else {
+                let t = n as i64;
+                (((x as i64 * 3 + t * 4) % 200 + (y as i64 * 5 + t * 2) % 55) % 256) as u8
+            };
+            f[(y * W + x) as usize] = v;
+        }
+    }
+    f
+}
+
+/// Read the barcode from a decoded RGB24 frame of size W x H.
+pub fn barcode(rgb: &[u8]) -> u32 {
+    let col_w = W / BITS;
+    let mut n = 0;
+    for bit in 0..BITS {
+        let x0 = bit * col_w + col_w / 4;
+        let x1 = bit * col_w + 3 * col_w / 4;
+        let (mut sum, mut count) = (0u64, 0u64);
+        for y in 8..BAR_H - 8 {
+            for x in x0..x1 {
+                let i = ((y * W + x) * 3) as usize;
+                sum += rgb[i] as u64 + rgb[i + 1] as u64 + rgb[i + 2] as u64;
+                count += 3;
+            }
+        }
+        n = (n << 1) | ((sum / count > 128) as u32);
+    }
+    n
+}
+
+/// A scratch directory for one test's videos.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("framesrv-test-").tempdir().expect("temp dir")
+}
+
+/// Encode `frames` barcode frames at `fps` with extra ffmpeg output arguments into `out`.
+pub fn encode(out: &Path, frames: u32, fps: u32, args: &[&str]) -> PathBuf {
+    encode_with_input(out, frames, fps, &[], args)
+}
+
+/// Like [`encode`], with extra inputs (e.g. an audio source) placed after the raw video input.
+pub fn encode_with_input(out: &Path, frames: u32, fps: u32, extra_inputs: &[&str], args: &[&str]) -> PathBuf {
+    let size = format!("{W}x{H}");
+    let rate = fps.to_string();
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "gray", "-s", &size, "-r", &rate, "-i", "-"]);
+    cmd.args(extra_inputs);
+    cmd.args(args);
+    cmd.arg(out);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("ffmpeg must be installed (scripts/setup.sh)");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for n in 0..frames {
+            stdin.write_all(&source_frame(n)).unwrap();
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "ffmpeg failed for {}: {}", out.display(), String::from_utf8_lossy(&output.stderr));
+    out.to_path_buf()
+}
+
+/// Run ffmpeg with arbitrary arguments (cuts, remuxes).
+pub fn ffmpeg(args: &[&str]) {
+    let output = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).output().unwrap();
+    assert!(output.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The ffmpeg CLI's sequential decode of the video stream: every frame, rgb24, no frame
+/// dropped or duplicated.
+pub fn reference_frames(path: &Path) -> Vec<Vec<u8>> {
+    reference_frames_as(path, "rgb24", 3)
+}
+
+pub fn reference_frames_as(path: &Path, pix_fmt: &str, bpp: usize) -> Vec<Vec<u8>> {
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
+        .output()
+        .unwrap();
+    let frame = W as usize * H as usize * bpp;
+    assert!(output.stdout.len() % frame == 0, "reference decode of {} is not whole frames", path.display());
+    output.stdout.chunks(frame).map(|c| c.to_vec()).collect()
+}
+
+/// A deterministic pseudo-random sequence (no RNG state shared between tests).
+pub fn shuffled(n: usize, count: usize, seed: u64) -> Vec<usize> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..count)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        })
+        .collect()
+}

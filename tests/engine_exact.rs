@@ -1,0 +1,249 @@
+//! Frame-exactness of the engine on the hard cases: every frame, under sequential, backward,
+//! random and interleaved access, must be byte-identical to the ffmpeg CLI's sequential decode
+//! of the same file, and carry the barcode of the right source frame.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use framesrv::engine::decoder::{build_index, DecodeOptions, FrameDecoder, RawFrame};
+use framesrv::engine::index::{FrameIdentity, VideoIndex};
+use framesrv::engine::output::OutputSpec;
+use framesrv::engine::stats::EngineStats;
+use framesrv::engine::EngineError;
+use framesrv::units::FrameIndex;
+
+fn options() -> DecodeOptions {
+    DecodeOptions { threads: 1, keep_behind: 6, skip_nonref: true, continue_slack: 0 }
+}
+
+fn decoder(path: &Path, index: &Arc<VideoIndex>, stats: &Arc<EngineStats>) -> FrameDecoder {
+    FrameDecoder::open(path, "test", index.clone(), options(), stats.clone()).expect("decoder opens")
+}
+
+/// Decode `i` and compare it, and every frame decoded on the way, with the reference.
+fn expect_frame(d: &mut FrameDecoder, i: usize, reference: &[Vec<u8>], pattern: &str) {
+    let mut check_side = |f: RawFrame| {
+        assert!(
+            f.data[..] == reference[f.index.get()][..],
+            "{pattern}: frame {} decoded on the way to {i} differs from the reference",
+            f.index
+        );
+    };
+    let f = d
+        .frame(FrameIndex(i as u32), &OutputSpec::default(), &mut check_side)
+        .unwrap_or_else(|e| panic!("{pattern}: frame {i}: {e}"));
+    assert_eq!(f.index.get(), i);
+    assert!(
+        f.data[..] == reference[i][..],
+        "{pattern}: frame {i} differs from the reference (barcode {} instead of {})",
+        barcode(&f.data),
+        barcode(&reference[i])
+    );
+}
+
+/// The whole battery on one file. Returns the index for case-specific checks.
+fn check_exact(path: &Path) -> Arc<VideoIndex> {
+    check_exact_with(path, true)
+}
+
+/// `consecutive`: the file holds every source frame (false for damaged files, whose decode
+/// legitimately skips source frames whose data is gone).
+fn check_exact_with(path: &Path, consecutive: bool) -> Arc<VideoIndex> {
+    let reference = reference_frames(path);
+    assert!(reference.len() > 10, "{}: reference decode produced {} frames", path.display(), reference.len());
+    let first = barcode(&reference[0]);
+    for (i, f) in reference.iter().enumerate().skip(1) {
+        if consecutive {
+            assert_eq!(barcode(f), first + i as u32, "the reference itself has consecutive frames");
+        } else {
+            assert!(barcode(f) > barcode(&reference[i - 1]), "the reference itself is in order");
+        }
+    }
+    let index = Arc::new(build_index(path, "test").expect("index builds"));
+    let n = index.frame_count();
+    assert_eq!(n, reference.len(), "{}: index frame count vs ffmpeg's decode", path.display());
+
+    let stats = Arc::new(EngineStats::default());
+    let mut d = decoder(path, &index, &stats);
+    for i in 0..n {
+        expect_frame(&mut d, i, &reference, "sequential");
+    }
+    assert_eq!(stats.seeks.get(), 1, "sequential reading seeks once, to start, and never again");
+
+    let mut d = decoder(path, &index, &stats);
+    for i in (0..n).rev() {
+        expect_frame(&mut d, i, &reference, "backward");
+    }
+
+    let mut d = decoder(path, &index, &stats);
+    for i in shuffled(n, 40, n as u64) {
+        expect_frame(&mut d, i, &reference, "random");
+    }
+
+    let mut d = decoder(path, &index, &stats);
+    let (mut a, mut b) = (0usize, n - 1);
+    while a < b {
+        expect_frame(&mut d, a, &reference, "interleaved");
+        expect_frame(&mut d, b, &reference, "interleaved");
+        a += 3;
+        b = b.saturating_sub(2);
+    }
+    index
+}
+
+#[test]
+fn h264_with_b_frames_in_mp4_is_frame_exact() {
+    let dir = scratch();
+    let p = encode(&dir.path().join("b.mp4"), 60, 25, &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]);
+    let index = check_exact(&p);
+    assert_eq!(index.identity, FrameIdentity::ByPts);
+    assert_eq!(index.keyframe_count, 5);
+}
+
+#[test]
+fn h264_open_gop_in_mkv_is_frame_exact() {
+    let dir = scratch();
+    let p = encode(
+        &dir.path().join("open.mkv"),
+        72,
+        25,
+        &["-c:v", "libx264", "-x264-params", "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0", "-pix_fmt", "yuv420p"],
+    );
+    check_exact(&p);
+}
+
+#[test]
+fn h264_open_gop_raw_stream_is_frame_exact() {
+    let dir = scratch();
+    let p = encode(
+        &dir.path().join("open.h264"),
+        60,
+        25,
+        &["-c:v", "libx264", "-x264-params", "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0", "-pix_fmt", "yuv420p"],
+    );
+    let index = check_exact(&p);
+    assert_eq!(index.identity, FrameIdentity::ByCount, "a raw stream has no timestamps");
+}
+
+#[test]
+fn hevc_is_frame_exact() {
+    let dir = scratch();
+    let p = encode(
+        &dir.path().join("h.mp4"),
+        48,
+        25,
+        &["-c:v", "libx265", "-x265-params", "keyint=12:min-keyint=12:bframes=3:log-level=error", "-pix_fmt", "yuv420p", "-tag:v", "hvc1"],
+    );
+    check_exact(&p);
+}
+
+#[test]
+fn vp9_in_webm_is_frame_exact() {
+    let dir = scratch();
+    let p = encode(
+        &dir.path().join("v.webm"),
+        48,
+        25,
+        &["-c:v", "libvpx-vp9", "-g", "12", "-deadline", "good", "-cpu-used", "8", "-b:v", "400k", "-auto-alt-ref", "1", "-lag-in-frames", "16"],
+    );
+    check_exact(&p);
+}
+
+#[test]
+fn av1_is_frame_exact() {
+    let dir = scratch();
+    let p = encode(&dir.path().join("a.mkv"), 48, 25, &["-c:v", "libsvtav1", "-g", "12", "-preset", "12", "-pix_fmt", "yuv420p"]);
+    check_exact(&p);
+}
+
+#[test]
+fn mpeg4_in_avi_with_packets_lacking_pts_is_frame_exact() {
+    let dir = scratch();
+    let p = encode(&dir.path().join("m.avi"), 48, 25, &["-c:v", "mpeg4", "-bf", "2", "-g", "12", "-q:v", "4"]);
+    check_exact(&p);
+}
+
+#[test]
+fn intra_only_mjpeg_and_ffv1_are_frame_exact() {
+    let dir = scratch();
+    let p = encode(&dir.path().join("j.avi"), 30, 25, &["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p"]);
+    let index = check_exact(&p);
+    assert_eq!(index.keyframe_count, index.frame_count(), "every mjpeg frame is a keyframe");
+    let p = encode(&dir.path().join("f.mkv"), 30, 25, &["-c:v", "ffv1"]);
+    check_exact(&p);
+}
+
+#[test]
+fn mpeg_ts_is_frame_exact() {
+    let dir = scratch();
+    let p = encode(&dir.path().join("t.ts"), 60, 25, &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p", "-f", "mpegts"]);
+    check_exact(&p);
+}
+
+#[test]
+fn variable_frame_rate_is_exact_by_index_and_by_time() {
+    let dir = scratch();
+    // Intervals alternate 70 ms and 30 ms.
+    let p = encode(
+        &dir.path().join("vfr.mkv"),
+        40,
+        25,
+        &["-vf", "settb=1/1000,setpts=(N*0.05+0.02*mod(N\\,2))/TB", "-fps_mode", "passthrough", "-enc_time_base", "1:1000", "-c:v", "libx264", "-bf", "2", "-g", "10", "-pix_fmt", "yuv420p"],
+    );
+    let index = check_exact(&p);
+    assert!(index.variable_frame_rate);
+    for (i, f) in index.frames.iter().enumerate() {
+        let expected = i as f64 * 0.05 + 0.02 * (i % 2) as f64;
+        assert!((f.time_s - expected).abs() < 0.0015, "frame {i} at {}s, expected {expected}s", f.time_s);
+        assert_eq!(index.frame_at(f.time_s), Some(FrameIndex(i as u32)));
+        assert_eq!(index.frame_at(f.time_s + 0.025), Some(FrameIndex(i as u32)), "still on screen 25 ms later");
+    }
+}
+
+#[test]
+fn mp4_edit_list_cut_off_a_keyframe_is_frame_exact() {
+    let dir = scratch();
+    let src = encode(&dir.path().join("src.mp4"), 100, 25, &["-c:v", "libx264", "-bf", "3", "-g", "25", "-pix_fmt", "yuv420p"]);
+    let cut = dir.path().join("cut.mp4");
+    ffmpeg(&["-ss", "1.3", "-i", src.to_str().unwrap(), "-c", "copy", cut.to_str().unwrap()]);
+    let index = check_exact(&cut);
+    assert!(index.start_time_s.abs() < 0.05, "the edit list makes the first shown frame time 0");
+    let first = barcode(&reference_frames(&cut)[0]);
+    assert!((30..=34).contains(&first), "the cut starts near source frame 32, got {first}");
+}
+
+#[test]
+fn truncated_file_serves_what_exists_and_refuses_the_rest() {
+    let dir = scratch();
+    let full = encode(&dir.path().join("full.mkv"), 80, 25, &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]);
+    let bytes = std::fs::read(&full).unwrap();
+    let cut = dir.path().join("cut.mkv");
+    std::fs::write(&cut, &bytes[..bytes.len() * 55 / 100]).unwrap();
+    let index = check_exact_with(&cut, false);
+    let n = index.frame_count();
+    assert!(n > 20 && n < 80, "{n} frames survive the cut");
+    let stats = Arc::new(EngineStats::default());
+    let mut d = decoder(&cut, &index, &stats);
+    match d.frame(FrameIndex(n as u32), &OutputSpec::default(), &mut |_| {}) {
+        Err(EngineError::IndexOutOfRange { count, .. }) => assert_eq!(count, n),
+        other => panic!("expected out of range, got {other:?}"),
+    }
+}
+
+#[test]
+fn audio_longer_than_video_adds_no_frames() {
+    let dir = scratch();
+    let p = encode_with_input(
+        &dir.path().join("av.mp4"),
+        50,
+        25,
+        &["-f", "lavfi", "-i", "sine=frequency=440:duration=5"],
+        &["-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-g", "12", "-pix_fmt", "yuv420p", "-c:a", "aac"],
+    );
+    let index = check_exact(&p);
+    assert_eq!(index.frame_count(), 50);
+    assert!((index.duration_s - 2.0).abs() < 0.05, "video lasts 2 s, not the audio's 5 s: {}", index.duration_s);
+}
