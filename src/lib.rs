@@ -6,8 +6,17 @@
 //!   demux-once `index` and the pure seek `plan` beside it.
 //! - [`media_roots`]: client names to files inside the configured roots, and nothing else.
 //! - [`units`]: newtypes for frame indices, packet numbers, timestamps and byte sizes.
+//! - [`server`]: the gRPC daemon (service, health, reflection) over a [`engine::store::FrameStore`];
+//!   [`error`] maps every error to its gRPC status in one place; [`config`] is the typed config.
+//! - [`cli`]: the `framesrv` command line: `serve`, the client commands and `bench`.
+//! - [`proto`]: generated gRPC code.
 #![deny(unsafe_code)]
 
 pub mod engine;
 pub mod media_roots;
 pub mod units;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod proto;
+pub mod server;

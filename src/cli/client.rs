@@ -1,0 +1,200 @@
+//! The client commands: `info`, `ls`, `get`, `stats` against a running daemon. Errors print the
+//! gRPC status and message and exit non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use super::{Command, ServerArg};
+use crate::proto::v1 as pb;
+use crate::proto::v1::frame_server_client::FrameServerClient;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Png,
+    Jpeg,
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Pixels {
+    Rgb24,
+    Bgr24,
+    Rgba,
+    Gray8,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    pub video: String,
+    /// Frame index; negative counts from the end.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "time", required_unless_present = "time")]
+    pub index: Option<i64>,
+    /// Time in seconds from the first frame.
+    #[arg(long)]
+    pub time: Option<f64>,
+    /// Output encoding; by default taken from the file name (.png, .jpg), else raw.
+    #[arg(long)]
+    pub format: Option<Format>,
+    #[arg(long, value_enum, default_value = "rgb24")]
+    pub pixel_format: Pixels,
+    /// Fit inside WxH, keeping the aspect ratio (never upscales), like 640x360.
+    #[arg(long)]
+    pub max_size: Option<String>,
+    /// JPEG quality 1..100.
+    #[arg(long, default_value_t = 0)]
+    pub quality: u32,
+    /// Out of range gives the nearest frame instead of an error.
+    #[arg(long)]
+    pub clamp: bool,
+    /// Where to write the frame.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("--max-size {s:?}: expected WxH like 640x360"))?;
+    let parse = |v: &str| v.trim().parse::<u32>().map_err(|_| format!("--max-size {s:?}: expected WxH like 640x360"));
+    Ok((parse(w)?, parse(h)?))
+}
+
+async fn connect(server: &str) -> Result<FrameServerClient<tonic::transport::Channel>, String> {
+    FrameServerClient::connect(server.to_string())
+        .await
+        .map(|c| c.max_decoding_message_size(256 << 20))
+        .map_err(|e| format!("cannot connect to {server}: {e}"))
+}
+
+fn status_text(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+async fn run_async(command: Command) -> Result<(), String> {
+    match command {
+        Command::Info { video, server } => {
+            let info = connect(&server.server)
+                .await?
+                .get_video_info(pb::GetVideoInfoRequest { video })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            println!("video:               {}", info.video);
+            println!("frames:              {}", info.frame_count);
+            println!("size:                {}x{}", info.width, info.height);
+            println!("duration:            {:.3} s", info.duration_s);
+            println!("average fps:         {:.3}", info.avg_fps);
+            println!("variable frame rate: {}", info.variable_frame_rate);
+            println!("keyframes:           {}", info.keyframe_count);
+            println!("codec:               {} ({})", info.codec, info.pixel_format);
+            println!("container:           {}", info.container);
+            println!("start time:          {:.3} s", info.start_time_s);
+            println!("frames found by:     {}", info.frame_identity);
+        }
+        Command::Ls { prefix, server } => {
+            let list = connect(&server.server)
+                .await?
+                .list_videos(pb::ListVideosRequest { prefix })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            for v in list.videos {
+                println!("{v}");
+            }
+        }
+        Command::Stats { server } => {
+            let s = connect(&server.server)
+                .await?
+                .get_stats(pb::GetStatsRequest {})
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            println!("cache:          {} / {} bytes in {} frames", s.cache_bytes, s.cache_capacity_bytes, s.cache_entries);
+            println!("hits / misses:  {} / {}", s.cache_hits, s.cache_misses);
+            println!("evictions:      {}", s.cache_evictions);
+            println!("open decoders:  {}", s.open_decoders);
+            println!("seeks:          {}", s.seeks);
+            println!("frames decoded: {}", s.frames_decoded);
+            println!("videos indexed: {}", s.videos_indexed);
+            println!("requests:       {}", s.requests);
+        }
+        Command::Get(args) => {
+            let format = args.format.unwrap_or_else(|| {
+                match args.output.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+                    Some("png") => Format::Png,
+                    Some("jpg") | Some("jpeg") => Format::Jpeg,
+                    _ => Format::Raw,
+                }
+            });
+            let (max_width, max_height) = match &args.max_size {
+                Some(s) => parse_size(s)?,
+                None => (0, 0),
+            };
+            let target = match (args.index, args.time) {
+                (Some(i), _) => pb::frame_request::Target::Index(i),
+                (None, Some(t)) => pb::frame_request::Target::TimeS(t),
+                (None, None) => return Err("give --index N or --time S".into()),
+            };
+            let request = pb::FrameRequest {
+                video: args.video,
+                target: Some(target),
+                output: Some(pb::OutputSpec {
+                    encoding: match format {
+                        Format::Raw => pb::Encoding::Raw,
+                        Format::Png => pb::Encoding::Png,
+                        Format::Jpeg => pb::Encoding::Jpeg,
+                    } as i32,
+                    pixel_format: match args.pixel_format {
+                        Pixels::Rgb24 => pb::PixelFormat::Rgb24,
+                        Pixels::Bgr24 => pb::PixelFormat::Bgr24,
+                        Pixels::Rgba => pb::PixelFormat::Rgba,
+                        Pixels::Gray8 => pb::PixelFormat::Gray8,
+                    } as i32,
+                    max_width,
+                    max_height,
+                    jpeg_quality: args.quality,
+                }),
+                clamp: args.clamp,
+            };
+            let frame = connect(&args.server.server)
+                .await?
+                .request_frame(request)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            std::fs::write(&args.output, &frame.data)
+                .map_err(|e| format!("cannot write {}: {e}", args.output.display()))?;
+            eprintln!(
+                "frame {} at {:.3} s ({}x{}, {} bytes{}) -> {}",
+                frame.index,
+                frame.time_s,
+                frame.width,
+                frame.height,
+                frame.data.len(),
+                if frame.cache_hit { ", from cache" } else { "" },
+                args.output.display()
+            );
+        }
+        Command::Serve(_) | Command::Bench(_) => unreachable!("dispatched in cli::main"),
+    }
+    Ok(())
+}
+
+pub fn run(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("framesrv: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_async(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("framesrv: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

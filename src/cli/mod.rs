@@ -1,0 +1,173 @@
+//! The `framesrv` command line: `serve` runs the daemon; `info`, `ls`, `get` and `stats` are a
+//! client of a running daemon; `bench` measures it against the alternatives.
+
+pub mod bench;
+pub mod client;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::units::ByteSize;
+
+#[derive(Debug, Parser)]
+#[command(name = "framesrv", version, about = "Decoded video frames by index or by time, frame-exactly, over gRPC")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Show what the index says about a video.
+    Info {
+        video: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List the videos under the daemon's media roots.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Fetch one frame into a file.
+    Get(client::GetArgs),
+    /// Show the daemon's cache and decoder counters.
+    Stats {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Benchmarks: the comparison harness and a load generator.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerArg {
+    /// The daemon's address.
+    #[arg(long, env = "FRAMESRV_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file (see config/framesrv.toml). Without it, defaults apply.
+    #[arg(long, env = "FRAMESRV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, like 127.0.0.1:50051.
+    #[arg(long, env = "FRAMESRV_LISTEN")]
+    pub listen: Option<String>,
+    /// A media root; repeat for several. Replaces the config file's list.
+    #[arg(long = "media-root", env = "FRAMESRV_MEDIA_ROOT", value_delimiter = ':')]
+    pub media_roots: Vec<PathBuf>,
+    /// Cache bound, like 512MiB or 2GiB.
+    #[arg(long, env = "FRAMESRV_CACHE_SIZE")]
+    pub cache_size: Option<ByteSize>,
+    /// Log filter, like info or framesrv=debug (RUST_LOG wins).
+    #[arg(long, env = "FRAMESRV_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl ServeArgs {
+    /// The config file (or defaults) with flags and environment applied on top.
+    pub fn config(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path, true)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = &self.listen {
+            config.listen = listen.clone();
+        }
+        if !self.media_roots.is_empty() {
+            config.media_roots = self.media_roots.clone();
+        }
+        if let Some(size) = self.cache_size {
+            config.cache_size = size;
+        }
+        if let Some(level) = &self.log_level {
+            config.log_level = level.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("framesrv: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("framesrv: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listen = %config.listen, error = %e, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        match crate::server::run(listener, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "framesrv stopped with an error");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Bench(cmd) => {
+            init_tracing("warn");
+            bench::run(cmd)
+        }
+        other => client::run(other),
+    }
+}

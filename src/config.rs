@@ -1,0 +1,218 @@
+//! The daemon's configuration: one typed struct, loaded once at start and passed down.
+//!
+//! Precedence, highest first: command-line flags, `FRAMESRV_*` environment variables (clap
+//! reads both for the flags that have them), the config file, the defaults below. A missing
+//! default config file means defaults; a config file named explicitly must exist. Unknown keys
+//! are errors that name the key, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::decoder::DecodeOptions;
+use crate::engine::pool::PoolConfig;
+use crate::engine::store::StoreConfig;
+use crate::units::ByteSize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server binds.
+    pub listen: String,
+    /// Directories clients may read videos from; names are relative to them.
+    pub media_roots: Vec<PathBuf>,
+    /// Bound on the bytes of cached frames (never exceeded).
+    pub cache_size: ByteSize,
+    /// tracing filter (`info`, `debug`, `framesrv=debug`); RUST_LOG wins when set.
+    pub log_level: String,
+    pub decoder: DecoderConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecoderConfig {
+    /// Codec threads per decoder; 1 is best when several decoders run at once.
+    pub threads: usize,
+    /// Decoders one video may have, positioned in different places.
+    pub max_per_video: usize,
+    /// Decoders in total; the least recently used idle one is closed to make room.
+    pub max_total: usize,
+    /// Requests that may wait on one decoder before new ones get RESOURCE_EXHAUSTED.
+    pub max_queue: usize,
+    /// Frames before a target cached while decoding up to it (backward steps hit the cache).
+    pub keep_behind: u32,
+    /// Frames decoded ahead of a client reading frame by frame.
+    pub readahead: u32,
+    /// Skip decoding non-reference frames too early to be kept.
+    pub skip_nonref: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Videos whose index stays in memory.
+    pub max_open_videos: usize,
+    /// Frames one RequestFrames call may ask for.
+    pub max_batch_frames: usize,
+    /// Largest max_width / max_height a client may ask for.
+    pub max_output_dimension: u32,
+    /// Frames decoded ahead of the one being sent in a stream.
+    pub batch_lookahead: usize,
+    /// Longest a unary request may take before DEADLINE_EXCEEDED.
+    pub request_timeout_s: f64,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_s: f64,
+    /// Largest frame message sent (bytes); a 4K RGBA frame is 33 MB.
+    pub max_message_size: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:50051".into(),
+            media_roots: vec![PathBuf::from("./media")],
+            cache_size: ByteSize::mib(512),
+            log_level: "info".into(),
+            decoder: DecoderConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig {
+            threads: 1,
+            max_per_video: 3,
+            max_total: 16,
+            max_queue: 256,
+            keep_behind: 32,
+            readahead: 8,
+            skip_nonref: true,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_open_videos: 256,
+            max_batch_frames: 100_000,
+            max_output_dimension: 16_384,
+            batch_lookahead: 8,
+            request_timeout_s: 60.0,
+            shutdown_grace_s: 10.0,
+            max_message_size: ByteSize::mib(64),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Load `path`. With `required == false` a missing file means defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message }),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    /// Reject values that make no sense, before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.media_roots.is_empty() {
+            return bad("media_roots is empty");
+        }
+        if self.decoder.max_per_video == 0 || self.decoder.max_total == 0 {
+            return bad("decoder.max_per_video and decoder.max_total must be at least 1");
+        }
+        if self.decoder.threads == 0 || self.decoder.threads > 64 {
+            return bad("decoder.threads must be 1..=64");
+        }
+        if self.limits.request_timeout_s <= 0.0 || self.limits.shutdown_grace_s < 0.0 {
+            return bad("limits.request_timeout_s must be positive and limits.shutdown_grace_s not negative");
+        }
+        if self.limits.batch_lookahead == 0 {
+            return bad("limits.batch_lookahead must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            cache_size: self.cache_size,
+            max_open_videos: self.limits.max_open_videos,
+            batch_lookahead: self.limits.batch_lookahead,
+            pool: PoolConfig {
+                max_per_video: self.decoder.max_per_video,
+                max_total: self.decoder.max_total,
+                max_queue: self.decoder.max_queue,
+                readahead: self.decoder.readahead,
+                decode: DecodeOptions {
+                    threads: self.decoder.threads,
+                    keep_behind: self.decoder.keep_behind,
+                    skip_nonref: self.decoder.skip_nonref,
+                    continue_slack: 0,
+                },
+            },
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.limits.request_timeout_s)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.limits.shutdown_grace_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_is_the_defaults() {
+        let text = include_str!("../config/framesrv.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let err = Config::parse("cache_sise = \"1GiB\"").unwrap_err();
+        assert!(err.contains("cache_sise"), "{err}");
+        let err = Config::parse("[decoder]\nthreds = 2").unwrap_err();
+        assert!(err.contains("threds"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_partial_sections_parse() {
+        let c = Config::parse("cache_size = \"2GiB\"\n[decoder]\nthreads = 2").unwrap();
+        assert_eq!(c.cache_size, ByteSize(2 << 30));
+        assert_eq!(c.decoder.threads, 2);
+        assert_eq!(c.decoder.max_total, DecoderConfig::default().max_total);
+    }
+
+    #[test]
+    fn a_missing_optional_file_means_defaults_and_a_missing_named_one_is_an_error() {
+        let missing = Path::new("/nonexistent/framesrv.toml");
+        assert_eq!(Config::load(missing, false).unwrap(), Config::default());
+        assert!(matches!(Config::load(missing, true), Err(ConfigError::Read { .. })));
+    }
+}

@@ -1,0 +1,95 @@
+//! The one place errors become gRPC statuses.
+//!
+//! Every module has its own typed error; the service wraps them in [`Error`], and the single
+//! `From<Error> for Status` below gives each variant a deliberate code. The matches list every
+//! variant with no catch-all, so a new error cannot ship without choosing its code. Messages
+//! say what was wrong and with which value, and never reveal paths outside the media roots.
+
+use tonic::{Code, Status};
+
+use crate::engine::store::StoreError;
+use crate::engine::EngineError;
+use crate::media_roots::RootsError;
+
+/// Problems with the request itself, found before any file is touched.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("no video named: set `video` to a name relative to a media root")]
+    MissingVideo,
+    #[error("no target: set either `index` or `time_s`")]
+    MissingTarget,
+    #[error("no selection: set one of `range`, `time_range` or `indices`")]
+    MissingSelection,
+    #[error("time_s = {0} is not a finite number of seconds")]
+    BadTime(f64),
+    #[error("{field} = {value} is not a known value")]
+    UnknownEnum { field: &'static str, value: i32 },
+    #[error("{field} = {value} exceeds the limit of {max}")]
+    TooLarge { field: &'static str, value: u64, max: u64 },
+    #[error("the request selects {count} frames; at most {max} are allowed in one call")]
+    BatchTooLarge { count: u64, max: u64 },
+    #[error("{0}")]
+    BadRange(String),
+    #[error("the request took longer than {0:.1}s")]
+    Timeout(f64),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Roots(#[from] RootsError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Roots(e) => Error::Roots(e),
+            StoreError::Engine(e) => Error::Engine(e),
+        }
+    }
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Request(e) => match e {
+                RequestError::MissingVideo
+                | RequestError::MissingTarget
+                | RequestError::MissingSelection
+                | RequestError::BadTime(_)
+                | RequestError::UnknownEnum { .. }
+                | RequestError::TooLarge { .. }
+                | RequestError::BatchTooLarge { .. }
+                | RequestError::BadRange(_) => Code::InvalidArgument,
+                RequestError::Timeout(_) => Code::DeadlineExceeded,
+            },
+            Error::Roots(e) => match e {
+                RootsError::NotFound { .. } => Code::NotFound,
+                RootsError::Forbidden { .. } | RootsError::Unreadable { .. } => Code::PermissionDenied,
+                RootsError::Invalid { .. } => Code::InvalidArgument,
+            },
+            Error::Engine(e) => match e {
+                EngineError::NotAVideo { .. }
+                | EngineError::NoVideoStream { .. }
+                | EngineError::UnsupportedCodec { .. } => Code::InvalidArgument,
+                EngineError::NoFrames { .. }
+                | EngineError::FrameUnavailable { .. }
+                | EngineError::DecodeFailed { .. } => Code::DataLoss,
+                EngineError::IndexOutOfRange { .. } | EngineError::TimeOutOfRange { .. } => Code::OutOfRange,
+                EngineError::EncodeFailed { .. } => Code::Internal,
+                EngineError::Overloaded { .. } => Code::ResourceExhausted,
+                EngineError::ShuttingDown => Code::Unavailable,
+            },
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}

@@ -1,0 +1,285 @@
+//! The `framesrv.v1.FrameServer` gRPC service: validates requests, hands them to the
+//! [`FrameStore`], and turns answers into messages. No decoding, no FFmpeg, no locks here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::config::LimitsConfig;
+use crate::engine::output::{Encoding, OutputSpec, PixelFormat};
+use crate::engine::pool::OpenVideo;
+use crate::engine::store::{Frame, FrameStore, Target};
+use crate::error::{Error, RequestError};
+use crate::proto::v1 as pb;
+use crate::units::FrameIndex;
+
+pub struct FrameService {
+    store: Arc<FrameStore>,
+    limits: LimitsConfig,
+}
+
+impl FrameService {
+    pub fn new(store: Arc<FrameStore>, limits: LimitsConfig) -> Self {
+        FrameService { store, limits }
+    }
+
+    async fn open(&self, video: &str) -> Result<Arc<OpenVideo>, Error> {
+        if video.is_empty() {
+            return Err(RequestError::MissingVideo.into());
+        }
+        Ok(self.store.open(video).await?)
+    }
+
+    fn output_spec(&self, spec: Option<&pb::OutputSpec>) -> Result<OutputSpec, Error> {
+        let Some(spec) = spec else { return Ok(OutputSpec::default()) };
+        let encoding = match pb::Encoding::try_from(spec.encoding) {
+            Ok(pb::Encoding::Raw) => Encoding::Raw,
+            Ok(pb::Encoding::Png) => Encoding::Png,
+            Ok(pb::Encoding::Jpeg) => Encoding::Jpeg,
+            Err(_) => return Err(RequestError::UnknownEnum { field: "output.encoding", value: spec.encoding }.into()),
+        };
+        let pixel_format = match pb::PixelFormat::try_from(spec.pixel_format) {
+            Ok(pb::PixelFormat::Rgb24) => PixelFormat::Rgb24,
+            Ok(pb::PixelFormat::Bgr24) => PixelFormat::Bgr24,
+            Ok(pb::PixelFormat::Rgba) => PixelFormat::Rgba,
+            Ok(pb::PixelFormat::Gray8) => PixelFormat::Gray8,
+            Err(_) => {
+                return Err(RequestError::UnknownEnum { field: "output.pixel_format", value: spec.pixel_format }.into())
+            }
+        };
+        let max = self.limits.max_output_dimension;
+        for (field, value) in [("output.max_width", spec.max_width), ("output.max_height", spec.max_height)] {
+            if value > max {
+                return Err(RequestError::TooLarge { field, value: value as u64, max: max as u64 }.into());
+            }
+        }
+        if spec.jpeg_quality > 100 {
+            return Err(RequestError::TooLarge { field: "output.jpeg_quality", value: spec.jpeg_quality as u64, max: 100 }.into());
+        }
+        Ok(OutputSpec {
+            encoding,
+            pixel_format,
+            max_width: spec.max_width,
+            max_height: spec.max_height,
+            jpeg_quality: spec.jpeg_quality as u8,
+        })
+    }
+
+    async fn request_frame_inner(&self, req: pb::FrameRequest) -> Result<pb::Frame, Error> {
+        let target = match req.target {
+            Some(pb::frame_request::Target::Index(i)) => Target::Index(i),
+            Some(pb::frame_request::Target::TimeS(t)) if t.is_finite() => Target::Time(t),
+            Some(pb::frame_request::Target::TimeS(t)) => return Err(RequestError::BadTime(t).into()),
+            None => return Err(RequestError::MissingTarget.into()),
+        };
+        let spec = self.output_spec(req.output.as_ref())?;
+        let video = self.open(&req.video).await?;
+        let index = self.store.resolve(&video, target, req.clamp)?;
+        let frame = self.store.frame(&video, index, spec).await?;
+        Ok(to_message(frame))
+    }
+
+    /// The frame indices a batch selects, checked against the video and the limits before the
+    /// first frame is sent.
+    fn selection(&self, video: &OpenVideo, selection: Option<pb::frames_request::Selection>) -> Result<Vec<FrameIndex>, Error> {
+        let count = video.index.frame_count() as i64;
+        let max = self.limits.max_batch_frames as u64;
+        let too_many = |n: u64| -> Result<(), Error> {
+            if n > max {
+                Err(RequestError::BatchTooLarge { count: n, max }.into())
+            } else {
+                Ok(())
+            }
+        };
+        match selection {
+            None => Err(RequestError::MissingSelection.into()),
+            Some(pb::frames_request::Selection::Range(r)) => {
+                let step = if r.step == 0 { 1 } else { r.step };
+                if step < 0 {
+                    return Err(RequestError::BadRange(format!("range.step = {step} must be positive (use `indices` for other orders)")).into());
+                }
+                let absolute = |i: i64| if i < 0 { count + i } else { i };
+                let start = absolute(r.start);
+                let stop = if r.stop == 0 && r.start >= 0 { count } else { absolute(r.stop) };
+                if !(0..count).contains(&start) || stop > count || stop < start {
+                    return Err(crate::engine::EngineError::IndexOutOfRange {
+                        video: video.name.clone(),
+                        index: if !(0..count).contains(&start) { r.start } else { r.stop },
+                        count: count as usize,
+                    }
+                    .into());
+                }
+                let n = ((stop - start) + step - 1) / step;
+                too_many(n as u64)?;
+                Ok((start..stop).step_by(step as usize).map(|i| FrameIndex(i as u32)).collect())
+            }
+            Some(pb::frames_request::Selection::TimeRange(t)) => {
+                for v in [t.start_s, t.stop_s] {
+                    if !v.is_finite() {
+                        return Err(RequestError::BadTime(v).into());
+                    }
+                }
+                if t.stop_s < t.start_s {
+                    return Err(RequestError::BadRange(format!(
+                        "time_range.stop_s = {} is before start_s = {}",
+                        t.stop_s, t.start_s
+                    ))
+                    .into());
+                }
+                let first = self.store.resolve(video, Target::Time(t.start_s), false)?;
+                let frames = &video.index.frames;
+                let mut out = Vec::new();
+                let mut i = first.get();
+                while i < frames.len() && (i == first.get() || frames[i].time_s < t.stop_s) {
+                    out.push(FrameIndex(i as u32));
+                    too_many(out.len() as u64)?;
+                    i += 1;
+                }
+                Ok(out)
+            }
+            Some(pb::frames_request::Selection::Indices(list)) => {
+                too_many(list.indices.len() as u64)?;
+                list.indices
+                    .iter()
+                    .map(|&i| self.store.resolve(video, Target::Index(i), false).map_err(Error::from))
+                    .collect()
+            }
+        }
+    }
+}
+
+fn to_message(frame: Frame) -> pb::Frame {
+    let m = frame.meta;
+    pb::Frame {
+        index: m.index.0 as i64,
+        pts: m.pts,
+        time_s: m.time_s,
+        duration_s: m.duration_s,
+        width: m.width,
+        height: m.height,
+        encoding: match m.encoding {
+            Encoding::Raw => pb::Encoding::Raw,
+            Encoding::Png => pb::Encoding::Png,
+            Encoding::Jpeg => pb::Encoding::Jpeg,
+        } as i32,
+        pixel_format: match m.pixel_format {
+            PixelFormat::Rgb24 => pb::PixelFormat::Rgb24,
+            PixelFormat::Bgr24 => pb::PixelFormat::Bgr24,
+            PixelFormat::Rgba => pb::PixelFormat::Rgba,
+            PixelFormat::Gray8 => pb::PixelFormat::Gray8,
+        } as i32,
+        key_frame: m.key_frame,
+        data: frame.data,
+        cache_hit: frame.cache_hit,
+    }
+}
+
+/// Log an error the way an operator wants it: which call, which video, what happened.
+fn report(call: &str, video: &str, target: &str, e: Error) -> Status {
+    tracing::warn!(call, video, target, code = ?e.code(), error = %e, "request failed");
+    e.into()
+}
+
+async fn with_timeout<T>(limit: Duration, fut: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(RequestError::Timeout(limit.as_secs_f64()).into()),
+    }
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::Frame, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::frame_server_server::FrameServer for FrameService {
+    async fn get_video_info(&self, request: Request<pb::GetVideoInfoRequest>) -> Result<Response<pb::VideoInfo>, Status> {
+        let req = request.into_inner();
+        let span = tracing::debug_span!("GetVideoInfo", video = %req.video);
+        let limit = Duration::from_secs_f64(self.limits.request_timeout_s);
+        let video = with_timeout(limit, self.open(&req.video))
+            .instrument(span)
+            .await
+            .map_err(|e| report("GetVideoInfo", &req.video, "", e))?;
+        let idx = &video.index;
+        Ok(Response::new(pb::VideoInfo {
+            video: video.name.clone(),
+            frame_count: idx.frame_count() as i64,
+            width: idx.stream.width,
+            height: idx.stream.height,
+            duration_s: idx.duration_s,
+            avg_fps: idx.avg_fps,
+            codec: idx.stream.codec.clone(),
+            pixel_format: idx.stream.pixel_format.clone(),
+            container: idx.stream.container.clone(),
+            keyframe_count: idx.keyframe_count as i64,
+            variable_frame_rate: idx.variable_frame_rate,
+            start_time_s: idx.start_time_s,
+            frame_identity: match idx.identity {
+                crate::engine::index::FrameIdentity::ByPts => "pts",
+                crate::engine::index::FrameIdentity::ByCount => "count",
+            }
+            .into(),
+        }))
+    }
+
+    async fn list_videos(&self, request: Request<pb::ListVideosRequest>) -> Result<Response<pb::ListVideosResponse>, Status> {
+        let prefix = request.into_inner().prefix;
+        let roots = self.store.roots().clone();
+        let videos = tokio::task::spawn_blocking(move || roots.list(&prefix))
+            .await
+            .map_err(|_| Status::unavailable("the frame server is shutting down"))?;
+        Ok(Response::new(pb::ListVideosResponse { videos }))
+    }
+
+    async fn request_frame(&self, request: Request<pb::FrameRequest>) -> Result<Response<pb::Frame>, Status> {
+        let req = request.into_inner();
+        let video = req.video.clone();
+        let target = format!("{:?}", req.target);
+        let span = tracing::debug_span!("RequestFrame", video = %video, target = %target);
+        let limit = Duration::from_secs_f64(self.limits.request_timeout_s);
+        let frame = with_timeout(limit, self.request_frame_inner(req))
+            .instrument(span.clone())
+            .await
+            .map_err(|e| report("RequestFrame", &video, &target, e))?;
+        span.in_scope(|| tracing::debug!(index = frame.index, cache_hit = frame.cache_hit, bytes = frame.data.len(), "served"));
+        Ok(Response::new(frame))
+    }
+
+    type RequestFramesStream = FrameStream;
+
+    async fn request_frames(&self, request: Request<pb::FramesRequest>) -> Result<Response<FrameStream>, Status> {
+        let req = request.into_inner();
+        let name = req.video.clone();
+        let setup = async {
+            let spec = self.output_spec(req.output.as_ref())?;
+            let video = self.open(&req.video).await?;
+            let indices = self.selection(&video, req.selection)?;
+            Ok::<_, Error>((video, indices, spec))
+        };
+        let (video, indices, spec) = setup.await.map_err(|e| report("RequestFrames", &name, "", e))?;
+        tracing::debug!(video = %name, frames = indices.len(), "RequestFrames");
+        let frames = self.store.frames(video, indices, spec);
+        let stream = frames.map(move |r| r.map(to_message).map_err(|e| report("RequestFrames", &name, "", e.into())));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_stats(&self, _request: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
+        let s = self.store.stats();
+        Ok(Response::new(pb::Stats {
+            cache_bytes: s.cache.bytes,
+            cache_capacity_bytes: s.cache.capacity,
+            cache_entries: s.cache.entries,
+            cache_hits: s.cache.hits,
+            cache_misses: s.cache.misses,
+            cache_evictions: s.cache.evictions,
+            open_decoders: s.open_decoders,
+            seeks: s.seeks,
+            frames_decoded: s.frames_decoded,
+            videos_indexed: s.videos_indexed,
+            requests: s.requests,
+        }))
+    }
+}

@@ -1,0 +1,428 @@
+//! The daemon over real gRPC on loopback: exact bytes by index and time, streams, output
+//! formats, the cache, every bad input with its status code, health, reflection and the CLI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::*;
+use framesrv::config::Config;
+use framesrv::engine::store::FrameStore;
+use framesrv::media_roots::MediaRoots;
+use framesrv::proto::v1 as pb;
+use framesrv::proto::v1::frame_server_client::FrameServerClient;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Daemon {
+    addr: String,
+    store: Arc<FrameStore>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<(), framesrv::server::ServerError>>,
+    _dir: tempfile::TempDir,
+    media: PathBuf,
+    outside: PathBuf,
+}
+
+impl Daemon {
+    async fn client(&self) -> FrameServerClient<Channel> {
+        FrameServerClient::connect(self.addr.clone()).await.unwrap().max_decoding_message_size(64 << 20)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// The media root every test here serves: a barcode h264 video, a few files that are not
+/// videos, and traps that point outside the root.
+fn media(dir: &Path) -> (PathBuf, PathBuf) {
+    let media = dir.join("media");
+    let outside = dir.join("outside");
+    std::fs::create_dir_all(media.join("sub")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    encode(&media.join("a.mp4"), 60, 25, &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]);
+    std::fs::copy(media.join("a.mp4"), media.join("sub/copy.mp4")).unwrap();
+    std::fs::copy(media.join("a.mp4"), outside.join("secret.mp4")).unwrap();
+    std::fs::write(media.join("notes.mp4"), b"this is a text file, not a video\n").unwrap();
+    std::fs::write(media.join("garbage.mkv"), (0..20000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
+    ffmpeg(&["-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", media.join("audio.mp4").to_str().unwrap()]);
+    std::os::unix::fs::symlink(outside.join("secret.mp4"), media.join("escape.mp4")).unwrap();
+    // Playlists that would make FFmpeg open a file outside the root.
+    std::fs::write(
+        media.join("list.mp4"),
+        format!("ffconcat version 1.0\nfile '{}'\n", outside.join("secret.mp4").display()),
+    )
+    .unwrap();
+    std::fs::write(
+        media.join("play.m3u8"),
+        format!("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{}\n#EXT-X-ENDLIST\n", outside.join("secret.mp4").display()),
+    )
+    .unwrap();
+    (media, outside)
+}
+
+async fn start_with(configure: impl FnOnce(&mut Config)) -> Daemon {
+    let dir = scratch();
+    let (media, outside) = media(dir.path());
+    let mut config = Config { media_roots: vec![media.clone()], ..Config::default() };
+    configure(&mut config);
+    let store = Arc::new(FrameStore::new(MediaRoots::new(&config.media_roots).unwrap(), config.store_config()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(framesrv::server::run_with_store(listener, config, store.clone(), async move {
+        let _ = rx.await;
+    }));
+    Daemon { addr, store, stop: Some(tx), handle, _dir: dir, media, outside }
+}
+
+async fn start() -> Daemon {
+    start_with(|_| {}).await
+}
+
+fn by_index(video: &str, i: i64) -> pb::FrameRequest {
+    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::Index(i)), output: None, clamp: false }
+}
+
+fn by_time(video: &str, t: f64) -> pb::FrameRequest {
+    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::TimeS(t)), output: None, clamp: false }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_by_index_and_time_are_the_exact_bytes_of_a_sequential_decode() {
+    let d = start().await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut c = d.client().await;
+    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "a.mp4".into() }).await.unwrap().into_inner();
+    assert_eq!(info.frame_count, 60);
+    assert_eq!((info.width, info.height), (W, H));
+    assert_eq!(info.keyframe_count, 5);
+    assert!((info.duration_s - 2.4).abs() < 1e-6 && (info.avg_fps - 25.0).abs() < 1e-6);
+    assert_eq!(info.codec, "h264");
+    for i in [0i64, 59, 30, 31, 29, 5, 44, 12, 11] {
+        let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
+        assert_eq!(f.index, i);
+        assert_eq!(f.data[..], reference[i as usize][..], "frame {i}");
+        assert_eq!((f.width, f.height), (W, H));
+    }
+    let last = c.request_frame(by_index("a.mp4", -1)).await.unwrap().into_inner();
+    assert_eq!(last.index, 59);
+    assert_eq!(last.data[..], reference[59][..]);
+    for i in [0usize, 7, 33, 59] {
+        let t = i as f64 / 25.0;
+        let f = c.request_frame(by_time("a.mp4", t + 0.02)).await.unwrap().into_inner();
+        assert_eq!(f.index as usize, i, "time {t}");
+        assert!((f.time_s - t).abs() < 1e-9);
+        assert_eq!(f.data[..], reference[i][..]);
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_and_backward_steps_are_cache_hits() {
+    let d = start().await;
+    let mut c = d.client().await;
+    let first = c.request_frame(by_index("a.mp4", 40)).await.unwrap().into_inner();
+    assert!(!first.cache_hit);
+    let again = c.request_frame(by_index("a.mp4", 40)).await.unwrap().into_inner();
+    assert!(again.cache_hit);
+    assert_eq!(first.data, again.data);
+    let decoded = d.store.stats().frames_decoded;
+    for i in (36..40).rev() {
+        let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
+        assert!(f.cache_hit, "frame {i} was decoded on the way to 40 and kept");
+    }
+    assert_eq!(d.store.stats().frames_decoded, decoded, "no decoding for backward steps");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_for_one_missing_frame_decode_it_once() {
+    let d = start_with(|c| c.decoder.keep_behind = 0).await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c = d.client().await;
+        tasks.push(tokio::spawn(async move { c.request_frame(by_index("a.mp4", 47)).await.unwrap().into_inner() }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().data[..], reference[47][..]);
+    }
+    assert_eq!(d.store.stats().seeks, 1, "one decode served all sixteen");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_return_ranges_lists_and_time_ranges_in_request_order() {
+    let d = start().await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut c = d.client().await;
+    let collect = |req: pb::FramesRequest| {
+        let mut c = c.clone();
+        async move {
+            let mut s = c.request_frames(req).await.unwrap().into_inner();
+            let mut out = Vec::new();
+            while let Some(f) = s.message().await.unwrap() {
+                out.push(f);
+            }
+            out
+        }
+    };
+    let req = |sel| pb::FramesRequest { video: "a.mp4".into(), selection: Some(sel), output: None };
+    let got = collect(req(pb::frames_request::Selection::Range(pb::IndexRange { start: 5, stop: 25, step: 2 }))).await;
+    assert_eq!(got.iter().map(|f| f.index).collect::<Vec<_>>(), (5..25).step_by(2).collect::<Vec<_>>());
+    for f in &got {
+        assert_eq!(f.data[..], reference[f.index as usize][..]);
+    }
+    let all = collect(req(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 0, step: 0 }))).await;
+    assert_eq!(all.len(), 60);
+    for f in &all {
+        assert_eq!(f.data[..], reference[f.index as usize][..], "frame {}", f.index);
+    }
+    let list = collect(req(pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![50, 3, -1, 3, 27] }))).await;
+    assert_eq!(list.iter().map(|f| f.index).collect::<Vec<_>>(), vec![50, 3, 59, 3, 27]);
+    for f in &list {
+        assert_eq!(f.data[..], reference[f.index as usize][..]);
+    }
+    let times = collect(req(pb::frames_request::Selection::TimeRange(pb::TimeRange { start_s: 1.01, stop_s: 1.2 }))).await;
+    assert_eq!(times.iter().map(|f| f.index).collect::<Vec<_>>(), vec![25, 26, 27, 28, 29]);
+    // And a unary call still works on the same channel.
+    c.request_frame(by_index("a.mp4", 1)).await.unwrap();
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_formats_sizes_and_encodings_are_consistent() {
+    let d = start().await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let c = d.client().await;
+    let get = |spec: pb::OutputSpec| {
+        let mut c = c.clone();
+        async move {
+            c.request_frame(pb::FrameRequest { output: Some(spec), ..by_index("a.mp4", 21) }).await.unwrap().into_inner()
+        }
+    };
+    let bgr = get(pb::OutputSpec { pixel_format: pb::PixelFormat::Bgr24 as i32, ..Default::default() }).await;
+    let swapped: Vec<u8> = reference[21].chunks(3).flat_map(|p| [p[2], p[1], p[0]]).collect();
+    assert_eq!(bgr.data[..], swapped[..], "BGR24 is RGB24 with the bytes swapped");
+    let rgba = get(pb::OutputSpec { pixel_format: pb::PixelFormat::Rgba as i32, ..Default::default() }).await;
+    let rgb_of_rgba: Vec<u8> = rgba.data.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    assert_eq!(rgb_of_rgba[..], reference[21][..]);
+    assert!(rgba.data.chunks(4).all(|p| p[3] == 255));
+    let gray = get(pb::OutputSpec { pixel_format: pb::PixelFormat::Gray8 as i32, ..Default::default() }).await;
+    assert_eq!(gray.data.len(), (W * H) as usize);
+    let small = get(pb::OutputSpec { max_width: 96, max_height: 96, ..Default::default() }).await;
+    assert_eq!((small.width, small.height), (96, 64), "fit inside, aspect kept");
+    assert_eq!(small.data.len(), 96 * 64 * 3, "rows tightly packed");
+    let big = get(pb::OutputSpec { max_width: 4000, max_height: 4000, ..Default::default() }).await;
+    assert_eq!((big.width, big.height), (W, H), "never upscaled");
+    let png = get(pb::OutputSpec { encoding: pb::Encoding::Png as i32, ..Default::default() }).await;
+    assert_eq!(decode_png(&png.data), reference[21], "PNG holds exactly the raw pixels");
+    let jpeg = get(pb::OutputSpec { encoding: pb::Encoding::Jpeg as i32, jpeg_quality: 80, ..Default::default() }).await;
+    assert_eq!(&jpeg.data[..3], &[0xFF, 0xD8, 0xFF], "a JPEG");
+    d.stop().await;
+}
+
+fn decode_png(data: &[u8]) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(data.to_vec()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    buf
+}
+
+async fn expect_code(c: &mut FrameServerClient<Channel>, req: pb::FrameRequest, code: Code, needle: &str) {
+    let what = format!("{req:?}");
+    match c.request_frame(req).await {
+        Ok(_) => panic!("{what}: expected {code:?}, got a frame"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{what}: {}", s.message());
+            assert!(s.message().contains(needle), "{what}: message {:?} should mention {needle:?}", s.message());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_gets_its_status_and_the_daemon_keeps_serving() {
+    let d = start_with(|c| c.limits.max_batch_frames = 100).await;
+    let mut c = d.client().await;
+    let outside = d.outside.display().to_string();
+    expect_code(&mut c, by_index("missing.mp4", 0), Code::NotFound, "missing.mp4").await;
+    expect_code(&mut c, by_index("", 0), Code::InvalidArgument, "video").await;
+    expect_code(&mut c, by_index("../outside/secret.mp4", 0), Code::PermissionDenied, "..").await;
+    expect_code(&mut c, by_index(&format!("{outside}/secret.mp4"), 0), Code::PermissionDenied, "absolute").await;
+    expect_code(&mut c, by_index("escape.mp4", 0), Code::PermissionDenied, "outside").await;
+    for url in ["http://127.0.0.1:9/a.mp4", "concat:a.mp4|a.mp4", "pipe:0", "file:a.mp4"] {
+        expect_code(&mut c, by_index(url, 0), Code::PermissionDenied, "protocol").await;
+    }
+    expect_code(&mut c, by_index("list.mp4", 0), Code::InvalidArgument, "list.mp4").await;
+    expect_code(&mut c, by_index("play.m3u8", 0), Code::InvalidArgument, "play.m3u8").await;
+    expect_code(&mut c, by_index("notes.mp4", 0), Code::InvalidArgument, "not a readable video").await;
+    expect_code(&mut c, by_index("garbage.mkv", 0), Code::InvalidArgument, "garbage.mkv").await;
+    expect_code(&mut c, by_index("audio.mp4", 0), Code::InvalidArgument, "no video stream").await;
+    expect_code(&mut c, by_index("sub", 0), Code::NotFound, "sub").await;
+    expect_code(&mut c, by_index("a.mp4", 60), Code::OutOfRange, "has 60 frames").await;
+    expect_code(&mut c, by_index("a.mp4", -61), Code::OutOfRange, "-60..=-1").await;
+    expect_code(&mut c, by_time("a.mp4", 2.4), Code::OutOfRange, "lasts 2.400s").await;
+    expect_code(&mut c, by_time("a.mp4", -0.5), Code::OutOfRange, "-0.5").await;
+    expect_code(&mut c, by_time("a.mp4", f64::NAN), Code::InvalidArgument, "NaN").await;
+    expect_code(&mut c, pb::FrameRequest { target: None, ..by_index("a.mp4", 0) }, Code::InvalidArgument, "index").await;
+    let huge = pb::OutputSpec { max_width: 1_000_000, ..Default::default() };
+    expect_code(&mut c, pb::FrameRequest { output: Some(huge), ..by_index("a.mp4", 0) }, Code::InvalidArgument, "max_width").await;
+    let odd = pb::OutputSpec { encoding: 42, ..Default::default() };
+    expect_code(&mut c, pb::FrameRequest { output: Some(odd), ..by_index("a.mp4", 0) }, Code::InvalidArgument, "encoding").await;
+
+    let batch = |sel| pb::FramesRequest { video: "a.mp4".into(), selection: Some(sel), output: None };
+    let too_many = pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![0; 101] });
+    assert_eq!(c.request_frames(batch(too_many)).await.unwrap_err().code(), Code::InvalidArgument);
+    let beyond = pb::frames_request::Selection::Range(pb::IndexRange { start: 50, stop: 70, step: 1 });
+    assert_eq!(c.request_frames(batch(beyond)).await.unwrap_err().code(), Code::OutOfRange);
+    let none = pb::FramesRequest { video: "a.mp4".into(), selection: None, output: None };
+    assert_eq!(c.request_frames(none).await.unwrap_err().code(), Code::InvalidArgument);
+
+    // Clamp turns out-of-range into the nearest edge.
+    let clamped = c.request_frame(pb::FrameRequest { clamp: true, ..by_index("a.mp4", 1000) }).await.unwrap().into_inner();
+    assert_eq!(clamped.index, 59);
+    let clamped = c.request_frame(pb::FrameRequest { clamp: true, ..by_time("a.mp4", -3.0) }).await.unwrap().into_inner();
+    assert_eq!(clamped.index, 0);
+    // Still serving.
+    let ok = c.request_frame(by_index("sub/copy.mp4", 3)).await.unwrap().into_inner();
+    assert_eq!(ok.index, 3);
+    let names = c.list_videos(pb::ListVideosRequest { prefix: String::new() }).await.unwrap().into_inner().videos;
+    assert!(names.contains(&"a.mp4".to_string()) && names.contains(&"sub/copy.mp4".to_string()));
+    assert!(!names.contains(&"escape.mp4".to_string()), "links out of the root are not listed");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_with_resource_exhausted_and_the_daemon_recovers() {
+    let d = start_with(|c| {
+        c.decoder.max_total = 1;
+        c.decoder.max_per_video = 1;
+        c.decoder.max_queue = 2;
+        c.cache_size = framesrv::units::ByteSize(0);
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let mut c = d.client().await;
+        tasks.push(tokio::spawn(async move { c.request_frame(by_index("a.mp4", (i * 7) % 60)).await }));
+    }
+    let mut exhausted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => {}
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+                exhausted += 1;
+            }
+        }
+    }
+    assert!(exhausted > 0, "a queue of 2 on one decoder must refuse some of 40 concurrent requests");
+    let mut c = d.client().await;
+    assert_eq!(c.request_frame(by_index("a.mp4", 9)).await.unwrap().into_inner().index, 9);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_file_never_serves_stale_frames() {
+    let d = start().await;
+    let mut c = d.client().await;
+    let before = c.request_frame(by_index("sub/copy.mp4", 10)).await.unwrap().into_inner();
+    assert_eq!(barcode(&before.data), 10);
+    // Replace it with a video whose frames start at a different source frame.
+    let full = d.media.join("a.mp4");
+    let cut = d.media.join("sub/cut.mp4");
+    ffmpeg(&["-i", full.to_str().unwrap(), "-vf", "trim=start_frame=20,setpts=PTS-STARTPTS", "-c:v", "libx264", "-pix_fmt", "yuv420p", cut.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::rename(&cut, d.media.join("sub/copy.mp4")).unwrap();
+    let after = c.request_frame(by_index("sub/copy.mp4", 10)).await.unwrap().into_inner();
+    assert!(!after.cache_hit);
+    assert_eq!(barcode(&after.data), 30, "frame 10 of the new file is source frame 30");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_serving_and_reflection_lists_the_service() {
+    let d = start().await;
+    let channel = Channel::from_shared(d.addr.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "framesrv.v1.FrameServer".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut responses = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("no service list") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"framesrv.v1.FrameServer".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_get_writes_a_png_of_the_right_frame() {
+    let d = start().await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let out = d.media.join("frame.png");
+    let addr = d.addr.clone();
+    let target = out.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_framesrv"))
+            .args(["get", "a.mp4", "--index", "-7", "--server", &addr, "-o"])
+            .arg(&target)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(decode_png(&std::fs::read(&out).unwrap()), reference[53]);
+    let addr = d.addr.clone();
+    let failed = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_framesrv"))
+            .args(["get", "a.mp4", "--index", "999", "--server", &addr, "-o", "/dev/null"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("OutOfRange") && stderr.contains("60 frames"), "{stderr}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_streams_finish() {
+    let d = start().await;
+    let mut c = d.client().await;
+    let req = pb::FramesRequest {
+        video: "a.mp4".into(),
+        selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 60, step: 1 })),
+        output: None,
+    };
+    let mut stream = c.request_frames(req).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.index, 0);
+    let Daemon { stop, handle, _dir, .. } = d;
+    let _ = stop.unwrap().send(());
+    let mut count = 1;
+    while let Some(_f) = stream.message().await.unwrap() {
+        count += 1;
+    }
+    assert_eq!(count, 60, "the stream in flight completed");
+    handle.await.unwrap().unwrap();
+    drop(_dir);
+}
