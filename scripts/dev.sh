@@ -19,7 +19,7 @@ APT_PACKAGES=(
 # Pinned so that the Python client test is reproducible.
 PY_PACKAGES=(
   "grpcio==1.76.0" "grpcio-tools==1.76.0" "grpcio-reflection==1.76.0"
-  "grpcio-health-checking==1.76.0" "protobuf>=6.31,<7" "pytest==8.4.2" "Pillow>=10,<12"
+  "grpcio-health-checking==1.76.0" "protobuf>=6.31,<7" "pytest==8.4.2" "Pillow>=10,<12" "numpy>=1.26,<3"
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

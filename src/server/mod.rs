@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::engine::store::FrameStore;
@@ -66,6 +65,11 @@ pub async fn run_with_store(
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, roots = ?config.media_roots, cache = %config.cache_size, "framesrv serving");
 
+    // Small responses must not wait for Nagle's algorithm (40 ms with delayed ACKs): with a
+    // caller-bound listener tonic leaves TCP_NODELAY to us.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signal = stopping.clone();
     let serve = tonic::transport::Server::builder()
@@ -74,7 +78,7 @@ pub async fn run_with_store(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(frames)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, draining in-flight requests");
             health.set_not_serving::<FrameServerServer<FrameService>>().await;

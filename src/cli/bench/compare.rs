@@ -1,0 +1,613 @@
+//! `framesrv bench compare`: the whole comparison in one command.
+//!
+//! It generates its clips (1280x720 h264 30 fps with B-frames, GOP 50 and GOP 250), measures
+//! the references in the same run (the decode limit of the ffmpeg CLI, a per-request
+//! `ffmpeg -ss`, a PyAV seek-and-scan reader in its own venv), then framesrv: the engine
+//! in-process, and a real daemon (this binary, `serve`) over loopback gRPC. Each figure is
+//! printed with its reference and the ratio the targets are stated in.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::load::{self, ms, percentile, LoadArgs, Pattern};
+use crate::engine::decoder::{build_index, DecodeOptions, FrameDecoder};
+use crate::engine::output::OutputSpec;
+use crate::engine::stats::EngineStats;
+use crate::proto::v1 as pb;
+use crate::proto::v1::frame_server_client::FrameServerClient;
+use crate::units::FrameIndex;
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// A seconds-long pass on tiny clips, so the harness never rots (CI runs it).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Where clips, the PyAV venv and the daemon's media go (reused between runs).
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Codec threads, for framesrv's decoders and the ffmpeg and PyAV references alike.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Seconds of the 64-client load test.
+    #[arg(long, default_value_t = 60.0)]
+    pub load_seconds: f64,
+    /// Skip the one-hour 1080p index benchmark (it writes a ~1 GB file).
+    #[arg(long)]
+    pub skip_hour: bool,
+    /// Skip the PyAV reference (no venv, no download).
+    #[arg(long)]
+    pub skip_pyav: bool,
+}
+
+struct Scale {
+    width: u32,
+    height: u32,
+    seconds: u32,
+    fps: u32,
+    random_samples: usize,
+    cli_samples: usize,
+    warm_set: usize,
+    load_clients: usize,
+}
+
+const FULL: Scale = Scale { width: 1280, height: 720, seconds: 60, fps: 30, random_samples: 40, cli_samples: 12, warm_set: 200, load_clients: 64 };
+const SMOKE: Scale = Scale { width: 320, height: 180, seconds: 4, fps: 30, random_samples: 6, cli_samples: 3, warm_set: 20, load_clients: 8 };
+
+struct Clip {
+    path: PathBuf,
+    frames: usize,
+    seconds: f64,
+}
+
+/// One line of the results table.
+struct Row {
+    figure: String,
+    value: String,
+    reference: String,
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(&mut self, figure: &str, value: String, reference: String, ratio: Option<f64>, target: &str, met: Option<bool>) {
+        println!(
+            "  {figure}: {value}{}{}",
+            if reference.is_empty() { String::new() } else { format!("  (reference {reference})") },
+            ratio.map(|r| format!("  ratio {r:.3}")).unwrap_or_default()
+        );
+        self.rows.push(Row { figure: figure.into(), value, reference, ratio, target: target.into(), met });
+    }
+
+    fn print_table(&self) {
+        println!();
+        println!("| figure | framesrv | reference | ratio | target | met |");
+        println!("|---|---|---|---|---|---|");
+        for r in &self.rows {
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                r.figure,
+                r.value,
+                r.reference,
+                r.ratio.map(|x| format!("{x:.3}")).unwrap_or_default(),
+                r.target,
+                match r.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "",
+                }
+            );
+        }
+    }
+}
+
+fn run_quiet(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}
+
+fn timed(cmd: &mut Command) -> Result<Duration, String> {
+    let t = Instant::now();
+    run_quiet(cmd)?;
+    Ok(t.elapsed())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    percentile(&v, 0.5)
+}
+
+fn make_clip(out: &Path, scale: &Scale, gop: u32) -> Result<Clip, String> {
+    let name = format!("clip-{}x{}-{}s-g{}.mp4", scale.width, scale.height, scale.seconds, gop);
+    let path = out.join(&name);
+    if !path.exists() {
+        eprintln!("generating {name}");
+        let tmp = out.join(format!("tmp-{name}"));
+        run_quiet(Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i"]).arg(format!(
+            "testsrc2=size={}x{}:rate={}",
+            scale.width, scale.height, scale.fps
+        ))
+        .args(["-t", &scale.seconds.to_string(), "-c:v", "libx264", "-preset", "veryfast", "-bf", "3"])
+        .args(["-g", &gop.to_string(), "-keyint_min", &gop.to_string(), "-sc_threshold", "0", "-pix_fmt", "yuv420p"])
+        .arg(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+    }
+    let frames = (scale.seconds * scale.fps) as usize;
+    Ok(Clip { path, frames, seconds: scale.seconds as f64 })
+}
+
+/// The decode limit: the ffmpeg CLI decoding the whole clip to rgb24, frames per second.
+fn decode_limit(clip: &Clip, threads: usize) -> Result<f64, String> {
+    let mut best = Duration::MAX;
+    for _ in 0..2 {
+        let t = timed(Command::new("ffmpeg").args(["-v", "error", "-threads", &threads.to_string(), "-i"]).arg(&clip.path).args([
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-y", "/dev/null",
+        ]))?;
+        best = best.min(t);
+    }
+    Ok(clip.frames as f64 / best.as_secs_f64())
+}
+
+/// What people script today: one `ffmpeg -ss T -i clip -frames:v 1` per frame.
+fn ffmpeg_per_request(clip: &Clip, indices: &[usize], fps: f64, threads: usize) -> Result<Duration, String> {
+    let mut v = Vec::new();
+    for &i in indices {
+        let t = format!("{:.6}", i as f64 / fps);
+        v.push(timed(
+            Command::new("ffmpeg")
+                .args(["-v", "error", "-threads", &threads.to_string(), "-ss", &t, "-i"])
+                .arg(&clip.path)
+                .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-y", "/dev/null"]),
+        )?);
+    }
+    Ok(median(v))
+}
+
+/// The PyAV reader, in a venv of its own under `out`.
+fn pyav(out: &Path, clip: &Clip, indices: &[usize]) -> Result<Duration, String> {
+    let venv = out.join("pyav-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("installing PyAV into {}", venv.display());
+        run_quiet(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run_quiet(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", "av>=12,<17", "numpy>=1.26,<3"]))?;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pyav_reader.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&clip.path)
+        .args(indices.iter().map(|i| i.to_string()))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!("PyAV reader failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let start = text.find('[').ok_or("PyAV reader printed no latencies")?;
+    let end = text.rfind(']').ok_or("PyAV reader printed no latencies")?;
+    let v: Vec<Duration> = text[start + 1..end]
+        .split(',')
+        .filter_map(|s| s.trim().parse::<f64>().ok())
+        .map(Duration::from_secs_f64)
+        .collect();
+    Ok(median(v))
+}
+
+/// Uniform random indices, none inside the window a previous request scanned through (so that
+/// "cold" really means nothing cached).
+fn cold_indices(frames: usize, count: usize, keep_behind: usize, seed: u64) -> Vec<usize> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out: Vec<usize> = Vec::new();
+    let mut tries = 0;
+    while out.len() < count && tries < 100_000 {
+        tries += 1;
+        let i = rng.random_range(0..frames);
+        if out.iter().all(|&p| !(i + keep_behind + 1 >= p && i <= p + 1)) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+struct EngineFigures {
+    index_ms_per_minute: f64,
+    sequential_fps: f64,
+    cold_median: Duration,
+    backward_step_median: Duration,
+}
+
+fn engine_figures(clip: &Clip, indices: &[usize], threads: usize) -> Result<EngineFigures, String> {
+    let mut best = Duration::MAX;
+    let mut index = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        index = Some(build_index(&clip.path, "bench").map_err(|e| e.to_string())?);
+        best = best.min(t.elapsed());
+    }
+    let index = Arc::new(index.ok_or("no index")?);
+    let stats = Arc::new(EngineStats::default());
+    let options = DecodeOptions { threads, ..DecodeOptions::default() };
+    let open = || FrameDecoder::open(&clip.path, "bench", index.clone(), options, stats.clone()).map_err(|e| e.to_string());
+    let spec = OutputSpec::default();
+    let mut d = open()?;
+    let t = Instant::now();
+    for i in 0..index.frame_count() {
+        d.frame(FrameIndex(i as u32), &spec, &mut |_| {}).map_err(|e| e.to_string())?;
+    }
+    let sequential_fps = index.frame_count() as f64 / t.elapsed().as_secs_f64();
+    let mut d = open()?;
+    let mut cold = Vec::new();
+    for &i in indices {
+        let t = Instant::now();
+        d.frame(FrameIndex(i as u32), &spec, &mut |_| {}).map_err(|e| e.to_string())?;
+        cold.push(t.elapsed());
+    }
+    let mut back = Vec::new();
+    for &i in indices.iter().filter(|&&i| i > 0).take(10) {
+        d.frame(FrameIndex(i as u32), &spec, &mut |_| {}).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        d.frame(FrameIndex(i as u32 - 1), &spec, &mut |_| {}).map_err(|e| e.to_string())?;
+        back.push(t.elapsed());
+    }
+    Ok(EngineFigures {
+        index_ms_per_minute: best.as_secs_f64() * 1000.0 / (clip.seconds / 60.0),
+        sequential_fps,
+        cold_median: median(cold),
+        backward_step_median: median(back),
+    })
+}
+
+/// The daemon as a child process, killed and reaped when dropped.
+struct DaemonProcess {
+    child: Child,
+    url: String,
+}
+
+impl DaemonProcess {
+    fn start(media: &Path, cache: &str, threads: usize) -> Result<DaemonProcess, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let config = media.join("..").join(format!("bench-{threads}.toml"));
+        std::fs::write(&config, format!("[decoder]\nthreads = {threads}\n")).map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cache-size", cache, "--log-level", "warn"])
+            .arg("--config")
+            .arg(&config)
+            .arg("--media-root")
+            .arg(media)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        Ok(DaemonProcess { child, url: format!("http://127.0.0.1:{port}") })
+    }
+
+    async fn client(&self) -> Result<FrameServerClient<tonic::transport::Channel>, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match FrameServerClient::connect(self.url.clone()).await {
+                Ok(c) => return Ok(c.max_decoding_message_size(256 << 20)),
+                Err(e) if Instant::now() > deadline => return Err(format!("daemon did not start: {e}")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Peak resident memory of the daemon so far (VmHWM), in bytes.
+    fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(video: &str, i: usize, output: Option<pb::OutputSpec>) -> pb::FrameRequest {
+    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::Index(i as i64)), output, clamp: false }
+}
+
+async fn timed_requests(
+    c: &mut FrameServerClient<tonic::transport::Channel>,
+    video: &str,
+    indices: &[usize],
+    output: Option<pb::OutputSpec>,
+) -> Result<(Vec<Duration>, usize), String> {
+    let mut lat = Vec::new();
+    let mut hits = 0;
+    for &i in indices {
+        let t = Instant::now();
+        let f = c.request_frame(request(video, i, output)).await.map_err(|s| s.message().to_string())?.into_inner();
+        lat.push(t.elapsed());
+        hits += f.cache_hit as usize;
+    }
+    Ok((lat, hits))
+}
+
+fn link_media(media: &Path, clip: &Clip, name: &str) -> Result<(), String> {
+    let target = media.join(name);
+    if !target.exists() {
+        std::fs::copy(&clip.path, &target).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), String> {
+    let scale = if args.smoke { &SMOKE } else { &FULL };
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let out = std::fs::canonicalize(&args.out).map_err(|e| e.to_string())?;
+    let media = out.join(if args.smoke { "media-smoke" } else { "media" });
+    if media.exists() {
+        std::fs::remove_dir_all(&media).map_err(|e| e.to_string())?;
+    }
+    std::fs::create_dir_all(&media).map_err(|e| e.to_string())?;
+    let threads = args.threads;
+    let g50 = make_clip(&out, scale, 50)?;
+    let g250 = make_clip(&out, scale, 250)?;
+    let fps = scale.fps as f64;
+    let keep_behind = crate::config::DecoderConfig::default().keep_behind as usize;
+    let cold250 = cold_indices(g250.frames, scale.random_samples, keep_behind, 250);
+    let cold50 = cold_indices(g50.frames, scale.random_samples, keep_behind, 50);
+    let mut report = Report { rows: Vec::new() };
+    println!(
+        "framesrv bench compare: {}x{} h264 {} fps, {} s, B-frames; {} codec thread(s) everywhere",
+        scale.width, scale.height, scale.fps, scale.seconds, threads
+    );
+
+    println!("references");
+    let limit = decode_limit(&g50, threads)?;
+    println!("  decode limit (ffmpeg CLI to rgb24): {limit:.1} frames/s");
+    let cli_indices: Vec<usize> = cold250.iter().copied().take(scale.cli_samples).collect();
+    let cli250 = ffmpeg_per_request(&g250, &cli_indices, fps, threads)?;
+    println!("  ffmpeg -ss per request, GOP 250: median {}", ms(cli250));
+    let pyav250 = if args.skip_pyav {
+        None
+    } else {
+        match pyav(&out, &g250, &cold250) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("PyAV reference unavailable: {e}");
+                None
+            }
+        }
+    };
+    if let Some(p) = pyav250 {
+        println!("  PyAV seek + scan, GOP 250: median {}", ms(p));
+    }
+
+    println!("engine (in-process, no cache)");
+    let e50 = engine_figures(&g50, &cold50, threads)?;
+    let e250 = engine_figures(&g250, &cold250, threads)?;
+    report.add("index build per minute of video (720p)", format!("{:.0} ms", e50.index_ms_per_minute), String::new(), None, "~1 s per hour", None);
+    report.add(
+        "engine sequential decode to rgb24",
+        format!("{:.1} fps", e50.sequential_fps),
+        format!("{limit:.1} fps"),
+        Some(e50.sequential_fps / limit),
+        "",
+        None,
+    );
+    report.add("engine cold random, GOP 50 (median)", ms(e50.cold_median), String::new(), None, "", None);
+    report.add(
+        "engine cold random, GOP 250 (median)",
+        ms(e250.cold_median),
+        pyav250.map(|p| format!("PyAV {}", ms(p))).unwrap_or_default(),
+        pyav250.map(|p| e250.cold_median.as_secs_f64() / p.as_secs_f64()),
+        "",
+        None,
+    );
+    report.add("engine backward step in a GOP, no cache (median)", ms(e250.backward_step_median), String::new(), None, "", None);
+
+    println!("daemon over loopback gRPC");
+    link_media(&media, &g50, "g50.mp4")?;
+    link_media(&media, &g250, "g250.mp4")?;
+    let daemon = DaemonProcess::start(&media, "1GiB", threads)?;
+    runtime.block_on(async {
+        let mut c = daemon.client().await?;
+        // Streaming a whole clip.
+        let t = Instant::now();
+        let req = pb::FramesRequest {
+            video: "g50.mp4".into(),
+            selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 0, step: 1 })),
+            output: None,
+        };
+        let mut s = c.request_frames(req).await.map_err(|s| s.message().to_string())?.into_inner();
+        let mut n = 0usize;
+        while let Some(_f) = s.message().await.map_err(|s| s.message().to_string())? {
+            n += 1;
+        }
+        let stream_fps = n as f64 / t.elapsed().as_secs_f64();
+        report.add("sequential streaming (RequestFrames, raw rgb24)", format!("{stream_fps:.1} fps"), format!("{limit:.1} fps"), Some(stream_fps / limit), ">= 0.85", Some(stream_fps / limit >= 0.85));
+        Ok::<_, String>(())
+    })?;
+    drop(daemon);
+    // A fresh daemon per figure, so no figure profits from another's cache.
+    let daemon = DaemonProcess::start(&media, "1GiB", threads)?;
+    runtime.block_on(async {
+        let mut c = daemon.client().await?;
+        let all: Vec<usize> = (0..g50.frames).collect();
+        let t = Instant::now();
+        timed_requests(&mut c, "g50.mp4", &all, None).await?;
+        let fbf = g50.frames as f64 / t.elapsed().as_secs_f64();
+        report.add("sequential frame by frame (RequestFrame i, i+1, ...)", format!("{fbf:.1} fps"), format!("{limit:.1} fps"), Some(fbf / limit), ">= 0.7", Some(fbf / limit >= 0.7));
+        Ok::<_, String>(())
+    })?;
+    drop(daemon);
+    let daemon = DaemonProcess::start(&media, "1GiB", threads)?;
+    runtime.block_on(async {
+        let mut c = daemon.client().await?;
+        let (lat, hits) = timed_requests(&mut c, "g250.mp4", &cold250, None).await?;
+        let cold = median(lat);
+        if hits > 0 {
+            println!("  warning: {hits} of the cold requests were cache hits");
+        }
+        if let Some(p) = pyav250 {
+            let r = cold.as_secs_f64() / p.as_secs_f64();
+            report.add("cold random GOP 250 vs PyAV (median)", ms(cold), ms(p), Some(r), "<= 0.6", Some(r <= 0.6));
+        }
+        let r = cold.as_secs_f64() / cli250.as_secs_f64();
+        report.add("cold random GOP 250 vs ffmpeg -ss (median)", ms(cold), ms(cli250), Some(r), "<= 0.05", Some(r <= 0.05));
+        // Warm random: a working set that fits the cache, requested again in shuffled order.
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut set: Vec<usize> = (0..g250.frames).collect();
+        set.shuffle(&mut rng);
+        set.truncate(scale.warm_set);
+        timed_requests(&mut c, "g250.mp4", &set, None).await?;
+        set.shuffle(&mut rng);
+        let (lat, hits) = timed_requests(&mut c, "g250.mp4", &set, None).await?;
+        let warm = median(lat);
+        let reference = pyav250.unwrap_or(cli250);
+        let r = warm.as_secs_f64() / reference.as_secs_f64();
+        report.add(
+            &format!("warm random, {} frames in cache ({hits} hits)", set.len()),
+            ms(warm),
+            format!("{} {}", if pyav250.is_some() { "PyAV cold" } else { "ffmpeg -ss" }, ms(reference)),
+            Some(r),
+            "<= 0.05",
+            Some(r <= 0.05),
+        );
+        // Backtracking at 640x360.
+        let small = Some(pb::OutputSpec { max_width: 640, max_height: 360, ..Default::default() });
+        let mut steps = Vec::new();
+        let mut step_hits = 0;
+        let mut rng = StdRng::seed_from_u64(31);
+        for _ in 0..5 {
+            let i = rng.random_range(31..g250.frames);
+            timed_requests(&mut c, "g250.mp4", &[i], small).await?;
+            let back: Vec<usize> = (i - 30..i).rev().collect();
+            let (lat, hits) = timed_requests(&mut c, "g250.mp4", &back, small).await?;
+            steps.extend(lat);
+            step_hits += hits;
+        }
+        let total = steps.len();
+        let m = median(steps);
+        report.add(
+            &format!("backtracking i-1..i-30 at 640x360 ({step_hits}/{total} hits)"),
+            ms(m),
+            String::new(),
+            None,
+            "all hits, <= 1 ms",
+            Some(step_hits == total && m <= Duration::from_millis(1)),
+        );
+        Ok::<_, String>(())
+    })?;
+    drop(daemon);
+
+    // Load: 8 videos, zipf, many clients, a cache of 256 MiB.
+    for k in 0..8 {
+        link_media(&media, &g50, &format!("load-{k}.mp4"))?;
+    }
+    let cache = crate::units::ByteSize::mib(256);
+    let daemon = DaemonProcess::start(&media, "256MiB", threads)?;
+    runtime.block_on(async {
+        daemon.client().await?;
+        let load_args = LoadArgs {
+            server: daemon.url.clone(),
+            concurrency: scale.load_clients,
+            requests: 0,
+            duration: Some(if args.smoke { 3.0 } else { args.load_seconds }),
+            pattern: Pattern::Zipf,
+            videos: (0..8).map(|k| format!("load-{k}.mp4")).collect(),
+            max_size: None,
+            seed: 1,
+            quiet: true,
+        };
+        let r = load::run_load(&load_args).await?;
+        r.print(&format!("  load: zipf, {} clients, 8 videos", scale.load_clients));
+        let rss = daemon.peak_rss().unwrap_or(0);
+        let bound = cache.0 + 200 * 1024 * 1024;
+        report.add(
+            &format!("load: {} clients x 8 videos, zipf ({:.0} req/s, p50 {}, p99 {})", scale.load_clients, r.rps(), ms(r.percentile(0.5)), ms(r.percentile(0.99))),
+            format!("{} errors", r.errors),
+            String::new(),
+            None,
+            "0 errors",
+            Some(r.errors == 0),
+        );
+        report.add(
+            "load: peak RSS (cache 256 MiB)",
+            format!("{:.0} MiB", rss as f64 / 1048576.0),
+            format!("{:.0} MiB bound", bound as f64 / 1048576.0),
+            Some(rss as f64 / bound as f64),
+            "<= 1.0",
+            Some(rss <= bound),
+        );
+        // Time to the first frame of a video nobody opened yet.
+        link_media(&media, &g50, "cold-open.mp4")?;
+        let mut c = daemon.client().await?;
+        let t = Instant::now();
+        timed_requests(&mut c, "cold-open.mp4", &[0], None).await?;
+        report.add("time to first frame of a cold 60 s 720p video", ms(t.elapsed()), String::new(), None, "", None);
+        Ok::<_, String>(())
+    })?;
+    drop(daemon);
+
+    if !args.smoke && !args.skip_hour {
+        let hour = make_hour(&out)?;
+        let t = Instant::now();
+        let index = build_index(&hour, "hour").map_err(|e| e.to_string())?;
+        let took = t.elapsed();
+        let minutes = index.duration_s / 60.0;
+        report.add(
+            &format!("index build, one hour of 1080p h264 ({} frames)", index.frame_count()),
+            format!("{:.2} s ({:.0} ms per minute)", took.as_secs_f64(), took.as_secs_f64() * 1000.0 / minutes),
+            String::new(),
+            None,
+            "~1 s",
+            None,
+        );
+        link_media(&media, &Clip { path: hour.clone(), frames: 0, seconds: 0.0 }, "hour.mp4").ok();
+        let daemon = DaemonProcess::start(&media, "256MiB", threads)?;
+        runtime.block_on(async {
+            let mut c = daemon.client().await?;
+            let t = Instant::now();
+            timed_requests(&mut c, "hour.mp4", &[54_000], None).await?;
+            report.add("time to a middle frame of a cold one-hour 1080p video", ms(t.elapsed()), String::new(), None, "", None);
+            Ok::<_, String>(())
+        })?;
+        drop(daemon);
+        let _ = std::fs::remove_file(media.join("hour.mp4"));
+    }
+    report.print_table();
+    Ok(())
+}
+
+/// One hour of 1080p h264: one minute encoded, then stream-copied 60 times.
+fn make_hour(out: &Path) -> Result<PathBuf, String> {
+    let hour = out.join("hour-1080p.mp4");
+    if hour.exists() {
+        return Ok(hour);
+    }
+    let minute = out.join("minute-1080p.mp4");
+    if !minute.exists() {
+        eprintln!("generating one minute of 1080p");
+        run_quiet(Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-t", "60"])
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-bf", "3", "-g", "250", "-pix_fmt", "yuv420p"]).arg(&minute))?;
+    }
+    let list = out.join("hour.txt");
+    let line = format!("file '{}'\n", minute.display());
+    std::fs::write(&list, line.repeat(60)).map_err(|e| e.to_string())?;
+    eprintln!("concatenating one hour of 1080p");
+    run_quiet(Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "concat", "-safe", "0", "-i"]).arg(&list).args(["-c", "copy"]).arg(&hour))?;
+    Ok(hour)
+}

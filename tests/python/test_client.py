@@ -1,0 +1,164 @@
+"""A Python client against a real framesrv daemon: the integration a labelling tool or a data
+loader would write. Stubs are generated from proto/ at test time with grpcio-tools; frames are
+compared byte for byte with the ffmpeg CLI's own decode of the same file."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+W, H = 320, 240
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stubs")
+    from grpc_tools import protoc
+
+    rc = protoc.main([
+        "protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
+        str(ROOT / "proto/framesrv/v1/framesrv.proto"),
+    ])
+    assert rc == 0, "stub generation failed"
+    sys.path.insert(0, str(out))
+    from framesrv.v1 import framesrv_pb2, framesrv_pb2_grpc
+
+    return framesrv_pb2, framesrv_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory):
+    media = tmp_path_factory.mktemp("media")
+    subprocess.run([
+        "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate=25",
+        "-t", "3", "-c:v", "libx264", "-bf", "3", "-g", "25", "-pix_fmt", "yuv420p",
+        str(media / "clip.mp4"),
+    ], check=True)
+    return media
+
+
+@pytest.fixture(scope="session")
+def reference(media):
+    raw = subprocess.run([
+        "ffmpeg", "-v", "error", "-i", str(media / "clip.mp4"), "-map", "0:v:0",
+        "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+    ], check=True, capture_output=True).stdout
+    size = W * H * 3
+    return [raw[i:i + size] for i in range(0, len(raw), size)]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def channel(media):
+    binary = os.environ.get("FRAMESRV_BIN", str(ROOT / "target/debug/framesrv"))
+    addr = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [binary, "serve", "--listen", addr, "--media-root", str(media), "--cache-size", "64MiB"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)])
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.time() + 30
+    while True:
+        try:
+            status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        except grpc.RpcError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("daemon did not start: " + proc.stderr.read().decode(errors="replace"))
+        time.sleep(0.1)
+    yield channel
+    channel.close()
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0, "SIGTERM drains and exits 0"
+
+
+def test_info_counts_frames_from_the_index(stubs, channel, reference):
+    pb, grpc_pb = stubs
+    info = grpc_pb.FrameServerStub(channel).GetVideoInfo(pb.GetVideoInfoRequest(video="clip.mp4"))
+    assert info.frame_count == len(reference) == 75
+    assert (info.width, info.height) == (W, H)
+    assert info.codec == "h264"
+
+
+def test_frames_by_index_and_time_match_ffmpeg_bytes(stubs, channel, reference):
+    pb, grpc_pb = stubs
+    stub = grpc_pb.FrameServerStub(channel)
+    for i in [0, 74, 40, 39, 12, 60]:
+        frame = stub.RequestFrame(pb.FrameRequest(video="clip.mp4", index=i))
+        assert frame.index == i
+        assert frame.data == reference[i], f"frame {i}"
+    frame = stub.RequestFrame(pb.FrameRequest(video="clip.mp4", time_s=2.0))
+    assert frame.index == 50 and frame.data == reference[50]
+    frame = stub.RequestFrame(pb.FrameRequest(video="clip.mp4", index=-1))
+    assert frame.index == 74
+
+
+def test_png_frames_decode_to_the_same_pixels(stubs, channel, reference):
+    from PIL import Image
+
+    pb, grpc_pb = stubs
+    frame = grpc_pb.FrameServerStub(channel).RequestFrame(
+        pb.FrameRequest(video="clip.mp4", index=33, output=pb.OutputSpec(encoding=pb.PNG)))
+    image = Image.open(io.BytesIO(frame.data))
+    assert image.size == (W, H) and image.mode == "RGB"
+    assert image.tobytes() == reference[33]
+
+
+def test_streamed_batches_come_in_request_order(stubs, channel, reference):
+    pb, grpc_pb = stubs
+    stub = grpc_pb.FrameServerStub(channel)
+    wanted = [70, 3, 3, 45, 0]
+    got = list(stub.RequestFrames(pb.FramesRequest(video="clip.mp4", indices=pb.IndexList(indices=wanted))))
+    assert [f.index for f in got] == wanted
+    assert all(f.data == reference[f.index] for f in got)
+    got = list(stub.RequestFrames(pb.FramesRequest(video="clip.mp4", range=pb.IndexRange(start=10, stop=20))))
+    assert [f.index for f in got] == list(range(10, 20))
+
+
+def test_errors_carry_codes_and_readable_messages(stubs, channel):
+    pb, grpc_pb = stubs
+    stub = grpc_pb.FrameServerStub(channel)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.RequestFrame(pb.FrameRequest(video="nope.mp4", index=0))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        stub.RequestFrame(pb.FrameRequest(video="clip.mp4", index=75))
+    assert e.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "75 frames" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.RequestFrame(pb.FrameRequest(video="../clip.mp4", index=0))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_reflection_lists_the_service_for_grpcurl_and_ghz(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = [s.name for s in next(responses).list_services_response.service]
+    assert "framesrv.v1.FrameServer" in names
+    responses = stub.ServerReflectionInfo(iter([
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="framesrv.v1.FrameServer")]))
+    assert next(responses).file_descriptor_response.file_descriptor_proto, "descriptors are served"
+
+
+def test_health_reports_serving(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="framesrv.v1.FrameServer")).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
