@@ -47,6 +47,8 @@ pub struct DecoderConfig {
     pub readahead: u32,
     /// Skip decoding non-reference frames too early to be kept.
     pub skip_nonref: bool,
+    /// Spare pixel buffers kept for reuse (fresh allocations cost page zeroing).
+    pub buffer_pool: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -86,11 +88,12 @@ impl Default for DecoderConfig {
         DecoderConfig {
             threads: 1,
             max_per_video: 3,
-            max_total: 16,
+            max_total: 8,
             max_queue: 256,
             keep_behind: 32,
             readahead: 8,
             skip_nonref: true,
+            buffer_pool: ByteSize::mib(64),
         }
     }
 }
@@ -159,6 +162,7 @@ impl Config {
             cache_size: self.cache_size,
             max_open_videos: self.limits.max_open_videos,
             batch_lookahead: self.limits.batch_lookahead,
+            buffer_pool: self.decoder.buffer_pool,
             pool: PoolConfig {
                 max_per_video: self.decoder.max_per_video,
                 max_total: self.decoder.max_total,
@@ -168,7 +172,7 @@ impl Config {
                     threads: self.decoder.threads,
                     keep_behind: self.decoder.keep_behind,
                     skip_nonref: self.decoder.skip_nonref,
-                    continue_slack: 0,
+                    continue_slack: 4,
                 },
             },
         }

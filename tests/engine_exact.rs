@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
+use framesrv::engine::buffers::BufferPool;
+use framesrv::units::ByteSize;
 use framesrv::engine::decoder::{build_index, DecodeOptions, FrameDecoder, RawFrame};
 use framesrv::engine::index::{FrameIdentity, VideoIndex};
 use framesrv::engine::output::OutputSpec;
@@ -20,7 +22,7 @@ fn options() -> DecodeOptions {
 }
 
 fn decoder(path: &Path, index: &Arc<VideoIndex>, stats: &Arc<EngineStats>) -> FrameDecoder {
-    FrameDecoder::open(path, "test", index.clone(), options(), stats.clone()).expect("decoder opens")
+    FrameDecoder::open(path, "test", index.clone(), options(), stats.clone(), BufferPool::new(ByteSize::mib(16))).expect("decoder opens")
 }
 
 /// Decode `i` and compare it, and every frame decoded on the way, with the reference.

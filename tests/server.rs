@@ -426,3 +426,45 @@ async fn shutdown_lets_in_flight_streams_finish() {
     handle.await.unwrap().unwrap();
     drop(_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_reader_is_served_from_readahead_without_seeking() {
+    let d = start().await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut c = d.client().await;
+    let mut hits = 0;
+    for i in 0..20usize {
+        let f = c.request_frame(by_index("a.mp4", i as i64)).await.unwrap().into_inner();
+        assert_eq!(f.data[..], reference[i][..], "frame {i}");
+        hits += f.cache_hit as usize;
+        // A client that does something with each frame: time for the decoder to read ahead.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    assert!(hits >= 16, "frames 2.. were decoded ahead of the reader: {hits} of 20 were cache hits");
+    let stats = d.store.stats();
+    assert_eq!(stats.seeks, 1, "reading forward never seeks");
+    assert!(stats.frames_decoded <= 20 + 8 + 1, "readahead stays bounded: {} frames decoded", stats.frames_decoded);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_a_range_decodes_each_frame_once_on_one_decoder() {
+    let d = start().await;
+    let mut c = d.client().await;
+    let req = pb::FramesRequest {
+        video: "a.mp4".into(),
+        selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 0, step: 1 })),
+        output: None,
+    };
+    let mut s = c.request_frames(req).await.unwrap().into_inner();
+    let mut n = 0;
+    while s.message().await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 60);
+    let stats = d.store.stats();
+    assert_eq!(stats.seeks, 1, "queued sequential jobs stay on the decoder that is positioned for them");
+    assert_eq!(stats.frames_decoded, 60, "no frame decoded twice");
+    assert_eq!(stats.open_decoders, 1);
+    d.stop().await;
+}

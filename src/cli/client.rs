@@ -6,9 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use super::{Command, ServerArg};
+use super::{connect, Command, ServerArg};
 use crate::proto::v1 as pb;
-use crate::proto::v1::frame_server_client::FrameServerClient;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -59,13 +58,6 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("--max-size {s:?}: expected WxH like 640x360"))?;
     let parse = |v: &str| v.trim().parse::<u32>().map_err(|_| format!("--max-size {s:?}: expected WxH like 640x360"));
     Ok((parse(w)?, parse(h)?))
-}
-
-async fn connect(server: &str) -> Result<FrameServerClient<tonic::transport::Channel>, String> {
-    FrameServerClient::connect(server.to_string())
-        .await
-        .map(|c| c.max_decoding_message_size(256 << 20))
-        .map_err(|e| format!("cannot connect to {server}: {e}"))
 }
 
 fn status_text(s: tonic::Status) -> String {

@@ -9,7 +9,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use tonic::transport::{Channel, Endpoint};
+
 use crate::config::Config;
+use crate::proto::v1::frame_server_client::FrameServerClient;
 use crate::units::ByteSize;
 
 #[derive(Debug, Parser)]
@@ -96,6 +99,19 @@ impl ServeArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Connect to a daemon with HTTP/2 settings sized for frame messages of several megabytes:
+/// large flow-control windows and frames, so a 1080p frame does not wait for window updates.
+pub async fn connect(server: &str) -> Result<FrameServerClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(server.to_string())
+        .map_err(|e| format!("invalid server address {server:?}: {e}"))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(32 << 20)
+        .initial_connection_window_size(64 << 20)
+        .max_frame_size(1 << 20);
+    let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {server}: {e}"))?;
+    Ok(FrameServerClient::new(channel).max_decoding_message_size(256 << 20))
 }
 
 fn init_tracing(level: &str) {

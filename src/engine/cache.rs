@@ -28,19 +28,75 @@ pub struct CacheStats {
     pub bytes: u64,
     pub capacity: u64,
     pub entries: u64,
+    /// Bytes held by speculative entries (decoded on the way, not asked for yet).
+    pub speculative_bytes: u64,
     pub hits: u64,
     pub misses: u64,
     pub evictions: u64,
     pub rejected: u64,
 }
 
-struct Inner<K: Hash + Eq, V> {
-    lru: LruCache<K, V>,
-    stats: CacheStats,
+/// Whether a client asked for an entry, or it was decoded on the way to something else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Asked for: lives in the main segment.
+    Requested,
+    /// Decoded while scanning to a target or reading ahead: lives in the probation segment,
+    /// which is evicted first and may hold at most `speculative_share` of the capacity, so
+    /// speculation can never flush what clients actually use. A hit promotes it.
+    Speculative,
 }
 
-/// A byte-bounded LRU map. `std` mutex semantics: the lock is held only for map operations,
-/// never across an await or a decode.
+struct Inner<K: Hash + Eq, V> {
+    main: LruCache<K, V>,
+    probation: LruCache<K, V>,
+    stats: CacheStats,
+    speculative_cap: u64,
+}
+
+impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
+    fn evict_probation(&mut self) -> bool {
+        match self.probation.pop_lru() {
+            Some((_, old)) => {
+                let w = weight(&old);
+                self.stats.bytes -= w;
+                self.stats.speculative_bytes -= w;
+                self.stats.entries -= 1;
+                self.stats.evictions += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn evict_main(&mut self) -> bool {
+        match self.main.pop_lru() {
+            Some((_, old)) => {
+                self.stats.bytes -= weight(&old);
+                self.stats.entries -= 1;
+                self.stats.evictions += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, key: &K) {
+        if let Some(old) = self.main.pop(key) {
+            self.stats.bytes -= weight(&old);
+            self.stats.entries -= 1;
+        }
+        if let Some(old) = self.probation.pop(key) {
+            let w = weight(&old);
+            self.stats.bytes -= w;
+            self.stats.speculative_bytes -= w;
+            self.stats.entries -= 1;
+        }
+    }
+}
+
+/// A byte-bounded LRU map in two segments (requested and speculative). `std` mutex semantics:
+/// the lock is held only for map operations, never across an await or a decode.
 pub struct ByteLru<K: Hash + Eq, V> {
     inner: Mutex<Inner<K, V>>,
 }
@@ -49,22 +105,34 @@ fn weight<V: Weigh>(v: &V) -> u64 {
     v.payload_bytes() + ENTRY_OVERHEAD
 }
 
-impl<K: Hash + Eq, V: Weigh + Clone> ByteLru<K, V> {
+/// Share of the capacity speculative entries may hold.
+pub const SPECULATIVE_SHARE: f64 = 0.25;
+
+impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
     pub fn new(capacity: ByteSize) -> Self {
         ByteLru {
             inner: Mutex::new(Inner {
-                lru: LruCache::unbounded(),
+                main: LruCache::unbounded(),
+                probation: LruCache::unbounded(),
                 stats: CacheStats { capacity: capacity.0, ..Default::default() },
+                speculative_cap: (capacity.0 as f64 * SPECULATIVE_SHARE) as u64,
             }),
         }
     }
 
-    /// Look up and mark as recently used; counts a hit or a miss.
+    /// Look up and mark as recently used; counts a hit or a miss. A speculative entry that is
+    /// hit becomes a requested one.
     pub fn get(&self, key: &K) -> Option<V> {
         let mut inner = self.inner.lock();
-        match inner.lru.get(key).cloned() {
+        if let Some(v) = inner.main.get(key).cloned() {
+            inner.stats.hits += 1;
+            return Some(v);
+        }
+        match inner.probation.pop(key) {
             Some(v) => {
                 inner.stats.hits += 1;
+                inner.stats.speculative_bytes -= weight(&v);
+                inner.main.put(key.clone(), v.clone());
                 Some(v)
             }
             None => {
@@ -76,31 +144,47 @@ impl<K: Hash + Eq, V: Weigh + Clone> ByteLru<K, V> {
 
     /// Look up without touching recency or counters.
     pub fn contains(&self, key: &K) -> bool {
-        self.inner.lock().lru.contains(key)
+        let inner = self.inner.lock();
+        inner.main.contains(key) || inner.probation.contains(key)
     }
 
-    /// Insert, evicting least-recently-used entries until it fits. Returns false (and caches
-    /// nothing) when the entry alone is larger than the capacity.
-    pub fn insert(&self, key: K, value: V) -> bool {
+    /// Insert, evicting until it fits: speculative entries first, then the least recently
+    /// used requested ones (a speculative insert only within the speculative share). Returns
+    /// false, caching nothing, when the entry cannot fit.
+    pub fn insert(&self, key: K, value: V, admission: Admission) -> bool {
         let w = weight(&value);
         let mut inner = self.inner.lock();
-        if w > inner.stats.capacity {
+        let fits = match admission {
+            Admission::Requested => w <= inner.stats.capacity,
+            Admission::Speculative => w <= inner.speculative_cap,
+        };
+        if !fits {
             inner.stats.rejected += 1;
             return false;
         }
-        if let Some(old) = inner.lru.pop(&key) {
-            inner.stats.bytes -= weight(&old);
-            inner.stats.entries -= 1;
+        if admission == Admission::Speculative && inner.main.contains(&key) {
+            return true;
+        }
+        inner.remove(&key);
+        if admission == Admission::Speculative {
+            while inner.stats.speculative_bytes + w > inner.speculative_cap && inner.evict_probation() {}
         }
         while inner.stats.bytes + w > inner.stats.capacity {
-            let Some((_, old)) = inner.lru.pop_lru() else { break };
-            inner.stats.bytes -= weight(&old);
-            inner.stats.entries -= 1;
-            inner.stats.evictions += 1;
+            if !(inner.evict_probation() || inner.evict_main()) {
+                break;
+            }
         }
         inner.stats.bytes += w;
         inner.stats.entries += 1;
-        inner.lru.put(key, value);
+        match admission {
+            Admission::Requested => {
+                inner.main.put(key, value);
+            }
+            Admission::Speculative => {
+                inner.stats.speculative_bytes += w;
+                inner.probation.put(key, value);
+            }
+        }
         debug_assert!(inner.stats.bytes <= inner.stats.capacity);
         true
     }
@@ -130,10 +214,10 @@ mod tests {
     fn the_byte_bound_is_never_exceeded_and_lru_goes_first() {
         let c = ByteLru::new(cap(3));
         for k in 0..3 {
-            assert!(c.insert(k, Blob(1000)));
+            assert!(c.insert(k, Blob(1000), Admission::Requested));
         }
         assert!(c.get(&0).is_some()); // 0 is now most recent; 1 is least
-        assert!(c.insert(3, Blob(1000)));
+        assert!(c.insert(3, Blob(1000), Admission::Requested));
         assert!(!c.contains(&1), "least recently used is evicted first");
         assert!(c.contains(&0) && c.contains(&2) && c.contains(&3));
         let s = c.stats();
@@ -147,9 +231,9 @@ mod tests {
     fn a_large_entry_evicts_as_many_as_needed() {
         let c = ByteLru::new(cap(3));
         for k in 0..3 {
-            c.insert(k, Blob(1000));
+            c.insert(k, Blob(1000), Admission::Requested);
         }
-        assert!(c.insert(9, Blob(2000)));
+        assert!(c.insert(9, Blob(2000), Admission::Requested));
         let s = c.stats();
         assert!(s.bytes <= s.capacity);
         assert_eq!(s.entries, 2, "two small entries made room for one double one");
@@ -158,7 +242,7 @@ mod tests {
     #[test]
     fn an_entry_larger_than_the_bound_is_not_cached() {
         let c = ByteLru::new(ByteSize(500));
-        assert!(!c.insert(1, Blob(1000)));
+        assert!(!c.insert(1, Blob(1000), Admission::Requested));
         assert_eq!(c.stats().entries, 0);
         assert_eq!(c.stats().bytes, 0);
         assert_eq!(c.stats().rejected, 1);
@@ -167,16 +251,58 @@ mod tests {
     #[test]
     fn replacing_a_key_does_not_double_count() {
         let c = ByteLru::new(cap(3));
-        c.insert(1, Blob(1000));
-        c.insert(1, Blob(500));
+        c.insert(1, Blob(1000), Admission::Requested);
+        c.insert(1, Blob(500), Admission::Requested);
         assert_eq!(c.stats().bytes, 500 + ENTRY_OVERHEAD);
         assert_eq!(c.stats().entries, 1);
     }
 
     #[test]
+    fn speculative_entries_never_flush_requested_ones() {
+        let c = ByteLru::new(cap(8)); // speculative share: 2 entries
+        for k in 0..6 {
+            c.insert(k, Blob(1000), Admission::Requested);
+        }
+        for k in 100..120 {
+            c.insert(k, Blob(1000), Admission::Speculative);
+        }
+        for k in 0..6 {
+            assert!(c.contains(&k), "requested entry {k} survived a flood of speculation");
+        }
+        let s = c.stats();
+        assert!(s.speculative_bytes <= (s.capacity as f64 * SPECULATIVE_SHARE) as u64);
+        assert!(s.bytes <= s.capacity);
+        assert!(c.contains(&119) && !c.contains(&100), "the newest speculation is kept");
+    }
+
+    #[test]
+    fn requested_entries_evict_speculation_first() {
+        let c = ByteLru::new(cap(4));
+        c.insert(1, Blob(1000), Admission::Requested);
+        c.insert(100, Blob(1000), Admission::Speculative);
+        c.insert(2, Blob(1000), Admission::Requested);
+        c.insert(3, Blob(1000), Admission::Requested);
+        c.insert(4, Blob(1000), Admission::Requested);
+        assert!(!c.contains(&100));
+        assert!((1..=4).all(|k| c.contains(&k)));
+    }
+
+    #[test]
+    fn a_hit_promotes_speculation() {
+        let c = ByteLru::new(cap(8));
+        c.insert(100, Blob(1000), Admission::Speculative);
+        assert!(c.get(&100).is_some());
+        assert_eq!(c.stats().speculative_bytes, 0);
+        for k in 0..8 {
+            c.insert(k + 200, Blob(1000), Admission::Speculative);
+        }
+        assert!(c.contains(&100), "promoted entries are not in the speculative segment");
+    }
+
+    #[test]
     fn hits_and_misses_are_counted() {
         let c = ByteLru::new(cap(3));
-        c.insert(1, Blob(10));
+        c.insert(1, Blob(10), Admission::Requested);
         c.get(&1);
         c.get(&2);
         let s = c.stats();

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::engine::buffers::BufferPool;
+
 use crate::engine::ffmpeg::{Converter, DecodedFrame, FfmpegError, MediaFile, VideoDecoder, VideoPacket};
 use crate::engine::index::{DecodedFrameMeta, FrameIdentity, SeekTarget, VideoIndex};
 use crate::engine::output::{OutputSpec, RawSpec};
@@ -51,7 +53,7 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions { threads: 1, keep_behind: 32, skip_nonref: true, continue_slack: 0 }
+        DecodeOptions { threads: 1, keep_behind: 32, skip_nonref: true, continue_slack: 4 }
     }
 }
 
@@ -74,6 +76,8 @@ pub struct FrameDecoder {
     index: Arc<VideoIndex>,
     options: DecodeOptions,
     stats: Arc<EngineStats>,
+    /// Where converted pixels' memory comes from and returns to.
+    buffers: Arc<BufferPool>,
     position: Option<Position>,
     /// After a seek: packets before this one are read but not decoded.
     skip_until: Option<PacketNo>,
@@ -97,6 +101,7 @@ impl FrameDecoder {
         index: Arc<VideoIndex>,
         options: DecodeOptions,
         stats: Arc<EngineStats>,
+        buffers: Arc<BufferPool>,
     ) -> Result<FrameDecoder, EngineError> {
         let file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
         let decoder = file
@@ -111,6 +116,7 @@ impl FrameDecoder {
             index,
             options,
             stats,
+            buffers,
             position: None,
             skip_until: None,
             trusted_from: None,
@@ -197,6 +203,7 @@ impl FrameDecoder {
     /// Position the decoder so that the next packet decoded is the seek target's keyframe.
     fn seek(&mut self, target: SeekTarget) -> Result<(), EngineError> {
         self.stats.seeks.inc();
+        tracing::trace!(video = %self.video, ?target, position = ?self.position, "seek");
         self.decoder.flush();
         self.counted = 0;
         self.ahead.clear();
@@ -337,11 +344,13 @@ impl FrameDecoder {
 
     fn convert(&mut self, idx: FrameIndex, frame: &DecodedFrame, spec: &OutputSpec) -> Result<RawFrame, EngineError> {
         let raw = spec.raw_spec(frame.width(), frame.height());
+        let len = raw.width as usize * raw.height as usize * raw.pixel_format.bytes_per_pixel();
+        let buffer = self.buffers.take(len + 64);
         let data = self
             .converter
-            .convert(frame, raw.pixel_format, raw.width, raw.height)
+            .convert(frame, raw.pixel_format, raw.width, raw.height, buffer)
             .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
-        Ok(RawFrame { index: idx, spec: raw, key: self.index.frames[idx.get()].key, data: Bytes::from(data) })
+        Ok(RawFrame { index: idx, spec: raw, key: self.index.frames[idx.get()].key, data: self.buffers.share(data) })
     }
 }
 

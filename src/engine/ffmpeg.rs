@@ -394,13 +394,15 @@ fn av_pixel_format(format: PixelFormat) -> ff::format::Pixel {
 }
 
 impl Converter {
-    /// Convert `frame` to `format` at `width`x`height`, rows tightly packed.
+    /// Convert `frame` to `format` at `width`x`height`, rows tightly packed, into `out`
+    /// (replacing its contents; its allocation is reused when large enough).
     pub fn convert(
         &mut self,
         frame: &DecodedFrame,
         format: PixelFormat,
         width: u32,
         height: u32,
+        mut out: Vec<u8>,
     ) -> Result<Vec<u8>, FfmpegError> {
         let src_fmt: ffi::AVPixelFormat = frame.frame.format().into();
         let key = ScalerKey {
@@ -430,8 +432,11 @@ impl Converter {
         };
         let stride = width as usize * format.bytes_per_pixel();
         let len = stride * height as usize;
-        // Slack past the end: some SIMD writers store whole vectors at the end of a row.
-        let mut out = vec![0u8; len + 64];
+        // Slack past the end: some SIMD writers store whole vectors at the end of a row. Not
+        // zeroed: sws_scale writes every output pixel, and zeroing megabytes per frame showed
+        // up in profiles.
+        out.clear();
+        out.reserve_exact(len + 64);
         let dst_ptrs: [*mut u8; 4] = [out.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()];
         let dst_strides: [i32; 4] = [stride as i32, 0, 0, 0];
         // SAFETY: the source planes and strides come from a decoded AVFrame of the size and
@@ -449,10 +454,12 @@ impl Converter {
                 dst_strides.as_ptr(),
             )
         };
-        if ret <= 0 {
-            return Err(FfmpegError::Convert(format!("sws_scale returned {ret}")));
+        if ret != key.dst_h as i32 {
+            return Err(FfmpegError::Convert(format!("sws_scale wrote {ret} of {} rows", key.dst_h)));
         }
-        out.truncate(len);
+        // SAFETY: sws_scale returned the full output height, so all `len` bytes (every row of
+        // `stride` bytes) are initialised; capacity is `len + 64`.
+        unsafe { out.set_len(len) };
         Ok(out)
     }
 }

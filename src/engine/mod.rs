@@ -11,7 +11,9 @@
 //! - [`index`]: the demux-once index of a video's frames and keyframes.
 //! - [`ffmpeg`]: the only module that touches FFmpeg (and the only `unsafe`).
 //! - [`output`]: pixel formats, sizes and PNG/JPEG encoding.
+//! - [`buffers`]: recycled pixel buffers (fresh multi-MB allocations cost page zeroing).
 
+pub mod buffers;
 pub mod cache;
 pub mod decoder;
 pub mod ffmpeg;

@@ -16,7 +16,6 @@
 //! queued, decodes the next frames into the cache, so a client reading frame by frame finds
 //! them ready.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,10 +24,11 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 
+use crate::engine::buffers::BufferPool;
 use crate::engine::decoder::{DecodeOptions, FrameDecoder, RawFrame};
 use crate::engine::index::VideoIndex;
 use crate::engine::output::OutputSpec;
-use crate::engine::plan::{self, Position};
+use crate::engine::plan::{self, Plan, Position};
 use crate::engine::stats::EngineStats;
 use crate::engine::EngineError;
 use crate::units::FrameIndex;
@@ -64,10 +64,26 @@ pub trait FrameSink: Send + Sync {
 
 pub type Reply = Box<dyn FnOnce(Result<RawFrame, EngineError>) + Send>;
 
+/// Packets of decoding one queued job is assumed to cost, when comparing decoders.
+const QUEUE_WEIGHT: u64 = 8;
+
 struct Job {
     target: FrameIndex,
     spec: OutputSpec,
     reply: Reply,
+}
+
+enum Command {
+    /// Decode a frame for a request.
+    Frame(Job),
+    /// The readahead target moved: wake up and read ahead.
+    Wake,
+}
+
+/// How far a decoder should read ahead of a sequential reader, and in which output spec.
+#[derive(Default)]
+struct Ahead {
+    until: Option<(FrameIndex, OutputSpec)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +101,9 @@ pub struct PoolConfig {
 struct Worker {
     id: u64,
     video: Arc<OpenVideo>,
-    tx: Sender<Job>,
+    tx: Sender<Command>,
+    /// Readahead target, set by [`DecoderPool::read_ahead`].
+    ahead: Arc<Mutex<Ahead>>,
     /// Jobs sent and not yet answered.
     queued: Arc<AtomicUsize>,
     /// Where the decoder will stand after its queued jobs (a prediction for routing; the
@@ -98,6 +116,7 @@ struct Worker {
 
 pub struct DecoderPool {
     config: PoolConfig,
+    buffers: Arc<BufferPool>,
     workers: Mutex<Vec<Worker>>,
     next_id: AtomicUsize,
     stats: Arc<EngineStats>,
@@ -105,8 +124,8 @@ pub struct DecoderPool {
 }
 
 impl DecoderPool {
-    pub fn new(config: PoolConfig, stats: Arc<EngineStats>, sink: Arc<dyn FrameSink>) -> Self {
-        DecoderPool { config, workers: Mutex::new(Vec::new()), next_id: AtomicUsize::new(0), stats, sink }
+    pub fn new(config: PoolConfig, stats: Arc<EngineStats>, sink: Arc<dyn FrameSink>, buffers: Arc<BufferPool>) -> Self {
+        DecoderPool { config, buffers, workers: Mutex::new(Vec::new()), next_id: AtomicUsize::new(0), stats, sink }
     }
 
     /// Send a request for `target` of `video` to the best decoder. `reply` is called on the
@@ -121,36 +140,50 @@ impl DecoderPool {
         let mut workers = self.workers.lock();
         let slack = self.config.decode.continue_slack;
         let index = &video.index;
+        // Pick the decoder that reaches the target cheapest. Work queued on a decoder that will
+        // continue forward to the target is on the way and costs nothing extra; queued work
+        // elsewhere is waiting time.
         let mut best: Option<(usize, u64)> = None;
+        let mut same_video = 0;
         for (i, w) in workers.iter().enumerate() {
             if w.video.id != video.id {
                 continue;
             }
-            let position = if w.queued.load(Ordering::Acquire) == 0 { *w.reported.lock() } else { w.predicted };
-            let queued = w.queued.load(Ordering::Acquire) as u64;
-            let cost = plan::cost(index, position, target, slack).saturating_add(queued * 8);
-            if best.is_none_or(|(_, c)| cost < c) {
-                best = Some((i, cost));
+            same_video += 1;
+            let queued = w.queued.load(Ordering::Acquire);
+            let position = if queued == 0 { *w.reported.lock() } else { w.predicted };
+            let cost = plan::cost(index, position, target, slack);
+            let waiting = match plan::plan(index, position, target, slack) {
+                Plan::Continue => 0,
+                Plan::Seek(_) => queued as u64 * QUEUE_WEIGHT,
+            };
+            let score = cost.saturating_add(waiting);
+            if best.is_none_or(|(_, c)| score < c) {
+                best = Some((i, score));
             }
         }
-        let same_video = workers.iter().filter(|w| w.video.id == video.id).count();
         let cold_cost = plan::cost(index, None, target, slack);
-        let spawn = match best {
-            None => true,
-            // A fresh decoder helps only if the best existing one would do no better than a
-            // seek, and only while there is room for it.
-            Some((_, c)) => c >= cold_cost && same_video < self.config.max_per_video,
+        let chosen = match best {
+            // A video with no decoder always gets one; at the global bound the least recently
+            // used decoder gives way (a busy one finishes its queue first, then exits).
+            None => {
+                self.make_room(&mut workers, true);
+                workers.push(self.spawn(video));
+                workers.len() - 1
+            }
+            // No decoder does better than a fresh one would: start another (for parallelism, or
+            // to keep the others where they are), if the bounds allow without closing a busy one.
+            Some((_, score))
+                if score >= cold_cost
+                    && same_video < self.config.max_per_video
+                    && self.make_room(&mut workers, false) =>
+            {
+                workers.push(self.spawn(video));
+                workers.len() - 1
+            }
+            Some((i, _)) => i,
         };
-        let chosen = if spawn && self.make_room(&mut workers) {
-            workers.push(self.spawn(video));
-            workers.len() - 1
-        } else if let Some((i, _)) = best {
-            i
-        } else {
-            return Err(EngineError::Overloaded {
-                what: format!("all {} decoders are busy", self.config.max_total),
-            });
-        };
+        tracing::trace!(video = %video.name, target = target.0, decoder = workers[chosen].id, same_video, cold_cost, "routed");
         let w = &mut workers[chosen];
         if w.queued.load(Ordering::Acquire) >= self.config.max_queue {
             return Err(EngineError::Overloaded {
@@ -168,23 +201,63 @@ impl DecoderPool {
             ended: false,
         });
         let job = Job { target, spec, reply };
-        if let Err(e) = w.tx.send(job) {
+        if let Err(e) = w.tx.send(Command::Frame(job)) {
             w.queued.fetch_sub(1, Ordering::AcqRel);
-            (e.into_inner().reply)(Err(EngineError::ShuttingDown));
+            if let Command::Frame(job) = e.into_inner() {
+                (job.reply)(Err(EngineError::ShuttingDown));
+            }
         }
         Ok(())
     }
 
+    /// A client read `index` right after `index - 1`: ask the decoder that can continue from
+    /// there to decode the next `readahead` frames into the cache before they are requested.
+    pub fn read_ahead(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) {
+        if self.config.readahead == 0 {
+            return;
+        }
+        let count = video.index.frame_count() as u32;
+        let until = FrameIndex((index.0 + self.config.readahead).min(count.saturating_sub(1)));
+        if until <= index {
+            return;
+        }
+        let workers = self.workers.lock();
+        let slack = self.config.decode.continue_slack;
+        // The decoder that can go on from around `index` to `until` without seeking.
+        let best = workers
+            .iter()
+            .filter(|w| w.video.id == video.id)
+            .filter_map(|w| {
+                let position = if w.queued.load(Ordering::Acquire) == 0 { *w.reported.lock() } else { w.predicted };
+                let p = position.filter(|p| !p.ended)?;
+                let last = p.last_output?;
+                // Just behind the reader (or a little ahead of it, but not done yet).
+                let near = last.0 + 1 >= index.0 && last < until;
+                let next = FrameIndex(last.0 + 1);
+                (near && plan::plan(&video.index, position, next, slack) == Plan::Continue).then_some((last, w))
+            })
+            .max_by_key(|(last, _)| *last);
+        if let Some((_, w)) = best {
+            let mut ahead = w.ahead.lock();
+            tracing::trace!(video = %video.name, index = index.0, until = until.0, "read-ahead hint");
+            if ahead.until.is_none_or(|(u, s)| s != spec || u < until) {
+                ahead.until = Some((until, spec));
+                let _ = w.tx.send(Command::Wake);
+            }
+        }
+    }
+
     /// Ensure a new decoder fits under the global bound, closing the least recently used idle
-    /// decoder if needed. False when every decoder is busy.
-    fn make_room(&self, workers: &mut Vec<Worker>) -> bool {
+    /// decoder if needed (or, with `even_busy`, the least recently used one: it finishes its
+    /// queued jobs, then exits). False when no decoder could be closed.
+    fn make_room(&self, workers: &mut Vec<Worker>, even_busy: bool) -> bool {
         if workers.len() < self.config.max_total {
             return true;
         }
         let victim = workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.queued.load(Ordering::Acquire) == 0)
+            .filter(|(_, w)| even_busy || w.queued.load(Ordering::Acquire) == 0)
             .min_by_key(|(_, w)| w.last_used)
             .map(|(i, _)| i);
         match victim {
@@ -198,24 +271,28 @@ impl DecoderPool {
     }
 
     fn spawn(&self, video: &Arc<OpenVideo>) -> Worker {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Command>();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u64;
         let queued = Arc::new(AtomicUsize::new(0));
         let reported = Arc::new(Mutex::new(None));
+        let ahead = Arc::new(Mutex::new(Ahead::default()));
         let thread = WorkerThread {
+            id,
             video: video.clone(),
             rx,
+            ahead: ahead.clone(),
             queued: queued.clone(),
             reported: reported.clone(),
             config: self.config,
             stats: self.stats.clone(),
             sink: self.sink.clone(),
+            buffers: self.buffers.clone(),
         };
         let name = format!("framesrv-dec-{id}");
         if let Err(e) = std::thread::Builder::new().name(name).spawn(move || thread.run()) {
             tracing::error!(error = %e, "could not start a decoder thread");
         }
-        Worker { id, video: video.clone(), tx, queued, predicted: None, reported, last_used: Instant::now() }
+        Worker { id, video: video.clone(), tx, ahead, queued, predicted: None, reported, last_used: Instant::now() }
     }
 
     /// Close every decoder of videos other than the current version of a file (after a file
@@ -236,13 +313,16 @@ impl DecoderPool {
 
 /// The state a decoder thread owns.
 struct WorkerThread {
+    id: u64,
     video: Arc<OpenVideo>,
-    rx: Receiver<Job>,
+    rx: Receiver<Command>,
+    ahead: Arc<Mutex<Ahead>>,
     queued: Arc<AtomicUsize>,
     reported: Arc<Mutex<Option<Position>>>,
     config: PoolConfig,
     stats: Arc<EngineStats>,
     sink: Arc<dyn FrameSink>,
+    buffers: Arc<BufferPool>,
 }
 
 impl WorkerThread {
@@ -255,35 +335,38 @@ impl WorkerThread {
             self.video.index.clone(),
             self.config.decode,
             self.stats.clone(),
+            self.buffers.clone(),
         );
         let mut decoder = match decoder {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(video = %self.video.name, error = %e, "could not open a decoder");
-                while let Ok(job) = self.rx.recv() {
-                    self.queued.fetch_sub(1, Ordering::AcqRel);
-                    (job.reply)(Err(e.clone()));
+                while let Ok(command) = self.rx.recv() {
+                    if let Command::Frame(job) = command {
+                        self.queued.fetch_sub(1, Ordering::AcqRel);
+                        (job.reply)(Err(e.clone()));
+                    }
                 }
                 return;
             }
         };
-        // Recent targets, to detect a sequential reader.
-        let mut recent: VecDeque<FrameIndex> = VecDeque::with_capacity(3);
-        let mut readahead: Option<(FrameIndex, OutputSpec)> = None;
         loop {
-            let job = match readahead {
-                Some(_) => match self.rx.try_recv() {
-                    Ok(job) => Some(job),
+            // Requests first; read ahead only when none is waiting.
+            let command = if self.ahead_pending(&decoder) {
+                match self.rx.try_recv() {
+                    Ok(c) => Some(c),
                     Err(TryRecvError::Empty) => None,
                     Err(TryRecvError::Disconnected) => return,
-                },
-                None => match self.rx.recv() {
-                    Ok(job) => Some(job),
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(c) => Some(c),
                     Err(_) => return,
-                },
+                }
             };
-            match job {
-                Some(job) => {
+            match command {
+                Some(Command::Frame(job)) => {
+                    tracing::trace!(video = %self.video.name, decoder = self.id, target = job.target.0, "job");
                     let sink = &self.sink;
                     let video = &self.video;
                     let spec = job.spec.as_raw();
@@ -294,48 +377,38 @@ impl WorkerThread {
                     *self.reported.lock() = decoder.position();
                     self.queued.fetch_sub(1, Ordering::AcqRel);
                     (job.reply)(result);
-                    if recent.len() == 3 {
-                        recent.pop_front();
-                    }
-                    recent.push_back(job.target);
-                    let sequential = recent.len() >= 2
-                        && recent.iter().zip(recent.iter().skip(1)).all(|(a, b)| b.0 == a.0 + 1);
-                    readahead = (sequential && self.config.readahead > 0).then_some((job.target, job.spec));
                 }
-                None => {
-                    let Some((last, spec)) = readahead else { continue };
-                    readahead = self.read_ahead(&mut decoder, last, spec);
-                }
+                Some(Command::Wake) => {}
+                None => self.read_one_ahead(&mut decoder),
             }
         }
     }
 
-    /// Decode one frame ahead of a sequential reader; returns the next readahead state.
-    fn read_ahead(
-        &self,
-        decoder: &mut FrameDecoder,
-        last_requested: FrameIndex,
-        spec: OutputSpec,
-    ) -> Option<(FrameIndex, OutputSpec)> {
+    /// The next frame this decoder would read ahead, if it has been asked to.
+    fn ahead_target(&self, decoder: &FrameDecoder) -> Option<(FrameIndex, OutputSpec)> {
+        let (until, spec) = self.ahead.lock().until?;
+        let last = decoder.position().filter(|p| !p.ended)?.last_output?;
+        let next = FrameIndex(last.0 + 1);
+        (next <= until).then_some((next, spec))
+    }
+
+    fn ahead_pending(&self, decoder: &FrameDecoder) -> bool {
+        self.ahead_target(decoder).is_some()
+    }
+
+    /// Decode the next frame ahead of a sequential reader into the cache (one per turn, so a
+    /// waiting request is never delayed by more than one frame).
+    fn read_one_ahead(&self, decoder: &mut FrameDecoder) {
+        let Some((next, spec)) = self.ahead_target(decoder) else { return };
+        tracing::trace!(video = %self.video.name, decoder = self.id, next = next.0, "reading ahead");
         let raw = spec.as_raw();
-        let limit = last_requested.0 as u64 + self.config.readahead as u64;
-        let count = self.video.index.frame_count() as u64;
-        let mut next = last_requested.0 + 1;
-        while (next as u64) <= limit && (next as u64) < count {
-            if !self.sink.has_frame(&self.video, &raw, FrameIndex(next)) {
-                let sink = &self.sink;
-                let video = &self.video;
-                match decoder.frame(FrameIndex(next), &raw, &mut |f| sink.side_frame(video, &raw, f)) {
-                    Ok(f) => sink.side_frame(video, &raw, f),
-                    Err(_) => return None,
-                }
-                *self.reported.lock() = decoder.position();
-                // One frame per turn, so a waiting request is never delayed by more.
-                return Some((last_requested, spec));
-            }
-            next += 1;
+        let sink = &self.sink;
+        let video = &self.video;
+        match decoder.frame(next, &raw, &mut |f| sink.side_frame(video, &raw, f)) {
+            Ok(f) => sink.side_frame(video, &raw, f),
+            Err(_) => self.ahead.lock().until = None,
         }
-        None
+        *self.reported.lock() = decoder.position();
     }
 }
 

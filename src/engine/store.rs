@@ -17,7 +17,8 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, OnceCell};
 
-use crate::engine::cache::{ByteLru, CacheStats, Weigh};
+use crate::engine::buffers::BufferPool;
+use crate::engine::cache::{Admission, ByteLru, CacheStats, Weigh};
 use crate::engine::decoder::{build_index, RawFrame};
 use crate::engine::output::{self, Encoding, OutputSpec, PixelFormat};
 use crate::engine::pool::{DecoderPool, FrameSink, OpenVideo, PoolConfig, VideoId};
@@ -85,6 +86,8 @@ pub struct StoreConfig {
     pub pool: PoolConfig,
     /// Frames requested ahead of the one being sent in a batch.
     pub batch_lookahead: usize,
+    /// Spare pixel buffers kept for reuse.
+    pub buffer_pool: ByteSize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,7 +138,7 @@ impl Shared {
     /// A decode finished: cache it and wake everyone waiting for it.
     fn complete(&self, key: FrameKey, result: Result<CachedFrame, EngineError>) {
         if let Ok(frame) = &result {
-            self.cache.insert(key.clone(), frame.clone());
+            self.cache.insert(key.clone(), frame.clone(), Admission::Requested);
         }
         let waiters = self.inflight.lock().remove(&key).unwrap_or_default();
         for w in waiters {
@@ -152,7 +155,7 @@ impl FrameSink for Shared {
         if self.inflight.lock().contains_key(&key) {
             self.complete(key, Ok(cached));
         } else if !self.cache.contains(&key) {
-            self.cache.insert(key, cached);
+            self.cache.insert(key, cached, Admission::Speculative);
         }
     }
 
@@ -179,6 +182,8 @@ struct VideoSlot {
 }
 
 pub struct FrameStore {
+    /// Recently requested frames per video and spec, to recognise sequential readers.
+    recent: Mutex<HashMap<(VideoId, OutputSpec), std::collections::VecDeque<FrameIndex>>>,
     roots: MediaRoots,
     config: StoreConfig,
     shared: Arc<Shared>,
@@ -195,9 +200,10 @@ impl FrameStore {
             cache: ByteLru::new(config.cache_size),
             inflight: Mutex::new(HashMap::new()),
         });
-        let pool = DecoderPool::new(config.pool, stats.clone(), shared.clone());
+        let buffers = BufferPool::new(config.buffer_pool);
+        let pool = DecoderPool::new(config.pool, stats.clone(), shared.clone(), buffers);
         let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
-        FrameStore { roots, config, shared, pool, videos: Mutex::new(LruCache::new(cap)), stats }
+        FrameStore { recent: Mutex::new(HashMap::new()), roots, config, shared, pool, videos: Mutex::new(LruCache::new(cap)), stats }
     }
 
     pub fn roots(&self) -> &MediaRoots {
@@ -289,6 +295,7 @@ impl FrameStore {
     /// One frame in the requested output.
     pub async fn frame(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) -> Result<Frame, EngineError> {
         self.stats.requests.inc();
+        self.note_access(video, index, spec.as_raw());
         let key = FrameKey { video: video.id.clone(), index, spec };
         if let Some(hit) = self.shared.cache.get(&key) {
             return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
@@ -311,8 +318,33 @@ impl FrameStore {
         .await
         .map_err(|_| EngineError::ShuttingDown)?
         .map_err(|e| EngineError::EncodeFailed { video: video_name, reason: e.to_string() })?;
-        self.shared.cache.insert(key, encoded.clone());
+        self.shared.cache.insert(key, encoded.clone(), Admission::Requested);
         Ok(Frame { meta: encoded.meta, data: encoded.data, cache_hit: hit })
+    }
+
+    /// Remember the access; when it continues an earlier one (frame i after i-1), ask the pool
+    /// to read ahead. Several readers of one video are told apart by keeping a few positions.
+    fn note_access(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) {
+        /// Sequential readers of one video (and output spec) told apart.
+        const READERS: usize = 16;
+        let sequential = {
+            let mut recent = self.recent.lock();
+            if recent.len() > 4096 {
+                recent.clear();
+            }
+            let positions = recent.entry((video.id.clone(), spec)).or_default();
+            let previous = index.0.checked_sub(1).and_then(|p| positions.iter().position(|&q| q.0 == p));
+            if let Some(i) = previous {
+                positions.remove(i);
+            } else if positions.len() == READERS {
+                positions.pop_front();
+            }
+            positions.push_back(index);
+            previous.is_some()
+        };
+        if sequential {
+            self.pool.read_ahead(video, index, spec);
+        }
     }
 
     /// Raw pixels from the cache, or decoded once however many ask at the same time.

@@ -11,7 +11,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::proto::v1 as pb;
-use crate::proto::v1::frame_server_client::FrameServerClient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Pattern {
@@ -212,10 +211,7 @@ fn parse_size(s: &Option<String>) -> Result<(u32, u32), String> {
 
 /// Run a load test and return what it measured.
 pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
-    let client = FrameServerClient::connect(args.server.clone())
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", args.server))?
-        .max_decoding_message_size(256 << 20);
+    let client = crate::cli::connect(&args.server).await?;
     let mut counts = Vec::new();
     for v in &args.videos {
         let info = client
