@@ -68,6 +68,8 @@ pub struct LimitsConfig {
     pub shutdown_grace_s: f64,
     /// Largest frame message sent (bytes); a 4K RGBA frame is 33 MB.
     pub max_message_size: ByteSize,
+    /// Largest `keep_behind` a request may ask for.
+    pub max_keep_behind: u32,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for LimitsConfig {
             request_timeout_s: 60.0,
             shutdown_grace_s: 10.0,
             max_message_size: ByteSize::mib(64),
+            max_keep_behind: 300,
         }
     }
 }

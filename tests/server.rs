@@ -85,11 +85,11 @@ async fn start() -> Daemon {
 }
 
 fn by_index(video: &str, i: i64) -> pb::FrameRequest {
-    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::Index(i)), output: None, clamp: false }
+    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::Index(i)), output: None, clamp: false, keep_behind: None }
 }
 
 fn by_time(video: &str, t: f64) -> pb::FrameRequest {
-    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::TimeS(t)), output: None, clamp: false }
+    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::TimeS(t)), output: None, clamp: false, keep_behind: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,5 +466,23 @@ async fn streaming_a_range_decodes_each_frame_once_on_one_decoder() {
     assert_eq!(stats.seeks, 1, "queued sequential jobs stay on the decoder that is positioned for them");
     assert_eq!(stats.frames_decoded, 60, "no frame decoded twice");
     assert_eq!(stats.open_decoders, 1);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_behind_chooses_how_much_of_the_scan_is_cached() {
+    let d = start_with(|c| c.limits.max_keep_behind = 50).await;
+    let mut c = d.client().await;
+    let cold = pb::FrameRequest { keep_behind: Some(0), ..by_index("a.mp4", 40) };
+    assert!(!c.request_frame(cold).await.unwrap().into_inner().cache_hit);
+    assert!(!c.request_frame(by_index("a.mp4", 39)).await.unwrap().into_inner().cache_hit, "nothing kept behind 40");
+    let cold = pb::FrameRequest { keep_behind: Some(5), ..by_index("a.mp4", 20) };
+    c.request_frame(cold).await.unwrap();
+    for i in 15..20 {
+        assert!(c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner().cache_hit, "frame {i} kept");
+    }
+    assert!(!c.request_frame(by_index("a.mp4", 14)).await.unwrap().into_inner().cache_hit, "only five kept");
+    let absurd = pb::FrameRequest { keep_behind: Some(51), ..by_index("a.mp4", 3) };
+    expect_code(&mut c, absurd, Code::InvalidArgument, "keep_behind").await;
     d.stop().await;
 }

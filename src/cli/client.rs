@@ -149,6 +149,7 @@ async fn run_async(command: Command) -> Result<(), String> {
                     jpeg_quality: args.quality,
                 }),
                 clamp: args.clamp,
+                keep_behind: None,
             };
             let frame = connect(&args.server.server)
                 .await?

@@ -133,13 +133,25 @@ impl FrameDecoder {
         &self.index
     }
 
-    /// Decode `target` converted to `spec`. Frames met on the way that lie within
-    /// `keep_behind` frames before the target, or after it in the same decode step, are
-    /// converted too and handed to `side` (for the cache).
+    /// Decode `target` converted to `spec`. Frames met on the way that lie within the
+    /// configured `keep_behind` frames before the target, or after it in the same decode step,
+    /// are converted too and handed to `side` (for the cache).
     pub fn frame(
         &mut self,
         target: FrameIndex,
         spec: &OutputSpec,
+        side: &mut dyn FnMut(RawFrame),
+    ) -> Result<RawFrame, EngineError> {
+        self.frame_keeping(target, spec, self.options.keep_behind, side)
+    }
+
+    /// [`FrameDecoder::frame`] with this request's own number of frames to keep behind the
+    /// target.
+    pub fn frame_keeping(
+        &mut self,
+        target: FrameIndex,
+        spec: &OutputSpec,
+        keep_behind: u32,
         side: &mut dyn FnMut(RawFrame),
     ) -> Result<RawFrame, EngineError> {
         if self.index.frame(target).is_none() {
@@ -171,7 +183,7 @@ impl FrameDecoder {
                 from_start_tried |= seek == SeekTarget::Start;
                 self.seek(seek)?;
             }
-            match self.forward_to(target, spec, side)? {
+            match self.forward_to(target, spec, keep_behind, side)? {
                 Ok(frame) => return Ok(frame),
                 Err(miss) => {
                     self.position = None;
@@ -234,9 +246,10 @@ impl FrameDecoder {
         &mut self,
         target: FrameIndex,
         spec: &OutputSpec,
+        keep_behind: u32,
         side: &mut dyn FnMut(RawFrame),
     ) -> Result<Result<RawFrame, Miss>, EngineError> {
-        let keep_from = FrameIndex(target.0.saturating_sub(self.options.keep_behind));
+        let keep_from = FrameIndex(target.0.saturating_sub(keep_behind));
         // Packets presented before this pts are too early to keep and may skip non-ref decoding.
         let skip_below = match (self.index.identity, self.options.skip_nonref) {
             (FrameIdentity::ByPts, true) => Some(self.index.frames[keep_from.get()].pts.0),

@@ -70,6 +70,8 @@ const QUEUE_WEIGHT: u64 = 8;
 struct Job {
     target: FrameIndex,
     spec: OutputSpec,
+    /// Frames before the target to keep (the request's choice, or the configured default).
+    keep_behind: u32,
     reply: Reply,
 }
 
@@ -135,6 +137,7 @@ impl DecoderPool {
         video: &Arc<OpenVideo>,
         target: FrameIndex,
         spec: OutputSpec,
+        keep_behind: Option<u32>,
         reply: Reply,
     ) -> Result<(), EngineError> {
         let mut workers = self.workers.lock();
@@ -200,7 +203,8 @@ impl DecoderPool {
             last_output: Some(target),
             ended: false,
         });
-        let job = Job { target, spec, reply };
+        let keep_behind = keep_behind.unwrap_or(self.config.decode.keep_behind);
+        let job = Job { target, spec, keep_behind, reply };
         if let Err(e) = w.tx.send(Command::Frame(job)) {
             w.queued.fetch_sub(1, Ordering::AcqRel);
             if let Command::Frame(job) = e.into_inner() {
@@ -372,7 +376,9 @@ impl WorkerThread {
                     let spec = job.spec.as_raw();
                     let result = match sink.cached(video, &spec, job.target) {
                         Some(frame) => Ok(frame),
-                        None => decoder.frame(job.target, &job.spec, &mut |f| sink.side_frame(video, &spec, f)),
+                        None => decoder.frame_keeping(job.target, &job.spec, job.keep_behind, &mut |f| {
+                            sink.side_frame(video, &spec, f)
+                        }),
                     };
                     *self.reported.lock() = decoder.position();
                     self.queued.fetch_sub(1, Ordering::AcqRel);

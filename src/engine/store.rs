@@ -294,6 +294,18 @@ impl FrameStore {
 
     /// One frame in the requested output.
     pub async fn frame(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) -> Result<Frame, EngineError> {
+        self.frame_keeping(video, index, spec, None).await
+    }
+
+    /// [`FrameStore::frame`], choosing how many frames before the target a cold decode keeps
+    /// cached (`None`: the configured default).
+    pub async fn frame_keeping(
+        &self,
+        video: &Arc<OpenVideo>,
+        index: FrameIndex,
+        spec: OutputSpec,
+        keep_behind: Option<u32>,
+    ) -> Result<Frame, EngineError> {
         self.stats.requests.inc();
         self.note_access(video, index, spec.as_raw());
         let key = FrameKey { video: video.id.clone(), index, spec };
@@ -301,10 +313,10 @@ impl FrameStore {
             return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
         }
         if spec.encoding == Encoding::Raw {
-            let (frame, hit) = self.raw(video, index, spec).await?;
+            let (frame, hit) = self.raw(video, index, spec, keep_behind).await?;
             return Ok(Frame { meta: frame.meta, data: frame.data, cache_hit: hit });
         }
-        let (raw, hit) = self.raw(video, index, spec.as_raw()).await?;
+        let (raw, hit) = self.raw(video, index, spec.as_raw(), keep_behind).await?;
         let video_name = video.name.clone();
         let encoded = tokio::task::spawn_blocking(move || {
             let raw_spec = output::RawSpec {
@@ -348,7 +360,13 @@ impl FrameStore {
     }
 
     /// Raw pixels from the cache, or decoded once however many ask at the same time.
-    async fn raw(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) -> Result<(CachedFrame, bool), EngineError> {
+    async fn raw(
+        &self,
+        video: &Arc<OpenVideo>,
+        index: FrameIndex,
+        spec: OutputSpec,
+        keep_behind: Option<u32>,
+    ) -> Result<(CachedFrame, bool), EngineError> {
         let key = FrameKey { video: video.id.clone(), index, spec };
         if let Some(hit) = self.shared.cache.get(&key) {
             return Ok((hit, true));
@@ -372,7 +390,7 @@ impl FrameStore {
                 let result = result.map(|raw| Shared::cached_from_raw(&done_video, &raw));
                 shared.complete(done_key, result);
             });
-            if let Err(e) = self.pool.submit(video, index, spec, reply) {
+            if let Err(e) = self.pool.submit(video, index, spec, keep_behind, reply) {
                 self.shared.complete(key, Err(e));
             }
         }

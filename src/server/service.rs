@@ -77,9 +77,15 @@ impl FrameService {
             None => return Err(RequestError::MissingTarget.into()),
         };
         let spec = self.output_spec(req.output.as_ref())?;
+        if let Some(keep) = req.keep_behind {
+            let max = self.limits.max_keep_behind;
+            if keep > max {
+                return Err(RequestError::TooLarge { field: "keep_behind", value: keep as u64, max: max as u64 }.into());
+            }
+        }
         let video = self.open(&req.video).await?;
         let index = self.store.resolve(&video, target, req.clamp)?;
-        let frame = self.store.frame(&video, index, spec).await?;
+        let frame = self.store.frame_keeping(&video, index, spec, req.keep_behind).await?;
         Ok(to_message(frame))
     }
 

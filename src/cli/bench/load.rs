@@ -50,6 +50,9 @@ pub struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Frames before each target a cold decode keeps cached (server default when unset).
+    #[arg(long)]
+    pub keep_behind: Option<u32>,
 }
 
 /// What a load run measured.
@@ -249,6 +252,7 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
         let stop = stop.clone();
         let bar = bar.clone();
         let timed = args.duration.is_some();
+        let keep_behind = args.keep_behind;
         tasks.push(tokio::spawn(async move {
             let mut report = LoadReport::default();
             while !stop.load(Ordering::Relaxed) {
@@ -261,6 +265,7 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
                     target: Some(pb::frame_request::Target::Index(index)),
                     output: Some(output),
                     clamp: false,
+                    keep_behind,
                 };
                 let t = Instant::now();
                 let result = client.request_frame(request).await;
