@@ -111,6 +111,8 @@ MSG
     log "building and running the Rust tests"
     cargo build --bins
     cargo test --no-fail-fast 2>&1
+    log "a seconds-long pass of the benchmark harness, so it never rots"
+    ./target/debug/framesrv bench compare --smoke --out target/bench-smoke
     log "running the Python client tests against a real daemon"
     FRAMESRV_BIN="$ROOT/target/debug/framesrv" .venv/bin/python -m pytest -q tests/python
     ;;

@@ -486,3 +486,23 @@ async fn keep_behind_chooses_how_much_of_the_scan_is_cached() {
     expect_code(&mut c, absurd, Code::InvalidArgument, "keep_behind").await;
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readahead_survives_a_full_cache() {
+    // 4 MiB hold about 50 frames of 192x128: reading 60 frames fills it, and the frames read
+    // ahead must not be evicted by the frames just served.
+    let d = start_with(|c| c.cache_size = framesrv::units::ByteSize::mib(4)).await;
+    let mut c = d.client().await;
+    let mut late_hits = 0;
+    for i in 0..60usize {
+        let f = c.request_frame(by_index("a.mp4", i as i64)).await.unwrap().into_inner();
+        if i >= 50 {
+            late_hits += f.cache_hit as usize;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(d.store.stats().cache.evictions > 0, "the cache was full");
+    assert!(late_hits >= 8, "with a full cache, {late_hits} of the last 10 frames were read ahead");
+    assert_eq!(d.store.stats().seeks, 1);
+    d.stop().await;
+}

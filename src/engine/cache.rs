@@ -48,16 +48,25 @@ pub enum Admission {
 }
 
 struct Inner<K: Hash + Eq, V> {
-    main: LruCache<K, V>,
-    probation: LruCache<K, V>,
+    /// Requested entries, each with the tick of its last use.
+    main: LruCache<K, (V, u64)>,
+    /// Speculative entries, each with the tick it was inserted at.
+    probation: LruCache<K, (V, u64)>,
     stats: CacheStats,
     speculative_cap: u64,
+    /// A logical clock: entries are evicted oldest first across both segments.
+    tick: u64,
 }
 
 impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
     fn evict_probation(&mut self) -> bool {
         match self.probation.pop_lru() {
-            Some((_, old)) => {
+            Some((_, (old, _))) => {
                 let w = weight(&old);
                 self.stats.bytes -= w;
                 self.stats.speculative_bytes -= w;
@@ -71,7 +80,7 @@ impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
 
     fn evict_main(&mut self) -> bool {
         match self.main.pop_lru() {
-            Some((_, old)) => {
+            Some((_, (old, _))) => {
                 self.stats.bytes -= weight(&old);
                 self.stats.entries -= 1;
                 self.stats.evictions += 1;
@@ -81,12 +90,24 @@ impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
         }
     }
 
+    /// Evict the least recently used entry of either segment.
+    fn evict_oldest(&mut self) -> bool {
+        let main = self.main.peek_lru().map(|(_, (_, t))| *t);
+        let probation = self.probation.peek_lru().map(|(_, (_, t))| *t);
+        match (main, probation) {
+            (Some(m), Some(p)) if p < m => self.evict_probation(),
+            (Some(_), _) => self.evict_main(),
+            (None, Some(_)) => self.evict_probation(),
+            (None, None) => false,
+        }
+    }
+
     fn remove(&mut self, key: &K) {
-        if let Some(old) = self.main.pop(key) {
+        if let Some((old, _)) = self.main.pop(key) {
             self.stats.bytes -= weight(&old);
             self.stats.entries -= 1;
         }
-        if let Some(old) = self.probation.pop(key) {
+        if let Some((old, _)) = self.probation.pop(key) {
             let w = weight(&old);
             self.stats.bytes -= w;
             self.stats.speculative_bytes -= w;
@@ -95,8 +116,9 @@ impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
     }
 }
 
-/// A byte-bounded LRU map in two segments (requested and speculative). `std` mutex semantics:
-/// the lock is held only for map operations, never across an await or a decode.
+/// A byte-bounded LRU map in two segments (requested and speculative) with one recency order
+/// across both. `std` mutex semantics: the lock is held only for map operations, never across
+/// an await or a decode.
 pub struct ByteLru<K: Hash + Eq, V> {
     inner: Mutex<Inner<K, V>>,
 }
@@ -116,6 +138,7 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
                 probation: LruCache::unbounded(),
                 stats: CacheStats { capacity: capacity.0, ..Default::default() },
                 speculative_cap: (capacity.0 as f64 * SPECULATIVE_SHARE) as u64,
+                tick: 0,
             }),
         }
     }
@@ -124,15 +147,18 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
     /// hit becomes a requested one.
     pub fn get(&self, key: &K) -> Option<V> {
         let mut inner = self.inner.lock();
-        if let Some(v) = inner.main.get(key).cloned() {
+        let now = inner.next_tick();
+        if let Some((v, t)) = inner.main.get_mut(key) {
+            *t = now;
+            let v = v.clone();
             inner.stats.hits += 1;
             return Some(v);
         }
         match inner.probation.pop(key) {
-            Some(v) => {
+            Some((v, _)) => {
                 inner.stats.hits += 1;
                 inner.stats.speculative_bytes -= weight(&v);
-                inner.main.put(key.clone(), v.clone());
+                inner.main.put(key.clone(), (v.clone(), now));
                 Some(v)
             }
             None => {
@@ -148,9 +174,9 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
         inner.main.contains(key) || inner.probation.contains(key)
     }
 
-    /// Insert, evicting until it fits: speculative entries first, then the least recently
-    /// used requested ones (a speculative insert only within the speculative share). Returns
-    /// false, caching nothing, when the entry cannot fit.
+    /// Insert, evicting the least recently used entries (of either segment) until it fits; a
+    /// speculative insert first evicts older speculation to stay within the speculative
+    /// share. Returns false, caching nothing, when the entry cannot fit.
     pub fn insert(&self, key: K, value: V, admission: Admission) -> bool {
         let w = weight(&value);
         let mut inner = self.inner.lock();
@@ -169,20 +195,17 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
         if admission == Admission::Speculative {
             while inner.stats.speculative_bytes + w > inner.speculative_cap && inner.evict_probation() {}
         }
-        while inner.stats.bytes + w > inner.stats.capacity {
-            if !(inner.evict_probation() || inner.evict_main()) {
-                break;
-            }
-        }
+        while inner.stats.bytes + w > inner.stats.capacity && inner.evict_oldest() {}
         inner.stats.bytes += w;
         inner.stats.entries += 1;
+        let now = inner.next_tick();
         match admission {
             Admission::Requested => {
-                inner.main.put(key, value);
+                inner.main.put(key, (value, now));
             }
             Admission::Speculative => {
                 inner.stats.speculative_bytes += w;
-                inner.probation.put(key, value);
+                inner.probation.put(key, (value, now));
             }
         }
         debug_assert!(inner.stats.bytes <= inner.stats.capacity);
@@ -276,13 +299,25 @@ mod tests {
     }
 
     #[test]
-    fn requested_entries_evict_speculation_first() {
+    fn fresh_speculation_outlives_older_requested_entries() {
+        // A reader's next frame, read ahead, must not be evicted by the frame it just got.
         let c = ByteLru::new(cap(4));
-        c.insert(1, Blob(1000), Admission::Requested);
+        for k in 0..3 {
+            c.insert(k, Blob(1000), Admission::Requested);
+        }
         c.insert(100, Blob(1000), Admission::Speculative);
-        c.insert(2, Blob(1000), Admission::Requested);
         c.insert(3, Blob(1000), Admission::Requested);
-        c.insert(4, Blob(1000), Admission::Requested);
+        assert!(c.contains(&100), "the newer speculative entry stays");
+        assert!(!c.contains(&0), "the oldest requested entry goes");
+    }
+
+    #[test]
+    fn old_speculation_goes_before_newer_requested_entries() {
+        let c = ByteLru::new(cap(4));
+        c.insert(100, Blob(1000), Admission::Speculative);
+        for k in 1..=4 {
+            c.insert(k, Blob(1000), Admission::Requested);
+        }
         assert!(!c.contains(&100));
         assert!((1..=4).all(|k| c.contains(&k)));
     }
