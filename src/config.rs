@@ -166,6 +166,7 @@ impl Config {
             max_open_videos: self.limits.max_open_videos,
             batch_lookahead: self.limits.batch_lookahead,
             buffer_pool: self.decoder.buffer_pool,
+            decoder_wait: self.request_timeout(),
             pool: PoolConfig {
                 max_per_video: self.decoder.max_per_video,
                 max_total: self.decoder.max_total,

@@ -506,3 +506,49 @@ async fn readahead_survives_a_full_cache() {
     assert_eq!(d.store.stats().seeks, 1);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decoder_bound_holds_under_load_on_more_videos_than_decoders() {
+    let d = start_with(|c| {
+        c.decoder.max_total = 2;
+        c.cache_size = framesrv::units::ByteSize(0);
+    })
+    .await;
+    for k in 0..4 {
+        std::fs::copy(d.media.join("a.mp4"), d.media.join(format!("v{k}.mp4"))).unwrap();
+    }
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let store = d.store.clone();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = sampling.clone();
+    let sampler = tokio::spawn(async move {
+        let mut most = 0;
+        while flag.load(std::sync::atomic::Ordering::Relaxed) {
+            most = most.max(store.stats().open_decoders);
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        most
+    });
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let mut c = d.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for r in 0..4u64 {
+                let (v, i) = ((t + r) % 4, ((t * 7 + r * 13) % 60) as i64);
+                let f = c.request_frame(by_index(&format!("v{v}.mp4"), i)).await.unwrap().into_inner();
+                out.push((i as usize, f.data));
+            }
+            out
+        }));
+    }
+    for t in tasks {
+        for (i, data) in t.await.unwrap() {
+            assert_eq!(data[..], reference[i][..], "frame {i}");
+        }
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.await.unwrap();
+    assert!(most <= 2, "{most} decoder threads were alive at once with max_total = 2");
+    d.stop().await;
+}

@@ -116,8 +116,21 @@ struct Worker {
     last_used: Instant,
 }
 
+/// Why a job was not sent.
+pub enum SubmitError {
+    /// Every decoder slot is taken and none could be freed right now: wait for
+    /// [`DecoderPool::room`] and try again with the reply handed back.
+    NoRoom(Reply),
+    /// Too much work is already queued.
+    Overloaded(EngineError),
+}
+
 pub struct DecoderPool {
     config: PoolConfig,
+    /// Decoder threads alive, routable or draining: the global bound applies to these.
+    alive: Arc<AtomicUsize>,
+    /// Signalled whenever a decoder thread exits or goes idle.
+    room: Arc<tokio::sync::Notify>,
     buffers: Arc<BufferPool>,
     workers: Mutex<Vec<Worker>>,
     next_id: AtomicUsize,
@@ -127,7 +140,12 @@ pub struct DecoderPool {
 
 impl DecoderPool {
     pub fn new(config: PoolConfig, stats: Arc<EngineStats>, sink: Arc<dyn FrameSink>, buffers: Arc<BufferPool>) -> Self {
-        DecoderPool { config, buffers, workers: Mutex::new(Vec::new()), next_id: AtomicUsize::new(0), stats, sink }
+        DecoderPool {
+            config,
+            alive: Arc::new(AtomicUsize::new(0)),
+            room: Arc::new(tokio::sync::Notify::new()),
+            buffers,
+            workers: Mutex::new(Vec::new()), next_id: AtomicUsize::new(0), stats, sink }
     }
 
     /// Send a request for `target` of `video` to the best decoder. `reply` is called on the
@@ -139,16 +157,17 @@ impl DecoderPool {
         spec: OutputSpec,
         keep_behind: Option<u32>,
         reply: Reply,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), SubmitError> {
         let mut workers = self.workers.lock();
         let slack = self.config.decode.continue_slack;
         let index = &video.index;
         // Pick the decoder that reaches the target cheapest. Work queued on a decoder that will
         // continue forward to the target is on the way and costs nothing extra; queued work
         // elsewhere is waiting time.
-        let mut best: Option<(usize, u64)> = None;
+        // Decoders are named by id: making room below may remove entries from the list.
+        let mut best: Option<(u64, u64)> = None;
         let mut same_video = 0;
-        for (i, w) in workers.iter().enumerate() {
+        for w in workers.iter() {
             if w.video.id != video.id {
                 continue;
             }
@@ -162,15 +181,18 @@ impl DecoderPool {
             };
             let score = cost.saturating_add(waiting);
             if best.is_none_or(|(_, c)| score < c) {
-                best = Some((i, score));
+                best = Some((w.id, score));
             }
         }
         let cold_cost = plan::cost(index, None, target, slack);
         let chosen = match best {
-            // A video with no decoder always gets one; at the global bound the least recently
-            // used decoder gives way (a busy one finishes its queue first, then exits).
+            // A video with no decoder gets one as soon as there is room; at the global bound the
+            // least recently used decoder is closed (a busy one stops taking work, finishes its
+            // queue, then exits) and the request waits for its thread to go.
             None => {
-                self.make_room(&mut workers, true);
+                if !self.make_room(&mut workers, true) {
+                    return Err(SubmitError::NoRoom(reply));
+                }
                 workers.push(self.spawn(video));
                 workers.len() - 1
             }
@@ -184,17 +206,21 @@ impl DecoderPool {
                 workers.push(self.spawn(video));
                 workers.len() - 1
             }
-            Some((i, _)) => i,
+            Some((id, _)) => match workers.iter().position(|w| w.id == id) {
+                Some(i) => i,
+                // It was the idle decoder closed to make room: wait for a slot.
+                None => return Err(SubmitError::NoRoom(reply)),
+            },
         };
         tracing::trace!(video = %video.name, target = target.0, decoder = workers[chosen].id, same_video, cold_cost, "routed");
         let w = &mut workers[chosen];
         if w.queued.load(Ordering::Acquire) >= self.config.max_queue {
-            return Err(EngineError::Overloaded {
+            return Err(SubmitError::Overloaded(EngineError::Overloaded {
                 what: format!(
                     "{} requests already wait for the decoders of {}",
                     self.config.max_queue, video.name
                 ),
-            });
+            }));
         }
         w.queued.fetch_add(1, Ordering::AcqRel);
         w.last_used = Instant::now();
@@ -251,11 +277,18 @@ impl DecoderPool {
         }
     }
 
-    /// Ensure a new decoder fits under the global bound, closing the least recently used idle
-    /// decoder if needed (or, with `even_busy`, the least recently used one: it finishes its
-    /// queued jobs, then exits). False when no decoder could be closed.
+    /// Signalled whenever a decoder thread exits or goes idle: a request that got
+    /// [`SubmitError::NoRoom`] waits for it.
+    pub fn room(&self) -> Arc<tokio::sync::Notify> {
+        self.room.clone()
+    }
+
+    /// Whether a new decoder thread fits under the global bound. At the bound, close the least
+    /// recently used idle decoder (or, with `even_busy`, the least recently used one, which
+    /// finishes its queued jobs first); room appears when its thread has exited, so this
+    /// answers false and the caller waits for [`DecoderPool::room`].
     fn make_room(&self, workers: &mut Vec<Worker>, even_busy: bool) -> bool {
-        if workers.len() < self.config.max_total {
+        if self.alive.load(Ordering::Acquire) < self.config.max_total {
             return true;
         }
         let victim = workers
@@ -266,9 +299,10 @@ impl DecoderPool {
             .map(|(i, _)| i);
         match victim {
             Some(i) => {
-                // Dropping the sender ends the thread once it is idle; it frees its own FFmpeg state.
+                // Dropping the sender ends the thread once its queue is done; it frees its own
+                // FFmpeg state.
                 workers.swap_remove(i);
-                true
+                false
             }
             None => false,
         }
@@ -280,7 +314,10 @@ impl DecoderPool {
         let queued = Arc::new(AtomicUsize::new(0));
         let reported = Arc::new(Mutex::new(None));
         let ahead = Arc::new(Mutex::new(Ahead::default()));
+        self.alive.fetch_add(1, Ordering::AcqRel);
         let thread = WorkerThread {
+            alive: self.alive.clone(),
+            room: self.room.clone(),
             id,
             video: video.clone(),
             rx,
@@ -293,7 +330,9 @@ impl DecoderPool {
             buffers: self.buffers.clone(),
         };
         let name = format!("framesrv-dec-{id}");
+        let alive = self.alive.clone();
         if let Err(e) = std::thread::Builder::new().name(name).spawn(move || thread.run()) {
+            alive.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(error = %e, "could not start a decoder thread");
         }
         Worker { id, video: video.clone(), tx, ahead, queued, predicted: None, reported, last_used: Instant::now() }
@@ -317,6 +356,9 @@ impl DecoderPool {
 
 /// The state a decoder thread owns.
 struct WorkerThread {
+    /// The pool's count of live decoder threads; this thread leaves it when it exits.
+    alive: Arc<AtomicUsize>,
+    room: Arc<tokio::sync::Notify>,
     id: u64,
     video: Arc<OpenVideo>,
     rx: Receiver<Command>,
@@ -332,7 +374,11 @@ struct WorkerThread {
 impl WorkerThread {
     fn run(self) {
         self.stats.open_decoders.inc();
-        let _guard = scopeguard(|| self.stats.open_decoders.sub(1));
+        let _guard = scopeguard(|| {
+            self.stats.open_decoders.sub(1);
+            self.alive.fetch_sub(1, Ordering::AcqRel);
+            self.room.notify_waiters();
+        });
         let decoder = FrameDecoder::open(
             &self.video.id.path,
             &self.video.name,
@@ -381,8 +427,12 @@ impl WorkerThread {
                         }),
                     };
                     *self.reported.lock() = decoder.position();
-                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    let left = self.queued.fetch_sub(1, Ordering::AcqRel) - 1;
                     (job.reply)(result);
+                    if left == 0 {
+                        // Idle now, so it may be closed to make room for another video.
+                        self.room.notify_waiters();
+                    }
                 }
                 Some(Command::Wake) => {}
                 None => self.read_one_ahead(&mut decoder),

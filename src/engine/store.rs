@@ -21,7 +21,7 @@ use crate::engine::buffers::BufferPool;
 use crate::engine::cache::{Admission, ByteLru, CacheStats, Weigh};
 use crate::engine::decoder::{build_index, RawFrame};
 use crate::engine::output::{self, Encoding, OutputSpec, PixelFormat};
-use crate::engine::pool::{DecoderPool, FrameSink, OpenVideo, PoolConfig, VideoId};
+use crate::engine::pool::{DecoderPool, FrameSink, OpenVideo, PoolConfig, SubmitError, VideoId};
 use crate::engine::stats::EngineStats;
 use crate::engine::EngineError;
 use crate::media_roots::{MediaRoots, RootsError};
@@ -88,6 +88,8 @@ pub struct StoreConfig {
     pub batch_lookahead: usize,
     /// Spare pixel buffers kept for reuse.
     pub buffer_pool: ByteSize,
+    /// Longest a request waits for a decoder slot before RESOURCE_EXHAUSTED.
+    pub decoder_wait: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -187,7 +189,7 @@ pub struct FrameStore {
     roots: MediaRoots,
     config: StoreConfig,
     shared: Arc<Shared>,
-    pool: DecoderPool,
+    pool: Arc<DecoderPool>,
     videos: Mutex<LruCache<std::path::PathBuf, Arc<VideoSlot>>>,
     stats: Arc<EngineStats>,
 }
@@ -201,7 +203,7 @@ impl FrameStore {
             inflight: Mutex::new(HashMap::new()),
         });
         let buffers = BufferPool::new(config.buffer_pool);
-        let pool = DecoderPool::new(config.pool, stats.clone(), shared.clone(), buffers);
+        let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), shared.clone(), buffers));
         let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         FrameStore { recent: Mutex::new(HashMap::new()), roots, config, shared, pool, videos: Mutex::new(LruCache::new(cap)), stats }
     }
@@ -390,8 +392,41 @@ impl FrameStore {
                 let result = result.map(|raw| Shared::cached_from_raw(&done_video, &raw));
                 shared.complete(done_key, result);
             });
-            if let Err(e) = self.pool.submit(video, index, spec, keep_behind, reply) {
-                self.shared.complete(key, Err(e));
+            let mut reply: crate::engine::pool::Reply = reply;
+            match self.pool.submit(video, index, spec, keep_behind, reply) {
+                Ok(()) => {}
+                Err(SubmitError::Overloaded(e)) => self.shared.complete(key, Err(e)),
+                Err(SubmitError::NoRoom(back)) => {
+                    // Wait for a decoder slot on a task of its own, so that every request
+                    // waiting for this frame is answered even if this one is cancelled.
+                    reply = back;
+                    let pool = self.pool.clone();
+                    let shared = self.shared.clone();
+                    let video = video.clone();
+                    let patience = self.config.decoder_wait;
+                    let room = self.pool.room();
+                    tokio::spawn(async move {
+                        let deadline = tokio::time::Instant::now() + patience;
+                        loop {
+                            let notified = room.notified();
+                            tokio::pin!(notified);
+                            notified.as_mut().enable();
+                            match pool.submit(&video, index, spec, keep_behind, reply) {
+                                Ok(()) => return,
+                                Err(SubmitError::Overloaded(e)) => return shared.complete(key, Err(e)),
+                                Err(SubmitError::NoRoom(back)) => reply = back,
+                            }
+                            let now = tokio::time::Instant::now();
+                            if now >= deadline {
+                                let e = EngineError::Overloaded {
+                                    what: format!("no decoder became free within {:.0}s", patience.as_secs_f64()),
+                                };
+                                return shared.complete(key, Err(e));
+                            }
+                            let _ = tokio::time::timeout((deadline - now).min(std::time::Duration::from_millis(100)), notified).await;
+                        }
+                    });
+                }
             }
         }
         let frame = rx.await.map_err(|_| EngineError::ShuttingDown)??;
