@@ -90,12 +90,12 @@ impl Default for DecoderConfig {
         DecoderConfig {
             threads: 1,
             max_per_video: 3,
-            max_total: 8,
+            max_total: 4,
             max_queue: 256,
             keep_behind: 32,
             readahead: 8,
             skip_nonref: true,
-            buffer_pool: ByteSize::mib(64),
+            buffer_pool: ByteSize::mib(16),
         }
     }
 }
