@@ -143,8 +143,9 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
         }
     }
 
-    /// Look up and mark as recently used; counts a hit or a miss. A speculative entry that is
-    /// hit becomes a requested one.
+    /// Look up and mark as recently used; counts a hit (a caller that then decodes counts its
+    /// miss with [`ByteLru::record_miss`], once per request however often it looked). A
+    /// speculative entry that is hit becomes a requested one.
     pub fn get(&self, key: &K) -> Option<V> {
         let mut inner = self.inner.lock();
         let now = inner.next_tick();
@@ -161,11 +162,13 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
                 inner.main.put(key.clone(), (v.clone(), now));
                 Some(v)
             }
-            None => {
-                inner.stats.misses += 1;
-                None
-            }
+            None => None,
         }
+    }
+
+    /// Count one request that the cache could not serve.
+    pub fn record_miss(&self) {
+        self.inner.lock().stats.misses += 1;
     }
 
     /// Look up without touching recency or counters.
@@ -339,7 +342,9 @@ mod tests {
         let c = ByteLru::new(cap(3));
         c.insert(1, Blob(10), Admission::Requested);
         c.get(&1);
-        c.get(&2);
+        if c.get(&2).is_none() {
+            c.record_miss();
+        }
         let s = c.stats();
         assert_eq!((s.hits, s.misses), (1, 1));
     }

@@ -154,10 +154,22 @@ impl FrameSink for Shared {
         let key = FrameKey { video: video.id.clone(), index: frame.index, spec: *spec };
         let cached = Self::cached_from_raw(video, &frame);
         // Someone may be waiting for exactly this frame (a batch asks ahead): serve them too.
-        if self.inflight.lock().contains_key(&key) {
-            self.complete(key, Ok(cached));
-        } else if !self.cache.contains(&key) {
-            self.cache.insert(key, cached, Admission::Speculative);
+        // Checked and cached under the in-flight lock, the order `FrameStore::raw` takes them
+        // in, so a request sees either this frame in the cache or its own registration here.
+        let mut inflight = self.inflight.lock();
+        match inflight.remove(&key) {
+            Some(waiters) => {
+                drop(inflight);
+                self.cache.insert(key, cached.clone(), Admission::Requested);
+                for w in waiters {
+                    let _ = w.send(Ok(cached.clone()));
+                }
+            }
+            None => {
+                if !self.cache.contains(&key) {
+                    self.cache.insert(key, cached, Admission::Speculative);
+                }
+            }
         }
     }
 
@@ -384,7 +396,10 @@ impl FrameStore {
             waiters.push(tx);
             waiters.len() == 1
         };
-        if leader {
+        self.shared.cache.record_miss();
+        // A decoder may have answered it in the meantime (a frame that came out with another
+        // target); then there is nothing to route.
+        if leader && self.shared.inflight.lock().contains_key(&key) {
             let shared = self.shared.clone();
             let done_video = video.clone();
             let done_key = key.clone();

@@ -44,7 +44,8 @@ pub async fn run_with_store(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let max_message = config.limits.max_message_size.0.min(usize::MAX as u64) as usize;
-    let frames = FrameServerServer::new(FrameService::new(store.clone(), config.limits.clone()))
+    let in_flight = service::InFlight::default();
+    let frames = FrameServerServer::new(FrameService::new(store.clone(), config.limits.clone(), in_flight.clone()))
         .max_decoding_message_size(4 << 20)
         .max_encoding_message_size(max_message);
 
@@ -72,6 +73,7 @@ pub async fn run_with_store(
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signal = stopping.clone();
+    let grace = config.shutdown_grace();
     let serve = tonic::transport::Server::builder()
         .timeout(config.request_timeout())
         .add_service(health_service)
@@ -80,15 +82,21 @@ pub async fn run_with_store(
         .add_service(frames)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
-            tracing::info!("shutting down: no new connections, draining in-flight requests");
+            tracing::info!("shutting down: draining in-flight requests");
             health.set_not_serving::<FrameServerServer<FrameService>>().await;
             signal.notify_one();
+            // Let every request and stream hand over its last frame before connections close
+            // (closing right after a stream's end can cut what the client has not read yet),
+            // then give clients a moment to read it.
+            if tokio::time::timeout(grace, in_flight.idle()).await.is_err() {
+                tracing::warn!(grace_s = grace.as_secs_f64(), "requests still in flight after the grace period");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         });
     tokio::pin!(serve);
-    let grace = config.shutdown_grace();
     let result = tokio::select! {
         r = &mut serve => r.map_err(ServerError::from),
-        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+        _ = async { stopping.notified().await; tokio::time::sleep(grace + std::time::Duration::from_secs(1)).await } => {
             tracing::warn!(grace_s = grace.as_secs_f64(), "in-flight requests still running after the grace period; exiting anyway");
             Ok(())
         }

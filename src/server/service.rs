@@ -20,11 +20,39 @@ use crate::units::FrameIndex;
 pub struct FrameService {
     store: Arc<FrameStore>,
     limits: LimitsConfig,
+    in_flight: InFlight,
+}
+
+/// Requests being served, streams until their last frame is handed over: shutdown waits for
+/// these before closing connections.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+/// One request in flight; dropping it ends it.
+pub struct InFlightGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl InFlight {
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.0.clone())
+    }
+
+    /// Resolves when no request is in flight.
+    pub async fn idle(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl FrameService {
-    pub fn new(store: Arc<FrameStore>, limits: LimitsConfig) -> Self {
-        FrameService { store, limits }
+    pub fn new(store: Arc<FrameStore>, limits: LimitsConfig, in_flight: InFlight) -> Self {
+        FrameService { store, limits, in_flight }
     }
 
     async fn open(&self, video: &str) -> Result<Arc<OpenVideo>, Error> {
@@ -241,6 +269,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
     }
 
     async fn request_frame(&self, request: Request<pb::FrameRequest>) -> Result<Response<pb::Frame>, Status> {
+        let _in_flight = self.in_flight.enter();
         let req = request.into_inner();
         let video = req.video.clone();
         let target = format!("{:?}", req.target);
@@ -257,6 +286,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
     type RequestFramesStream = FrameStream;
 
     async fn request_frames(&self, request: Request<pb::FramesRequest>) -> Result<Response<FrameStream>, Status> {
+        let in_flight = self.in_flight.enter();
         let req = request.into_inner();
         let name = req.video.clone();
         let setup = async {
@@ -268,7 +298,11 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let (video, indices, spec) = setup.await.map_err(|e| report("RequestFrames", &name, "", e))?;
         tracing::debug!(video = %name, frames = indices.len(), "RequestFrames");
         let frames = self.store.frames(video, indices, spec);
-        let stream = frames.map(move |r| r.map(to_message).map_err(|e| report("RequestFrames", &name, "", e.into())));
+        let stream = frames.map(move |r| {
+            // The guard lives as long as the stream: shutdown waits for the last frame.
+            let _ = &in_flight;
+            r.map(to_message).map_err(|e| report("RequestFrames", &name, "", e.into()))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
