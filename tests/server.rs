@@ -478,7 +478,8 @@ async fn keep_behind_chooses_how_much_of_the_scan_is_cached() {
     let mut c = d.client().await;
     let cold = pb::FrameRequest { keep_behind: Some(0), ..by_index("a.mp4", 40) };
     assert!(!c.request_frame(cold).await.unwrap().into_inner().cache_hit);
-    assert!(!c.request_frame(by_index("a.mp4", 39)).await.unwrap().into_inner().cache_hit, "nothing kept behind 40");
+    let probe = pb::FrameRequest { keep_behind: Some(0), ..by_index("a.mp4", 39) };
+    assert!(!c.request_frame(probe).await.unwrap().into_inner().cache_hit, "nothing kept behind 40");
     let cold = pb::FrameRequest { keep_behind: Some(5), ..by_index("a.mp4", 20) };
     c.request_frame(cold).await.unwrap();
     for i in 15..20 {
@@ -553,5 +554,24 @@ async fn the_decoder_bound_holds_under_load_on_more_videos_than_decoders() {
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let most = sampler.await.unwrap();
     assert!(most <= 2, "{most} decoder threads were alive at once with max_total = 2");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backtrack_window_is_complete_even_after_reading_in_another_size() {
+    let d = start().await;
+    let mut c = d.client().await;
+    // A reader of thumbnails moves the decoder forward past frame 10 in another output size.
+    let thumb = Some(pb::OutputSpec { max_width: 48, max_height: 48, ..Default::default() });
+    for i in 0..11 {
+        c.request_frame(pb::FrameRequest { output: thumb, ..by_index("a.mp4", i) }).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Full-size frame 30, then stepping back: every step must be a hit.
+    c.request_frame(by_index("a.mp4", 30)).await.unwrap();
+    for i in (0..30).rev() {
+        let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
+        assert!(f.cache_hit, "frame {i} behind 30 was kept");
+    }
     d.stop().await;
 }

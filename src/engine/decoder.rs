@@ -142,16 +142,19 @@ impl FrameDecoder {
         spec: &OutputSpec,
         side: &mut dyn FnMut(RawFrame),
     ) -> Result<RawFrame, EngineError> {
-        self.frame_keeping(target, spec, self.options.keep_behind, side)
+        self.frame_keeping(target, spec, self.options.keep_behind, false, side)
     }
 
     /// [`FrameDecoder::frame`] with this request's own number of frames to keep behind the
-    /// target.
+    /// target. With `restart`, seek even where continuing forward would do: the caller knows
+    /// that frames of the window this decoder has already passed are not kept anywhere, and only
+    /// a decode from the keyframe produces them again.
     pub fn frame_keeping(
         &mut self,
         target: FrameIndex,
         spec: &OutputSpec,
         keep_behind: u32,
+        restart: bool,
         side: &mut dyn FnMut(RawFrame),
     ) -> Result<RawFrame, EngineError> {
         if self.index.frame(target).is_none() {
@@ -176,6 +179,15 @@ impl FrameDecoder {
         }
         self.ahead.clear();
         let mut plan = plan::plan(&self.index, self.position, target, self.options.continue_slack);
+        if restart && plan == Plan::Continue {
+            plan = Plan::Seek(self.index.frames[target.get()].seek);
+        }
+        // The frames to keep may start in an earlier GOP than the target: decoding must then
+        // start at that GOP's keyframe, or they would never come out.
+        if let Plan::Seek(seek) = plan {
+            let keep_from = target.0.saturating_sub(keep_behind) as usize;
+            plan = Plan::Seek(seek.min(self.index.frames[keep_from].seek));
+        }
         let mut from_start_tried = false;
         let mut not_produced = 0;
         loop {

@@ -422,9 +422,12 @@ impl WorkerThread {
                     let spec = job.spec.as_raw();
                     let result = match sink.cached(video, &spec, job.target) {
                         Some(frame) => Ok(frame),
-                        None => decoder.frame_keeping(job.target, &job.spec, job.keep_behind, &mut |f| {
-                            sink.side_frame(video, &spec, f)
-                        }),
+                        None => {
+                            let restart = self.window_has_gaps(&decoder, job.target, &spec, job.keep_behind);
+                            decoder.frame_keeping(job.target, &job.spec, job.keep_behind, restart, &mut |f| {
+                                sink.side_frame(video, &spec, f)
+                            })
+                        }
                     };
                     *self.reported.lock() = decoder.position();
                     let left = self.queued.fetch_sub(1, Ordering::AcqRel) - 1;
@@ -438,6 +441,20 @@ impl WorkerThread {
                 None => self.read_one_ahead(&mut decoder),
             }
         }
+    }
+
+    /// Whether continuing forward to `target` would leave holes in the frames to keep behind
+    /// it: frames of the window this decoder has already passed (for another output, or
+    /// without keeping them) that are not in the cache. Continuing cannot produce them again.
+    fn window_has_gaps(&self, decoder: &FrameDecoder, target: FrameIndex, spec: &OutputSpec, keep_behind: u32) -> bool {
+        let Some(last) = decoder.position().filter(|p| !p.ended).and_then(|p| p.last_output) else {
+            return false;
+        };
+        let keep_from = target.0.saturating_sub(keep_behind);
+        if keep_behind == 0 || last.0 < keep_from || last >= target {
+            return false;
+        }
+        (keep_from..=last.0).any(|i| !self.sink.has_frame(&self.video, spec, FrameIndex(i)))
     }
 
     /// The next frame this decoder would read ahead, if it has been asked to.

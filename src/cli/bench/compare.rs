@@ -551,9 +551,18 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
             let i = rng.random_range(31..g250.frames);
             timed_requests(&mut c, "g250.mp4", &[i], small).await?;
             let back: Vec<usize> = (i - 30..i).rev().collect();
-            let (lat, hits) = timed_requests(&mut c, "g250.mp4", &back, small).await?;
-            steps.extend(lat);
-            step_hits += hits;
+            let mut missed = Vec::new();
+            for &j in &back {
+                let (lat, hits) = timed_requests(&mut c, "g250.mp4", &[j], small).await?;
+                if hits == 0 {
+                    missed.push(j);
+                }
+                steps.extend(lat);
+                step_hits += hits;
+            }
+            if !missed.is_empty() {
+                println!("  backtracking from {i}: steps {missed:?} missed the cache");
+            }
         }
         let total = steps.len();
         let m = median(steps);
