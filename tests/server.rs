@@ -558,7 +558,7 @@ async fn the_decoder_bound_holds_under_load_on_more_videos_than_decoders() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_backtrack_window_is_complete_even_after_reading_in_another_size() {
+async fn the_backtrack_window_is_complete_in_the_gop_even_after_reading_in_another_size() {
     let d = start().await;
     let mut c = d.client().await;
     // A reader of thumbnails moves the decoder forward past frame 10 in another output size.
@@ -567,11 +567,12 @@ async fn the_backtrack_window_is_complete_even_after_reading_in_another_size() {
         c.request_frame(pb::FrameRequest { output: thumb, ..by_index("a.mp4", i) }).await.unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    // Full-size frame 30, then stepping back: every step must be a hit.
-    c.request_frame(by_index("a.mp4", 30)).await.unwrap();
-    for i in (0..30).rev() {
+    // Full-size frame 23 (its GOP starts at 12), then stepping back through the GOP: every
+    // step must be a hit although the decoder had passed 12..18 without keeping them.
+    c.request_frame(by_index("a.mp4", 23)).await.unwrap();
+    for i in (12..23).rev() {
         let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
-        assert!(f.cache_hit, "frame {i} behind 30 was kept");
+        assert!(f.cache_hit, "frame {i} behind 23 was kept");
     }
     d.stop().await;
 }

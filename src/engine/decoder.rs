@@ -182,12 +182,9 @@ impl FrameDecoder {
         if restart && plan == Plan::Continue {
             plan = Plan::Seek(self.index.frames[target.get()].seek);
         }
-        // The frames to keep may start in an earlier GOP than the target: decoding must then
-        // start at that GOP's keyframe, or they would never come out.
-        if let Plan::Seek(seek) = plan {
-            let keep_from = target.0.saturating_sub(keep_behind) as usize;
-            plan = Plan::Seek(seek.min(self.index.frames[keep_from].seek));
-        }
+        // A seek starts at the target's keyframe, so the frames kept reach back at most to it:
+        // backward steps inside the GOP are free. Going back into the previous GOP as well
+        // would double the cold cost of short-GOP videos (measured: GOP 50, 47 -> 88 ms).
         let mut from_start_tried = false;
         let mut not_produced = 0;
         loop {

@@ -338,19 +338,14 @@ impl DecoderPool {
         Worker { id, video: video.clone(), tx, ahead, queued, predicted: None, reported, last_used: Instant::now() }
     }
 
-    /// Close every decoder of videos other than the current version of a file (after a file
-    /// was replaced) — and, with `None`, every decoder.
+    /// Close every decoder: each thread finishes its queued jobs, frees its FFmpeg state and
+    /// exits. Used at shutdown.
     pub fn close_all(&self) {
         self.workers.lock().clear();
     }
 
     pub fn decoder_count(&self) -> usize {
         self.workers.lock().len()
-    }
-
-    /// Ids of the decoders serving `video`, for tests and stats.
-    pub fn decoders_of(&self, video: &OpenVideo) -> Vec<u64> {
-        self.workers.lock().iter().filter(|w| w.video.id == video.id).map(|w| w.id).collect()
     }
 }
 
