@@ -369,7 +369,9 @@ struct WorkerThread {
 impl WorkerThread {
     fn run(self) {
         self.stats.open_decoders.inc();
+        // Runs after the decoder (declared below, so dropped first) has closed.
         let _guard = scopeguard(|| {
+            crate::engine::ffmpeg::release_freed_memory();
             self.stats.open_decoders.sub(1);
             self.alive.fetch_sub(1, Ordering::AcqRel);
             self.room.notify_waiters();
