@@ -374,6 +374,7 @@ impl VideoDecoder {
 /// Converts decoded pictures to tightly packed pixels of a chosen format and size. Keeps its
 /// swscale context between frames and rebuilds it only when the input or output changes.
 /// swscale's context is not `Send`-safe to share, so a Converter lives on one thread.
+#[derive(Default)]
 pub struct Converter {
     scaler: Option<ScalerKey>,
     context: Option<ff::software::scaling::Context>,
@@ -393,11 +394,6 @@ struct ScalerKey {
 // thread and only used through `&mut self`.
 unsafe impl Send for Converter {}
 
-impl Default for Converter {
-    fn default() -> Self {
-        Converter { scaler: None, context: None }
-    }
-}
 
 fn av_pixel_format(format: PixelFormat) -> ff::format::Pixel {
     match format {

@@ -304,13 +304,12 @@ fn finish(mut index: VideoIndex, packet_durations: &[f64]) -> VideoIndex {
     } else {
         1.0 / 25.0
     };
-    for i in 0..n {
-        let d = if i + 1 < n {
-            intervals[i]
-        } else {
-            packet_durations.get(i).copied().filter(|d| *d > 0.0).unwrap_or(fallback)
+    // Each frame lasts until the next one; the last one as its packet says.
+    for (i, frame) in index.frames.iter_mut().enumerate() {
+        frame.duration_s = match intervals.get(i) {
+            Some(&d) => d,
+            None => packet_durations.get(i).copied().filter(|d| *d > 0.0).unwrap_or(fallback),
         };
-        index.frames[i].duration_s = d;
     }
     index.duration_s = index.frames.last().map(|f| f.time_s + f.duration_s).unwrap_or(0.0);
     index.avg_fps = if n > 1 && index.frames[n - 1].time_s > 0.0 {

@@ -107,7 +107,7 @@ pub fn reference_frames_as(path: &Path, pix_fmt: &str, bpp: usize) -> Vec<Vec<u8
         .output()
         .unwrap();
     let frame = W as usize * H as usize * bpp;
-    assert!(output.stdout.len() % frame == 0, "reference decode of {} is not whole frames", path.display());
+    assert!(output.stdout.len().is_multiple_of(frame), "reference decode of {} is not whole frames", path.display());
     output.stdout.chunks(frame).map(|c| c.to_vec()).collect()
 }
 
