@@ -576,3 +576,71 @@ async fn the_backtrack_window_is_complete_in_the_gop_even_after_reading_in_anoth
     }
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_clients_have_gone_are_never_decoded() {
+    let d = start_with(|c| {
+        c.decoder.max_total = 1;
+        c.decoder.max_per_video = 1;
+    })
+    .await;
+    // One GOP of 900 960x540 P-frames: a request near its end keeps the only decoder busy for
+    // a second or so (the small barcode videos decode too fast to hold it).
+    let long = d.media.join("long.mp4");
+    ffmpeg(&[
+        "-f", "lavfi", "-i", "testsrc2=size=960x540:rate=30:duration=30",
+        "-c:v", "libx264", "-preset", "ultrafast", "-g", "900", "-bf", "0", "-pix_fmt", "yuv420p",
+        long.to_str().unwrap(),
+    ]);
+    let mut c = d.client().await;
+    let mut slow = d.client().await;
+    let blocker = tokio::spawn(async move { slow.request_frame(by_index("long.mp4", 890)).await });
+    while d.store.stats().frames_decoded == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // Clients with a deadline ask for frames far behind the decoder (each a seek and a long
+    // decode) and give up long before the decoder is free.
+    let stale: Vec<i64> = (1..=8).map(|k| 900 - k * 100).collect();
+    let mut waits = Vec::new();
+    for &i in &stale {
+        let mut c = c.clone();
+        waits.push(tokio::spawn(async move {
+            let mut req = tonic::Request::new(by_index("long.mp4", i));
+            req.set_timeout(std::time::Duration::from_millis(100));
+            c.request_frame(req).await
+        }));
+    }
+    for w in waits {
+        let code = w.await.unwrap().unwrap_err().code();
+        assert!(matches!(code, Code::DeadlineExceeded | Code::Cancelled), "{code:?}");
+    }
+    assert!(!blocker.is_finished(), "the decoder finished before the deadlines passed: the test proves nothing");
+    let f = blocker.await.unwrap().unwrap().into_inner();
+    assert_eq!(f.data, reference_frame(&long, 890));
+    // The decoder drops the stale jobs instead of decoding them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.store.stats().abandoned < stale.len() as u64 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let s = d.store.stats();
+    assert_eq!(s.abandoned, stale.len() as u64, "every stale job was dropped");
+    assert!(s.frames_decoded <= 900, "{} frames decoded: stale jobs were decoded", s.frames_decoded);
+    // A frame whose request was dropped is served, exactly, when asked again.
+    let f = c.request_frame(by_index("long.mp4", stale[0])).await.unwrap().into_inner();
+    assert_eq!(f.data, reference_frame(&long, stale[0] as usize));
+    let stats = c.get_stats(pb::GetStatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.abandoned, stale.len() as u64);
+    d.stop().await;
+}
+
+/// Frame `n` of the ffmpeg CLI's sequential decode of a video, as rgb24.
+fn reference_frame(path: &Path, n: usize) -> Vec<u8> {
+    let select = format!("select=eq(n\\,{n})");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i", path.to_str().unwrap(), "-vf", &select, "-fps_mode", "passthrough"])
+        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}

@@ -109,6 +109,7 @@ async fn run_async(command: Command) -> Result<(), String> {
             println!("open decoders:  {}", s.open_decoders);
             println!("seeks:          {}", s.seeks);
             println!("frames decoded: {}", s.frames_decoded);
+            println!("abandoned:      {} (requests gone before their decode started)", s.abandoned);
             println!("videos indexed: {}", s.videos_indexed);
             println!("requests:       {}", s.requests);
         }

@@ -60,6 +60,11 @@ pub trait FrameSink: Send + Sync {
     /// The frame, if already cached (a job whose frame arrived while it waited is answered
     /// from here instead of decoding it again).
     fn cached(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> Option<RawFrame>;
+    /// Whether everyone who asked for this frame has gone (cancelled, timed out, disconnected).
+    /// If so the sink forgets the request, so a later ask starts afresh, and the decoder drops
+    /// the job without decoding or answering it: a labelling tool scrubbing fast, or a loader
+    /// whose deadline passed, must not leave the decoders grinding through stale work.
+    fn abandoned(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool;
 }
 
 pub type Reply = Box<dyn FnOnce(Result<RawFrame, EngineError>) + Send>;
@@ -419,6 +424,15 @@ impl WorkerThread {
                     let spec = job.spec.as_raw();
                     let result = match sink.cached(video, &spec, job.target) {
                         Some(frame) => Ok(frame),
+                        None if sink.abandoned(video, &spec, job.target) => {
+                            tracing::debug!(video = %video.name, target = job.target.0, "dropped a job nobody waits for");
+                            self.stats.abandoned.inc();
+                            let left = self.queued.fetch_sub(1, Ordering::AcqRel) - 1;
+                            if left == 0 {
+                                self.room.notify_waiters();
+                            }
+                            continue;
+                        }
                         None => {
                             let restart = self.window_has_gaps(&decoder, job.target, &spec, job.keep_behind);
                             decoder.frame_keeping(job.target, &job.spec, job.keep_behind, restart, &mut |f| {

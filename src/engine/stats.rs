@@ -29,4 +29,6 @@ pub struct EngineStats {
     pub open_decoders: Counter,
     pub videos_indexed: Counter,
     pub requests: Counter,
+    /// Decoder jobs dropped unstarted because every request for the frame had gone.
+    pub abandoned: Counter,
 }

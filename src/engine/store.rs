@@ -98,6 +98,7 @@ pub struct StoreStats {
     pub open_decoders: u64,
     pub seeks: u64,
     pub frames_decoded: u64,
+    pub abandoned: u64,
     pub videos_indexed: u64,
     pub requests: u64,
 }
@@ -171,6 +172,18 @@ impl FrameSink for Shared {
                 }
             }
         }
+    }
+
+    fn abandoned(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        // Decided and forgotten under the lock `raw` registers under: a request arriving after
+        // this finds no entry and submits a job of its own, never waits on a dropped one.
+        let mut inflight = self.inflight.lock();
+        let gone = inflight.get(&key).is_some_and(|waiters| waiters.iter().all(|w| w.is_closed()));
+        if gone {
+            inflight.remove(&key);
+        }
+        gone
     }
 
     fn has_frame(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
@@ -473,6 +486,7 @@ impl FrameStore {
             open_decoders: self.stats.open_decoders.get(),
             seeks: self.stats.seeks.get(),
             frames_decoded: self.stats.frames_decoded.get(),
+            abandoned: self.stats.abandoned.get(),
             videos_indexed: self.stats.videos_indexed.get(),
             requests: self.stats.requests.get(),
         }

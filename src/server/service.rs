@@ -318,6 +318,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
             open_decoders: s.open_decoders,
             seeks: s.seeks,
             frames_decoded: s.frames_decoded,
+            abandoned: s.abandoned,
             videos_indexed: s.videos_indexed,
             requests: s.requests,
         }))
