@@ -394,7 +394,6 @@ struct ScalerKey {
 // thread and only used through `&mut self`.
 unsafe impl Send for Converter {}
 
-
 fn av_pixel_format(format: PixelFormat) -> ff::format::Pixel {
     match format {
         PixelFormat::Rgb24 => ff::format::Pixel::RGB24,

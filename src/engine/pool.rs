@@ -395,8 +395,7 @@ impl WorkerThread {
                 tracing::warn!(video = %self.video.name, error = %e, "could not open a decoder");
                 while let Ok(command) = self.rx.recv() {
                     if let Command::Frame(job) = command {
-                        self.queued.fetch_sub(1, Ordering::AcqRel);
-                        (job.reply)(Err(e.clone()));
+                        self.job_done(|| (job.reply)(Err(e.clone())));
                     }
                 }
                 return;
@@ -427,10 +426,7 @@ impl WorkerThread {
                         None if sink.abandoned(video, &spec, job.target) => {
                             tracing::debug!(video = %video.name, target = job.target.0, "dropped a job nobody waits for");
                             self.stats.abandoned.inc();
-                            let left = self.queued.fetch_sub(1, Ordering::AcqRel) - 1;
-                            if left == 0 {
-                                self.room.notify_waiters();
-                            }
+                            self.job_done(|| {});
                             continue;
                         }
                         None => {
@@ -441,16 +437,23 @@ impl WorkerThread {
                         }
                     };
                     *self.reported.lock() = decoder.position();
-                    let left = self.queued.fetch_sub(1, Ordering::AcqRel) - 1;
-                    (job.reply)(result);
-                    if left == 0 {
-                        // Idle now, so it may be closed to make room for another video.
-                        self.room.notify_waiters();
-                    }
+                    self.job_done(|| (job.reply)(result));
                 }
                 Some(Command::Wake) => {}
                 None => self.read_one_ahead(&mut decoder),
             }
+        }
+    }
+
+    /// A job leaves the queue, then `answer` runs. The queue shrinks first, so a request the
+    /// answer sets off (the next frame of a sequential reader) sees this decoder as free. A
+    /// decoder whose queue is empty is idle and may be closed to make room for another video:
+    /// tell whoever waits for room.
+    fn job_done(&self, answer: impl FnOnce()) {
+        let idle = self.queued.fetch_sub(1, Ordering::AcqRel) == 1;
+        answer();
+        if idle {
+            self.room.notify_waiters();
         }
     }
 
