@@ -155,22 +155,16 @@ impl FrameSink for Shared {
         let key = FrameKey { video: video.id.clone(), index: frame.index, spec: *spec };
         let cached = Self::cached_from_raw(video, &frame);
         // Someone may be waiting for exactly this frame (a batch asks ahead): serve them too.
-        // Checked and cached under the in-flight lock, the order `FrameStore::raw` takes them
+        // Speculation is cached under the in-flight lock, the order `FrameStore::raw` takes them
         // in, so a request sees either this frame in the cache or its own registration here.
-        let mut inflight = self.inflight.lock();
-        match inflight.remove(&key) {
-            Some(waiters) => {
-                drop(inflight);
-                self.cache.insert(key, cached.clone(), Admission::Requested);
-                for w in waiters {
-                    let _ = w.send(Ok(cached.clone()));
-                }
-            }
-            None => {
-                if !self.cache.contains(&key) {
-                    self.cache.insert(key, cached, Admission::Speculative);
-                }
-            }
+        // A registration stays until `complete` has cached the frame, so a request arriving in
+        // between joins it.
+        let inflight = self.inflight.lock();
+        if inflight.contains_key(&key) {
+            drop(inflight);
+            self.complete(key, Ok(cached));
+        } else if !self.cache.contains(&key) {
+            self.cache.insert(key, cached, Admission::Speculative);
         }
     }
 
