@@ -64,30 +64,28 @@ impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
         self.tick
     }
 
-    fn evict_probation(&mut self) -> bool {
-        match self.probation.pop_lru() {
-            Some((_, (old, _))) => {
-                let w = weight(&old);
-                self.stats.bytes -= w;
-                self.stats.speculative_bytes -= w;
-                self.stats.entries -= 1;
-                self.stats.evictions += 1;
-                true
-            }
-            None => false,
+    /// Account for an entry that left a segment.
+    fn forget(&mut self, old: &V, admission: Admission) {
+        let w = weight(old);
+        self.stats.bytes -= w;
+        self.stats.entries -= 1;
+        if admission == Admission::Speculative {
+            self.stats.speculative_bytes -= w;
         }
     }
 
+    fn evict_probation(&mut self) -> bool {
+        let Some((_, (old, _))) = self.probation.pop_lru() else { return false };
+        self.forget(&old, Admission::Speculative);
+        self.stats.evictions += 1;
+        true
+    }
+
     fn evict_main(&mut self) -> bool {
-        match self.main.pop_lru() {
-            Some((_, (old, _))) => {
-                self.stats.bytes -= weight(&old);
-                self.stats.entries -= 1;
-                self.stats.evictions += 1;
-                true
-            }
-            None => false,
-        }
+        let Some((_, (old, _))) = self.main.pop_lru() else { return false };
+        self.forget(&old, Admission::Requested);
+        self.stats.evictions += 1;
+        true
     }
 
     /// Evict the least recently used entry of either segment.
@@ -104,14 +102,10 @@ impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
 
     fn remove(&mut self, key: &K) {
         if let Some((old, _)) = self.main.pop(key) {
-            self.stats.bytes -= weight(&old);
-            self.stats.entries -= 1;
+            self.forget(&old, Admission::Requested);
         }
         if let Some((old, _)) = self.probation.pop(key) {
-            let w = weight(&old);
-            self.stats.bytes -= w;
-            self.stats.speculative_bytes -= w;
-            self.stats.entries -= 1;
+            self.forget(&old, Admission::Speculative);
         }
     }
 }
