@@ -121,6 +121,18 @@ struct Worker {
     last_used: Instant,
 }
 
+impl Worker {
+    /// Where this decoder stands for routing: its real position when idle, else where its
+    /// queued jobs will leave it.
+    fn position(&self) -> Option<Position> {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            *self.reported.lock()
+        } else {
+            self.predicted
+        }
+    }
+}
+
 /// Why a job was not sent.
 pub enum SubmitError {
     /// Every decoder slot is taken and none could be freed right now: wait for
@@ -178,7 +190,7 @@ impl DecoderPool {
             }
             same_video += 1;
             let queued = w.queued.load(Ordering::Acquire);
-            let position = if queued == 0 { *w.reported.lock() } else { w.predicted };
+            let position = w.position();
             let cost = plan::cost(index, position, target, slack);
             let waiting = match plan::plan(index, position, target, slack) {
                 Plan::Continue => 0,
@@ -263,7 +275,7 @@ impl DecoderPool {
             .iter()
             .filter(|w| w.video.id == video.id)
             .filter_map(|w| {
-                let position = if w.queued.load(Ordering::Acquire) == 0 { *w.reported.lock() } else { w.predicted };
+                let position = w.position();
                 let p = position.filter(|p| !p.ended)?;
                 let last = p.last_output?;
                 // Just behind the reader (or a little ahead of it, but not done yet).
