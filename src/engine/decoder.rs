@@ -17,8 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::engine::buffers::BufferPool;
-
-use crate::engine::ffmpeg::{Converter, DecodedFrame, FfmpegError, MediaFile, VideoDecoder, VideoPacket};
+use crate::engine::ffmpeg::{output_capacity, Converter, DecodedFrame, FfmpegError, MediaFile, VideoDecoder, VideoPacket};
 use crate::engine::index::{DecodedFrameMeta, FrameIdentity, SeekTarget, VideoIndex};
 use crate::engine::output::{OutputSpec, RawSpec};
 use crate::engine::plan::{self, Plan, Position};
@@ -366,8 +365,7 @@ impl FrameDecoder {
 
     fn convert(&mut self, idx: FrameIndex, frame: &DecodedFrame, spec: &OutputSpec) -> Result<RawFrame, EngineError> {
         let raw = spec.raw_spec(frame.width(), frame.height());
-        let len = raw.width as usize * raw.height as usize * raw.pixel_format.bytes_per_pixel();
-        let buffer = self.buffers.take(len + 64);
+        let buffer = self.buffers.take(output_capacity(raw.pixel_format, raw.width, raw.height));
         let data = self
             .converter
             .convert(frame, raw.pixel_format, raw.width, raw.height, buffer)

@@ -403,6 +403,15 @@ fn av_pixel_format(format: PixelFormat) -> ff::format::Pixel {
     }
 }
 
+/// Slack past the end of converted pixels: some SIMD writers store whole vectors at the end of
+/// a row.
+const OUTPUT_SLACK: usize = 64;
+
+/// The capacity a buffer for [`Converter::convert`] needs: tightly packed rows plus slack.
+pub fn output_capacity(format: PixelFormat, width: u32, height: u32) -> usize {
+    width as usize * format.bytes_per_pixel() * height as usize + OUTPUT_SLACK
+}
+
 impl Converter {
     /// Convert `frame` to `format` at `width`x`height`, rows tightly packed, into `out`
     /// (replacing its contents; its allocation is reused when large enough).
@@ -442,11 +451,10 @@ impl Converter {
         };
         let stride = width as usize * format.bytes_per_pixel();
         let len = stride * height as usize;
-        // Slack past the end: some SIMD writers store whole vectors at the end of a row. Not
-        // zeroed: sws_scale writes every output pixel, and zeroing megabytes per frame showed
-        // up in profiles.
+        // Not zeroed: sws_scale writes every output pixel, and zeroing megabytes per frame
+        // showed up in profiles.
         out.clear();
-        out.reserve_exact(len + 64);
+        out.reserve_exact(output_capacity(format, width, height));
         let dst_ptrs: [*mut u8; 4] = [out.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()];
         let dst_strides: [i32; 4] = [stride as i32, 0, 0, 0];
         // SAFETY: the source planes and strides come from a decoded AVFrame of the size and
@@ -468,7 +476,7 @@ impl Converter {
             return Err(FfmpegError::Convert(format!("sws_scale wrote {ret} of {} rows", key.dst_h)));
         }
         // SAFETY: sws_scale returned the full output height, so all `len` bytes (every row of
-        // `stride` bytes) are initialised; capacity is `len + 64`.
+        // `stride` bytes) are initialised; capacity is `len + OUTPUT_SLACK`.
         unsafe { out.set_len(len) };
         Ok(out)
     }
