@@ -282,6 +282,8 @@ fn engine_figures(clip: &Clip, indices: &[usize], threads: usize) -> Result<Engi
     })
 }
 
+type Client = FrameServerClient<tonic::transport::Channel>;
+
 /// The daemon as a child process, killed and reaped when dropped.
 struct DaemonProcess {
     child: Child,
@@ -307,7 +309,7 @@ impl DaemonProcess {
         Ok(DaemonProcess { child, url: format!("http://127.0.0.1:{port}") })
     }
 
-    async fn client(&self) -> Result<FrameServerClient<tonic::transport::Channel>, String> {
+    async fn client(&self) -> Result<Client, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match crate::cli::connect(&self.url).await {
@@ -327,6 +329,22 @@ impl DaemonProcess {
     }
 }
 
+/// Measure on a daemon of its own, so no figure profits from another's cache; the daemon is
+/// stopped when `measure` is done.
+fn on_fresh_daemon<T>(
+    runtime: &tokio::runtime::Runtime,
+    media: &Path,
+    cache: &str,
+    threads: usize,
+    measure: impl AsyncFnOnce(&DaemonProcess, Client) -> Result<T, String>,
+) -> Result<T, String> {
+    let daemon = DaemonProcess::start(media, cache, threads)?;
+    runtime.block_on(async {
+        let c = daemon.client().await?;
+        measure(&daemon, c).await
+    })
+}
+
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -339,7 +357,7 @@ fn request(video: &str, i: usize, output: Option<pb::OutputSpec>, keep_behind: O
 }
 
 async fn timed_requests(
-    c: &mut FrameServerClient<tonic::transport::Channel>,
+    c: &mut Client,
     video: &str,
     indices: &[usize],
     output: Option<pb::OutputSpec>,
@@ -348,7 +366,7 @@ async fn timed_requests(
 }
 
 async fn timed_requests_keeping(
-    c: &mut FrameServerClient<tonic::transport::Channel>,
+    c: &mut Client,
     video: &str,
     indices: &[usize],
     output: Option<pb::OutputSpec>,
@@ -367,7 +385,7 @@ async fn timed_requests_keeping(
 
 /// Stream frames `start..stop` of a video (0, 0: all of it); returns how many came.
 async fn stream_range(
-    c: &mut FrameServerClient<tonic::transport::Channel>,
+    c: &mut Client,
     video: &str,
     start: i64,
     stop: i64,
@@ -459,9 +477,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
     println!("daemon over loopback gRPC");
     link_media(&media, &g50, "g50.mp4")?;
     link_media(&media, &g250, "g250.mp4")?;
-    let daemon = DaemonProcess::start(&media, "512MiB", threads)?;
-    runtime.block_on(async {
-        let mut c = daemon.client().await?;
+    on_fresh_daemon(runtime, &media, "512MiB", threads, async |_, mut c| {
         // Fill the cache with another clip first (steady state, see below).
         stream_range(&mut c, "g250.mp4", 0, g250.frames.min(400) as i64).await?;
         // Streaming a whole clip.
@@ -469,32 +485,25 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         let n = stream_range(&mut c, "g50.mp4", 0, 0).await?;
         let stream_fps = n as f64 / t.elapsed().as_secs_f64();
         report.rate("sequential streaming (RequestFrames, raw rgb24)", stream_fps, limit, Some(0.85));
-        Ok::<_, String>(())
+        Ok(())
     })?;
-    drop(daemon);
-    // A fresh daemon per figure, so no figure profits from another's cache.
-    let daemon = DaemonProcess::start(&media, "512MiB", threads)?;
-    runtime.block_on(async {
-        let mut c = daemon.client().await?;
+    on_fresh_daemon(runtime, &media, "512MiB", threads, async |_, mut c| {
         let all: Vec<usize> = (0..g50.frames).collect();
         let t = Instant::now();
         timed_requests(&mut c, "g50.mp4", &all, None).await?;
-        let cold = g50.frames as f64 / t.elapsed().as_secs_f64();
-        report.rate("sequential frame by frame, fresh daemon (cache filling)", cold, limit, None);
+        let filling = g50.frames as f64 / t.elapsed().as_secs_f64();
+        report.rate("sequential frame by frame, fresh daemon (cache filling)", filling, limit, None);
         // Steady state: the cache is full and pixel buffers are recycled, as in a daemon
         // that has been serving for a while. Read the other clip so nothing is a hit.
         let t = Instant::now();
         timed_requests(&mut c, "g250.mp4", &all, None).await?;
         let fbf = g50.frames as f64 / t.elapsed().as_secs_f64();
         report.rate("sequential frame by frame (RequestFrame i, i+1, ...)", fbf, limit, Some(0.7));
-        Ok::<_, String>(())
+        Ok(())
     })?;
-    drop(daemon);
     // Cold random as a data loader asks for it (keep_behind 0: it never steps back), then with
     // the default window a labelling tool relies on, each on a fresh daemon.
-    let daemon = DaemonProcess::start(&media, "1GiB", threads)?;
-    runtime.block_on(async {
-        let mut c = daemon.client().await?;
+    on_fresh_daemon(runtime, &media, "1GiB", threads, async |_, mut c| {
         let (lat, hits) = timed_requests_keeping(&mut c, "g250.mp4", &cold250, None, Some(0)).await?;
         let cold = median(lat);
         if hits > 0 {
@@ -506,19 +515,20 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         }
         let r = cold.as_secs_f64() / cli250.as_secs_f64();
         report.add("cold random GOP 250 vs ffmpeg -ss (median, keep_behind 0)", ms(cold), ms(cli250), Some(r), "<= 0.05", Some(r <= 0.05));
-        Ok::<_, String>(())
+        Ok(())
     })?;
-    drop(daemon);
-    let daemon = DaemonProcess::start(&media, "1GiB", threads)?;
-    runtime.block_on(async {
-        let mut c = daemon.client().await?;
+    // The per-request reference for the figures below: PyAV when it ran, else the ffmpeg CLI.
+    let (reference_name, reference) = match pyav250 {
+        Some(p) => ("PyAV", p),
+        None => ("ffmpeg -ss", cli250),
+    };
+    on_fresh_daemon(runtime, &media, "1GiB", threads, async |_, mut c| {
         let (lat, _) = timed_requests(&mut c, "g250.mp4", &cold250, None).await?;
         let cold = median(lat);
-        let reference = pyav250.unwrap_or(cli250);
         report.add(
             "cold random GOP 250, default keep_behind 32 (median)",
             ms(cold),
-            format!("{} {}", if pyav250.is_some() { "PyAV" } else { "ffmpeg -ss" }, ms(reference)),
+            format!("{reference_name} {}", ms(reference)),
             Some(cold.as_secs_f64() / reference.as_secs_f64()),
             "",
             None,
@@ -532,12 +542,11 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         set.shuffle(&mut rng);
         let (lat, hits) = timed_requests(&mut c, "g250.mp4", &set, None).await?;
         let warm = median(lat);
-        let reference = pyav250.unwrap_or(cli250);
         let r = warm.as_secs_f64() / reference.as_secs_f64();
         report.add(
             &format!("warm random, {} frames in cache ({hits} hits)", set.len()),
             ms(warm),
-            format!("{} {}", if pyav250.is_some() { "PyAV cold" } else { "ffmpeg -ss" }, ms(reference)),
+            format!("{reference_name} cold {}", ms(reference)),
             Some(r),
             "<= 0.05",
             Some(r <= 0.05),
@@ -574,18 +583,15 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
             "all hits, <= 1 ms",
             Some(step_hits == total && m <= Duration::from_millis(1)),
         );
-        Ok::<_, String>(())
+        Ok(())
     })?;
-    drop(daemon);
 
     // Load: 8 videos, zipf, many clients, a cache of 256 MiB.
     for k in 0..8 {
         link_media(&media, &g50, &format!("load-{k}.mp4"))?;
     }
     let cache = crate::units::ByteSize::mib(256);
-    let daemon = DaemonProcess::start(&media, "256MiB", threads)?;
-    runtime.block_on(async {
-        daemon.client().await?;
+    on_fresh_daemon(runtime, &media, "256MiB", threads, async |daemon, mut c| {
         let load_args = LoadArgs {
             server: daemon.url.clone(),
             concurrency: scale.load_clients,
@@ -620,13 +626,11 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         );
         // Time to the first frame of a video nobody opened yet.
         link_media(&media, &g50, "cold-open.mp4")?;
-        let mut c = daemon.client().await?;
         let t = Instant::now();
         timed_requests(&mut c, "cold-open.mp4", &[0], None).await?;
         report.add("time to first frame of a cold 60 s 720p video", ms(t.elapsed()), String::new(), None, "", None);
-        Ok::<_, String>(())
+        Ok(())
     })?;
-    drop(daemon);
 
     if !args.smoke && !args.skip_hour {
         let hour = make_hour(&out)?;
@@ -648,15 +652,12 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
             );
         }
         link_media(&media, &Clip { path: hour.clone(), frames: 0, seconds: 0.0 }, "hour.mp4").ok();
-        let daemon = DaemonProcess::start(&media, "256MiB", threads)?;
-        runtime.block_on(async {
-            let mut c = daemon.client().await?;
+        on_fresh_daemon(runtime, &media, "256MiB", threads, async |_, mut c| {
             let t = Instant::now();
             timed_requests(&mut c, "hour.mp4", &[54_000], None).await?;
             report.add("time to a middle frame of a cold one-hour 1080p video", ms(t.elapsed()), String::new(), None, "", None);
-            Ok::<_, String>(())
+            Ok(())
         })?;
-        drop(daemon);
         let _ = std::fs::remove_file(media.join("hour.mp4"));
     }
     report.print_table();
