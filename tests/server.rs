@@ -88,6 +88,14 @@ fn by_index(video: &str, i: i64) -> pb::FrameRequest {
     pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::Index(i)), output: None, clamp: false, keep_behind: None }
 }
 
+fn batch(video: &str, selection: pb::frames_request::Selection) -> pb::FramesRequest {
+    pb::FramesRequest { video: video.into(), selection: Some(selection), output: None }
+}
+
+fn range(start: i64, stop: i64, step: i64) -> pb::frames_request::Selection {
+    pb::frames_request::Selection::Range(pb::IndexRange { start, stop, step })
+}
+
 fn by_time(video: &str, t: f64) -> pb::FrameRequest {
     pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::TimeS(t)), output: None, clamp: false, keep_behind: None }
 }
@@ -172,23 +180,22 @@ async fn streams_return_ranges_lists_and_time_ranges_in_request_order() {
             out
         }
     };
-    let req = |sel| pb::FramesRequest { video: "a.mp4".into(), selection: Some(sel), output: None };
-    let got = collect(req(pb::frames_request::Selection::Range(pb::IndexRange { start: 5, stop: 25, step: 2 }))).await;
+    let got = collect(batch("a.mp4", range(5, 25, 2))).await;
     assert_eq!(got.iter().map(|f| f.index).collect::<Vec<_>>(), (5..25).step_by(2).collect::<Vec<_>>());
     for f in &got {
         assert_eq!(f.data[..], reference[f.index as usize][..]);
     }
-    let all = collect(req(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 0, step: 0 }))).await;
+    let all = collect(batch("a.mp4", range(0, 0, 0))).await;
     assert_eq!(all.len(), 60);
     for f in &all {
         assert_eq!(f.data[..], reference[f.index as usize][..], "frame {}", f.index);
     }
-    let list = collect(req(pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![50, 3, -1, 3, 27] }))).await;
+    let list = collect(batch("a.mp4", pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![50, 3, -1, 3, 27] }))).await;
     assert_eq!(list.iter().map(|f| f.index).collect::<Vec<_>>(), vec![50, 3, 59, 3, 27]);
     for f in &list {
         assert_eq!(f.data[..], reference[f.index as usize][..]);
     }
-    let times = collect(req(pb::frames_request::Selection::TimeRange(pb::TimeRange { start_s: 1.01, stop_s: 1.2 }))).await;
+    let times = collect(batch("a.mp4", pb::frames_request::Selection::TimeRange(pb::TimeRange { start_s: 1.01, stop_s: 1.2 }))).await;
     assert_eq!(times.iter().map(|f| f.index).collect::<Vec<_>>(), vec![25, 26, 27, 28, 29]);
     // And a unary call still works on the same channel.
     c.request_frame(by_index("a.mp4", 1)).await.unwrap();
@@ -277,11 +284,9 @@ async fn every_bad_input_gets_its_status_and_the_daemon_keeps_serving() {
     let odd = pb::OutputSpec { encoding: 42, ..Default::default() };
     expect_code(&mut c, pb::FrameRequest { output: Some(odd), ..by_index("a.mp4", 0) }, Code::InvalidArgument, "encoding").await;
 
-    let batch = |sel| pb::FramesRequest { video: "a.mp4".into(), selection: Some(sel), output: None };
     let too_many = pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![0; 101] });
-    assert_eq!(c.request_frames(batch(too_many)).await.unwrap_err().code(), Code::InvalidArgument);
-    let beyond = pb::frames_request::Selection::Range(pb::IndexRange { start: 50, stop: 70, step: 1 });
-    assert_eq!(c.request_frames(batch(beyond)).await.unwrap_err().code(), Code::OutOfRange);
+    assert_eq!(c.request_frames(batch("a.mp4", too_many)).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(c.request_frames(batch("a.mp4", range(50, 70, 1))).await.unwrap_err().code(), Code::OutOfRange);
     let none = pb::FramesRequest { video: "a.mp4".into(), selection: None, output: None };
     assert_eq!(c.request_frames(none).await.unwrap_err().code(), Code::InvalidArgument);
 
@@ -408,12 +413,7 @@ async fn the_cli_get_writes_a_png_of_the_right_frame() {
 async fn shutdown_lets_in_flight_streams_finish() {
     let d = start().await;
     let mut c = d.client().await;
-    let req = pb::FramesRequest {
-        video: "a.mp4".into(),
-        selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 60, step: 1 })),
-        output: None,
-    };
-    let mut stream = c.request_frames(req).await.unwrap().into_inner();
+    let mut stream = c.request_frames(batch("a.mp4", range(0, 60, 1))).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.index, 0);
     let Daemon { stop, handle, _dir, .. } = d;
@@ -455,12 +455,7 @@ async fn a_sequential_reader_is_served_from_readahead_without_seeking() {
 async fn streaming_a_range_decodes_each_frame_once_on_one_decoder() {
     let d = start().await;
     let mut c = d.client().await;
-    let req = pb::FramesRequest {
-        video: "a.mp4".into(),
-        selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 0, step: 1 })),
-        output: None,
-    };
-    let mut s = c.request_frames(req).await.unwrap().into_inner();
+    let mut s = c.request_frames(batch("a.mp4", range(0, 0, 1))).await.unwrap().into_inner();
     let mut n = 0;
     while s.message().await.unwrap().is_some() {
         n += 1;
