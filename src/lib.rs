@@ -12,11 +12,11 @@
 //! - [`proto`]: generated gRPC code.
 #![deny(unsafe_code)]
 
-pub mod engine;
-pub mod media_roots;
-pub mod units;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod error;
+pub mod media_roots;
 pub mod proto;
 pub mod server;
+pub mod units;

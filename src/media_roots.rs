@@ -25,8 +25,8 @@ pub enum RootsError {
 
 /// File name endings listed by `ListVideos`.
 const VIDEO_EXTENSIONS: &[&str] = &[
-    "mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "m2ts", "mts", "mpg", "mpeg", "flv", "ogv",
-    "h264", "264", "hevc", "265", "ivf", "obu", "mxf", "nut", "wmv", "asf", "3gp",
+    "mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "m2ts", "mts", "mpg", "mpeg", "flv", "ogv", "h264", "264", "hevc",
+    "265", "ivf", "obu", "mxf", "nut", "wmv", "asf", "3gp",
 ];
 
 /// At most this many names in one listing, and this deep, so a huge tree cannot stall it.
@@ -48,10 +48,7 @@ impl MediaRoots {
         }
         let roots = roots
             .iter()
-            .map(|r| {
-                fs::canonicalize(r)
-                    .map_err(|e| format!("media root {} is not usable: {e}", r.display()))
-            })
+            .map(|r| fs::canonicalize(r).map_err(|e| format!("media root {} is not usable: {e}", r.display())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(MediaRoots { roots })
     }
@@ -232,7 +229,13 @@ mod tests {
     #[test]
     fn protocol_names_are_forbidden() {
         let (_d, roots) = setup();
-        for name in ["http://example.com/a.mp4", "concat:a.mp4|b.mp4", "pipe:0", "file:a.mp4", "subfile:,,start,0,end,0,,:a.mp4"] {
+        for name in [
+            "http://example.com/a.mp4",
+            "concat:a.mp4|b.mp4",
+            "pipe:0",
+            "file:a.mp4",
+            "subfile:,,start,0,end,0,,:a.mp4",
+        ] {
             assert!(matches!(roots.resolve(name), Err(RootsError::Forbidden { .. })), "{name}");
         }
     }

@@ -85,7 +85,9 @@ impl fmt::Display for ByteSize {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid byte size {0:?}: expected a number with an optional unit B, KiB, MiB, GiB, KB, MB or GB (like 512MiB)")]
+#[error(
+    "invalid byte size {0:?}: expected a number with an optional unit B, KiB, MiB, GiB, KB, MB or GB (like 512MiB)"
+)]
 pub struct ByteSizeError(String);
 
 impl FromStr for ByteSize {
@@ -93,9 +95,7 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let value: f64 = num.parse().map_err(|_| ByteSizeError(s.to_string()))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {

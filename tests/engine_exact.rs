@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use common::*;
 use framesrv::engine::buffers::BufferPool;
-use framesrv::units::ByteSize;
 use framesrv::engine::decoder::{build_index, DecodeOptions, FrameDecoder, RawFrame};
 use framesrv::engine::index::{FrameIdentity, VideoIndex};
 use framesrv::engine::output::OutputSpec;
 use framesrv::engine::stats::EngineStats;
 use framesrv::engine::EngineError;
+use framesrv::units::ByteSize;
 use framesrv::units::FrameIndex;
 
 fn options() -> DecodeOptions {
@@ -22,7 +22,8 @@ fn options() -> DecodeOptions {
 }
 
 fn decoder(path: &Path, index: &Arc<VideoIndex>, stats: &Arc<EngineStats>) -> FrameDecoder {
-    FrameDecoder::open(path, "test", index.clone(), options(), stats.clone(), BufferPool::new(ByteSize::mib(16))).expect("decoder opens")
+    FrameDecoder::open(path, "test", index.clone(), options(), stats.clone(), BufferPool::new(ByteSize::mib(16)))
+        .expect("decoder opens")
 }
 
 /// Decode `i` and compare it, and every frame decoded on the way, with the reference.
@@ -99,7 +100,8 @@ fn check_exact_with(path: &Path, consecutive: bool) -> Arc<VideoIndex> {
 #[test]
 fn h264_with_b_frames_in_mp4_is_frame_exact() {
     let dir = scratch();
-    let p = encode(&dir.path().join("b.mp4"), 60, 25, &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]);
+    let p =
+        encode(&dir.path().join("b.mp4"), 60, 25, &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]);
     let index = check_exact(&p);
     assert_eq!(index.identity, FrameIdentity::ByPts);
     assert_eq!(index.keyframe_count, 5);
@@ -112,7 +114,14 @@ fn h264_open_gop_in_mkv_is_frame_exact() {
         &dir.path().join("open.mkv"),
         72,
         25,
-        &["-c:v", "libx264", "-x264-params", "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0", "-pix_fmt", "yuv420p"],
+        &[
+            "-c:v",
+            "libx264",
+            "-x264-params",
+            "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0",
+            "-pix_fmt",
+            "yuv420p",
+        ],
     );
     check_exact(&p);
 }
@@ -124,7 +133,14 @@ fn h264_open_gop_raw_stream_is_frame_exact() {
         &dir.path().join("open.h264"),
         60,
         25,
-        &["-c:v", "libx264", "-x264-params", "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0", "-pix_fmt", "yuv420p"],
+        &[
+            "-c:v",
+            "libx264",
+            "-x264-params",
+            "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0",
+            "-pix_fmt",
+            "yuv420p",
+        ],
     );
     let index = check_exact(&p);
     assert_eq!(index.identity, FrameIdentity::ByCount, "a raw stream has no timestamps");
@@ -137,7 +153,16 @@ fn hevc_is_frame_exact() {
         &dir.path().join("h.mp4"),
         48,
         25,
-        &["-c:v", "libx265", "-x265-params", "keyint=12:min-keyint=12:bframes=3:log-level=error", "-pix_fmt", "yuv420p", "-tag:v", "hvc1"],
+        &[
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "keyint=12:min-keyint=12:bframes=3:log-level=error",
+            "-pix_fmt",
+            "yuv420p",
+            "-tag:v",
+            "hvc1",
+        ],
     );
     check_exact(&p);
 }
@@ -149,7 +174,22 @@ fn vp9_in_webm_is_frame_exact() {
         &dir.path().join("v.webm"),
         48,
         25,
-        &["-c:v", "libvpx-vp9", "-g", "12", "-deadline", "good", "-cpu-used", "8", "-b:v", "400k", "-auto-alt-ref", "1", "-lag-in-frames", "16"],
+        &[
+            "-c:v",
+            "libvpx-vp9",
+            "-g",
+            "12",
+            "-deadline",
+            "good",
+            "-cpu-used",
+            "8",
+            "-b:v",
+            "400k",
+            "-auto-alt-ref",
+            "1",
+            "-lag-in-frames",
+            "16",
+        ],
     );
     check_exact(&p);
 }
@@ -157,7 +197,12 @@ fn vp9_in_webm_is_frame_exact() {
 #[test]
 fn av1_is_frame_exact() {
     let dir = scratch();
-    let p = encode(&dir.path().join("a.mkv"), 48, 25, &["-c:v", "libsvtav1", "-g", "12", "-preset", "12", "-pix_fmt", "yuv420p"]);
+    let p = encode(
+        &dir.path().join("a.mkv"),
+        48,
+        25,
+        &["-c:v", "libsvtav1", "-g", "12", "-preset", "12", "-pix_fmt", "yuv420p"],
+    );
     check_exact(&p);
 }
 
@@ -181,7 +226,12 @@ fn intra_only_mjpeg_and_ffv1_are_frame_exact() {
 #[test]
 fn mpeg_ts_is_frame_exact() {
     let dir = scratch();
-    let p = encode(&dir.path().join("t.ts"), 60, 25, &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p", "-f", "mpegts"]);
+    let p = encode(
+        &dir.path().join("t.ts"),
+        60,
+        25,
+        &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p", "-f", "mpegts"],
+    );
     check_exact(&p);
 }
 
@@ -193,7 +243,22 @@ fn variable_frame_rate_is_exact_by_index_and_by_time() {
         &dir.path().join("vfr.mkv"),
         40,
         25,
-        &["-vf", "settb=1/1000,setpts=(N*0.05+0.02*mod(N\\,2))/TB", "-fps_mode", "passthrough", "-enc_time_base", "1:1000", "-c:v", "libx264", "-bf", "2", "-g", "10", "-pix_fmt", "yuv420p"],
+        &[
+            "-vf",
+            "settb=1/1000,setpts=(N*0.05+0.02*mod(N\\,2))/TB",
+            "-fps_mode",
+            "passthrough",
+            "-enc_time_base",
+            "1:1000",
+            "-c:v",
+            "libx264",
+            "-bf",
+            "2",
+            "-g",
+            "10",
+            "-pix_fmt",
+            "yuv420p",
+        ],
     );
     let index = check_exact(&p);
     assert!(index.variable_frame_rate);
@@ -208,7 +273,12 @@ fn variable_frame_rate_is_exact_by_index_and_by_time() {
 #[test]
 fn mp4_edit_list_cut_off_a_keyframe_is_frame_exact() {
     let dir = scratch();
-    let src = encode(&dir.path().join("src.mp4"), 100, 25, &["-c:v", "libx264", "-bf", "3", "-g", "25", "-pix_fmt", "yuv420p"]);
+    let src = encode(
+        &dir.path().join("src.mp4"),
+        100,
+        25,
+        &["-c:v", "libx264", "-bf", "3", "-g", "25", "-pix_fmt", "yuv420p"],
+    );
     let cut = dir.path().join("cut.mp4");
     ffmpeg(&["-ss", "1.3", "-i", src.to_str().unwrap(), "-c", "copy", cut.to_str().unwrap()]);
     let index = check_exact(&cut);
@@ -220,7 +290,12 @@ fn mp4_edit_list_cut_off_a_keyframe_is_frame_exact() {
 #[test]
 fn truncated_file_serves_what_exists_and_refuses_the_rest() {
     let dir = scratch();
-    let full = encode(&dir.path().join("full.mkv"), 80, 25, &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"]);
+    let full = encode(
+        &dir.path().join("full.mkv"),
+        80,
+        25,
+        &["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"],
+    );
     let bytes = std::fs::read(&full).unwrap();
     let cut = dir.path().join("cut.mkv");
     std::fs::write(&cut, &bytes[..bytes.len() * 55 / 100]).unwrap();

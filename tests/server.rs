@@ -48,7 +48,8 @@ fn media(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::copy(media.join("a.mp4"), media.join("sub/copy.mp4")).unwrap();
     std::fs::copy(media.join("a.mp4"), outside.join("secret.mp4")).unwrap();
     std::fs::write(media.join("notes.mp4"), b"this is a text file, not a video\n").unwrap();
-    std::fs::write(media.join("garbage.mkv"), (0..20000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(media.join("garbage.mkv"), (0..20000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>())
+        .unwrap();
     ffmpeg(&["-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", media.join("audio.mp4").to_str().unwrap()]);
     std::os::unix::fs::symlink(outside.join("secret.mp4"), media.join("escape.mp4")).unwrap();
     // Playlists that would make FFmpeg open a file outside the root.
@@ -59,7 +60,10 @@ fn media(dir: &Path) -> (PathBuf, PathBuf) {
     .unwrap();
     std::fs::write(
         media.join("play.m3u8"),
-        format!("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{}\n#EXT-X-ENDLIST\n", outside.join("secret.mp4").display()),
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{}\n#EXT-X-ENDLIST\n",
+            outside.join("secret.mp4").display()
+        ),
     )
     .unwrap();
     (media, outside)
@@ -85,7 +89,13 @@ async fn start() -> Daemon {
 }
 
 fn by_index(video: &str, i: i64) -> pb::FrameRequest {
-    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::Index(i)), output: None, clamp: false, keep_behind: None }
+    pb::FrameRequest {
+        video: video.into(),
+        target: Some(pb::frame_request::Target::Index(i)),
+        output: None,
+        clamp: false,
+        keep_behind: None,
+    }
 }
 
 fn batch(video: &str, selection: pb::frames_request::Selection) -> pb::FramesRequest {
@@ -97,7 +107,13 @@ fn range(start: i64, stop: i64, step: i64) -> pb::frames_request::Selection {
 }
 
 fn by_time(video: &str, t: f64) -> pb::FrameRequest {
-    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::TimeS(t)), output: None, clamp: false, keep_behind: None }
+    pb::FrameRequest {
+        video: video.into(),
+        target: Some(pb::frame_request::Target::TimeS(t)),
+        output: None,
+        clamp: false,
+        keep_behind: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,12 +206,18 @@ async fn streams_return_ranges_lists_and_time_ranges_in_request_order() {
     for f in &all {
         assert_eq!(f.data[..], reference[f.index as usize][..], "frame {}", f.index);
     }
-    let list = collect(batch("a.mp4", pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![50, 3, -1, 3, 27] }))).await;
+    let list = collect(batch(
+        "a.mp4",
+        pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![50, 3, -1, 3, 27] }),
+    ))
+    .await;
     assert_eq!(list.iter().map(|f| f.index).collect::<Vec<_>>(), vec![50, 3, 59, 3, 27]);
     for f in &list {
         assert_eq!(f.data[..], reference[f.index as usize][..]);
     }
-    let times = collect(batch("a.mp4", pb::frames_request::Selection::TimeRange(pb::TimeRange { start_s: 1.01, stop_s: 1.2 }))).await;
+    let times =
+        collect(batch("a.mp4", pb::frames_request::Selection::TimeRange(pb::TimeRange { start_s: 1.01, stop_s: 1.2 })))
+            .await;
     assert_eq!(times.iter().map(|f| f.index).collect::<Vec<_>>(), vec![25, 26, 27, 28, 29]);
     // And a unary call still works on the same channel.
     c.request_frame(by_index("a.mp4", 1)).await.unwrap();
@@ -210,7 +232,10 @@ async fn output_formats_sizes_and_encodings_are_consistent() {
     let get = |spec: pb::OutputSpec| {
         let mut c = c.clone();
         async move {
-            c.request_frame(pb::FrameRequest { output: Some(spec), ..by_index("a.mp4", 21) }).await.unwrap().into_inner()
+            c.request_frame(pb::FrameRequest { output: Some(spec), ..by_index("a.mp4", 21) })
+                .await
+                .unwrap()
+                .into_inner()
         }
     };
     let bgr = get(pb::OutputSpec { pixel_format: pb::PixelFormat::Bgr24 as i32, ..Default::default() }).await;
@@ -229,7 +254,8 @@ async fn output_formats_sizes_and_encodings_are_consistent() {
     assert_eq!((big.width, big.height), (W, H), "never upscaled");
     let png = get(pb::OutputSpec { encoding: pb::Encoding::Png as i32, ..Default::default() }).await;
     assert_eq!(decode_png(&png.data), reference[21], "PNG holds exactly the raw pixels");
-    let jpeg = get(pb::OutputSpec { encoding: pb::Encoding::Jpeg as i32, jpeg_quality: 80, ..Default::default() }).await;
+    let jpeg =
+        get(pb::OutputSpec { encoding: pb::Encoding::Jpeg as i32, jpeg_quality: 80, ..Default::default() }).await;
     assert_eq!(&jpeg.data[..3], &[0xFF, 0xD8, 0xFF], "a JPEG");
     d.stop().await;
 }
@@ -278,11 +304,24 @@ async fn every_bad_input_gets_its_status_and_the_daemon_keeps_serving() {
     expect_code(&mut c, by_time("a.mp4", 2.4), Code::OutOfRange, "lasts 2.400s").await;
     expect_code(&mut c, by_time("a.mp4", -0.5), Code::OutOfRange, "-0.5").await;
     expect_code(&mut c, by_time("a.mp4", f64::NAN), Code::InvalidArgument, "NaN").await;
-    expect_code(&mut c, pb::FrameRequest { target: None, ..by_index("a.mp4", 0) }, Code::InvalidArgument, "index").await;
+    expect_code(&mut c, pb::FrameRequest { target: None, ..by_index("a.mp4", 0) }, Code::InvalidArgument, "index")
+        .await;
     let huge = pb::OutputSpec { max_width: 1_000_000, ..Default::default() };
-    expect_code(&mut c, pb::FrameRequest { output: Some(huge), ..by_index("a.mp4", 0) }, Code::InvalidArgument, "max_width").await;
+    expect_code(
+        &mut c,
+        pb::FrameRequest { output: Some(huge), ..by_index("a.mp4", 0) },
+        Code::InvalidArgument,
+        "max_width",
+    )
+    .await;
     let odd = pb::OutputSpec { encoding: 42, ..Default::default() };
-    expect_code(&mut c, pb::FrameRequest { output: Some(odd), ..by_index("a.mp4", 0) }, Code::InvalidArgument, "encoding").await;
+    expect_code(
+        &mut c,
+        pb::FrameRequest { output: Some(odd), ..by_index("a.mp4", 0) },
+        Code::InvalidArgument,
+        "encoding",
+    )
+    .await;
 
     let too_many = pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![0; 101] });
     assert_eq!(c.request_frames(batch("a.mp4", too_many)).await.unwrap_err().code(), Code::InvalidArgument);
@@ -291,9 +330,11 @@ async fn every_bad_input_gets_its_status_and_the_daemon_keeps_serving() {
     assert_eq!(c.request_frames(none).await.unwrap_err().code(), Code::InvalidArgument);
 
     // Clamp turns out-of-range into the nearest edge.
-    let clamped = c.request_frame(pb::FrameRequest { clamp: true, ..by_index("a.mp4", 1000) }).await.unwrap().into_inner();
+    let clamped =
+        c.request_frame(pb::FrameRequest { clamp: true, ..by_index("a.mp4", 1000) }).await.unwrap().into_inner();
     assert_eq!(clamped.index, 59);
-    let clamped = c.request_frame(pb::FrameRequest { clamp: true, ..by_time("a.mp4", -3.0) }).await.unwrap().into_inner();
+    let clamped =
+        c.request_frame(pb::FrameRequest { clamp: true, ..by_time("a.mp4", -3.0) }).await.unwrap().into_inner();
     assert_eq!(clamped.index, 0);
     // Still serving.
     let ok = c.request_frame(by_index("sub/copy.mp4", 3)).await.unwrap().into_inner();
@@ -343,7 +384,17 @@ async fn a_replaced_file_never_serves_stale_frames() {
     // Replace it with a video whose frames start at a different source frame.
     let full = d.media.join("a.mp4");
     let cut = d.media.join("sub/cut.mp4");
-    ffmpeg(&["-i", full.to_str().unwrap(), "-vf", "trim=start_frame=20,setpts=PTS-STARTPTS", "-c:v", "libx264", "-pix_fmt", "yuv420p", cut.to_str().unwrap()]);
+    ffmpeg(&[
+        "-i",
+        full.to_str().unwrap(),
+        "-vf",
+        "trim=start_frame=20,setpts=PTS-STARTPTS",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        cut.to_str().unwrap(),
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::rename(&cut, d.media.join("sub/copy.mp4")).unwrap();
     let after = c.request_frame(by_index("sub/copy.mp4", 10)).await.unwrap().into_inner();
@@ -364,12 +415,21 @@ async fn health_is_serving_and_reflection_lists_the_service() {
         .into_inner();
     assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
-    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse, ServerReflectionRequest,
+    };
     let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
     let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("no service list") };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("no service list")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"framesrv.v1.FrameServer".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
@@ -583,8 +643,20 @@ async fn requests_whose_clients_have_gone_are_never_decoded() {
     // a second or so (the small barcode videos decode too fast to hold it).
     let long = d.media.join("long.mp4");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=960x540:rate=30:duration=30",
-        "-c:v", "libx264", "-preset", "ultrafast", "-g", "900", "-bf", "0", "-pix_fmt", "yuv420p",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=960x540:rate=30:duration=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "900",
+        "-bf",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
         long.to_str().unwrap(),
     ]);
     let mut c = d.client().await;

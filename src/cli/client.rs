@@ -103,7 +103,10 @@ async fn run_async(command: Command) -> Result<(), String> {
                 .await
                 .map_err(status_text)?
                 .into_inner();
-            println!("cache:          {} / {} bytes in {} frames", s.cache_bytes, s.cache_capacity_bytes, s.cache_entries);
+            println!(
+                "cache:          {} / {} bytes in {} frames",
+                s.cache_bytes, s.cache_capacity_bytes, s.cache_entries
+            );
             println!("hits / misses:  {} / {}", s.cache_hits, s.cache_misses);
             println!("evictions:      {}", s.cache_evictions);
             println!("open decoders:  {}", s.open_decoders);
@@ -152,12 +155,8 @@ async fn run_async(command: Command) -> Result<(), String> {
                 clamp: args.clamp,
                 keep_behind: None,
             };
-            let frame = connect(&args.server.server)
-                .await?
-                .request_frame(request)
-                .await
-                .map_err(status_text)?
-                .into_inner();
+            let frame =
+                connect(&args.server.server).await?.request_frame(request).await.map_err(status_text)?.into_inner();
             std::fs::write(&args.output, &frame.data)
                 .map_err(|e| format!("cannot write {}: {e}", args.output.display()))?;
             eprintln!(

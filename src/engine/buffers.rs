@@ -34,10 +34,7 @@ impl BufferPool {
     /// fitting size (no more than a quarter larger) exists.
     pub fn take(&self, len: usize) -> Vec<u8> {
         let mut free = self.free.lock();
-        let fit = free
-            .buffers
-            .iter()
-            .position(|b| b.capacity() >= len && b.capacity() <= len + len / 4 + 4096);
+        let fit = free.buffers.iter().position(|b| b.capacity() >= len && b.capacity() <= len + len / 4 + 4096);
         match fit {
             Some(i) => {
                 let mut b = free.buffers.swap_remove(i);

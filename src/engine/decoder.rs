@@ -17,7 +17,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::engine::buffers::BufferPool;
-use crate::engine::ffmpeg::{output_capacity, Converter, DecodedFrame, FfmpegError, MediaFile, VideoDecoder, VideoPacket};
+use crate::engine::ffmpeg::{
+    output_capacity, Converter, DecodedFrame, FfmpegError, MediaFile, VideoDecoder, VideoPacket,
+};
 use crate::engine::index::{DecodedFrameMeta, FrameIdentity, SeekTarget, VideoIndex};
 use crate::engine::output::{OutputSpec, RawSpec};
 use crate::engine::plan::{self, Plan, Position};
@@ -103,9 +105,7 @@ impl FrameDecoder {
         buffers: Arc<BufferPool>,
     ) -> Result<FrameDecoder, EngineError> {
         let file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
-        let decoder = file
-            .new_decoder(options.threads)
-            .map_err(|e| EngineError::from_ffmpeg(video, e))?;
+        let decoder = file.new_decoder(options.threads).map_err(|e| EngineError::from_ffmpeg(video, e))?;
         Ok(FrameDecoder {
             path: path.to_path_buf(),
             video: video.to_string(),
@@ -202,8 +202,7 @@ impl FrameDecoder {
                         return Err(EngineError::FrameUnavailable {
                             video: self.video.clone(),
                             index: target.0,
-                            reason: "the decoder never produced it, even decoding from the start of the file"
-                                .into(),
+                            reason: "the decoder never produced it, even decoding from the start of the file".into(),
                         });
                     }
                     let current = match plan {
@@ -338,11 +337,9 @@ impl FrameDecoder {
     fn identify_packet(&self, packet: &VideoPacket, expected: PacketNo) -> Result<PacketNo, Miss> {
         match self.index.identity {
             FrameIdentity::ByCount => Ok(expected),
-            FrameIdentity::ByPts => packet
-                .meta
-                .pts
-                .and_then(|pts| self.index.packet_by_pts(pts))
-                .ok_or(Miss::Unrecognised),
+            FrameIdentity::ByPts => {
+                packet.meta.pts.and_then(|pts| self.index.packet_by_pts(pts)).ok_or(Miss::Unrecognised)
+            }
         }
     }
 

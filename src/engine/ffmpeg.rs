@@ -16,9 +16,9 @@
 use std::path::Path;
 use std::sync::Once;
 
-use ffmpeg_next as ff;
-use ff::ffi;
 use ff::codec::packet::Ref as _;
+use ff::ffi;
+use ffmpeg_next as ff;
 
 use crate::engine::output::PixelFormat;
 use crate::units::{Pts, TimeBase};
@@ -135,13 +135,9 @@ impl MediaFile {
         opts.set("format_whitelist", FORMAT_WHITELIST);
         // mov: never follow data references to other files.
         opts.set("enable_drefs", "0");
-        let mut input = ff::format::input_with_dictionary(&url, opts)
-            .map_err(|e| FfmpegError::Open(e.to_string()))?;
-        let stream_index = input
-            .streams()
-            .best(ff::media::Type::Video)
-            .map(|s| s.index())
-            .ok_or(FfmpegError::NoVideoStream)?;
+        let mut input = ff::format::input_with_dictionary(&url, opts).map_err(|e| FfmpegError::Open(e.to_string()))?;
+        let stream_index =
+            input.streams().best(ff::media::Type::Video).map(|s| s.index()).ok_or(FfmpegError::NoVideoStream)?;
         let nb_streams = input.nb_streams() as usize;
         for i in 0..nb_streams {
             if i != stream_index {
@@ -237,12 +233,7 @@ impl MediaFile {
         // SAFETY: the context is valid and exclusively ours; av_seek_frame with a stream index
         // interprets `ts` in that stream's time base.
         let ret = unsafe {
-            ffi::av_seek_frame(
-                self.input.as_mut_ptr(),
-                self.stream_index as i32,
-                ts,
-                ffi::AVSEEK_FLAG_BACKWARD,
-            )
+            ffi::av_seek_frame(self.input.as_mut_ptr(), self.stream_index as i32, ts, ffi::AVSEEK_FLAG_BACKWARD)
         };
         if ret < 0 {
             return Err(FfmpegError::Seek(ff::Error::from(ret).to_string()));
@@ -253,9 +244,7 @@ impl MediaFile {
     /// Seek to a byte offset (for streams without usable timestamps).
     pub fn seek_byte(&mut self, pos: i64) -> Result<(), FfmpegError> {
         // SAFETY: as in `seek_timestamp`; with AVSEEK_FLAG_BYTE the timestamp is a byte offset.
-        let ret = unsafe {
-            ffi::av_seek_frame(self.input.as_mut_ptr(), -1, pos, ffi::AVSEEK_FLAG_BYTE)
-        };
+        let ret = unsafe { ffi::av_seek_frame(self.input.as_mut_ptr(), -1, pos, ffi::AVSEEK_FLAG_BYTE) };
         if ret < 0 {
             return Err(FfmpegError::Seek(ff::Error::from(ret).to_string()));
         }
@@ -270,10 +259,7 @@ impl MediaFile {
         let codec_name = ctx.id().name().to_string();
         let kind = if threads == 1 { ff::codec::threading::Type::None } else { ff::codec::threading::Type::Frame };
         ctx.set_threading(ff::codec::threading::Config { kind, count: threads, ..Default::default() });
-        let decoder = ctx
-            .decoder()
-            .video()
-            .map_err(|_| FfmpegError::NoDecoder(codec_name))?;
+        let decoder = ctx.decoder().video().map_err(|_| FfmpegError::NoDecoder(codec_name))?;
         Ok(VideoDecoder { decoder, skipping_nonref: false })
     }
 }
@@ -336,11 +322,8 @@ impl VideoDecoder {
             // SAFETY: the codec context is ours; skip_frame is read by the decoder at each
             // packet and may be changed between packets.
             unsafe {
-                (*self.decoder.as_mut_ptr()).skip_frame = if skip_nonref {
-                    ffi::AVDiscard::AVDISCARD_NONREF
-                } else {
-                    ffi::AVDiscard::AVDISCARD_DEFAULT
-                };
+                (*self.decoder.as_mut_ptr()).skip_frame =
+                    if skip_nonref { ffi::AVDiscard::AVDISCARD_NONREF } else { ffi::AVDiscard::AVDISCARD_DEFAULT };
             }
             self.skipping_nonref = skip_nonref;
         }
@@ -455,7 +438,8 @@ impl Converter {
         // showed up in profiles.
         out.clear();
         out.reserve_exact(output_capacity(format, width, height));
-        let dst_ptrs: [*mut u8; 4] = [out.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()];
+        let dst_ptrs: [*mut u8; 4] =
+            [out.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()];
         let dst_strides: [i32; 4] = [stride as i32, 0, 0, 0];
         // SAFETY: the source planes and strides come from a decoded AVFrame of the size and
         // format the context was built for (checked through `key`); the destination is one

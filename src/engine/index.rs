@@ -151,26 +151,26 @@ impl VideoIndex {
                 seek: seek_target_for(&seek_points, PacketNo(no as u32), pts),
             })
             .collect();
-        let durations: Vec<f64> = shown
-            .iter()
-            .map(|&(_, no)| tb.seconds(packets[no].duration))
-            .collect();
+        let durations: Vec<f64> = shown.iter().map(|&(_, no)| tb.seconds(packets[no].duration)).collect();
         let start_time_s = tb.seconds(first_pts);
         let packet_count = packets.len();
-        Some(finish(VideoIndex {
-            stream,
-            identity: FrameIdentity::ByPts,
-            frames,
-            keyframe_count: seek_points.len(),
-            seek_points,
-            packet_by_pts,
-            packet_pts,
-            packet_count,
-            start_time_s,
-            duration_s: 0.0,
-            avg_fps: 0.0,
-            variable_frame_rate: false,
-        }, &durations))
+        Some(finish(
+            VideoIndex {
+                stream,
+                identity: FrameIdentity::ByPts,
+                frames,
+                keyframe_count: seek_points.len(),
+                seek_points,
+                packet_by_pts,
+                packet_pts,
+                packet_count,
+                start_time_s,
+                duration_s: 0.0,
+                avg_fps: 0.0,
+                variable_frame_rate: false,
+            },
+            &durations,
+        ))
     }
 
     /// Build the index from one sequential decode: `frames` as the decoder output them. Frames
@@ -178,9 +178,7 @@ impl VideoIndex {
     pub fn from_decode(stream: StreamInfo, packet_count: usize, frames: &[DecodedFrameMeta]) -> VideoIndex {
         let tb = stream.time_base;
         let stamps: Option<Vec<i64>> = frames.iter().map(|f| f.best_effort_timestamp).collect();
-        let usable = stamps
-            .as_ref()
-            .filter(|s| s.windows(2).all(|w| w[0] < w[1]) && tb.den != 0);
+        let usable = stamps.as_ref().filter(|s| s.windows(2).all(|w| w[0] < w[1]) && tb.den != 0);
         let fps = if stream.header_fps > 0.0 { stream.header_fps } else { 25.0 };
         let entries: Vec<FrameEntry> = frames
             .iter()
@@ -190,33 +188,29 @@ impl VideoIndex {
                     Some(s) => (s[i], tb.seconds(s[i] - s[0])),
                     None => (i as i64, i as f64 / fps),
                 };
-                FrameEntry {
-                    pts: Pts(pts),
-                    time_s,
-                    duration_s: 0.0,
-                    key: f.key,
-                    packet: None,
-                    seek: SeekTarget::Start,
-                }
+                FrameEntry { pts: Pts(pts), time_s, duration_s: 0.0, key: f.key, packet: None, seek: SeekTarget::Start }
             })
             .collect();
         let start_time_s = usable.map(|s| tb.seconds(s[0])).unwrap_or(0.0);
         let keyframe_count = frames.iter().filter(|f| f.key).count();
         let durations = vec![0.0; entries.len()];
-        finish(VideoIndex {
-            stream,
-            identity: FrameIdentity::ByCount,
-            frames: entries,
-            seek_points: Vec::new(),
-            packet_by_pts: HashMap::new(),
-            packet_pts: Vec::new(),
-            packet_count,
-            start_time_s,
-            duration_s: 0.0,
-            avg_fps: 0.0,
-            variable_frame_rate: false,
-            keyframe_count,
-        }, &durations)
+        finish(
+            VideoIndex {
+                stream,
+                identity: FrameIdentity::ByCount,
+                frames: entries,
+                seek_points: Vec::new(),
+                packet_by_pts: HashMap::new(),
+                packet_pts: Vec::new(),
+                packet_count,
+                start_time_s,
+                duration_s: 0.0,
+                avg_fps: 0.0,
+                variable_frame_rate: false,
+                keyframe_count,
+            },
+            &durations,
+        )
     }
 
     pub fn frame_count(&self) -> usize {
@@ -229,10 +223,7 @@ impl VideoIndex {
 
     /// The frame whose pts is `pts` (ByPts).
     pub fn frame_by_pts(&self, pts: Pts) -> Option<FrameIndex> {
-        self.frames
-            .binary_search_by(|f| f.pts.cmp(&pts))
-            .ok()
-            .map(|i| FrameIndex(i as u32))
+        self.frames.binary_search_by(|f| f.pts.cmp(&pts)).ok().map(|i| FrameIndex(i as u32))
     }
 
     /// The packet whose pts is `pts` (ByPts).
@@ -352,14 +343,14 @@ mod tests {
     /// Display I0 B1 B2 P3 | I4(open) with leading B... decode order below.
     fn open_gop() -> Vec<PacketMeta> {
         vec![
-            pkt(0, -1, true),  // I0
-            pkt(3, 0, false),  // P3
-            pkt(1, 1, false),  // B1
-            pkt(2, 2, false),  // B2
-            pkt(6, 3, true),   // I6 open GOP
-            pkt(4, 4, false),  // B4 leading: refs P3 and I6
-            pkt(5, 5, false),  // B5 leading
-            pkt(7, 6, false),  // P7
+            pkt(0, -1, true), // I0
+            pkt(3, 0, false), // P3
+            pkt(1, 1, false), // B1
+            pkt(2, 2, false), // B2
+            pkt(6, 3, true),  // I6 open GOP
+            pkt(4, 4, false), // B4 leading: refs P3 and I6
+            pkt(5, 5, false), // B5 leading
+            pkt(7, 6, false), // P7
         ]
     }
 
@@ -421,11 +412,8 @@ mod tests {
 
     #[test]
     fn variable_frame_rate_is_detected_from_intervals() {
-        let p: Vec<PacketMeta> = [0, 1, 2, 4, 5, 9, 10]
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| pkt(t, i as i64, i == 0))
-            .collect();
+        let p: Vec<PacketMeta> =
+            [0, 1, 2, 4, 5, 9, 10].iter().enumerate().map(|(i, &t)| pkt(t, i as i64, i == 0)).collect();
         let idx = VideoIndex::from_packets(stream(), &p).unwrap();
         assert!(idx.variable_frame_rate);
         assert!((idx.avg_fps - 6.0 / 0.4).abs() < 1e-6);
@@ -433,16 +421,14 @@ mod tests {
 
     #[test]
     fn decode_pass_index_counts_frames_and_uses_monotonic_stamps() {
-        let metas: Vec<DecodedFrameMeta> = (0..5)
-            .map(|i| DecodedFrameMeta { best_effort_timestamp: Some(10 + i), key: i == 0 })
-            .collect();
+        let metas: Vec<DecodedFrameMeta> =
+            (0..5).map(|i| DecodedFrameMeta { best_effort_timestamp: Some(10 + i), key: i == 0 }).collect();
         let idx = VideoIndex::from_decode(stream(), 5, &metas);
         assert_eq!(idx.identity, FrameIdentity::ByCount);
         assert_eq!(idx.frame_count(), 5);
         assert!((idx.frames[4].time_s - 4.0 / 25.0).abs() < 1e-9);
-        let broken: Vec<DecodedFrameMeta> = (0..5)
-            .map(|_| DecodedFrameMeta { best_effort_timestamp: None, key: false })
-            .collect();
+        let broken: Vec<DecodedFrameMeta> =
+            (0..5).map(|_| DecodedFrameMeta { best_effort_timestamp: None, key: false }).collect();
         let idx = VideoIndex::from_decode(stream(), 5, &broken);
         assert!((idx.frames[2].time_s - 2.0 / 25.0).abs() < 1e-9);
         assert!(idx.frames.iter().all(|f| f.seek == SeekTarget::Start));

@@ -87,12 +87,7 @@ impl OutputSpec {
 
     /// The same spec with encoding RAW: the form frames are cached in while scanning.
     pub fn as_raw(&self) -> OutputSpec {
-        OutputSpec {
-            encoding: Encoding::Raw,
-            pixel_format: self.raw_pixel_format(),
-            jpeg_quality: 0,
-            ..*self
-        }
+        OutputSpec { encoding: Encoding::Raw, pixel_format: self.raw_pixel_format(), jpeg_quality: 0, ..*self }
     }
 }
 
@@ -118,12 +113,7 @@ pub struct EncodeError {
 }
 
 /// Encode tightly packed pixels as PNG or JPEG. RAW returns the bytes unchanged, without a copy.
-pub fn encode(
-    pixels: &Bytes,
-    raw: RawSpec,
-    encoding: Encoding,
-    jpeg_quality: u8,
-) -> Result<Bytes, EncodeError> {
+pub fn encode(pixels: &Bytes, raw: RawSpec, encoding: Encoding, jpeg_quality: u8) -> Result<Bytes, EncodeError> {
     match encoding {
         Encoding::Raw => Ok(pixels.clone()),
         Encoding::Png => encode_png(pixels, raw).map_err(|reason| EncodeError { encoding, reason }),
@@ -165,9 +155,7 @@ fn encode_jpeg(pixels: &[u8], raw: RawSpec, quality: u8) -> Result<Bytes, String
         u16::try_from(raw.width).map_err(|_| "JPEG is limited to 65535 pixels a side".to_string())?,
         u16::try_from(raw.height).map_err(|_| "JPEG is limited to 65535 pixels a side".to_string())?,
     );
-    jpeg_encoder::Encoder::new(&mut out, quality)
-        .encode(pixels, w, h, color)
-        .map_err(|e| e.to_string())?;
+    jpeg_encoder::Encoder::new(&mut out, quality).encode(pixels, w, h, color).map_err(|e| e.to_string())?;
     Ok(Bytes::from(out))
 }
 

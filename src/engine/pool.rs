@@ -156,13 +156,22 @@ pub struct DecoderPool {
 }
 
 impl DecoderPool {
-    pub fn new(config: PoolConfig, stats: Arc<EngineStats>, sink: Arc<dyn FrameSink>, buffers: Arc<BufferPool>) -> Self {
+    pub fn new(
+        config: PoolConfig,
+        stats: Arc<EngineStats>,
+        sink: Arc<dyn FrameSink>,
+        buffers: Arc<BufferPool>,
+    ) -> Self {
         DecoderPool {
             config,
             alive: Arc::new(AtomicUsize::new(0)),
             room: Arc::new(tokio::sync::Notify::new()),
             buffers,
-            workers: Mutex::new(Vec::new()), next_id: AtomicUsize::new(0), stats, sink }
+            workers: Mutex::new(Vec::new()),
+            next_id: AtomicUsize::new(0),
+            stats,
+            sink,
+        }
     }
 
     /// Send a request for `target` of `video` to the best decoder. `reply` is called on the
@@ -233,16 +242,17 @@ impl DecoderPool {
         let w = &mut workers[chosen];
         if w.queued.load(Ordering::Acquire) >= self.config.max_queue {
             return Err(SubmitError::Overloaded(EngineError::Overloaded {
-                what: format!(
-                    "{} requests already wait for the decoders of {}",
-                    self.config.max_queue, video.name
-                ),
+                what: format!("{} requests already wait for the decoders of {}", self.config.max_queue, video.name),
             }));
         }
         w.queued.fetch_add(1, Ordering::AcqRel);
         w.last_used = Instant::now();
         w.predicted = Some(Position {
-            next_packet: index.frame(target).and_then(|f| f.packet).map(|p| crate::units::PacketNo(p.0 + 1)).unwrap_or(crate::units::PacketNo(target.0 + 1)),
+            next_packet: index
+                .frame(target)
+                .and_then(|f| f.packet)
+                .map(|p| crate::units::PacketNo(p.0 + 1))
+                .unwrap_or(crate::units::PacketNo(target.0 + 1)),
             last_output: Some(target),
             ended: false,
         });

@@ -190,7 +190,11 @@ impl FrameSink for Shared {
         let hit = self.cache.get(&key)?;
         Some(RawFrame {
             index,
-            spec: output::RawSpec { pixel_format: hit.meta.pixel_format, width: hit.meta.width, height: hit.meta.height },
+            spec: output::RawSpec {
+                pixel_format: hit.meta.pixel_format,
+                width: hit.meta.width,
+                height: hit.meta.height,
+            },
             key: hit.meta.key_frame,
             data: hit.data,
         })
@@ -217,14 +221,19 @@ impl FrameStore {
     pub fn new(roots: MediaRoots, config: StoreConfig) -> FrameStore {
         crate::engine::ffmpeg::init();
         let stats = Arc::new(EngineStats::default());
-        let shared = Arc::new(Shared {
-            cache: ByteLru::new(config.cache_size),
-            inflight: Mutex::new(HashMap::new()),
-        });
+        let shared = Arc::new(Shared { cache: ByteLru::new(config.cache_size), inflight: Mutex::new(HashMap::new()) });
         let buffers = BufferPool::new(config.buffer_pool);
         let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), shared.clone(), buffers));
         let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
-        FrameStore { recent: Mutex::new(HashMap::new()), roots, config, shared, pool, videos: Mutex::new(LruCache::new(cap)), stats }
+        FrameStore {
+            recent: Mutex::new(HashMap::new()),
+            roots,
+            config,
+            shared,
+            pool,
+            videos: Mutex::new(LruCache::new(cap)),
+            stats,
+        }
     }
 
     pub fn roots(&self) -> &MediaRoots {
@@ -314,7 +323,12 @@ impl FrameStore {
     }
 
     /// One frame in the requested output.
-    pub async fn frame(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) -> Result<Frame, EngineError> {
+    pub async fn frame(
+        &self,
+        video: &Arc<OpenVideo>,
+        index: FrameIndex,
+        spec: OutputSpec,
+    ) -> Result<Frame, EngineError> {
         self.frame_keeping(video, index, spec, None).await
     }
 
@@ -340,11 +354,8 @@ impl FrameStore {
         let (raw, hit) = self.raw(video, index, spec.as_raw(), keep_behind).await?;
         let video_name = video.name.clone();
         let encoded = tokio::task::spawn_blocking(move || {
-            let raw_spec = output::RawSpec {
-                pixel_format: raw.meta.pixel_format,
-                width: raw.meta.width,
-                height: raw.meta.height,
-            };
+            let raw_spec =
+                output::RawSpec { pixel_format: raw.meta.pixel_format, width: raw.meta.width, height: raw.meta.height };
             output::encode(&raw.data, raw_spec, spec.encoding, spec.jpeg_quality)
                 .map(|data| CachedFrame { meta: FrameMeta { encoding: spec.encoding, ..raw.meta }, data })
         })
@@ -445,7 +456,11 @@ impl FrameStore {
                                 };
                                 return shared.complete(key, Err(e));
                             }
-                            let _ = tokio::time::timeout((deadline - now).min(std::time::Duration::from_millis(100)), notified).await;
+                            let _ = tokio::time::timeout(
+                                (deadline - now).min(std::time::Duration::from_millis(100)),
+                                notified,
+                            )
+                            .await;
                         }
                     });
                 }

@@ -30,7 +30,11 @@ pub enum ServerError {
 
 /// Serve until `shutdown` resolves, then stop accepting, let in-flight requests finish for at
 /// most the configured grace period, and return.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let roots = MediaRoots::new(&config.media_roots).map_err(ServerError::Config)?;
     let store = Arc::new(FrameStore::new(roots, config.store_config()));
     run_with_store(listener, config, store, shutdown).await

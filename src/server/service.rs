@@ -86,7 +86,12 @@ impl FrameService {
             }
         }
         if spec.jpeg_quality > 100 {
-            return Err(RequestError::TooLarge { field: "output.jpeg_quality", value: spec.jpeg_quality as u64, max: 100 }.into());
+            return Err(RequestError::TooLarge {
+                field: "output.jpeg_quality",
+                value: spec.jpeg_quality as u64,
+                max: 100,
+            }
+            .into());
         }
         Ok(OutputSpec {
             encoding,
@@ -119,7 +124,11 @@ impl FrameService {
 
     /// The frame indices a batch selects, checked against the video and the limits before the
     /// first frame is sent.
-    fn selection(&self, video: &OpenVideo, selection: Option<pb::frames_request::Selection>) -> Result<Vec<FrameIndex>, Error> {
+    fn selection(
+        &self,
+        video: &OpenVideo,
+        selection: Option<pb::frames_request::Selection>,
+    ) -> Result<Vec<FrameIndex>, Error> {
         let count = video.index.frame_count() as i64;
         let max = self.limits.max_batch_frames as u64;
         let too_many = |n: u64| -> Result<(), Error> {
@@ -134,7 +143,10 @@ impl FrameService {
             Some(pb::frames_request::Selection::Range(r)) => {
                 let step = if r.step == 0 { 1 } else { r.step };
                 if step < 0 {
-                    return Err(RequestError::BadRange(format!("range.step = {step} must be positive (use `indices` for other orders)")).into());
+                    return Err(RequestError::BadRange(format!(
+                        "range.step = {step} must be positive (use `indices` for other orders)"
+                    ))
+                    .into());
                 }
                 let absolute = |i: i64| if i < 0 { count + i } else { i };
                 let start = absolute(r.start);
@@ -218,7 +230,10 @@ fn report(call: &str, video: &str, target: &str, e: Error) -> Status {
     e.into()
 }
 
-async fn with_timeout<T>(limit: Duration, fut: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+async fn with_timeout<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(RequestError::Timeout(limit.as_secs_f64()).into()),
@@ -229,7 +244,10 @@ type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::Frame, Status>> + Send +
 
 #[tonic::async_trait]
 impl pb::frame_server_server::FrameServer for FrameService {
-    async fn get_video_info(&self, request: Request<pb::GetVideoInfoRequest>) -> Result<Response<pb::VideoInfo>, Status> {
+    async fn get_video_info(
+        &self,
+        request: Request<pb::GetVideoInfoRequest>,
+    ) -> Result<Response<pb::VideoInfo>, Status> {
         let req = request.into_inner();
         let span = tracing::debug_span!("GetVideoInfo", video = %req.video);
         let limit = Duration::from_secs_f64(self.limits.request_timeout_s);
@@ -259,7 +277,10 @@ impl pb::frame_server_server::FrameServer for FrameService {
         }))
     }
 
-    async fn list_videos(&self, request: Request<pb::ListVideosRequest>) -> Result<Response<pb::ListVideosResponse>, Status> {
+    async fn list_videos(
+        &self,
+        request: Request<pb::ListVideosRequest>,
+    ) -> Result<Response<pb::ListVideosResponse>, Status> {
         let prefix = request.into_inner().prefix;
         let roots = self.store.roots().clone();
         let videos = tokio::task::spawn_blocking(move || roots.list(&prefix))
@@ -279,7 +300,9 @@ impl pb::frame_server_server::FrameServer for FrameService {
             .instrument(span.clone())
             .await
             .map_err(|e| report("RequestFrame", &video, &target, e))?;
-        span.in_scope(|| tracing::debug!(index = frame.index, cache_hit = frame.cache_hit, bytes = frame.data.len(), "served"));
+        span.in_scope(|| {
+            tracing::debug!(index = frame.index, cache_hit = frame.cache_hit, bytes = frame.data.len(), "served")
+        });
         Ok(Response::new(frame))
     }
 

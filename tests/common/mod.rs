@@ -24,7 +24,11 @@ pub fn source_frame(n: u32) -> Vec<u8> {
         for x in 0..W {
             let v = if y < BAR_H {
                 let bit = (x / col_w).min(BITS - 1);
-                if (n >> (BITS - 1 - bit)) & 1 == 1 { 235 } else { 16 }
+                if (n >> (BITS - 1 - bit)) & 1 == 1 {
+                    235
+                } else {
+                    16
+                }
             } else {
                 let t = n as i64;
                 (((x as i64 * 3 + t * 4) % 200 + (y as i64 * 5 + t * 2) % 55) % 256) as u8
@@ -83,7 +87,12 @@ pub fn encode_with_input(out: &Path, frames: u32, fps: u32, extra_inputs: &[&str
         }
     }
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "ffmpeg failed for {}: {}", out.display(), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "ffmpeg failed for {}: {}",
+        out.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     out.to_path_buf()
 }
 

@@ -60,8 +60,26 @@ struct Scale {
     load_clients: usize,
 }
 
-const FULL: Scale = Scale { width: 1280, height: 720, seconds: 60, fps: 30, random_samples: 40, cli_samples: 12, warm_set: 200, load_clients: 64 };
-const SMOKE: Scale = Scale { width: 320, height: 180, seconds: 4, fps: 30, random_samples: 6, cli_samples: 3, warm_set: 20, load_clients: 8 };
+const FULL: Scale = Scale {
+    width: 1280,
+    height: 720,
+    seconds: 60,
+    fps: 30,
+    random_samples: 40,
+    cli_samples: 12,
+    warm_set: 200,
+    load_clients: 64,
+};
+const SMOKE: Scale = Scale {
+    width: 320,
+    height: 180,
+    seconds: 4,
+    fps: 30,
+    random_samples: 6,
+    cli_samples: 3,
+    warm_set: 20,
+    load_clients: 8,
+};
 
 struct Clip {
     path: PathBuf,
@@ -84,7 +102,15 @@ struct Report {
 }
 
 impl Report {
-    fn add(&mut self, figure: &str, value: String, reference: String, ratio: Option<f64>, target: &str, met: Option<bool>) {
+    fn add(
+        &mut self,
+        figure: &str,
+        value: String,
+        reference: String,
+        ratio: Option<f64>,
+        target: &str,
+        met: Option<bool>,
+    ) {
         println!(
             "  {figure}: {value}{}{}",
             if reference.is_empty() { String::new() } else { format!("  (reference {reference})") },
@@ -97,7 +123,14 @@ impl Report {
     fn rate(&mut self, figure: &str, fps: f64, limit: f64, at_least: Option<f64>) {
         let ratio = fps / limit;
         let target = at_least.map(|t| format!(">= {t}")).unwrap_or_default();
-        self.add(figure, format!("{fps:.1} fps"), format!("{limit:.1} fps"), Some(ratio), &target, at_least.map(|t| ratio >= t));
+        self.add(
+            figure,
+            format!("{fps:.1} fps"),
+            format!("{limit:.1} fps"),
+            Some(ratio),
+            &target,
+            at_least.map(|t| ratio >= t),
+        );
     }
 
     fn print_table(&self) {
@@ -147,13 +180,23 @@ fn make_clip(out: &Path, scale: &Scale, gop: u32) -> Result<Clip, String> {
     if !path.exists() {
         eprintln!("generating {name}");
         let tmp = out.join(format!("tmp-{name}"));
-        run_quiet(Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i"]).arg(format!(
-            "testsrc2=size={}x{}:rate={}",
-            scale.width, scale.height, scale.fps
-        ))
-        .args(["-t", &scale.seconds.to_string(), "-c:v", "libx264", "-preset", "veryfast", "-bf", "3"])
-        .args(["-g", &gop.to_string(), "-keyint_min", &gop.to_string(), "-sc_threshold", "0", "-pix_fmt", "yuv420p"])
-        .arg(&tmp))?;
+        run_quiet(
+            Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+                .arg(format!("testsrc2=size={}x{}:rate={}", scale.width, scale.height, scale.fps))
+                .args(["-t", &scale.seconds.to_string(), "-c:v", "libx264", "-preset", "veryfast", "-bf", "3"])
+                .args([
+                    "-g",
+                    &gop.to_string(),
+                    "-keyint_min",
+                    &gop.to_string(),
+                    "-sc_threshold",
+                    "0",
+                    "-pix_fmt",
+                    "yuv420p",
+                ])
+                .arg(&tmp),
+        )?;
         std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
     }
     let frames = (scale.seconds * scale.fps) as usize;
@@ -164,9 +207,12 @@ fn make_clip(out: &Path, scale: &Scale, gop: u32) -> Result<Clip, String> {
 fn decode_limit(clip: &Clip, threads: usize) -> Result<f64, String> {
     let mut best = Duration::MAX;
     for _ in 0..2 {
-        let t = timed(Command::new("ffmpeg").args(["-v", "error", "-threads", &threads.to_string(), "-i"]).arg(&clip.path).args([
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-y", "/dev/null",
-        ]))?;
+        let t = timed(
+            Command::new("ffmpeg")
+                .args(["-v", "error", "-threads", &threads.to_string(), "-i"])
+                .arg(&clip.path)
+                .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-y", "/dev/null"]),
+        )?;
         best = best.min(t);
     }
     Ok(clip.frames as f64 / best.as_secs_f64())
@@ -194,7 +240,13 @@ fn pyav(out: &Path, clip: &Clip, indices: &[usize]) -> Result<Duration, String> 
     if !python.exists() {
         eprintln!("installing PyAV into {}", venv.display());
         run_quiet(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run_quiet(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", "av>=12,<17", "numpy>=1.26,<3"]))?;
+        run_quiet(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "av>=12,<17",
+            "numpy>=1.26,<3",
+        ]))?;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pyav_reader.py");
     let output = Command::new(&python)
@@ -252,7 +304,10 @@ fn engine_figures(clip: &Clip, indices: &[usize], threads: usize) -> Result<Engi
     let stats = Arc::new(EngineStats::default());
     let options = DecodeOptions { threads, ..DecodeOptions::default() };
     let buffers = crate::engine::buffers::BufferPool::new(crate::units::ByteSize::mib(64));
-    let open = || FrameDecoder::open(&clip.path, "bench", index.clone(), options, stats.clone(), buffers.clone()).map_err(|e| e.to_string());
+    let open = || {
+        FrameDecoder::open(&clip.path, "bench", index.clone(), options, stats.clone(), buffers.clone())
+            .map_err(|e| e.to_string())
+    };
     let spec = OutputSpec::default();
     let mut d = open()?;
     let t = Instant::now();
@@ -292,7 +347,8 @@ struct DaemonProcess {
 
 impl DaemonProcess {
     fn start(media: &Path, cache: &str, threads: usize) -> Result<DaemonProcess, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let config = media.join("..").join(format!("bench-{threads}.toml"));
         std::fs::write(&config, format!("[decoder]\nthreads = {threads}\n")).map_err(|e| e.to_string())?;
@@ -353,7 +409,13 @@ impl Drop for DaemonProcess {
 }
 
 fn request(video: &str, i: usize, output: Option<pb::OutputSpec>, keep_behind: Option<u32>) -> pb::FrameRequest {
-    pb::FrameRequest { video: video.into(), target: Some(pb::frame_request::Target::Index(i as i64)), output, clamp: false, keep_behind }
+    pb::FrameRequest {
+        video: video.into(),
+        target: Some(pb::frame_request::Target::Index(i as i64)),
+        output,
+        clamp: false,
+        keep_behind,
+    }
 }
 
 async fn timed_requests(
@@ -376,7 +438,11 @@ async fn timed_requests_keeping(
     let mut hits = 0;
     for &i in indices {
         let t = Instant::now();
-        let f = c.request_frame(request(video, i, output, keep_behind)).await.map_err(|s| s.message().to_string())?.into_inner();
+        let f = c
+            .request_frame(request(video, i, output, keep_behind))
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
         lat.push(t.elapsed());
         hits += f.cache_hit as usize;
     }
@@ -384,12 +450,7 @@ async fn timed_requests_keeping(
 }
 
 /// Stream frames `start..stop` of a video (0, 0: all of it); returns how many came.
-async fn stream_range(
-    c: &mut Client,
-    video: &str,
-    start: i64,
-    stop: i64,
-) -> Result<usize, String> {
+async fn stream_range(c: &mut Client, video: &str, start: i64, stop: i64) -> Result<usize, String> {
     let req = pb::FramesRequest {
         video: video.into(),
         selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start, stop, step: 1 })),
@@ -457,7 +518,14 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
     println!("engine (in-process, no cache)");
     let e50 = engine_figures(&g50, &cold50, threads)?;
     let e250 = engine_figures(&g250, &cold250, threads)?;
-    report.add("index build per minute of video (720p)", format!("{:.0} ms", e50.index_ms_per_minute), String::new(), None, "~1 s per hour", None);
+    report.add(
+        "index build per minute of video (720p)",
+        format!("{:.0} ms", e50.index_ms_per_minute),
+        String::new(),
+        None,
+        "~1 s per hour",
+        None,
+    );
     report.rate("engine sequential decode to rgb24", e50.sequential_fps, limit, None);
     report.add("engine cold random, GOP 50 (median)", ms(e50.cold_median), String::new(), None, "", None);
     report.add(
@@ -468,7 +536,14 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         "",
         None,
     );
-    report.add("engine backward step in a GOP, no cache (median)", ms(e250.backward_step_median), String::new(), None, "", None);
+    report.add(
+        "engine backward step in a GOP, no cache (median)",
+        ms(e250.backward_step_median),
+        String::new(),
+        None,
+        "",
+        None,
+    );
     if args.engine_only {
         report.print_table();
         return Ok(());
@@ -511,10 +586,24 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         }
         if let Some(p) = pyav250 {
             let r = cold.as_secs_f64() / p.as_secs_f64();
-            report.add("cold random GOP 250 vs PyAV (median, keep_behind 0)", ms(cold), ms(p), Some(r), "<= 0.6", Some(r <= 0.6));
+            report.add(
+                "cold random GOP 250 vs PyAV (median, keep_behind 0)",
+                ms(cold),
+                ms(p),
+                Some(r),
+                "<= 0.6",
+                Some(r <= 0.6),
+            );
         }
         let r = cold.as_secs_f64() / cli250.as_secs_f64();
-        report.add("cold random GOP 250 vs ffmpeg -ss (median, keep_behind 0)", ms(cold), ms(cli250), Some(r), "<= 0.05", Some(r <= 0.05));
+        report.add(
+            "cold random GOP 250 vs ffmpeg -ss (median, keep_behind 0)",
+            ms(cold),
+            ms(cli250),
+            Some(r),
+            "<= 0.05",
+            Some(r <= 0.05),
+        );
         Ok(())
     })?;
     // The per-request reference for the figures below: PyAV when it ran, else the ffmpeg CLI.
@@ -609,7 +698,13 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         let rss = daemon.peak_rss().unwrap_or(0);
         let bound = cache.0 + 200 * 1024 * 1024;
         report.add(
-            &format!("load: {} clients x 8 videos, zipf ({:.0} req/s, p50 {}, p99 {})", scale.load_clients, r.rps(), ms(r.percentile(0.5)), ms(r.percentile(0.99))),
+            &format!(
+                "load: {} clients x 8 videos, zipf ({:.0} req/s, p50 {}, p99 {})",
+                scale.load_clients,
+                r.rps(),
+                ms(r.percentile(0.5)),
+                ms(r.percentile(0.99))
+            ),
             format!("{} errors", r.errors),
             String::new(),
             None,
@@ -643,7 +738,10 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
             let took = t.elapsed();
             let minutes = index.duration_s / 60.0;
             report.add(
-                &format!("index build, one hour of 1080p h264, {size_mb:.0} MB, {} frames ({pass})", index.frame_count()),
+                &format!(
+                    "index build, one hour of 1080p h264, {size_mb:.0} MB, {} frames ({pass})",
+                    index.frame_count()
+                ),
                 format!("{:.2} s ({:.0} ms per minute)", took.as_secs_f64(), took.as_secs_f64() * 1000.0 / minutes),
                 String::new(),
                 None,
@@ -655,7 +753,14 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         on_fresh_daemon(runtime, &media, "256MiB", threads, async |_, mut c| {
             let t = Instant::now();
             timed_requests(&mut c, "hour.mp4", &[54_000], None).await?;
-            report.add("time to a middle frame of a cold one-hour 1080p video", ms(t.elapsed()), String::new(), None, "", None);
+            report.add(
+                "time to a middle frame of a cold one-hour 1080p video",
+                ms(t.elapsed()),
+                String::new(),
+                None,
+                "",
+                None,
+            );
             Ok(())
         })?;
         let _ = std::fs::remove_file(media.join("hour.mp4"));
@@ -673,13 +778,23 @@ fn make_hour(out: &Path) -> Result<PathBuf, String> {
     let minute = out.join("minute-1080p.mp4");
     if !minute.exists() {
         eprintln!("generating one minute of 1080p");
-        run_quiet(Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-t", "60"])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-bf", "3", "-g", "250", "-pix_fmt", "yuv420p"]).arg(&minute))?;
+        run_quiet(
+            Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-t", "60"])
+                .args(["-c:v", "libx264", "-preset", "ultrafast", "-bf", "3", "-g", "250", "-pix_fmt", "yuv420p"])
+                .arg(&minute),
+        )?;
     }
     let list = out.join("hour.txt");
     let line = format!("file '{}'\n", minute.display());
     std::fs::write(&list, line.repeat(60)).map_err(|e| e.to_string())?;
     eprintln!("concatenating one hour of 1080p");
-    run_quiet(Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "concat", "-safe", "0", "-i"]).arg(&list).args(["-c", "copy"]).arg(&hour))?;
+    run_quiet(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "concat", "-safe", "0", "-i"])
+            .arg(&list)
+            .args(["-c", "copy"])
+            .arg(&hour),
+    )?;
     Ok(hour)
 }

@@ -79,7 +79,11 @@ impl LoadReport {
     pub fn print(&self, title: &str) {
         println!("{title}");
         println!("  requests     {} in {:.2}s = {:.1} req/s", self.requests, self.elapsed.as_secs_f64(), self.rps());
-        println!("  errors       {}{}", self.errors, self.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default());
+        println!(
+            "  errors       {}{}",
+            self.errors,
+            self.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+        );
         println!("  cache hits   {}", self.cache_hits);
         println!(
             "  latency      p50 {}  p90 {}  p99 {}  max {}",
