@@ -107,41 +107,27 @@ fn h264_with_b_frames_in_mp4_is_frame_exact() {
     assert_eq!(index.keyframe_count, 5);
 }
 
+/// h264 with open GOPs: leading B-frames of each GOP reference the previous GOP.
+const OPEN_GOP_H264: [&str; 6] = [
+    "-c:v",
+    "libx264",
+    "-x264-params",
+    "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0",
+    "-pix_fmt",
+    "yuv420p",
+];
+
 #[test]
 fn h264_open_gop_in_mkv_is_frame_exact() {
     let dir = scratch();
-    let p = encode(
-        &dir.path().join("open.mkv"),
-        72,
-        25,
-        &[
-            "-c:v",
-            "libx264",
-            "-x264-params",
-            "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    );
+    let p = encode(&dir.path().join("open.mkv"), 72, 25, &OPEN_GOP_H264);
     check_exact(&p);
 }
 
 #[test]
 fn h264_open_gop_raw_stream_is_frame_exact() {
     let dir = scratch();
-    let p = encode(
-        &dir.path().join("open.h264"),
-        60,
-        25,
-        &[
-            "-c:v",
-            "libx264",
-            "-x264-params",
-            "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    );
+    let p = encode(&dir.path().join("open.h264"), 60, 25, &OPEN_GOP_H264);
     let index = check_exact(&p);
     assert_eq!(index.identity, FrameIdentity::ByCount, "a raw stream has no timestamps");
 }
