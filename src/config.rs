@@ -33,8 +33,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DecoderConfig {
-    /// Codec threads per decoder; 1 is best when several decoders run at once.
+    /// Codec threads per decoder; 0 adapts them to load (every core for a decoder working
+    /// alone, one each when several work).
     pub threads: usize,
+    /// Run interactive, stream, bulk and speculative decode work at decreasing CPU priorities
+    /// (per-thread nice values), where the system allows it.
+    pub cpu_priorities: bool,
     /// Decoders one video may have, positioned in different places.
     pub max_per_video: usize,
     /// Decoders in total; the least recently used idle one is closed to make room.
@@ -88,7 +92,8 @@ impl Default for Config {
 impl Default for DecoderConfig {
     fn default() -> Self {
         DecoderConfig {
-            threads: 1,
+            threads: 0,
+            cpu_priorities: true,
             max_per_video: 3,
             max_total: 4,
             max_queue: 256,
@@ -148,8 +153,8 @@ impl Config {
         if self.decoder.max_per_video == 0 || self.decoder.max_total == 0 {
             return bad("decoder.max_per_video and decoder.max_total must be at least 1");
         }
-        if self.decoder.threads == 0 || self.decoder.threads > 64 {
-            return bad("decoder.threads must be 1..=64");
+        if self.decoder.threads > 64 {
+            return bad("decoder.threads must be 0 (adaptive) or 1..=64");
         }
         if self.limits.request_timeout_s <= 0.0 || self.limits.shutdown_grace_s < 0.0 {
             return bad("limits.request_timeout_s must be positive and limits.shutdown_grace_s not negative");
@@ -172,8 +177,10 @@ impl Config {
                 max_total: self.decoder.max_total,
                 max_queue: self.decoder.max_queue,
                 readahead: self.decoder.readahead,
+                threads: self.decoder.threads,
+                cpu_priorities: self.decoder.cpu_priorities,
                 decode: DecodeOptions {
-                    threads: self.decoder.threads,
+                    threads: self.decoder.threads.max(1),
                     keep_behind: self.decoder.keep_behind,
                     skip_nonref: self.decoder.skip_nonref,
                     continue_slack: 4,

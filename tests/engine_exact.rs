@@ -1,6 +1,8 @@
 //! Frame-exactness of the engine on the hard cases: every frame, under sequential, backward,
 //! random and interleaved access, must be byte-identical to the ffmpeg CLI's sequential decode
-//! of the same file, and carry the barcode of the right source frame.
+//! of the same file, and carry the barcode of the right source frame. Every pattern runs with
+//! one codec thread and with frame threads (what a decoder working alone gets), and once more
+//! with decodes that yield to other work at frame boundaries, as the scheduler makes them.
 
 mod common;
 
@@ -17,14 +19,22 @@ use framesrv::engine::EngineError;
 use framesrv::units::ByteSize;
 use framesrv::units::FrameIndex;
 
-fn options() -> DecodeOptions {
-    DecodeOptions { threads: 1, keep_behind: 6, skip_nonref: true, continue_slack: 0 }
+fn options(threads: usize) -> DecodeOptions {
+    DecodeOptions { threads, keep_behind: 6, skip_nonref: true, continue_slack: 0 }
 }
 
 fn decoder(path: &Path, index: &Arc<VideoIndex>, stats: &Arc<EngineStats>) -> FrameDecoder {
-    FrameDecoder::open(path, "test", index.clone(), options(), stats.clone(), BufferPool::new(ByteSize::mib(16)))
+    decoder_with(path, index, stats, 1)
+}
+
+fn decoder_with(path: &Path, index: &Arc<VideoIndex>, stats: &Arc<EngineStats>, threads: usize) -> FrameDecoder {
+    FrameDecoder::open(path, "test", index.clone(), options(threads), stats.clone(), BufferPool::new(ByteSize::mib(16)))
         .expect("decoder opens")
 }
+
+/// Frame threads: FFmpeg delays output by a frame per thread and decodes frames in parallel;
+/// the result must not change by a byte.
+const THREAD_COUNTS: [usize; 2] = [1, 3];
 
 /// Decode `i` and compare it, and every frame decoded on the way, with the reference.
 fn expect_frame(d: &mut FrameDecoder, i: usize, reference: &[Vec<u8>], pattern: &str) {
@@ -69,32 +79,92 @@ fn check_exact_with(path: &Path, consecutive: bool) -> Arc<VideoIndex> {
     let n = index.frame_count();
     assert_eq!(n, reference.len(), "{}: index frame count vs ffmpeg's decode", path.display());
 
-    let stats = Arc::new(EngineStats::default());
-    let mut d = decoder(path, &index, &stats);
-    for i in 0..n {
-        expect_frame(&mut d, i, &reference, "sequential");
-    }
-    assert_eq!(stats.seeks.get(), 1, "sequential reading seeks once, to start, and never again");
+    for threads in THREAD_COUNTS {
+        let stats = Arc::new(EngineStats::default());
+        let mut d = decoder_with(path, &index, &stats, threads);
+        for i in 0..n {
+            expect_frame(&mut d, i, &reference, &format!("sequential, {threads} threads"));
+        }
+        assert_eq!(stats.seeks.get(), 1, "sequential reading seeks once, to start, and never again");
 
-    let mut d = decoder(path, &index, &stats);
-    for i in (0..n).rev() {
-        expect_frame(&mut d, i, &reference, "backward");
-    }
+        let mut d = decoder_with(path, &index, &stats, threads);
+        for i in (0..n).rev() {
+            expect_frame(&mut d, i, &reference, &format!("backward, {threads} threads"));
+        }
 
-    let mut d = decoder(path, &index, &stats);
-    for i in shuffled(n, 40, n as u64) {
-        expect_frame(&mut d, i, &reference, "random");
-    }
+        let mut d = decoder_with(path, &index, &stats, threads);
+        for i in shuffled(n, 40, n as u64) {
+            expect_frame(&mut d, i, &reference, &format!("random, {threads} threads"));
+        }
 
-    let mut d = decoder(path, &index, &stats);
-    let (mut a, mut b) = (0usize, n - 1);
-    while a < b {
-        expect_frame(&mut d, a, &reference, "interleaved");
-        expect_frame(&mut d, b, &reference, "interleaved");
-        a += 3;
-        b = b.saturating_sub(2);
+        let mut d = decoder_with(path, &index, &stats, threads);
+        let (mut a, mut b) = (0usize, n - 1);
+        while a < b {
+            expect_frame(&mut d, a, &reference, &format!("interleaved, {threads} threads"));
+            expect_frame(&mut d, b, &reference, &format!("interleaved, {threads} threads"));
+            a += 3;
+            b = b.saturating_sub(2);
+        }
     }
+    check_yielding(path, &index, &reference);
+    check_thread_change(path, &index, &reference);
     index
+}
+
+/// Decodes that stop at frame boundaries for other work and resume (or re-seek) afterwards, as
+/// the scheduler makes a stream frame yield to an interactive request on the same decoder.
+fn check_yielding(path: &Path, index: &Arc<VideoIndex>, reference: &[Vec<u8>]) {
+    let n = index.frame_count();
+    let stats = Arc::new(EngineStats::default());
+    let mut d = decoder(path, index, &stats);
+    let targets = shuffled(n, 12, 7 + n as u64);
+    let urgent = shuffled(n, 64, 11 + n as u64);
+    let mut urgent = urgent.into_iter();
+    for &t in &targets {
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            let mut calls = 0;
+            // Yield after every second decode step.
+            let mut yield_now = || {
+                calls += 1;
+                calls % 2 == 0
+            };
+            let got = d
+                .frame_keeping(FrameIndex(t as u32), &OutputSpec::default(), 2, &mut |_| {}, &mut yield_now)
+                .unwrap_or_else(|e| panic!("yielding: frame {t}: {e}"));
+            match got {
+                Some(f) => {
+                    assert_eq!(f.index.get(), t);
+                    assert!(f.data[..] == reference[t][..], "yielding: frame {t} differs from the reference");
+                    break;
+                }
+                None => {
+                    assert!(steps < 10_000, "yielding: frame {t} never finishes");
+                    // Every third time, urgent work moves the decoder elsewhere in between.
+                    if steps % 3 == 0 {
+                        if let Some(u) = urgent.next() {
+                            expect_frame(&mut d, u, reference, "urgent work between yields");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The thread count changes at a seek (a decoder that was alone gets company, and back).
+fn check_thread_change(path: &Path, index: &Arc<VideoIndex>, reference: &[Vec<u8>]) {
+    let n = index.frame_count();
+    let stats = Arc::new(EngineStats::default());
+    let mut d = decoder_with(path, index, &stats, 1);
+    for (k, i) in shuffled(n, 16, 3 + n as u64).into_iter().enumerate() {
+        d.set_threads(if k % 2 == 0 { 3 } else { 1 });
+        expect_frame(&mut d, i, reference, "thread count changing at seeks");
+        if i + 1 < n {
+            expect_frame(&mut d, i + 1, reference, "thread count changing at seeks, next frame");
+        }
+    }
 }
 
 #[test]

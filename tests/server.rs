@@ -106,6 +106,44 @@ fn range(start: i64, stop: i64, step: i64) -> pb::frames_request::Selection {
     pb::frames_request::Selection::Range(pb::IndexRange { start, stop, step })
 }
 
+/// Wait until the decoders have settled (no frame decoded for 150 ms): speculative work such as
+/// the backtrack fill has finished.
+async fn settle(d: &Daemon) {
+    let mut last = u64::MAX;
+    loop {
+        let now = d.store.stats().frames_decoded;
+        if now == last {
+            return;
+        }
+        last = now;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+}
+
+/// One GOP of 900 960x540 P-frames: a request near its end keeps a decoder busy for a second or
+/// so (the small barcode videos decode too fast to hold it).
+fn long_video(media: &Path) -> PathBuf {
+    let long = media.join("long.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=960x540:rate=30:duration=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "900",
+        "-bf",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        long.to_str().unwrap(),
+    ]);
+    long
+}
+
 fn by_time(video: &str, t: f64) -> pb::FrameRequest {
     pb::FrameRequest {
         video: video.into(),
@@ -155,12 +193,114 @@ async fn repeated_and_backward_steps_are_cache_hits() {
     let again = c.request_frame(by_index("a.mp4", 40)).await.unwrap().into_inner();
     assert!(again.cache_hit);
     assert_eq!(first.data, again.data);
+    settle(&d).await;
     let decoded = d.store.stats().frames_decoded;
     for i in (36..40).rev() {
         let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
-        assert!(f.cache_hit, "frame {i} was decoded on the way to 40 and kept");
+        assert!(f.cache_hit, "frame {i} was filled in behind 40 and kept");
     }
     assert_eq!(d.store.stats().frames_decoded, decoded, "no decoding for backward steps");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stepping_back_right_after_a_cold_answer_waits_on_the_fill_not_a_second_decode() {
+    let d = start().await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut c = d.client().await;
+    // 47's GOP starts at 36: the answer comes first, then one fill decodes 36..46 behind it.
+    c.request_frame(by_index("a.mp4", 47)).await.unwrap();
+    for i in (36..47).rev() {
+        let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
+        assert_eq!(f.data[..], reference[i as usize][..], "frame {i}");
+    }
+    let s = d.store.stats();
+    assert_eq!(s.seeks, 2, "one seek for the answer, one for the fill; the steps back started none");
+    assert!(s.frames_decoded <= 2 * 12 + 4, "{} frames decoded for two passes over one GOP", s.frames_decoded);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interactive_request_does_not_wait_behind_a_stream_on_its_decoder() {
+    let d = start_with(|c| {
+        c.decoder.max_total = 1;
+        c.decoder.max_per_video = 1;
+    })
+    .await;
+    let long = long_video(&d.media);
+    let mut streamer = d.client().await;
+    // The stream's first frame is the end of a 900-frame GOP: its first job holds the only
+    // decoder for a long decode.
+    let stream = tokio::spawn(async move {
+        let mut s = streamer.request_frames(batch("long.mp4", range(890, 895, 1))).await.unwrap().into_inner();
+        let mut out = Vec::new();
+        while let Some(f) = s.message().await.unwrap() {
+            out.push((f.index as usize, f.data, std::time::Instant::now()));
+        }
+        out
+    });
+    while d.store.stats().frames_decoded == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let mut c = d.client().await;
+    let f = c
+        .request_frame(pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", 5) })
+        .await
+        .unwrap()
+        .into_inner();
+    let answered = std::time::Instant::now();
+    assert!(!stream.is_finished(), "the stream finished first: the interactive request waited behind it");
+    assert_eq!(f.data, reference_frame(&long, 5));
+    let frames = stream.await.unwrap();
+    assert_eq!(frames.len(), 5);
+    assert!(frames[0].2 > answered, "the stream's first frame came after the interactive answer");
+    for (i, data, _) in &frames {
+        assert_eq!(data[..], reference_frame(&long, *i)[..], "stream frame {i} after yielding");
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_targets_in_one_gop_are_served_by_one_forward_scan() {
+    let d = start_with(|c| {
+        c.decoder.max_total = 1;
+        c.decoder.max_per_video = 1;
+    })
+    .await;
+    let long = long_video(&d.media);
+    let mut c = d.client().await;
+    let mut slow = c.clone();
+    let blocker = tokio::spawn(async move {
+        slow.request_frame(pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", 600) }).await
+    });
+    while d.store.stats().frames_decoded == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // Four clients ask for frames of the same GOP, out of order, while the decoder is busy.
+    let targets = [300usize, 250, 280, 260];
+    let mut asks = Vec::new();
+    for &t in &targets {
+        let mut c = c.clone();
+        asks.push(tokio::spawn(async move {
+            c.request_frame(pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", t as i64) }).await
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!blocker.is_finished(), "the decoder finished before the requests queued: the test proves nothing");
+    blocker.await.unwrap().unwrap();
+    for (t, a) in targets.iter().zip(asks) {
+        let f = a.await.unwrap().unwrap().into_inner();
+        assert_eq!(f.data, reference_frame(&long, *t), "frame {t}");
+    }
+    let s = d.store.stats();
+    assert_eq!(s.seeks, 2, "one seek for the blocker, one for the four queued targets");
+    assert!(
+        s.frames_decoded <= 601 + 301,
+        "{} frames decoded: the queued targets cost more than one pass",
+        s.frames_decoded
+    );
+    let f = c.request_frame(by_index("long.mp4", 301)).await.unwrap().into_inner();
+    assert_eq!(f.data, reference_frame(&long, 301));
     d.stop().await;
 }
 
@@ -537,6 +677,7 @@ async fn keep_behind_chooses_how_much_of_the_scan_is_cached() {
     assert!(!c.request_frame(probe).await.unwrap().into_inner().cache_hit, "nothing kept behind 40");
     let cold = pb::FrameRequest { keep_behind: Some(5), ..by_index("a.mp4", 20) };
     c.request_frame(cold).await.unwrap();
+    settle(&d).await;
     for i in 15..20 {
         assert!(c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner().cache_hit, "frame {i} kept");
     }
@@ -625,6 +766,7 @@ async fn the_backtrack_window_is_complete_in_the_gop_even_after_reading_in_anoth
     // Full-size frame 23 (its GOP starts at 12), then stepping back through the GOP: every
     // step must be a hit although the decoder had passed 12..18 without keeping them.
     c.request_frame(by_index("a.mp4", 23)).await.unwrap();
+    settle(&d).await;
     for i in (12..23).rev() {
         let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
         assert!(f.cache_hit, "frame {i} behind 23 was kept");
@@ -639,29 +781,13 @@ async fn requests_whose_clients_have_gone_are_never_decoded() {
         c.decoder.max_per_video = 1;
     })
     .await;
-    // One GOP of 900 960x540 P-frames: a request near its end keeps the only decoder busy for
-    // a second or so (the small barcode videos decode too fast to hold it).
-    let long = d.media.join("long.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=960x540:rate=30:duration=30",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-g",
-        "900",
-        "-bf",
-        "0",
-        "-pix_fmt",
-        "yuv420p",
-        long.to_str().unwrap(),
-    ]);
+    let long = long_video(&d.media);
     let mut c = d.client().await;
     let mut slow = d.client().await;
-    let blocker = tokio::spawn(async move { slow.request_frame(by_index("long.mp4", 890)).await });
+    // keep_behind 0: no backtrack fill afterwards (it would decode the 900-frame GOP again).
+    let blocker = tokio::spawn(async move {
+        slow.request_frame(pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", 890) }).await
+    });
     while d.store.stats().frames_decoded == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }

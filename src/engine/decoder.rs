@@ -39,7 +39,8 @@ pub struct RawFrame {
 /// Tuning of the decode loop, from config.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeOptions {
-    /// Codec threads per decoder (1 = none; several decoders already run in parallel).
+    /// Codec threads the decoder opens with (1 = none). [`FrameDecoder::set_threads`] changes
+    /// it from the next seek on.
     pub threads: usize,
     /// Frames before the target to convert and hand out while scanning to it, so that stepping
     /// backward from the target finds them cached.
@@ -66,6 +67,8 @@ enum Miss {
     NotProduced,
     /// The demuxer returned a packet the index does not know: only the start is trustworthy.
     Unrecognised,
+    /// Asked to stop at a frame boundary before the target came out.
+    Yielded,
 }
 
 pub struct FrameDecoder {
@@ -80,6 +83,9 @@ pub struct FrameDecoder {
     /// Where converted pixels' memory comes from and returns to.
     buffers: Arc<BufferPool>,
     position: Option<Position>,
+    /// Codec threads of the open codec context, and the count wanted from the next seek on.
+    threads: usize,
+    wanted_threads: usize,
     /// After a seek: packets before this one are read but not decoded.
     skip_until: Option<PacketNo>,
     /// After a seek: frames presented before the keyframe (leading frames of an open GOP,
@@ -117,6 +123,8 @@ impl FrameDecoder {
             stats,
             buffers,
             position: None,
+            threads: options.threads,
+            wanted_threads: options.threads,
             skip_until: None,
             trusted_from: None,
             counted: 0,
@@ -132,6 +140,18 @@ impl FrameDecoder {
         &self.index
     }
 
+    /// Codec threads to use from the next seek on. The thread count of an FFmpeg codec context
+    /// is fixed when it opens, so changing it means a new context; a seek flushes the decoder
+    /// anyway, which makes it the one moment a new context costs nothing but its opening.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.wanted_threads = threads.max(1);
+    }
+
+    /// Codec threads of the codec context now open.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// Decode `target` converted to `spec`. Frames met on the way that lie within the
     /// configured `keep_behind` frames before the target, or after it in the same decode step,
     /// are converted too and handed to `side` (for the cache).
@@ -141,21 +161,28 @@ impl FrameDecoder {
         spec: &OutputSpec,
         side: &mut dyn FnMut(RawFrame),
     ) -> Result<RawFrame, EngineError> {
-        self.frame_keeping(target, spec, self.options.keep_behind, false, side)
+        self.frame_keeping(target, spec, self.options.keep_behind, side, &mut || false)?.ok_or_else(|| {
+            EngineError::DecodeFailed {
+                video: self.video.clone(),
+                reason: "a decode that may not yield yielded".into(),
+            }
+        })
     }
 
     /// [`FrameDecoder::frame`] with this request's own number of frames to keep behind the
-    /// target. With `restart`, seek even where continuing forward would do: the caller knows
-    /// that frames of the window this decoder has already passed are not kept anywhere, and only
-    /// a decode from the keyframe produces them again.
+    /// target, stopping early when `yield_now` says so. `yield_now` is asked after each decode
+    /// step that has not produced the target yet; when it answers true the decoder stops there,
+    /// at a frame boundary with its position intact, and this returns `Ok(None)`: asking again
+    /// later continues from there (or seeks, if the decoder was used for something else in
+    /// between). That is how a scheduler lets urgent work pass without losing exactness.
     pub fn frame_keeping(
         &mut self,
         target: FrameIndex,
         spec: &OutputSpec,
         keep_behind: u32,
-        restart: bool,
         side: &mut dyn FnMut(RawFrame),
-    ) -> Result<RawFrame, EngineError> {
+        yield_now: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<RawFrame>, EngineError> {
         if self.index.frame(target).is_none() {
             return Err(EngineError::IndexOutOfRange {
                 video: self.video.clone(),
@@ -173,14 +200,11 @@ impl FrameDecoder {
         }
         if let Some(front) = self.ahead.front() {
             if front.index == target && front.spec == raw_spec {
-                return Ok(self.ahead.pop_front().expect("front exists"));
+                return Ok(self.ahead.pop_front());
             }
         }
         self.ahead.clear();
         let mut plan = plan::plan(&self.index, self.position, target, self.options.continue_slack);
-        if restart && plan == Plan::Continue {
-            plan = Plan::Seek(self.index.frames[target.get()].seek);
-        }
         // A seek starts at the target's keyframe, so the frames kept reach back at most to it:
         // backward steps inside the GOP are free. Going back into the previous GOP as well
         // would double the cold cost of short-GOP videos (measured: GOP 50, 47 -> 88 ms).
@@ -191,8 +215,9 @@ impl FrameDecoder {
                 from_start_tried |= seek == SeekTarget::Start;
                 self.seek(seek)?;
             }
-            match self.forward_to(target, spec, keep_behind, side)? {
-                Ok(frame) => return Ok(frame),
+            match self.forward_to(target, spec, keep_behind, side, yield_now)? {
+                Ok(frame) => return Ok(Some(frame)),
+                Err(Miss::Yielded) => return Ok(None),
                 Err(miss) => {
                     self.position = None;
                     not_produced += matches!(miss, Miss::NotProduced) as u32;
@@ -211,7 +236,7 @@ impl FrameDecoder {
                     };
                     plan = Plan::Seek(match miss {
                         Miss::Overshoot | Miss::NotProduced => self.index.earlier(current),
-                        Miss::Unrecognised => SeekTarget::Start,
+                        Miss::Unrecognised | Miss::Yielded => SeekTarget::Start,
                     });
                     tracing::debug!(video = %self.video, target = target.0, ?plan, "seek did not deliver; backing off");
                 }
@@ -226,6 +251,11 @@ impl FrameDecoder {
         self.decoder.flush();
         self.counted = 0;
         self.ahead.clear();
+        if self.wanted_threads != self.threads {
+            self.decoder =
+                self.file.new_decoder(self.wanted_threads).map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+            self.threads = self.wanted_threads;
+        }
         match target {
             SeekTarget::Start => {
                 // Reopening is the one way to the start that no demuxer can get wrong.
@@ -255,6 +285,7 @@ impl FrameDecoder {
         spec: &OutputSpec,
         keep_behind: u32,
         side: &mut dyn FnMut(RawFrame),
+        yield_now: &mut dyn FnMut() -> bool,
     ) -> Result<Result<RawFrame, Miss>, EngineError> {
         let keep_from = FrameIndex(target.0.saturating_sub(keep_behind));
         // Packets presented before this pts are too early to keep and may skip non-ref decoding.
@@ -330,6 +361,9 @@ impl FrameDecoder {
             }
             if passed {
                 return Ok(Err(Miss::NotProduced));
+            }
+            if yield_now() {
+                return Ok(Err(Miss::Yielded));
             }
         }
     }

@@ -1,5 +1,8 @@
 //! The one place framesrv touches FFmpeg.
 //!
+//! It is also where the few operating-system calls around decoder threads live (returning freed
+//! memory, per-thread CPU priority), so that this stays the crate's only `unsafe` module.
+//!
 //! Everything FFmpeg-shaped lives here: opening a file (locked down to plain local files and a
 //! list of video demuxers), reading the video stream's packets, seeking one stream in its own
 //! time base, decoding with the send/receive API, and converting decoded pictures to tightly
@@ -68,6 +71,35 @@ pub fn release_freed_memory() {
     // SAFETY: malloc_trim takes no pointers and is thread-safe; it only returns free pages.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// The calling thread's kernel id (0 where there is none to name), for [`set_thread_nice`].
+pub fn current_thread_id() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe {
+        libc::gettid()
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// Set the nice value of thread `tid` of this process (on Linux nice is per thread, and threads
+/// a thread creates afterwards, such as FFmpeg's codec threads, inherit it). Returns false where
+/// the system does not allow it (lowering a nice value needs CAP_SYS_NICE or RLIMIT_NICE) or on
+/// other systems; the caller then runs without CPU priorities.
+pub fn set_thread_nice(tid: i32, nice: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes no pointers; PRIO_PROCESS with a thread id changes that one
+    // thread's nice value (a thread that has exited is an error return, nothing worse).
+    unsafe {
+        tid > 0 && libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (tid, nice);
+        false
     }
 }
 

@@ -5,8 +5,10 @@
 //! - [`store`]: the facade. Resolves a name inside the media roots, opens (indexes) the video
 //!   once, answers from the [`cache`] or asks the [`pool`] for a decode, and makes concurrent
 //!   requests for the same missing frame share one decode.
-//! - [`pool`]: decoder threads per video, a bounded number of them, each fed by a command
-//!   channel; picks the decoder that reaches the target cheapest.
+//! - [`pool`]: decoder threads per video, a bounded number of them, each with an inbox of jobs
+//!   by priority class; picks the decoder that reaches the target cheapest.
+//! - [`schedule`]: the pure decisions: which job next, when to yield, which decoder gives way,
+//!   how many codec threads, the backtrack window to fill.
 //! - [`decoder`]: one decoder's frame-exact loop, following the [`plan`].
 //! - [`index`]: the demux-once index of a video's frames and keyframes.
 //! - [`ffmpeg`]: the only module that touches FFmpeg (and the only `unsafe`).
@@ -21,6 +23,7 @@ pub mod index;
 pub mod output;
 pub mod plan;
 pub mod pool;
+pub mod schedule;
 pub mod stats;
 pub mod store;
 

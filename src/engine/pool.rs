@@ -12,23 +12,35 @@
 //! video and in total; at the global bound, the least recently used idle decoder (of any video)
 //! is closed to make room.
 //!
-//! Readahead: a decoder whose last requests were consecutive frames, and that has nothing
-//! queued, decodes the next frames into the cache, so a client reading frame by frame finds
-//! them ready.
+//! Each decoder has an inbox, not a FIFO: jobs carry a [`Class`], and the decoder takes the
+//! job [`schedule::pick`] chooses (the most urgent class, same-GOP targets coalesced into one
+//! forward scan). A job of a lower class yields at the next frame boundary when something more
+//! urgent arrives, and the decoder thread runs each job at its class's CPU priority.
+//!
+//! Speculative work lives in the same inbox, at the lowest class, so there is one place that
+//! decides what a decoder does next:
+//! - read-ahead: a decoder whose last requests were consecutive frames decodes the next frames
+//!   into the cache, so a client reading frame by frame finds them ready;
+//! - the backtrack fill: a cold interactive request is answered as soon as the reference chain
+//!   allows (non-reference frames before the target skipped, only the target converted), and
+//!   the `keep_behind` window behind it is decoded afterwards. The window's frames are
+//!   registered as in flight before the answer leaves, so a client stepping back waits on the
+//!   fill (which its wait makes interactive) instead of starting a second cold decode.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::engine::buffers::BufferPool;
 use crate::engine::decoder::{DecodeOptions, FrameDecoder, RawFrame};
 use crate::engine::index::VideoIndex;
 use crate::engine::output::OutputSpec;
 use crate::engine::plan::{self, Plan, Position};
+use crate::engine::schedule::{self, Candidate, Class, ClassCell, Occupant};
 use crate::engine::stats::EngineStats;
 use crate::engine::EngineError;
 use crate::units::FrameIndex;
@@ -51,9 +63,10 @@ pub struct OpenVideo {
     pub index: Arc<VideoIndex>,
 }
 
-/// Where decoded frames go besides the request that asked: the cache.
+/// Where decoded frames go besides the request that asked: the frame registry (cache and
+/// frames in flight).
 pub trait FrameSink: Send + Sync {
-    /// A frame decoded on the way to a target, or ahead of a sequential reader.
+    /// A frame decoded on the way to a target, ahead of a sequential reader, or by a fill.
     fn side_frame(&self, video: &OpenVideo, spec: &OutputSpec, frame: RawFrame);
     /// Whether the sink already holds this frame or awaits it (readahead skips those).
     fn has_frame(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool;
@@ -65,6 +78,21 @@ pub trait FrameSink: Send + Sync {
     /// the job without decoding or answering it: a labelling tool scrubbing fast, or a loader
     /// whose deadline passed, must not leave the decoders grinding through stale work.
     fn abandoned(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool;
+    /// Register `frames` as in flight for a fill, each that is neither cached nor in flight
+    /// already; returns those registered. A request for one of them then waits for the fill
+    /// and calls `promote` with its class.
+    fn reserve(
+        &self,
+        video: &OpenVideo,
+        spec: &OutputSpec,
+        frames: &[FrameIndex],
+        promote: Arc<dyn Fn(Class) + Send + Sync>,
+    ) -> Vec<FrameIndex>;
+    /// A reserved frame the fill will not produce: forget it. True if a request waits for it
+    /// (the caller must then produce it or fail it).
+    fn release(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool;
+    /// A reserved frame that cannot be decoded: answer whoever waits with the error.
+    fn fail(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex, error: EngineError);
 }
 
 pub type Reply = Box<dyn FnOnce(Result<RawFrame, EngineError>) + Send>;
@@ -80,17 +108,182 @@ struct Job {
     reply: Reply,
 }
 
-enum Command {
-    /// Decode a frame for a request.
+/// What a decoder can be asked to do.
+enum Work {
+    /// A frame some request waits for.
     Frame(Job),
-    /// The readahead target moved: wake up and read ahead.
-    Wake,
+    /// Read ahead of a sequential reader, up to and including `until` (speculative).
+    Ahead { until: FrameIndex, spec: OutputSpec },
+    /// The backtrack window behind a cold target, ascending, each frame registered in flight.
+    Fill { frames: VecDeque<FrameIndex>, spec: OutputSpec },
 }
 
-/// How far a decoder should read ahead of a sequential reader, and in which output spec.
+struct Queued {
+    /// Arrival order; a job that yields goes back with its number.
+    seq: u64,
+    class: Arc<ClassCell>,
+    work: Work,
+}
+
+/// A decoder's queue: filled by the dispatcher (and by the decoder itself, for fills), drained
+/// by the decoder thread in the order [`schedule::pick`] decides.
+struct Inbox {
+    state: Mutex<InboxState>,
+    ready: Condvar,
+    /// The most urgent class queued (`NONE` when empty), read between frames without a lock.
+    urgent: AtomicU8,
+    /// The class the decoder is running now (`NONE` when idle).
+    running: AtomicU8,
+    /// CPU priorities per class are on.
+    priorities: bool,
+    /// The decoder thread's kernel id (0 until it starts) and the nice value it runs at.
+    tid: AtomicI32,
+    nice: AtomicI32,
+}
+
+const NONE: u8 = u8::MAX;
+
 #[derive(Default)]
-struct Ahead {
-    until: Option<(FrameIndex, OutputSpec)>,
+struct InboxState {
+    jobs: Vec<Queued>,
+    next_seq: u64,
+    /// The dispatcher has let go of this decoder: finish what requests wait for, then exit.
+    closed: bool,
+}
+
+impl Inbox {
+    fn new(priorities: bool) -> Inbox {
+        Inbox {
+            state: Mutex::new(InboxState::default()),
+            ready: Condvar::new(),
+            urgent: AtomicU8::new(NONE),
+            running: AtomicU8::new(NONE),
+            priorities,
+            tid: AtomicI32::new(0),
+            nice: AtomicI32::new(0),
+        }
+    }
+
+    /// Run the decoder thread at `class`'s CPU priority (called by the thread at each job).
+    fn set_priority(&self, class: Class) {
+        if self.priorities
+            && self.nice.load(Ordering::Acquire) != class.nice()
+            && crate::engine::ffmpeg::set_thread_nice(self.tid.load(Ordering::Acquire), class.nice())
+        {
+            self.nice.store(class.nice(), Ordering::Release);
+        }
+    }
+
+    /// Work of `class` arrived: if the thread runs at a lower priority (in the middle of
+    /// speculative work, say), raise it now, so the frame boundary where the running job yields
+    /// is not itself slowed down by the low priority (an inversion otherwise).
+    fn prioritise(&self, class: Class) {
+        if self.priorities && self.nice.load(Ordering::Acquire) > class.nice() {
+            self.set_priority(class);
+        }
+    }
+
+    fn push(&self, class: Arc<ClassCell>, work: Work) {
+        self.prioritise(class.get());
+        let mut state = self.state.lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.jobs.push(Queued { seq, class, work });
+        self.refresh(&state);
+        self.ready.notify_one();
+    }
+
+    /// Put back a job that yielded (or has more frames to do), keeping its place in line.
+    fn requeue(&self, job: Queued) {
+        let mut state = self.state.lock();
+        state.jobs.push(job);
+        self.refresh(&state);
+    }
+
+    /// Recompute the most urgent class queued (after a push, a take, or a class raised).
+    fn refresh(&self, state: &InboxState) {
+        let best = state.jobs.iter().map(|j| j.class.get() as u8).min().unwrap_or(NONE);
+        self.urgent.store(best, Ordering::Release);
+    }
+
+    /// A queued job's class was raised: make the running job see it at its next frame boundary.
+    fn raised(&self, class: Class) {
+        self.prioritise(class);
+        let state = self.state.lock();
+        self.refresh(&state);
+        self.ready.notify_one();
+    }
+
+    fn waiting(&self) -> Option<Class> {
+        class_of(self.urgent.load(Ordering::Acquire))
+    }
+
+    /// The most urgent work queued or running (`None`: idle).
+    fn busy(&self) -> Option<Class> {
+        let running = class_of(self.running.load(Ordering::Acquire));
+        match (running, self.waiting()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Read ahead up to `until`: extend the read-ahead job if there is one, else queue one.
+    /// Returns false if nothing changed.
+    fn read_ahead(&self, until: FrameIndex, spec: OutputSpec) -> bool {
+        let mut state = self.state.lock();
+        for job in state.jobs.iter_mut() {
+            if let Work::Ahead { until: u, spec: s } = &mut job.work {
+                if *s == spec && *u >= until {
+                    return false;
+                }
+                *u = until;
+                *s = spec;
+                self.ready.notify_one();
+                return true;
+            }
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.jobs.push(Queued {
+            seq,
+            class: Arc::new(ClassCell::new(Class::Speculative)),
+            work: Work::Ahead { until, spec },
+        });
+        self.refresh(&state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next job, as `pick` chooses among the candidates `describe` makes of the queued jobs;
+    /// waits while the queue is empty. `None` once closed and empty. Whether the inbox is closed
+    /// is returned with the job.
+    fn take(&self, describe: impl Fn(&Queued) -> Candidate) -> Option<(Queued, bool)> {
+        let mut state = self.state.lock();
+        loop {
+            if !state.jobs.is_empty() {
+                let candidates: Vec<Candidate> = state.jobs.iter().map(&describe).collect();
+                let i = schedule::pick(&candidates).unwrap_or(0);
+                let job = state.jobs.swap_remove(i);
+                self.running.store(job.class.get() as u8, Ordering::Release);
+                self.refresh(&state);
+                return Some((job, state.closed));
+            }
+            self.running.store(NONE, Ordering::Release);
+            if state.closed {
+                return None;
+            }
+            self.ready.wait(&mut state);
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+fn class_of(v: u8) -> Option<Class> {
+    (v != NONE).then(|| Class::ALL.into_iter().find(|c| *c as u8 == v).unwrap_or(Class::Speculative))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +294,10 @@ pub struct PoolConfig {
     pub max_queue: usize,
     /// Frames decoded ahead of a sequential reader.
     pub readahead: u32,
+    /// Codec threads per decoder; 0 adapts them to load ([`schedule::codec_threads`]).
+    pub threads: usize,
+    /// Run each class of work at its CPU priority ([`Class::nice`]), where the system allows.
+    pub cpu_priorities: bool,
     pub decode: DecodeOptions,
 }
 
@@ -108,10 +305,8 @@ pub struct PoolConfig {
 struct Worker {
     id: u64,
     video: Arc<OpenVideo>,
-    tx: Sender<Command>,
-    /// Readahead target, set by [`DecoderPool::read_ahead`].
-    ahead: Arc<Mutex<Ahead>>,
-    /// Jobs sent and not yet answered.
+    inbox: Arc<Inbox>,
+    /// Request jobs sent and not yet answered.
     queued: Arc<AtomicUsize>,
     /// Where the decoder will stand after its queued jobs (a prediction for routing; the
     /// decoder itself plans from its real position).
@@ -133,6 +328,14 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    /// The dispatcher lets go: the thread finishes what requests wait for, then exits and frees
+    /// its own FFmpeg state.
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
+}
+
 /// Why a job was not sent.
 pub enum SubmitError {
     /// Every decoder slot is taken and none could be freed right now: wait for
@@ -146,42 +349,57 @@ pub struct DecoderPool {
     config: PoolConfig,
     /// Decoder threads alive, routable or draining: the global bound applies to these.
     alive: Arc<AtomicUsize>,
+    /// Decoder threads running a job of a class above speculative (for adaptive codec threads).
+    busy: Arc<AtomicUsize>,
+    cores: usize,
     /// Signalled whenever a decoder thread exits or goes idle.
     room: Arc<tokio::sync::Notify>,
     buffers: Arc<BufferPool>,
     workers: Mutex<Vec<Worker>>,
     next_id: AtomicUsize,
+    epoch: Instant,
     stats: Arc<EngineStats>,
     sink: Arc<dyn FrameSink>,
 }
 
 impl DecoderPool {
     pub fn new(
-        config: PoolConfig,
+        mut config: PoolConfig,
         stats: Arc<EngineStats>,
         sink: Arc<dyn FrameSink>,
         buffers: Arc<BufferPool>,
     ) -> Self {
+        if config.cpu_priorities && !cpu_priorities_work() {
+            tracing::warn!(
+                "CPU priorities per class of work are off: this process may not lower a thread's nice value \
+                 (grant CAP_SYS_NICE or raise RLIMIT_NICE); queue order still puts interactive work first"
+            );
+            config.cpu_priorities = false;
+        }
         DecoderPool {
             config,
             alive: Arc::new(AtomicUsize::new(0)),
+            busy: Arc::new(AtomicUsize::new(0)),
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             room: Arc::new(tokio::sync::Notify::new()),
             buffers,
             workers: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(0),
+            epoch: Instant::now(),
             stats,
             sink,
         }
     }
 
-    /// Send a request for `target` of `video` to the best decoder. `reply` is called on the
-    /// decoder's thread with the outcome.
+    /// Send a request of class `class` for `target` of `video` to the best decoder. `reply` is
+    /// called on the decoder's thread with the outcome.
     pub fn submit(
         &self,
         video: &Arc<OpenVideo>,
         target: FrameIndex,
         spec: OutputSpec,
         keep_behind: Option<u32>,
+        class: Class,
         reply: Reply,
     ) -> Result<(), SubmitError> {
         let mut workers = self.workers.lock();
@@ -212,11 +430,12 @@ impl DecoderPool {
         }
         let cold_cost = plan::cost(index, None, target, slack);
         let chosen = match best {
-            // A video with no decoder gets one as soon as there is room; at the global bound the
-            // least recently used decoder is closed (a busy one stops taking work, finishes its
-            // queue, then exits) and the request waits for its thread to go.
+            // A video with no decoder gets one as soon as there is room; at the global bound a
+            // decoder is closed (idle ones first, then the least urgent work; a busy one stops
+            // taking work, finishes its queue, then exits) and the request waits for its thread
+            // to go.
             None => {
-                if !self.make_room(&mut workers, true) {
+                if !self.make_room(&mut workers, Some(class)) {
                     return Err(SubmitError::NoRoom(reply));
                 }
                 workers.push(self.spawn(video));
@@ -227,7 +446,7 @@ impl DecoderPool {
             Some((_, score))
                 if score >= cold_cost
                     && same_video < self.config.max_per_video
-                    && self.make_room(&mut workers, false) =>
+                    && self.make_room(&mut workers, None) =>
             {
                 workers.push(self.spawn(video));
                 workers.len() - 1
@@ -238,7 +457,7 @@ impl DecoderPool {
                 None => return Err(SubmitError::NoRoom(reply)),
             },
         };
-        tracing::trace!(video = %video.name, target = target.0, decoder = workers[chosen].id, same_video, cold_cost, "routed");
+        tracing::trace!(video = %video.name, target = target.0, decoder = workers[chosen].id, class = class.name(), same_video, cold_cost, "routed");
         let w = &mut workers[chosen];
         if w.queued.load(Ordering::Acquire) >= self.config.max_queue {
             return Err(SubmitError::Overloaded(EngineError::Overloaded {
@@ -258,12 +477,7 @@ impl DecoderPool {
         });
         let keep_behind = keep_behind.unwrap_or(self.config.decode.keep_behind);
         let job = Job { target, spec, keep_behind, reply };
-        if let Err(e) = w.tx.send(Command::Frame(job)) {
-            w.queued.fetch_sub(1, Ordering::AcqRel);
-            if let Command::Frame(job) = e.into_inner() {
-                (job.reply)(Err(EngineError::ShuttingDown));
-            }
-        }
+        w.inbox.push(Arc::new(ClassCell::new(class)), Work::Frame(job));
         Ok(())
     }
 
@@ -295,11 +509,8 @@ impl DecoderPool {
             })
             .max_by_key(|(last, _)| *last);
         if let Some((_, w)) = best {
-            let mut ahead = w.ahead.lock();
-            tracing::trace!(video = %video.name, index = index.0, until = until.0, "read-ahead hint");
-            if ahead.until.is_none_or(|(u, s)| s != spec || u < until) {
-                ahead.until = Some((until, spec));
-                let _ = w.tx.send(Command::Wake);
+            if w.inbox.read_ahead(until, spec) {
+                tracing::trace!(video = %video.name, index = index.0, until = until.0, "read-ahead hint");
             }
         }
     }
@@ -310,45 +521,51 @@ impl DecoderPool {
         self.room.clone()
     }
 
-    /// Whether a new decoder thread fits under the global bound. At the bound, close the least
-    /// recently used idle decoder (or, with `even_busy`, the least recently used one, which
-    /// finishes its queued jobs first); room appears when its thread has exited, so this
-    /// answers false and the caller waits for [`DecoderPool::room`].
-    fn make_room(&self, workers: &mut Vec<Worker>, even_busy: bool) -> bool {
+    /// Whether a new decoder thread fits under the global bound. At the bound, close the decoder
+    /// [`schedule::victim`] chooses for a request of class `urgent` (with `None`, only an idle
+    /// one); room appears when its thread has exited, so this answers false and the caller waits
+    /// for [`DecoderPool::room`].
+    fn make_room(&self, workers: &mut Vec<Worker>, urgent: Option<Class>) -> bool {
         if self.alive.load(Ordering::Acquire) < self.config.max_total {
             return true;
         }
-        let victim = workers
+        let occupants: Vec<Occupant> = workers
             .iter()
-            .enumerate()
-            .filter(|(_, w)| even_busy || w.queued.load(Ordering::Acquire) == 0)
-            .min_by_key(|(_, w)| w.last_used)
-            .map(|(i, _)| i);
-        match victim {
-            Some(i) => {
-                // Dropping the sender ends the thread once its queue is done; it frees its own
-                // FFmpeg state.
-                workers.swap_remove(i);
-                false
-            }
-            None => false,
+            .map(|w| Occupant {
+                busy: if w.queued.load(Ordering::Acquire) == 0 {
+                    w.inbox.busy().filter(|c| *c != Class::Speculative)
+                } else {
+                    w.inbox.busy().or(Some(Class::Interactive))
+                },
+                last_used: w.last_used.duration_since(self.epoch).as_nanos() as u64,
+            })
+            .collect();
+        let victim = match urgent {
+            Some(class) => schedule::victim(&occupants, class),
+            None => schedule::victim(&occupants, Class::Speculative).filter(|&i| occupants[i].busy.is_none()),
+        };
+        if let Some(i) = victim {
+            // Dropping the worker closes its inbox: the thread finishes what requests wait for,
+            // then exits.
+            workers.swap_remove(i);
         }
+        false
     }
 
     fn spawn(&self, video: &Arc<OpenVideo>) -> Worker {
-        let (tx, rx) = crossbeam_channel::unbounded::<Command>();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u64;
         let queued = Arc::new(AtomicUsize::new(0));
         let reported = Arc::new(Mutex::new(None));
-        let ahead = Arc::new(Mutex::new(Ahead::default()));
+        let inbox = Arc::new(Inbox::new(self.config.cpu_priorities));
         self.alive.fetch_add(1, Ordering::AcqRel);
         let thread = WorkerThread {
             alive: self.alive.clone(),
+            busy: self.busy.clone(),
+            cores: self.cores,
             room: self.room.clone(),
             id,
             video: video.clone(),
-            rx,
-            ahead: ahead.clone(),
+            inbox: inbox.clone(),
             queued: queued.clone(),
             reported: reported.clone(),
             config: self.config,
@@ -362,7 +579,7 @@ impl DecoderPool {
             alive.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(error = %e, "could not start a decoder thread");
         }
-        Worker { id, video: video.clone(), tx, ahead, queued, predicted: None, reported, last_used: Instant::now() }
+        Worker { id, video: video.clone(), inbox, queued, predicted: None, reported, last_used: Instant::now() }
     }
 
     /// Close every decoder: each thread finishes its queued jobs, frees its FFmpeg state and
@@ -376,21 +593,45 @@ impl DecoderPool {
     }
 }
 
+/// Whether this process may move a thread's nice value up and back down again (a probe on a
+/// short-lived thread of its own, so no real thread is left changed).
+fn cpu_priorities_work() -> bool {
+    use crate::engine::ffmpeg::{current_thread_id, set_thread_nice};
+    std::thread::spawn(|| {
+        let me = current_thread_id();
+        set_thread_nice(me, 1) && set_thread_nice(me, 0)
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 /// The state a decoder thread owns.
 struct WorkerThread {
     /// The pool's count of live decoder threads; this thread leaves it when it exits.
     alive: Arc<AtomicUsize>,
+    busy: Arc<AtomicUsize>,
+    cores: usize,
     room: Arc<tokio::sync::Notify>,
     id: u64,
     video: Arc<OpenVideo>,
-    rx: Receiver<Command>,
-    ahead: Arc<Mutex<Ahead>>,
+    inbox: Arc<Inbox>,
     queued: Arc<AtomicUsize>,
     reported: Arc<Mutex<Option<Position>>>,
     config: PoolConfig,
     stats: Arc<EngineStats>,
     sink: Arc<dyn FrameSink>,
     buffers: Arc<BufferPool>,
+}
+
+/// Counts a decoder as busy (for adaptive codec threads) while a non-speculative job runs.
+struct BusyGuard(Option<Arc<AtomicUsize>>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if let Some(busy) = &self.0 {
+            busy.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl WorkerThread {
@@ -403,11 +644,18 @@ impl WorkerThread {
             self.alive.fetch_sub(1, Ordering::AcqRel);
             self.room.notify_waiters();
         });
+        self.inbox.tid.store(crate::engine::ffmpeg::current_thread_id(), Ordering::Release);
+        // Codec threads inherit the nice value of the thread that opens the codec: open it at
+        // the priority of the first job's class.
+        if let Some(class) = self.inbox.waiting() {
+            self.inbox.set_priority(class);
+        }
+        let threads = self.codec_threads();
         let decoder = FrameDecoder::open(
             &self.video.id.path,
             &self.video.name,
             self.video.index.clone(),
-            self.config.decode,
+            DecodeOptions { threads, ..self.config.decode },
             self.stats.clone(),
             self.buffers.clone(),
         );
@@ -415,56 +663,197 @@ impl WorkerThread {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(video = %self.video.name, error = %e, "could not open a decoder");
-                while let Ok(command) = self.rx.recv() {
-                    if let Command::Frame(job) = command {
-                        self.job_done(|| (job.reply)(Err(e.clone())));
-                    }
+                while let Some((job, _)) = self.inbox.take(|q| self.describe(q, None)) {
+                    self.fail(job.work, &e);
                 }
                 return;
             }
         };
-        loop {
-            // Requests first; read ahead only when none is waiting.
-            let command = if self.ahead_pending(&decoder) {
-                match self.rx.try_recv() {
-                    Ok(c) => Some(c),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => return,
+        while let Some((job, closing)) = self.inbox.take(|q| self.describe(q, Some(&decoder))) {
+            let class = job.class.get();
+            self.inbox.set_priority(class);
+            let _busy = (class != Class::Speculative).then(|| {
+                self.busy.fetch_add(1, Ordering::AcqRel);
+                self.busy.clone()
+            });
+            let _busy = BusyGuard(_busy);
+            decoder.set_threads(self.codec_threads());
+            let Queued { seq, class: cell, work } = job;
+            let more = match work {
+                Work::Frame(job) => self.frame(&mut decoder, job, class),
+                Work::Ahead { until, spec } => {
+                    if closing {
+                        None
+                    } else {
+                        self.read_one_ahead(&mut decoder, until, spec, class)
+                    }
                 }
-            } else {
-                match self.rx.recv() {
-                    Ok(c) => Some(c),
-                    Err(_) => return,
-                }
+                Work::Fill { frames, spec } => self.fill_one(&mut decoder, frames, spec, closing, &cell),
             };
-            match command {
-                Some(Command::Frame(job)) => {
-                    tracing::trace!(video = %self.video.name, decoder = self.id, target = job.target.0, "job");
-                    let sink = &self.sink;
-                    let video = &self.video;
-                    let spec = job.spec.as_raw();
-                    let result = match sink.cached(video, &spec, job.target) {
-                        Some(frame) => Ok(frame),
-                        None if sink.abandoned(video, &spec, job.target) => {
-                            tracing::debug!(video = %video.name, target = job.target.0, "dropped a job nobody waits for");
-                            self.stats.abandoned.inc();
-                            self.job_done(|| {});
-                            continue;
-                        }
-                        None => {
-                            let restart = self.window_has_gaps(&decoder, job.target, &spec, job.keep_behind);
-                            decoder.frame_keeping(job.target, &job.spec, job.keep_behind, restart, &mut |f| {
-                                sink.side_frame(video, &spec, f)
-                            })
-                        }
-                    };
-                    *self.reported.lock() = decoder.position();
-                    self.job_done(|| (job.reply)(result));
-                }
-                Some(Command::Wake) => {}
-                None => self.read_one_ahead(&mut decoder),
+            *self.reported.lock() = decoder.position();
+            if let Some(work) = more {
+                self.inbox.requeue(Queued { seq, class: cell, work });
             }
         }
+    }
+
+    /// Codec threads for this decoder now: every core when no other decoder works.
+    fn codec_threads(&self) -> usize {
+        let busy_elsewhere = self.busy.load(Ordering::Acquire).saturating_sub(1);
+        schedule::codec_threads(self.config.threads, busy_elsewhere, self.cores)
+    }
+
+    /// What the scheduler needs to know of a queued job, given where the decoder stands.
+    fn describe(&self, job: &Queued, decoder: Option<&FrameDecoder>) -> Candidate {
+        let index = &self.video.index;
+        let position = decoder.and_then(|d| d.position());
+        let target = match &job.work {
+            Work::Frame(j) => j.target,
+            Work::Fill { frames, .. } => frames.front().copied().unwrap_or(FrameIndex(0)),
+            Work::Ahead { until, .. } => {
+                position.and_then(|p| p.last_output).map(|l| FrameIndex(l.0 + 1)).unwrap_or(*until)
+            }
+        };
+        let gop = index.frame(target).map(|f| f.seek).unwrap_or(crate::engine::index::SeekTarget::Start);
+        let reachable = plan::plan(index, position, target, self.config.decode.continue_slack) == Plan::Continue;
+        Candidate { class: job.class.get(), seq: job.seq, target, gop, reachable }
+    }
+
+    /// Answer every request a job stands for with `error` (the decoder could not open).
+    fn fail(&self, work: Work, error: &EngineError) {
+        match work {
+            Work::Frame(job) => self.job_done(|| (job.reply)(Err(error.clone()))),
+            Work::Fill { frames, spec } => {
+                for i in frames {
+                    self.sink.fail(&self.video, &spec, i, error.clone());
+                }
+            }
+            Work::Ahead { .. } => {}
+        }
+    }
+
+    /// A request's frame. Returns the job when it yielded to more urgent work.
+    fn frame(&self, decoder: &mut FrameDecoder, job: Job, class: Class) -> Option<Work> {
+        tracing::trace!(video = %self.video.name, decoder = self.id, target = job.target.0, class = class.name(), "job");
+        let sink = &self.sink;
+        let video = &self.video;
+        let spec = job.spec.as_raw();
+        if let Some(frame) = sink.cached(video, &spec, job.target) {
+            self.job_done(|| (job.reply)(Ok(frame)));
+            return None;
+        }
+        if sink.abandoned(video, &spec, job.target) {
+            tracing::debug!(video = %video.name, target = job.target.0, "dropped a job nobody waits for");
+            self.stats.abandoned.inc();
+            self.job_done(|| {});
+            return None;
+        }
+        // Answer first: a decoder that must seek goes to the target as fast as the reference
+        // chain allows (keeping nothing, so non-reference frames before it are skipped); the
+        // window behind it is filled afterwards. One already positioned keeps the window on the
+        // way, which costs only conversions.
+        let continuing = plan::plan(&video.index, decoder.position(), job.target, self.config.decode.continue_slack)
+            == Plan::Continue;
+        let keep = if continuing { job.keep_behind } else { 0 };
+        let inbox = &self.inbox;
+        let result =
+            decoder.frame_keeping(job.target, &spec, keep, &mut |f| sink.side_frame(video, &spec, f), &mut || {
+                schedule::must_yield(class, inbox.waiting())
+            });
+        let result = match result {
+            Ok(None) => return Some(Work::Frame(job)),
+            Ok(Some(frame)) => Ok(frame),
+            Err(e) => Err(e),
+        };
+        // The window to fill, registered in flight before the answer leaves, so a client that
+        // steps back at once waits for the fill rather than starting a cold decode of its own.
+        let fill = if class == Class::Interactive && job.keep_behind > 0 && result.is_ok() && !self.inbox_closed() {
+            self.reserve_fill(job.target, job.keep_behind, &spec)
+        } else {
+            None
+        };
+        *self.reported.lock() = decoder.position();
+        self.job_done(|| (job.reply)(result));
+        if let Some((frames, cell)) = fill {
+            self.inbox.push(cell, Work::Fill { frames: frames.into(), spec });
+        }
+        None
+    }
+
+    fn inbox_closed(&self) -> bool {
+        self.inbox.state.lock().closed
+    }
+
+    /// Register the frames of the backtrack window behind `target` that are missing, for a fill.
+    fn reserve_fill(
+        &self,
+        target: FrameIndex,
+        keep_behind: u32,
+        spec: &OutputSpec,
+    ) -> Option<(Vec<FrameIndex>, Arc<ClassCell>)> {
+        let index = &self.video.index;
+        let window = schedule::fill_window(
+            target,
+            keep_behind,
+            |i| index.frames[i.get()].seek,
+            |i| self.sink.has_frame(&self.video, spec, i),
+        );
+        if window.is_empty() {
+            return None;
+        }
+        let cell = Arc::new(ClassCell::new(Class::Speculative));
+        let inbox: Weak<Inbox> = Arc::downgrade(&self.inbox);
+        let raise = cell.clone();
+        let promote: Arc<dyn Fn(Class) + Send + Sync> = Arc::new(move |class| {
+            if raise.raise(class) {
+                if let Some(inbox) = inbox.upgrade() {
+                    inbox.raised(class);
+                }
+            }
+        });
+        let frames = self.sink.reserve(&self.video, spec, &window, promote);
+        (!frames.is_empty()).then_some((frames, cell))
+    }
+
+    /// One frame of a fill (a frame boundary between each, so urgent work passes). Returns the
+    /// rest of the fill, if any.
+    fn fill_one(
+        &self,
+        decoder: &mut FrameDecoder,
+        mut frames: VecDeque<FrameIndex>,
+        spec: OutputSpec,
+        closing: bool,
+        cell: &ClassCell,
+    ) -> Option<Work> {
+        let sink = &self.sink;
+        let video = &self.video;
+        if closing {
+            // Only what somebody waits for is still decoded.
+            frames.retain(|&i| sink.release(video, &spec, i));
+        }
+        // Frames that came out on the way (a decode step outputs several) are done.
+        while frames.front().is_some_and(|&i| sink.cached(video, &spec, i).is_some()) {
+            frames.pop_front();
+        }
+        let next = *frames.front()?;
+        let class = cell.get();
+        let inbox = &self.inbox;
+        let result = decoder.frame_keeping(next, &spec, 0, &mut |f| sink.side_frame(video, &spec, f), &mut || {
+            schedule::must_yield(class, inbox.waiting())
+        });
+        match result {
+            Ok(None) => {}
+            Ok(Some(frame)) => {
+                frames.pop_front();
+                sink.side_frame(video, &spec, frame);
+            }
+            Err(e) => {
+                for i in frames.drain(..) {
+                    sink.fail(video, &spec, i, e.clone());
+                }
+            }
+        }
+        (!frames.is_empty()).then_some(Work::Fill { frames, spec })
     }
 
     /// A job leaves the queue, then `answer` runs. The queue shrinks first, so a request the
@@ -479,45 +868,34 @@ impl WorkerThread {
         }
     }
 
-    /// Whether continuing forward to `target` would leave holes in the frames to keep behind
-    /// it: frames of the window this decoder has already passed (for another output, or
-    /// without keeping them) that are not in the cache. Continuing cannot produce them again.
-    fn window_has_gaps(&self, decoder: &FrameDecoder, target: FrameIndex, spec: &OutputSpec, keep_behind: u32) -> bool {
-        let Some(last) = decoder.position().filter(|p| !p.ended).and_then(|p| p.last_output) else {
-            return false;
-        };
-        let keep_from = target.0.saturating_sub(keep_behind);
-        if keep_behind == 0 || last.0 < keep_from || last >= target {
-            return false;
-        }
-        (keep_from..=last.0).any(|i| !self.sink.has_frame(&self.video, spec, FrameIndex(i)))
-    }
-
-    /// The next frame this decoder would read ahead, if it has been asked to.
-    fn ahead_target(&self, decoder: &FrameDecoder) -> Option<(FrameIndex, OutputSpec)> {
-        let (until, spec) = self.ahead.lock().until?;
+    /// Decode the next frame ahead of a sequential reader into the cache (one per turn, so a
+    /// waiting request is never delayed by more than one frame). Returns the read-ahead job
+    /// while frames up to `until` remain.
+    fn read_one_ahead(
+        &self,
+        decoder: &mut FrameDecoder,
+        until: FrameIndex,
+        spec: OutputSpec,
+        class: Class,
+    ) -> Option<Work> {
         let last = decoder.position().filter(|p| !p.ended)?.last_output?;
         let next = FrameIndex(last.0 + 1);
-        (next <= until).then_some((next, spec))
-    }
-
-    fn ahead_pending(&self, decoder: &FrameDecoder) -> bool {
-        self.ahead_target(decoder).is_some()
-    }
-
-    /// Decode the next frame ahead of a sequential reader into the cache (one per turn, so a
-    /// waiting request is never delayed by more than one frame).
-    fn read_one_ahead(&self, decoder: &mut FrameDecoder) {
-        let Some((next, spec)) = self.ahead_target(decoder) else { return };
+        if next > until {
+            return None;
+        }
         tracing::trace!(video = %self.video.name, decoder = self.id, next = next.0, "reading ahead");
         let raw = spec.as_raw();
         let sink = &self.sink;
         let video = &self.video;
-        match decoder.frame(next, &raw, &mut |f| sink.side_frame(video, &raw, f)) {
-            Ok(f) => sink.side_frame(video, &raw, f),
-            Err(_) => self.ahead.lock().until = None,
+        let inbox = &self.inbox;
+        match decoder.frame_keeping(next, &raw, 0, &mut |f| sink.side_frame(video, &raw, f), &mut || {
+            schedule::must_yield(class, inbox.waiting())
+        }) {
+            Ok(Some(f)) => sink.side_frame(video, &raw, f),
+            Ok(None) => {}
+            Err(_) => return None,
         }
-        *self.reported.lock() = decoder.position();
+        (next < until).then_some(Work::Ahead { until, spec })
     }
 }
 

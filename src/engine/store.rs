@@ -22,6 +22,7 @@ use crate::engine::cache::{Admission, ByteLru, CacheStats, Weigh};
 use crate::engine::decoder::{build_index, RawFrame};
 use crate::engine::output::{self, Encoding, OutputSpec, PixelFormat};
 use crate::engine::pool::{DecoderPool, FrameSink, OpenVideo, PoolConfig, SubmitError, VideoId};
+use crate::engine::schedule::Class;
 use crate::engine::stats::EngineStats;
 use crate::engine::EngineError;
 use crate::media_roots::{MediaRoots, RootsError};
@@ -111,12 +112,19 @@ pub enum StoreError {
     Engine(#[from] EngineError),
 }
 
-type Waiters = Vec<oneshot::Sender<Result<CachedFrame, EngineError>>>;
+/// A frame being decoded and who waits for it.
+#[derive(Default)]
+struct InFlight {
+    waiters: Vec<oneshot::Sender<Result<CachedFrame, EngineError>>>,
+    /// Set when a speculative fill, not a request, is producing the frame: a request that joins
+    /// raises the fill to its own class.
+    promote: Option<Arc<dyn Fn(Class) + Send + Sync>>,
+}
 
 /// The parts decoder threads write to: the cache and the in-flight table.
 struct Shared {
     cache: ByteLru<FrameKey, CachedFrame>,
-    inflight: Mutex<HashMap<FrameKey, Waiters>>,
+    inflight: Mutex<HashMap<FrameKey, InFlight>>,
 }
 
 impl Shared {
@@ -143,7 +151,7 @@ impl Shared {
         if let Ok(frame) = &result {
             self.cache.insert(key.clone(), frame.clone(), Admission::Requested);
         }
-        let waiters = self.inflight.lock().remove(&key).unwrap_or_default();
+        let waiters = self.inflight.lock().remove(&key).unwrap_or_default().waiters;
         for w in waiters {
             let _ = w.send(result.clone());
         }
@@ -173,7 +181,7 @@ impl FrameSink for Shared {
         // Decided and forgotten under the lock `raw` registers under: a request arriving after
         // this finds no entry and submits a job of its own, never waits on a dropped one.
         let mut inflight = self.inflight.lock();
-        let gone = inflight.get(&key).is_some_and(|waiters| waiters.iter().all(|w| w.is_closed()));
+        let gone = inflight.get(&key).is_some_and(|f| f.promote.is_none() && f.waiters.iter().all(|w| w.is_closed()));
         if gone {
             inflight.remove(&key);
         }
@@ -183,6 +191,43 @@ impl FrameSink for Shared {
     fn has_frame(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
         let key = FrameKey { video: video.id.clone(), index, spec: *spec };
         self.cache.contains(&key) || self.inflight.lock().contains_key(&key)
+    }
+
+    fn reserve(
+        &self,
+        video: &OpenVideo,
+        spec: &OutputSpec,
+        frames: &[FrameIndex],
+        promote: Arc<dyn Fn(Class) + Send + Sync>,
+    ) -> Vec<FrameIndex> {
+        let mut inflight = self.inflight.lock();
+        frames
+            .iter()
+            .copied()
+            .filter(|&index| {
+                let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+                if self.cache.contains(&key) || inflight.contains_key(&key) {
+                    return false;
+                }
+                inflight.insert(key, InFlight { waiters: Vec::new(), promote: Some(promote.clone()) });
+                true
+            })
+            .collect()
+    }
+
+    fn release(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        let mut inflight = self.inflight.lock();
+        let waited = inflight.get(&key).is_some_and(|f| f.waiters.iter().any(|w| !w.is_closed()));
+        if !waited {
+            inflight.remove(&key);
+        }
+        waited
+    }
+
+    fn fail(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex, error: EngineError) {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        self.complete(key, Err(error));
     }
 
     fn cached(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> Option<RawFrame> {
@@ -322,23 +367,15 @@ impl FrameStore {
         }
     }
 
-    /// One frame in the requested output.
+    /// One frame in the requested output, for a request of class `class` (a unary request is
+    /// interactive, a stream's frames are stream work). `keep_behind`: how many frames before the
+    /// target a cold decode keeps cached for stepping back (`None`: the configured default).
     pub async fn frame(
         &self,
         video: &Arc<OpenVideo>,
         index: FrameIndex,
         spec: OutputSpec,
-    ) -> Result<Frame, EngineError> {
-        self.frame_keeping(video, index, spec, None).await
-    }
-
-    /// [`FrameStore::frame`], choosing how many frames before the target a cold decode keeps
-    /// cached (`None`: the configured default).
-    pub async fn frame_keeping(
-        &self,
-        video: &Arc<OpenVideo>,
-        index: FrameIndex,
-        spec: OutputSpec,
+        class: Class,
         keep_behind: Option<u32>,
     ) -> Result<Frame, EngineError> {
         self.stats.requests.inc();
@@ -348,10 +385,10 @@ impl FrameStore {
             return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
         }
         if spec.encoding == Encoding::Raw {
-            let (frame, hit) = self.raw(video, index, spec, keep_behind).await?;
+            let (frame, hit) = self.raw(video, index, spec, class, keep_behind).await?;
             return Ok(Frame { meta: frame.meta, data: frame.data, cache_hit: hit });
         }
-        let (raw, hit) = self.raw(video, index, spec.as_raw(), keep_behind).await?;
+        let (raw, hit) = self.raw(video, index, spec.as_raw(), class, keep_behind).await?;
         let video_name = video.name.clone();
         let encoded = tokio::task::spawn_blocking(move || {
             let raw_spec =
@@ -397,6 +434,7 @@ impl FrameStore {
         video: &Arc<OpenVideo>,
         index: FrameIndex,
         spec: OutputSpec,
+        class: Class,
         keep_behind: Option<u32>,
     ) -> Result<(CachedFrame, bool), EngineError> {
         let key = FrameKey { video: video.id.clone(), index, spec };
@@ -404,16 +442,20 @@ impl FrameStore {
             return Ok((hit, true));
         }
         let (tx, rx) = oneshot::channel();
-        let leader = {
+        let (leader, promote) = {
             let mut inflight = self.shared.inflight.lock();
             // Checked again under the lock: a decoder may have completed it in between.
             if let Some(hit) = self.shared.cache.get(&key) {
                 return Ok((hit, true));
             }
-            let waiters = inflight.entry(key.clone()).or_default();
-            waiters.push(tx);
-            waiters.len() == 1
+            let entry = inflight.entry(key.clone()).or_default();
+            entry.waiters.push(tx);
+            (entry.waiters.len() == 1 && entry.promote.is_none(), entry.promote.clone())
         };
+        // A fill is producing this frame: make it as urgent as this request.
+        if let Some(promote) = promote {
+            promote(class);
+        }
         self.shared.cache.record_miss();
         // A decoder may have answered it in the meantime (a frame that came out with another
         // target); then there is nothing to route.
@@ -426,7 +468,7 @@ impl FrameStore {
                 shared.complete(done_key, result);
             });
             let mut reply: crate::engine::pool::Reply = reply;
-            match self.pool.submit(video, index, spec, keep_behind, reply) {
+            match self.pool.submit(video, index, spec, keep_behind, class, reply) {
                 Ok(()) => {}
                 Err(SubmitError::Overloaded(e)) => self.shared.complete(key, Err(e)),
                 Err(SubmitError::NoRoom(back)) => {
@@ -444,7 +486,7 @@ impl FrameStore {
                             let notified = room.notified();
                             tokio::pin!(notified);
                             notified.as_mut().enable();
-                            match pool.submit(&video, index, spec, keep_behind, reply) {
+                            match pool.submit(&video, index, spec, keep_behind, class, reply) {
                                 Ok(()) => return,
                                 Err(SubmitError::Overloaded(e)) => return shared.complete(key, Err(e)),
                                 Err(SubmitError::NoRoom(back)) => reply = back,
@@ -484,7 +526,7 @@ impl FrameStore {
             .map(move |i| {
                 let store = store.clone();
                 let video = video.clone();
-                async move { store.frame(&video, i, spec).await }
+                async move { store.frame(&video, i, spec, Class::Stream, None).await }
             })
             .buffered(lookahead)
     }

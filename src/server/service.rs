@@ -12,6 +12,7 @@ use tracing::Instrument;
 use crate::config::LimitsConfig;
 use crate::engine::output::{Encoding, OutputSpec, PixelFormat};
 use crate::engine::pool::OpenVideo;
+use crate::engine::schedule::Class;
 use crate::engine::store::{Frame, FrameStore, Target};
 use crate::error::{Error, RequestError};
 use crate::proto::v1 as pb;
@@ -118,7 +119,7 @@ impl FrameService {
         }
         let video = self.open(&req.video).await?;
         let index = self.store.resolve(&video, target, req.clamp)?;
-        let frame = self.store.frame_keeping(&video, index, spec, req.keep_behind).await?;
+        let frame = self.store.frame(&video, index, spec, Class::Interactive, req.keep_behind).await?;
         Ok(to_message(frame))
     }
 

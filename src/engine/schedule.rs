@@ -1,0 +1,310 @@
+//! Scheduling decisions, as pure functions: which queued job a decoder takes next, when the job
+//! it is running must yield, which decoder gives way when an urgent request needs one, how many
+//! codec threads a decoder runs and at which CPU priority a class of work runs.
+//!
+//! Why a scheduler and not a queue: a decoder is shared by clients who want very different
+//! things. A labelling tool waits for one frame with a person watching; a stream wants frames
+//! in order and soon; a bulk pass (hashing, export) wants throughput; read-ahead and the
+//! backtrack fill are guesses nobody waits for yet. Served first come, first served, one
+//! client's bulk work sits in front of another's click. So every job carries a [`Class`], a
+//! decoder between frames takes the most urgent class waiting, and work of a lower class yields
+//! at the next frame boundary when something more urgent arrives (a decoder never stops in the
+//! middle of a frame: its position stays valid, and the yielded job continues or re-seeks when
+//! its turn comes back). Queue order alone does not give interactive work the cores when other
+//! decoders are busy with streams, so classes also map to CPU priorities ([`Class::nice`]).
+//!
+//! Everything here is unit-tested without FFmpeg or threads (see the tests below), the way
+//! [`plan`](crate::engine::plan) is.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::engine::index::SeekTarget;
+use crate::units::FrameIndex;
+
+/// How urgent a piece of decode work is. Ordered: `Interactive` is the most urgent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Class {
+    /// A unary `RequestFrame`: somebody is looking at the screen.
+    Interactive = 0,
+    /// A frame of a `RequestFrames` stream.
+    Stream = 1,
+    /// Whole-video passes (hashing, export).
+    Bulk = 2,
+    /// Work nobody waits for yet: read-ahead, the backtrack fill.
+    Speculative = 3,
+}
+
+impl Class {
+    pub const ALL: [Class; 4] = [Class::Interactive, Class::Stream, Class::Bulk, Class::Speculative];
+
+    fn from_u8(v: u8) -> Class {
+        match v {
+            0 => Class::Interactive,
+            1 => Class::Stream,
+            2 => Class::Bulk,
+            _ => Class::Speculative,
+        }
+    }
+
+    /// The nice value a decoder thread runs this class of work at (Linux: per thread). With
+    /// CFS weights, nice 0 against nice 8 is about 6:1, so an interactive decode sharing a core
+    /// with streams keeps most of it, and streams still get the cores whenever nothing more
+    /// urgent runs. Speculative work runs at the lowest priority.
+    pub fn nice(self) -> i32 {
+        match self {
+            Class::Interactive => 0,
+            Class::Stream => 8,
+            Class::Bulk => 14,
+            Class::Speculative => 19,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Interactive => "interactive",
+            Class::Stream => "stream",
+            Class::Bulk => "bulk",
+            Class::Speculative => "speculative",
+        }
+    }
+}
+
+/// A job's class, shared between the queue and whoever may raise it: a speculative fill that an
+/// interactive client starts waiting on becomes interactive work.
+#[derive(Debug)]
+pub struct ClassCell(AtomicU8);
+
+impl ClassCell {
+    pub fn new(class: Class) -> ClassCell {
+        ClassCell(AtomicU8::new(class as u8))
+    }
+
+    pub fn get(&self) -> Class {
+        Class::from_u8(self.0.load(Ordering::Acquire))
+    }
+
+    /// Make the job at least as urgent as `class`; true if that changed anything.
+    pub fn raise(&self, class: Class) -> bool {
+        self.0.fetch_min(class as u8, Ordering::AcqRel) > class as u8
+    }
+}
+
+/// What the scheduler needs to know of one queued job to choose among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub class: Class,
+    /// Arrival order on this decoder (a yielded job keeps its number).
+    pub seq: u64,
+    /// The frame the job would decode next.
+    pub target: FrameIndex,
+    /// The seek point that frame decodes from (its GOP).
+    pub gop: SeekTarget,
+    /// The decoder can reach the target by decoding forward from where it stands (no seek).
+    pub reachable: bool,
+}
+
+/// The job a decoder takes next, by position in `queue`.
+///
+/// The most urgent class goes first, and within it the oldest job (the head). Jobs of the same
+/// class in the head's GOP are coalesced into one forward scan: among them, one the decoder can
+/// reach without seeking goes first, and otherwise the earliest frame, so that many clients
+/// asking for frames of one GOP cost one seek and one pass in presentation order rather than a
+/// seek each. The head waits at most for the other frames of its own GOP, which the decoder
+/// passes on the way to it anyway.
+pub fn pick(queue: &[Candidate]) -> Option<usize> {
+    let head = queue.iter().min_by_key(|c| (c.class, c.seq))?;
+    queue
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.class == head.class && c.gop == head.gop)
+        .min_by_key(|(_, c)| (!c.reachable, c.target, c.seq))
+        .map(|(i, _)| i)
+}
+
+/// Whether a job of class `running` must stop at the next frame boundary because work of class
+/// `waiting` (the most urgent queued on the same decoder) has arrived.
+pub fn must_yield(running: Class, waiting: Option<Class>) -> bool {
+    waiting.is_some_and(|w| w < running)
+}
+
+/// The dispatcher's view of a decoder, when one must be closed to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupant {
+    /// The most urgent class of work queued or running on it (`None`: idle).
+    pub busy: Option<Class>,
+    /// Ordering of last use: smaller is longer ago.
+    pub last_used: u64,
+}
+
+/// The decoder to close so that a request of class `for_class` for a video with no decoder can
+/// have one. Idle decoders go first (least recently used first); then a busy decoder whose work
+/// is no more urgent than the request, the least urgent work first, least recently used among
+/// equals (it finishes what requests wait for, then exits; closing one of equal class keeps the
+/// videos taking turns instead of one starving). Work is never closed for a less urgent
+/// request. `None`: nothing may be closed for this request.
+pub fn victim(decoders: &[Occupant], for_class: Class) -> Option<usize> {
+    decoders
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.busy.is_none_or(|busy| busy >= for_class))
+        .min_by_key(|(_, d)| (d.busy.map(|b| Class::Speculative as u8 + 1 - b as u8).unwrap_or(0), d.last_used))
+        .map(|(i, _)| i)
+}
+
+/// Codec threads for a decoder about to (re)open its codec: every core when no other decoder is
+/// busy (a lone stream or cold request then uses the whole machine, as an all-core `ffmpeg` or
+/// a PyAV reader with `thread_type = "AUTO"` does), one under load, where decoders already run
+/// in parallel and extra codec threads only add contention and frame delay. `fixed` > 0 is an
+/// operator's choice and wins.
+pub fn codec_threads(fixed: usize, busy_elsewhere: usize, cores: usize) -> usize {
+    if fixed > 0 {
+        fixed
+    } else if busy_elsewhere == 0 {
+        cores.clamp(1, 16)
+    } else {
+        1
+    }
+}
+
+/// The frames of the backtrack window behind `target` that a fill should decode: up to
+/// `keep_behind` frames before it, within the target's GOP (`gop_of(i)` gives the seek point
+/// frame `i` decodes from; stepping back past the keyframe is a cold request of its own, and
+/// extending the window into the previous GOP would double a short-GOP fill), skipping frames
+/// `have(i)` says are cached or already in flight. Ascending, so the fill is one forward scan.
+pub fn fill_window(
+    target: FrameIndex,
+    keep_behind: u32,
+    gop_of: impl Fn(FrameIndex) -> SeekTarget,
+    have: impl Fn(FrameIndex) -> bool,
+) -> Vec<FrameIndex> {
+    let gop = gop_of(target);
+    let mut out: Vec<FrameIndex> = (1..=keep_behind)
+        .map_while(|k| target.0.checked_sub(k).map(FrameIndex))
+        .take_while(|&i| gop_of(i) == gop)
+        .filter(|&i| !have(i))
+        .collect();
+    out.reverse();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(class: Class, seq: u64, target: u32, gop: usize, reachable: bool) -> Candidate {
+        Candidate { class, seq, target: FrameIndex(target), gop: SeekTarget::Point(gop), reachable }
+    }
+
+    #[test]
+    fn the_most_urgent_class_goes_first_whatever_arrived_before() {
+        let q = [
+            job(Class::Speculative, 0, 10, 0, true),
+            job(Class::Stream, 1, 11, 0, true),
+            job(Class::Interactive, 2, 500, 9, false),
+            job(Class::Bulk, 3, 12, 0, true),
+        ];
+        assert_eq!(pick(&q), Some(2));
+        assert_eq!(pick(&q[..2]), Some(1), "a stream frame before read-ahead");
+        assert_eq!(pick(&[q[0], q[3]]), Some(1), "bulk before speculative");
+        assert_eq!(pick(&[]), None);
+    }
+
+    #[test]
+    fn within_a_class_the_oldest_goes_first_across_gops() {
+        let q = [job(Class::Interactive, 5, 300, 3, false), job(Class::Interactive, 4, 900, 8, false)];
+        assert_eq!(pick(&q), Some(1));
+    }
+
+    #[test]
+    fn targets_in_the_heads_gop_are_served_by_one_forward_scan() {
+        // Three clients asked for 40, 35 and 38 of one GOP; the decoder stands elsewhere.
+        let q = [
+            job(Class::Interactive, 0, 40, 2, false),
+            job(Class::Interactive, 1, 35, 2, false),
+            job(Class::Interactive, 2, 90, 7, false),
+            job(Class::Interactive, 3, 38, 2, false),
+        ];
+        assert_eq!(pick(&q), Some(1), "seek once, to the earliest frame of the GOP");
+        // Having decoded 35 the decoder can continue to 38 and then 40.
+        let q = [
+            job(Class::Interactive, 0, 40, 2, true),
+            job(Class::Interactive, 2, 90, 7, false),
+            job(Class::Interactive, 3, 38, 2, true),
+        ];
+        assert_eq!(pick(&q), Some(2));
+        let q = [job(Class::Interactive, 0, 40, 2, true), job(Class::Interactive, 2, 90, 7, false)];
+        assert_eq!(pick(&q), Some(0));
+        assert_eq!(pick(&q[1..]), Some(0), "then the other GOP");
+    }
+
+    #[test]
+    fn a_reachable_target_goes_before_an_earlier_one_that_needs_a_seek() {
+        // The decoder has passed 20 (a seek back) but can continue to 30.
+        let q = [job(Class::Stream, 0, 30, 1, true), job(Class::Stream, 1, 20, 1, false)];
+        assert_eq!(pick(&q), Some(0));
+    }
+
+    #[test]
+    fn coalescing_never_mixes_classes() {
+        // A speculative frame of the same GOP does not jump ahead of the interactive head.
+        let q = [job(Class::Interactive, 1, 40, 2, false), job(Class::Speculative, 0, 30, 2, true)];
+        assert_eq!(pick(&q), Some(0));
+    }
+
+    #[test]
+    fn only_more_urgent_work_makes_a_running_job_yield() {
+        assert!(must_yield(Class::Stream, Some(Class::Interactive)));
+        assert!(must_yield(Class::Speculative, Some(Class::Bulk)));
+        assert!(!must_yield(Class::Stream, Some(Class::Stream)));
+        assert!(!must_yield(Class::Interactive, Some(Class::Stream)));
+        assert!(!must_yield(Class::Speculative, None));
+    }
+
+    #[test]
+    fn a_raised_class_never_goes_down() {
+        let c = ClassCell::new(Class::Speculative);
+        assert!(c.raise(Class::Interactive));
+        assert_eq!(c.get(), Class::Interactive);
+        assert!(!c.raise(Class::Stream));
+        assert_eq!(c.get(), Class::Interactive);
+    }
+
+    #[test]
+    fn room_is_made_by_closing_idle_decoders_first_then_the_least_urgent_work() {
+        let idle_old = Occupant { busy: None, last_used: 1 };
+        let idle_new = Occupant { busy: None, last_used: 5 };
+        let stream = Occupant { busy: Some(Class::Stream), last_used: 0 };
+        let spec = Occupant { busy: Some(Class::Speculative), last_used: 9 };
+        let inter = Occupant { busy: Some(Class::Interactive), last_used: 0 };
+        assert_eq!(victim(&[idle_new, stream, idle_old], Class::Interactive), Some(2));
+        assert_eq!(victim(&[stream, spec, inter], Class::Interactive), Some(1), "speculative work first");
+        assert_eq!(victim(&[stream, inter], Class::Interactive), Some(0), "then a stream before interactive work");
+        assert_eq!(victim(&[inter], Class::Interactive), Some(0), "equals take turns");
+        assert_eq!(victim(&[inter, stream], Class::Stream), Some(1));
+        assert_eq!(victim(&[inter], Class::Stream), None, "a stream never closes interactive work");
+        assert_eq!(victim(&[spec], Class::Bulk), Some(0), "anyone closes speculation");
+    }
+
+    #[test]
+    fn a_lone_decoder_gets_every_core_and_one_under_load() {
+        assert_eq!(codec_threads(0, 0, 2), 2);
+        assert_eq!(codec_threads(0, 1, 2), 1);
+        assert_eq!(codec_threads(0, 0, 64), 16, "bounded");
+        assert_eq!(codec_threads(3, 5, 2), 3, "a configured count wins");
+    }
+
+    #[test]
+    fn the_fill_window_stays_in_the_gop_skips_what_is_there_and_ascends() {
+        // GOPs start at 0, 50, 100.
+        let gop = |i: FrameIndex| SeekTarget::Point(i.0 as usize / 50);
+        let none = |_: FrameIndex| false;
+        let w = fill_window(FrameIndex(60), 32, gop, none);
+        assert_eq!(w, (50..60).map(FrameIndex).collect::<Vec<_>>(), "stops at the keyframe");
+        let w = fill_window(FrameIndex(90), 5, gop, |i| i.0 == 87);
+        assert_eq!(w, [85, 86, 88, 89].map(FrameIndex).to_vec());
+        assert!(fill_window(FrameIndex(50), 32, gop, none).is_empty(), "a keyframe has nothing behind it");
+        assert!(fill_window(FrameIndex(3), 0, gop, none).is_empty());
+        assert_eq!(fill_window(FrameIndex(2), 32, gop, none), [0, 1].map(FrameIndex).to_vec());
+    }
+}
