@@ -82,7 +82,7 @@ impl Error {
                 EngineError::IndexOutOfRange { .. } | EngineError::TimeOutOfRange { .. } => Code::OutOfRange,
                 EngineError::EncodeFailed { .. } => Code::Internal,
                 EngineError::Overloaded { .. } => Code::ResourceExhausted,
-                EngineError::ShuttingDown => Code::Unavailable,
+                EngineError::ShuttingDown | EngineError::Preempted => Code::Unavailable,
             },
         }
     }

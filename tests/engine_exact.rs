@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use common::*;
 use framesrv::engine::buffers::BufferPool;
-use framesrv::engine::decoder::{build_index, DecodeOptions, FrameDecoder, RawFrame};
+use framesrv::engine::decoder::{DecodeOptions, FrameDecoder, RawFrame};
 use framesrv::engine::index::{FrameIdentity, VideoIndex};
 use framesrv::engine::output::OutputSpec;
 use framesrv::engine::stats::EngineStats;
+use framesrv::engine::video::build_index;
 use framesrv::engine::EngineError;
 use framesrv::units::ByteSize;
 use framesrv::units::FrameIndex;

@@ -261,6 +261,38 @@ async fn an_interactive_request_does_not_wait_behind_a_stream_on_its_decoder() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_decoder_bound_an_interactive_request_takes_a_decoder_from_a_stream() {
+    let d = start_with(|c| c.decoder.max_total = 1).await;
+    let long = long_video(&d.media);
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut streamer = d.client().await;
+    let stream = tokio::spawn(async move {
+        let mut s = streamer.request_frames(batch("long.mp4", range(0, 300, 1))).await.unwrap().into_inner();
+        let mut out = Vec::new();
+        while let Some(f) = s.message().await.unwrap() {
+            out.push((f.index as usize, f.data));
+        }
+        out
+    });
+    while d.store.stats().frames_decoded < 10 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // Another video, and the only decoder streams: it is taken at its next frame boundary.
+    let mut c = d.client().await;
+    let f = c.request_frame(by_index("a.mp4", 30)).await.unwrap().into_inner();
+    assert_eq!(f.data[..], reference[30][..]);
+    assert!(!stream.is_finished(), "the stream finished first: the test proves nothing");
+    assert!(d.store.stats().preempted > 0, "the stream's queued frames were handed back, not decoded first");
+    // The stream gets its decoder back and every frame, exactly, in order.
+    let frames = stream.await.unwrap();
+    assert_eq!(frames.iter().map(|f| f.0).collect::<Vec<_>>(), (0..300).collect::<Vec<_>>());
+    for i in [0, 150, 299] {
+        assert_eq!(frames[i].1, reference_frame(&long, i), "stream frame {i}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_targets_in_one_gop_are_served_by_one_forward_scan() {
     let d = start_with(|c| {
         c.decoder.max_total = 1;

@@ -17,10 +17,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::engine::buffers::BufferPool;
-use crate::engine::ffmpeg::{
-    output_capacity, Converter, DecodedFrame, FfmpegError, MediaFile, VideoDecoder, VideoPacket,
-};
-use crate::engine::index::{DecodedFrameMeta, FrameIdentity, SeekTarget, VideoIndex};
+use crate::engine::ffmpeg::{output_capacity, Converter, DecodedFrame, MediaFile, VideoDecoder, VideoPacket};
+use crate::engine::index::{FrameIdentity, SeekTarget, VideoIndex};
 use crate::engine::output::{OutputSpec, RawSpec};
 use crate::engine::plan::{self, Plan, Position};
 use crate::engine::stats::EngineStats;
@@ -403,47 +401,4 @@ impl FrameDecoder {
             .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
         Ok(RawFrame { index: idx, spec: raw, key: self.index.frames[idx.get()].key, data: self.buffers.share(data) })
     }
-}
-
-/// Build a video's index: one demux pass without decoding, or, for files whose packets carry
-/// no usable timestamps, one sequential decode pass.
-pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
-    let mut file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
-    let mut packets = Vec::new();
-    while let Some(p) = file.read_packet().map_err(|e| EngineError::from_ffmpeg(video, e))? {
-        packets.push(p.meta);
-    }
-    let stream = file.info().clone();
-    let index = match VideoIndex::from_packets(stream.clone(), &packets) {
-        Some(index) => index,
-        None => decode_pass(path, video, stream, packets.len())?,
-    };
-    if index.frame_count() == 0 {
-        return Err(EngineError::NoFrames { video: video.to_string() });
-    }
-    Ok(index)
-}
-
-fn decode_pass(
-    path: &Path,
-    video: &str,
-    stream: crate::engine::ffmpeg::StreamInfo,
-    packet_count: usize,
-) -> Result<VideoIndex, EngineError> {
-    let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
-    let mut file = MediaFile::open(path).map_err(map)?;
-    let mut decoder = file.new_decoder(1).map_err(map)?;
-    let mut metas = Vec::new();
-    loop {
-        let packet = file.read_packet().map_err(map)?;
-        decoder
-            .decode(packet.as_ref(), false, &mut |f| {
-                metas.push(DecodedFrameMeta { best_effort_timestamp: f.best_effort_timestamp(), key: f.is_key() });
-            })
-            .map_err(map)?;
-        if packet.is_none() {
-            break;
-        }
-    }
-    Ok(VideoIndex::from_decode(stream, packet_count, &metas))
 }

@@ -24,8 +24,10 @@ pub mod output;
 pub mod plan;
 pub mod pool;
 pub mod schedule;
+pub mod selection;
 pub mod stats;
 pub mod store;
+pub mod video;
 
 use ffmpeg::FfmpegError;
 
@@ -55,6 +57,10 @@ pub enum EngineError {
     Overloaded { what: String },
     #[error("the frame server is shutting down")]
     ShuttingDown,
+    /// A decoder closed to make room for more urgent work gave the job back; the store submits
+    /// it again, so this reaches a client only if that keeps happening.
+    #[error("the decoder was taken for more urgent work; retry")]
+    Preempted,
 }
 
 impl EngineError {

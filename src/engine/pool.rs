@@ -28,8 +28,7 @@
 //!   fill (which its wait makes interactive) instead of starting a second cold decode.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -37,31 +36,13 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::engine::buffers::BufferPool;
 use crate::engine::decoder::{DecodeOptions, FrameDecoder, RawFrame};
-use crate::engine::index::VideoIndex;
 use crate::engine::output::OutputSpec;
 use crate::engine::plan::{self, Plan, Position};
 use crate::engine::schedule::{self, Candidate, Class, ClassCell, Occupant};
 use crate::engine::stats::EngineStats;
+pub use crate::engine::video::{OpenVideo, VideoId};
 use crate::engine::EngineError;
 use crate::units::FrameIndex;
-
-/// Identity of a video file's content as far as caching goes: a replaced file (new size or
-/// modification time) is a new video, so stale frames are never served.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct VideoId {
-    pub path: PathBuf,
-    pub size: u64,
-    pub modified_ns: i128,
-}
-
-/// An indexed video, shared by requests, decoders and the cache.
-#[derive(Debug)]
-pub struct OpenVideo {
-    pub id: VideoId,
-    /// The name clients use (relative to its media root).
-    pub name: String,
-    pub index: Arc<VideoIndex>,
-}
 
 /// Where decoded frames go besides the request that asked: the frame registry (cache and
 /// frames in flight).
@@ -122,6 +103,10 @@ struct Queued {
     /// Arrival order; a job that yields goes back with its number.
     seq: u64,
     class: Arc<ClassCell>,
+    /// The CPU priority to run it at when more urgent than its class: read-ahead is queued as
+    /// speculative (anything else goes first) but serves a reader who is about to ask, so it
+    /// runs at that reader's priority.
+    cpu: Class,
     work: Work,
 }
 
@@ -139,6 +124,9 @@ struct Inbox {
     /// The decoder thread's kernel id (0 until it starts) and the nice value it runs at.
     tid: AtomicI32,
     nice: AtomicI32,
+    /// Closed to make room for more urgent work: stop at the next frame boundary and give every
+    /// job not done back to be submitted again, instead of finishing the queue first.
+    evicted: AtomicBool,
 }
 
 const NONE: u8 = u8::MAX;
@@ -161,7 +149,17 @@ impl Inbox {
             priorities,
             tid: AtomicI32::new(0),
             nice: AtomicI32::new(0),
+            evicted: AtomicBool::new(false),
         }
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.close();
+    }
+
+    fn evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
     }
 
     /// Run the decoder thread at `class`'s CPU priority (called by the thread at each job).
@@ -188,9 +186,31 @@ impl Inbox {
         let mut state = self.state.lock();
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.jobs.push(Queued { seq, class, work });
+        let cpu = class.get();
+        state.jobs.push(Queued { seq, class, cpu, work });
         self.refresh(&state);
         self.ready.notify_one();
+    }
+
+    /// Take every fill nobody waits for out of the queue: the decoder is wanted for a request,
+    /// and a fill would move it back into an earlier part of the video (a client that jumped
+    /// and then reads forward would pay a pass over the GOP for each fill).
+    fn take_fills(&self) -> Vec<(VecDeque<FrameIndex>, OutputSpec)> {
+        let mut state = self.state.lock();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < state.jobs.len() {
+            let job = &state.jobs[i];
+            if matches!(job.work, Work::Fill { .. }) && job.class.get() == Class::Speculative {
+                if let Work::Fill { frames, spec } = state.jobs.swap_remove(i).work {
+                    out.push((frames, spec));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.refresh(&state);
+        out
     }
 
     /// Put back a job that yielded (or has more frames to do), keeping its place in line.
@@ -229,7 +249,7 @@ impl Inbox {
 
     /// Read ahead up to `until`: extend the read-ahead job if there is one, else queue one.
     /// Returns false if nothing changed.
-    fn read_ahead(&self, until: FrameIndex, spec: OutputSpec) -> bool {
+    fn read_ahead(&self, until: FrameIndex, spec: OutputSpec, reader: Class) -> bool {
         let mut state = self.state.lock();
         for job in state.jobs.iter_mut() {
             if let Work::Ahead { until: u, spec: s } = &mut job.work {
@@ -238,17 +258,15 @@ impl Inbox {
                 }
                 *u = until;
                 *s = spec;
+                job.cpu = reader;
                 self.ready.notify_one();
                 return true;
             }
         }
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.jobs.push(Queued {
-            seq,
-            class: Arc::new(ClassCell::new(Class::Speculative)),
-            work: Work::Ahead { until, spec },
-        });
+        let class = Arc::new(ClassCell::new(Class::Speculative));
+        state.jobs.push(Queued { seq, class, cpu: reader, work: Work::Ahead { until, spec } });
         self.refresh(&state);
         self.ready.notify_one();
         true
@@ -354,6 +372,9 @@ pub struct DecoderPool {
     cores: usize,
     /// Signalled whenever a decoder thread exits or goes idle.
     room: Arc<tokio::sync::Notify>,
+    /// Interactive requests waiting for a decoder slot: while there are any, less urgent
+    /// requests do not take a slot that frees up.
+    interactive_waiting: Arc<AtomicUsize>,
     buffers: Arc<BufferPool>,
     workers: Mutex<Vec<Worker>>,
     next_id: AtomicUsize,
@@ -382,6 +403,7 @@ impl DecoderPool {
             busy: Arc::new(AtomicUsize::new(0)),
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             room: Arc::new(tokio::sync::Notify::new()),
+            interactive_waiting: Arc::new(AtomicUsize::new(0)),
             buffers,
             workers: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(0),
@@ -435,6 +457,10 @@ impl DecoderPool {
             // taking work, finishes its queue, then exits) and the request waits for its thread
             // to go.
             None => {
+                let at_bound = self.alive.load(Ordering::Acquire) >= self.config.max_total;
+                if at_bound && class != Class::Interactive && self.interactive_waiting.load(Ordering::Acquire) > 0 {
+                    return Err(SubmitError::NoRoom(reply));
+                }
                 if !self.make_room(&mut workers, Some(class)) {
                     return Err(SubmitError::NoRoom(reply));
                 }
@@ -481,9 +507,10 @@ impl DecoderPool {
         Ok(())
     }
 
-    /// A client read `index` right after `index - 1`: ask the decoder that can continue from
-    /// there to decode the next `readahead` frames into the cache before they are requested.
-    pub fn read_ahead(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) {
+    /// A client (whose requests are of class `reader`) read `index` right after `index - 1`:
+    /// ask the decoder that can continue from there to decode the next `readahead` frames into
+    /// the cache before they are requested.
+    pub fn read_ahead(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec, reader: Class) {
         if self.config.readahead == 0 {
             return;
         }
@@ -509,7 +536,7 @@ impl DecoderPool {
             })
             .max_by_key(|(last, _)| *last);
         if let Some((_, w)) = best {
-            if w.inbox.read_ahead(until, spec) {
+            if w.inbox.read_ahead(until, spec, reader) {
                 tracing::trace!(video = %video.name, index = index.0, until = until.0, "read-ahead hint");
             }
         }
@@ -519,6 +546,20 @@ impl DecoderPool {
     /// [`SubmitError::NoRoom`] waits for it.
     pub fn room(&self) -> Arc<tokio::sync::Notify> {
         self.room.clone()
+    }
+
+    /// A request of `class` waits for a decoder slot until the returned guard is dropped;
+    /// interactive ones get slots before anyone else.
+    pub fn waiting_for_room(&self, class: Class) -> impl Drop {
+        let counter = (class == Class::Interactive).then(|| self.interactive_waiting.clone());
+        if let Some(c) = &counter {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+        scopeguard(move || {
+            if let Some(c) = &counter {
+                c.fetch_sub(1, Ordering::AcqRel);
+            }
+        })
     }
 
     /// Whether a new decoder thread fits under the global bound. At the bound, close the decoder
@@ -545,8 +586,17 @@ impl DecoderPool {
             None => schedule::victim(&occupants, Class::Speculative).filter(|&i| occupants[i].busy.is_none()),
         };
         if let Some(i) = victim {
-            // Dropping the worker closes its inbox: the thread finishes what requests wait for,
-            // then exits.
+            // A decoder busy with less urgent work stops at its next frame boundary and gives its
+            // jobs back (they are submitted again and wait for a slot like this request), so the
+            // urgent request waits for one frame, not for someone else's queue. One busy with work
+            // as urgent finishes its queue first: equals take turns, and every turn gets work done
+            // (evicting equals could hand the same jobs back and forth forever). Dropping the
+            // worker closes its inbox.
+            if let (Some(busy), Some(class)) = (occupants[i].busy, urgent) {
+                if busy > class {
+                    workers[i].inbox.evict();
+                }
+            }
             workers.swap_remove(i);
         }
         false
@@ -671,14 +721,21 @@ impl WorkerThread {
         };
         while let Some((job, closing)) = self.inbox.take(|q| self.describe(q, Some(&decoder))) {
             let class = job.class.get();
-            self.inbox.set_priority(class);
+            self.inbox.set_priority(class.min(job.cpu));
             let _busy = (class != Class::Speculative).then(|| {
                 self.busy.fetch_add(1, Ordering::AcqRel);
                 self.busy.clone()
             });
             let _busy = BusyGuard(_busy);
             decoder.set_threads(self.codec_threads());
-            let Queued { seq, class: cell, work } = job;
+            let Queued { seq, class: cell, cpu, work } = job;
+            if closing && self.inbox.evicted() {
+                self.give_back(work);
+                continue;
+            }
+            if matches!(work, Work::Frame(_)) {
+                self.cancel_fills();
+            }
             let more = match work {
                 Work::Frame(job) => self.frame(&mut decoder, job, class),
                 Work::Ahead { until, spec } => {
@@ -692,7 +749,7 @@ impl WorkerThread {
             };
             *self.reported.lock() = decoder.position();
             if let Some(work) = more {
-                self.inbox.requeue(Queued { seq, class: cell, work });
+                self.inbox.requeue(Queued { seq, class: cell, cpu, work });
             }
         }
     }
@@ -717,6 +774,38 @@ impl WorkerThread {
         let gop = index.frame(target).map(|f| f.seek).unwrap_or(crate::engine::index::SeekTarget::Start);
         let reachable = plan::plan(index, position, target, self.config.decode.continue_slack) == Plan::Continue;
         Candidate { class: job.class.get(), seq: job.seq, target, gop, reachable }
+    }
+
+    /// The decoder is wanted for a request: drop the fills nobody waits for yet (their frames
+    /// are forgotten, so a later step back is a cold request of its own); frames somebody
+    /// started waiting for in the meantime stay, as an interactive fill.
+    fn cancel_fills(&self) {
+        for (frames, spec) in self.inbox.take_fills() {
+            let waited: VecDeque<FrameIndex> =
+                frames.into_iter().filter(|&i| self.sink.release(&self.video, &spec, i)).collect();
+            if !waited.is_empty() {
+                self.inbox.push(Arc::new(ClassCell::new(Class::Interactive)), Work::Fill { frames: waited, spec });
+            }
+        }
+    }
+
+    /// This decoder was closed for more urgent work: hand back every request a job stands for,
+    /// to be submitted again elsewhere (or here again, once room allows).
+    fn give_back(&self, work: Work) {
+        match work {
+            Work::Frame(job) => {
+                self.stats.preempted.inc();
+                self.job_done(|| (job.reply)(Err(EngineError::Preempted)))
+            }
+            Work::Fill { frames, spec } => {
+                for i in frames {
+                    if self.sink.release(&self.video, &spec, i) {
+                        self.sink.fail(&self.video, &spec, i, EngineError::Preempted);
+                    }
+                }
+            }
+            Work::Ahead { .. } => {}
+        }
     }
 
     /// Answer every request a job stands for with `error` (the decoder could not open).
@@ -758,7 +847,7 @@ impl WorkerThread {
         let inbox = &self.inbox;
         let result =
             decoder.frame_keeping(job.target, &spec, keep, &mut |f| sink.side_frame(video, &spec, f), &mut || {
-                schedule::must_yield(class, inbox.waiting())
+                schedule::must_yield(class, inbox.waiting()) || inbox.evicted()
             });
         let result = match result {
             Ok(None) => return Some(Work::Frame(job)),
@@ -839,7 +928,7 @@ impl WorkerThread {
         let class = cell.get();
         let inbox = &self.inbox;
         let result = decoder.frame_keeping(next, &spec, 0, &mut |f| sink.side_frame(video, &spec, f), &mut || {
-            schedule::must_yield(class, inbox.waiting())
+            schedule::must_yield(class, inbox.waiting()) || inbox.evicted()
         });
         match result {
             Ok(None) => {}
@@ -889,7 +978,7 @@ impl WorkerThread {
         let video = &self.video;
         let inbox = &self.inbox;
         match decoder.frame_keeping(next, &raw, 0, &mut |f| sink.side_frame(video, &raw, f), &mut || {
-            schedule::must_yield(class, inbox.waiting())
+            schedule::must_yield(class, inbox.waiting()) || inbox.evicted()
         }) {
             Ok(Some(f)) => sink.side_frame(video, &raw, f),
             Ok(None) => {}

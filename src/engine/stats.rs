@@ -31,4 +31,6 @@ pub struct EngineStats {
     pub requests: Counter,
     /// Decoder jobs dropped unstarted because every request for the frame had gone.
     pub abandoned: Counter,
+    /// Jobs handed back by a decoder closed for more urgent work (and submitted again).
+    pub preempted: Counter,
 }

@@ -19,11 +19,12 @@ use tokio::sync::{oneshot, OnceCell};
 
 use crate::engine::buffers::BufferPool;
 use crate::engine::cache::{Admission, ByteLru, CacheStats, Weigh};
-use crate::engine::decoder::{build_index, RawFrame};
+use crate::engine::decoder::RawFrame;
 use crate::engine::output::{self, Encoding, OutputSpec, PixelFormat};
 use crate::engine::pool::{DecoderPool, FrameSink, OpenVideo, PoolConfig, SubmitError, VideoId};
 use crate::engine::schedule::Class;
 use crate::engine::stats::EngineStats;
+use crate::engine::video::build_index;
 use crate::engine::EngineError;
 use crate::media_roots::{MediaRoots, RootsError};
 use crate::units::{ByteSize, FrameIndex};
@@ -100,6 +101,7 @@ pub struct StoreStats {
     pub seeks: u64,
     pub frames_decoded: u64,
     pub abandoned: u64,
+    pub preempted: u64,
     pub videos_indexed: u64,
     pub requests: u64,
 }
@@ -246,6 +248,76 @@ impl FrameSink for Shared {
     }
 }
 
+/// A decode request as the pool sees it, able to submit itself again from anywhere: when no
+/// decoder has room it waits for one on a task of its own (so that every request waiting for
+/// the frame is answered even if the one that asked first is cancelled), and when a decoder
+/// closed for more urgent work gives the job back it is submitted again.
+#[derive(Clone)]
+struct Submission {
+    pool: Arc<DecoderPool>,
+    shared: Arc<Shared>,
+    video: Arc<OpenVideo>,
+    key: FrameKey,
+    keep_behind: Option<u32>,
+    class: Class,
+    /// Longest wait for a decoder slot before RESOURCE_EXHAUSTED.
+    patience: std::time::Duration,
+    /// Decoder threads answer through [`Submission::reply`]; a job given back is resubmitted
+    /// from there, outside the runtime.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Submission {
+    /// The decoder's answer: cache the frame and wake the waiters, or submit again.
+    fn reply(&self) -> crate::engine::pool::Reply {
+        let this = self.clone();
+        Box::new(move |result: Result<RawFrame, EngineError>| match result {
+            Err(EngineError::Preempted) => this.submit(),
+            result => {
+                let result = result.map(|raw| Shared::cached_from_raw(&this.video, &raw));
+                this.shared.complete(this.key.clone(), result);
+            }
+        })
+    }
+
+    fn submit(self) {
+        let (index, spec) = (self.key.index, self.key.spec);
+        match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class, self.reply()) {
+            Ok(()) => {}
+            Err(SubmitError::Overloaded(e)) => self.shared.complete(self.key, Err(e)),
+            Err(SubmitError::NoRoom(reply)) => {
+                let runtime = self.runtime.clone();
+                runtime.spawn(self.wait_for_room(reply));
+            }
+        }
+    }
+
+    async fn wait_for_room(self, mut reply: crate::engine::pool::Reply) {
+        let _waiting = self.pool.waiting_for_room(self.class);
+        let room = self.pool.room();
+        let (index, spec) = (self.key.index, self.key.spec);
+        let deadline = tokio::time::Instant::now() + self.patience;
+        loop {
+            let notified = room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class, reply) {
+                Ok(()) => return,
+                Err(SubmitError::Overloaded(e)) => return self.shared.complete(self.key, Err(e)),
+                Err(SubmitError::NoRoom(back)) => reply = back,
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                let e = EngineError::Overloaded {
+                    what: format!("no decoder became free within {:.0}s", self.patience.as_secs_f64()),
+                };
+                return self.shared.complete(self.key, Err(e));
+            }
+            let _ = tokio::time::timeout((deadline - now).min(std::time::Duration::from_millis(100)), notified).await;
+        }
+    }
+}
+
 struct VideoSlot {
     id: VideoId,
     video: OnceCell<Result<Arc<OpenVideo>, EngineError>>,
@@ -379,7 +451,7 @@ impl FrameStore {
         keep_behind: Option<u32>,
     ) -> Result<Frame, EngineError> {
         self.stats.requests.inc();
-        self.note_access(video, index, spec.as_raw());
+        self.note_access(video, index, spec.as_raw(), class);
         let key = FrameKey { video: video.id.clone(), index, spec };
         if let Some(hit) = self.shared.cache.get(&key) {
             return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
@@ -405,7 +477,7 @@ impl FrameStore {
 
     /// Remember the access; when it continues an earlier one (frame i after i-1), ask the pool
     /// to read ahead. Several readers of one video are told apart by keeping a few positions.
-    fn note_access(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec) {
+    fn note_access(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec, class: Class) {
         /// Sequential readers of one video (and output spec) told apart.
         const READERS: usize = 16;
         let sequential = {
@@ -424,12 +496,31 @@ impl FrameStore {
             previous.is_some()
         };
         if sequential {
-            self.pool.read_ahead(video, index, spec);
+            self.pool.read_ahead(video, index, spec, class);
         }
     }
 
-    /// Raw pixels from the cache, or decoded once however many ask at the same time.
+    /// Raw pixels from the cache, or decoded once however many ask at the same time. A frame
+    /// whose decode was given back (its decoder was closed for more urgent work while a fill
+    /// was producing it) is asked for again.
     async fn raw(
+        &self,
+        video: &Arc<OpenVideo>,
+        index: FrameIndex,
+        spec: OutputSpec,
+        class: Class,
+        keep_behind: Option<u32>,
+    ) -> Result<(CachedFrame, bool), EngineError> {
+        let mut attempts = 0;
+        loop {
+            match self.raw_once(video, index, spec, class, keep_behind).await {
+                Err(EngineError::Preempted) if attempts < 3 => attempts += 1,
+                result => return result,
+            }
+        }
+    }
+
+    async fn raw_once(
         &self,
         video: &Arc<OpenVideo>,
         index: FrameIndex,
@@ -460,53 +551,17 @@ impl FrameStore {
         // A decoder may have answered it in the meantime (a frame that came out with another
         // target); then there is nothing to route.
         if leader && self.shared.inflight.lock().contains_key(&key) {
-            let shared = self.shared.clone();
-            let done_video = video.clone();
-            let done_key = key.clone();
-            let reply = Box::new(move |result: Result<RawFrame, EngineError>| {
-                let result = result.map(|raw| Shared::cached_from_raw(&done_video, &raw));
-                shared.complete(done_key, result);
-            });
-            let mut reply: crate::engine::pool::Reply = reply;
-            match self.pool.submit(video, index, spec, keep_behind, class, reply) {
-                Ok(()) => {}
-                Err(SubmitError::Overloaded(e)) => self.shared.complete(key, Err(e)),
-                Err(SubmitError::NoRoom(back)) => {
-                    // Wait for a decoder slot on a task of its own, so that every request
-                    // waiting for this frame is answered even if this one is cancelled.
-                    reply = back;
-                    let pool = self.pool.clone();
-                    let shared = self.shared.clone();
-                    let video = video.clone();
-                    let patience = self.config.decoder_wait;
-                    let room = self.pool.room();
-                    tokio::spawn(async move {
-                        let deadline = tokio::time::Instant::now() + patience;
-                        loop {
-                            let notified = room.notified();
-                            tokio::pin!(notified);
-                            notified.as_mut().enable();
-                            match pool.submit(&video, index, spec, keep_behind, class, reply) {
-                                Ok(()) => return,
-                                Err(SubmitError::Overloaded(e)) => return shared.complete(key, Err(e)),
-                                Err(SubmitError::NoRoom(back)) => reply = back,
-                            }
-                            let now = tokio::time::Instant::now();
-                            if now >= deadline {
-                                let e = EngineError::Overloaded {
-                                    what: format!("no decoder became free within {:.0}s", patience.as_secs_f64()),
-                                };
-                                return shared.complete(key, Err(e));
-                            }
-                            let _ = tokio::time::timeout(
-                                (deadline - now).min(std::time::Duration::from_millis(100)),
-                                notified,
-                            )
-                            .await;
-                        }
-                    });
-                }
+            Submission {
+                pool: self.pool.clone(),
+                shared: self.shared.clone(),
+                video: video.clone(),
+                key,
+                keep_behind,
+                class,
+                patience: self.config.decoder_wait,
+                runtime: tokio::runtime::Handle::current(),
             }
+            .submit();
         }
         let frame = rx.await.map_err(|_| EngineError::ShuttingDown)??;
         Ok((frame, false))
@@ -538,6 +593,7 @@ impl FrameStore {
             seeks: self.stats.seeks.get(),
             frames_decoded: self.stats.frames_decoded.get(),
             abandoned: self.stats.abandoned.get(),
+            preempted: self.stats.preempted.get(),
             videos_indexed: self.stats.videos_indexed.get(),
             requests: self.stats.requests.get(),
         }

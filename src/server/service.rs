@@ -343,6 +343,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
             seeks: s.seeks,
             frames_decoded: s.frames_decoded,
             abandoned: s.abandoned,
+            preempted: s.preempted,
             videos_indexed: s.videos_indexed,
             requests: s.requests,
         }))

@@ -1,0 +1,224 @@
+//! What a request points at, resolved against a video's index: one target (an index, negative
+//! from the end, or a time) or a selection of many frames (a range, a time range, a list).
+//!
+//! This is where negative indices, `stop = 0` meaning "to the end", time ranges and clamping are
+//! decided, once, for every front end: the gRPC service (and any later HTTP route) only turns
+//! its request into a [`Target`] or a [`Selection`] and hands it here. Pure logic over the index,
+//! unit-tested below.
+
+use crate::engine::index::VideoIndex;
+use crate::engine::EngineError;
+use crate::units::FrameIndex;
+
+/// What a client points at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Presentation index; negative counts from the end (-1 is the last frame).
+    Index(i64),
+    /// Seconds from the first frame's presentation time.
+    Time(f64),
+}
+
+/// Many frames of one video, in the order they are to be delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// `start..stop` by `step` (stop exclusive, 0 meaning the end, so `0, 0` is the whole video
+    /// and `-3, 0` its last three frames; negative values count from the end; a step of 0 means
+    /// 1).
+    Range { start: i64, stop: i64, step: i64 },
+    /// The frame on screen at `start_s` and every frame starting before `stop_s`.
+    TimeRange { start_s: f64, stop_s: f64 },
+    /// These frames, in this order (negative counts from the end).
+    Indices(Vec<i64>),
+}
+
+/// Why a selection cannot be served (besides an index or time out of range).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SelectionError {
+    #[error("{0}")]
+    BadRange(String),
+    #[error("time {0} is not a finite number of seconds")]
+    BadTime(f64),
+    #[error("the request selects {count} frames; at most {max} are allowed in one call")]
+    TooMany { count: u64, max: u64 },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl Target {
+    /// The frame this target points at, clamped to the video or an OUT_OF_RANGE error.
+    pub fn resolve(self, name: &str, index: &VideoIndex, clamp: bool) -> Result<FrameIndex, EngineError> {
+        let count = index.frame_count();
+        let last = count as i64 - 1;
+        match self {
+            Target::Index(i) => {
+                let absolute = if i < 0 { count as i64 + i } else { i };
+                if (0..=last).contains(&absolute) {
+                    Ok(FrameIndex(absolute as u32))
+                } else if clamp && count > 0 {
+                    Ok(FrameIndex(absolute.clamp(0, last) as u32))
+                } else {
+                    Err(EngineError::IndexOutOfRange { video: name.to_string(), index: i, count })
+                }
+            }
+            Target::Time(t) => match index.frame_at(t) {
+                Some(i) => Ok(i),
+                None if clamp && t.is_finite() && count > 0 => Ok(FrameIndex(if t < 0.0 { 0 } else { last as u32 })),
+                None => Err(EngineError::TimeOutOfRange {
+                    video: name.to_string(),
+                    time_s: t,
+                    duration_s: index.duration_s,
+                }),
+            },
+        }
+    }
+}
+
+impl Selection {
+    /// The frame indices selected, checked against the video and `max` frames before the first
+    /// frame is decoded.
+    pub fn resolve(&self, name: &str, index: &VideoIndex, max: usize) -> Result<Vec<FrameIndex>, SelectionError> {
+        let count = index.frame_count() as i64;
+        let max = max as u64;
+        let too_many = |n: u64| if n > max { Err(SelectionError::TooMany { count: n, max }) } else { Ok(()) };
+        match self {
+            &Selection::Range { start, stop, step } => {
+                let step = if step == 0 { 1 } else { step };
+                if step < 0 {
+                    return Err(SelectionError::BadRange(format!(
+                        "range.step = {step} must be positive (use `indices` for other orders)"
+                    )));
+                }
+                let absolute = |i: i64| if i < 0 { count + i } else { i };
+                let first = absolute(start);
+                let end = if stop == 0 { count } else { absolute(stop) };
+                if !(0..count).contains(&first) || end > count || end < first {
+                    return Err(EngineError::IndexOutOfRange {
+                        video: name.to_string(),
+                        index: if !(0..count).contains(&first) { start } else { stop },
+                        count: count as usize,
+                    }
+                    .into());
+                }
+                let n = ((end - first) + step - 1) / step;
+                too_many(n as u64)?;
+                Ok((first..end).step_by(step as usize).map(|i| FrameIndex(i as u32)).collect())
+            }
+            &Selection::TimeRange { start_s, stop_s } => {
+                for v in [start_s, stop_s] {
+                    if !v.is_finite() {
+                        return Err(SelectionError::BadTime(v));
+                    }
+                }
+                if stop_s < start_s {
+                    return Err(SelectionError::BadRange(format!(
+                        "time_range.stop_s = {stop_s} is before start_s = {start_s}"
+                    )));
+                }
+                let first = Target::Time(start_s).resolve(name, index, false)?;
+                let frames = &index.frames;
+                let mut out = Vec::new();
+                let mut i = first.get();
+                while i < frames.len() && (i == first.get() || frames[i].time_s < stop_s) {
+                    out.push(FrameIndex(i as u32));
+                    too_many(out.len() as u64)?;
+                    i += 1;
+                }
+                Ok(out)
+            }
+            Selection::Indices(list) => {
+                too_many(list.len() as u64)?;
+                list.iter().map(|&i| Ok(Target::Index(i).resolve(name, index, false)?)).collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ffmpeg::{PacketMeta, StreamInfo};
+    use crate::units::TimeBase;
+
+    /// Ten frames at 10 fps, all keyframes: frame i is on screen from i/10 s.
+    fn index() -> VideoIndex {
+        let stream = StreamInfo {
+            codec: "h264".into(),
+            container: "mp4".into(),
+            pixel_format: "yuv420p".into(),
+            width: 8,
+            height: 8,
+            time_base: TimeBase { num: 1, den: 10 },
+            header_fps: 10.0,
+            byte_seekable: true,
+        };
+        let packets: Vec<PacketMeta> = (0..10)
+            .map(|i| PacketMeta { pts: Some(i), dts: Some(i), pos: 0, duration: 1, key: true, discard: false })
+            .collect();
+        VideoIndex::from_packets(stream, &packets).unwrap()
+    }
+
+    fn ids(v: &[u32]) -> Vec<FrameIndex> {
+        v.iter().map(|&i| FrameIndex(i)).collect()
+    }
+
+    #[test]
+    fn negative_indices_count_from_the_end_and_clamping_answers_the_edge() {
+        let idx = index();
+        assert_eq!(Target::Index(-1).resolve("v", &idx, false).ok(), Some(FrameIndex(9)));
+        assert_eq!(Target::Index(-10).resolve("v", &idx, false).ok(), Some(FrameIndex(0)));
+        let err = Target::Index(10).resolve("v", &idx, false).unwrap_err();
+        assert!(err.to_string().contains("valid indices 0..=9, or -10..=-1"), "{err}");
+        assert!(Target::Index(-11).resolve("v", &idx, false).is_err());
+        assert_eq!(Target::Index(99).resolve("v", &idx, true).ok(), Some(FrameIndex(9)));
+        assert_eq!(Target::Index(-99).resolve("v", &idx, true).ok(), Some(FrameIndex(0)));
+    }
+
+    #[test]
+    fn a_time_is_the_frame_on_screen_then() {
+        let idx = index();
+        assert_eq!(Target::Time(0.0).resolve("v", &idx, false).ok(), Some(FrameIndex(0)));
+        assert_eq!(Target::Time(0.35).resolve("v", &idx, false).ok(), Some(FrameIndex(3)));
+        assert!(Target::Time(1.0).resolve("v", &idx, false).is_err(), "the video lasts 1 s");
+        assert_eq!(Target::Time(5.0).resolve("v", &idx, true).ok(), Some(FrameIndex(9)));
+        assert_eq!(Target::Time(-1.0).resolve("v", &idx, true).ok(), Some(FrameIndex(0)));
+        assert!(Target::Time(f64::NAN).resolve("v", &idx, true).is_err(), "clamping never invents a time");
+    }
+
+    #[test]
+    fn ranges_select_in_order_with_negative_ends_and_steps() {
+        let idx = index();
+        let r = |start, stop, step| Selection::Range { start, stop, step }.resolve("v", &idx, 100);
+        assert_eq!(r(0, 0, 0).unwrap(), ids(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), "0, 0 is the whole video");
+        assert_eq!(r(2, 8, 3).unwrap(), ids(&[2, 5]));
+        assert_eq!(r(-3, 0, 1).unwrap(), ids(&[7, 8, 9]), "stop 0 is the end, whatever the start");
+        assert_eq!(r(-3, -1, 1).unwrap(), ids(&[7, 8]));
+        assert!(matches!(r(0, 5, -1), Err(SelectionError::BadRange(_))));
+        assert!(matches!(r(10, 11, 1), Err(SelectionError::Engine(EngineError::IndexOutOfRange { index: 10, .. }))));
+        assert!(matches!(r(2, 11, 1), Err(SelectionError::Engine(EngineError::IndexOutOfRange { index: 11, .. }))));
+        assert!(matches!(
+            Selection::Range { start: 0, stop: 0, step: 1 }.resolve("v", &idx, 4),
+            Err(SelectionError::TooMany { count: 10, max: 4 })
+        ));
+    }
+
+    #[test]
+    fn time_ranges_start_with_the_frame_on_screen() {
+        let idx = index();
+        let t = |start_s, stop_s| Selection::TimeRange { start_s, stop_s }.resolve("v", &idx, 100);
+        assert_eq!(t(0.25, 0.5).unwrap(), ids(&[2, 3, 4]));
+        assert_eq!(t(0.25, 0.25).unwrap(), ids(&[2]), "an empty interval still has the frame on screen");
+        assert!(matches!(t(0.5, 0.2), Err(SelectionError::BadRange(_))));
+        assert!(matches!(t(0.0, f64::INFINITY), Err(SelectionError::BadTime(_))));
+        assert!(matches!(t(2.0, 3.0), Err(SelectionError::Engine(EngineError::TimeOutOfRange { .. }))));
+    }
+
+    #[test]
+    fn lists_keep_their_order_and_duplicates() {
+        let idx = index();
+        let l = |v: Vec<i64>| Selection::Indices(v).resolve("v", &idx, 3);
+        assert_eq!(l(vec![5, -1, 5]).unwrap(), ids(&[5, 9, 5]));
+        assert!(matches!(l(vec![1, 2, 3, 4]), Err(SelectionError::TooMany { count: 4, max: 3 })));
+        assert!(matches!(l(vec![1, 20]), Err(SelectionError::Engine(EngineError::IndexOutOfRange { .. }))));
+    }
+}

@@ -1,0 +1,75 @@
+//! What a video is to the engine: its identity on disk, its name, and its index, built once when
+//! it is first opened.
+//!
+//! A [`VideoId`] names the file's content as far as caching goes (a replaced file is a new
+//! video, so stale frames are never served); an [`OpenVideo`] is what requests, decoders and the
+//! frame registry share; [`build_index`] makes the index with one demux pass (or, for files
+//! without usable timestamps, one decode pass).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::engine::ffmpeg::{FfmpegError, MediaFile};
+use crate::engine::index::{DecodedFrameMeta, VideoIndex};
+use crate::engine::EngineError;
+
+/// Identity of a video file's content as far as caching goes: a replaced file (new size or
+/// modification time) is a new video, so stale frames are never served.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VideoId {
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified_ns: i128,
+}
+
+/// An indexed video, shared by requests, decoders and the cache.
+#[derive(Debug)]
+pub struct OpenVideo {
+    pub id: VideoId,
+    /// The name clients use (relative to its media root).
+    pub name: String,
+    pub index: Arc<VideoIndex>,
+}
+
+/// Build a video's index: one demux pass without decoding, or, for files whose packets carry
+/// no usable timestamps, one sequential decode pass.
+pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
+    let mut file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
+    let mut packets = Vec::new();
+    while let Some(p) = file.read_packet().map_err(|e| EngineError::from_ffmpeg(video, e))? {
+        packets.push(p.meta);
+    }
+    let stream = file.info().clone();
+    let index = match VideoIndex::from_packets(stream.clone(), &packets) {
+        Some(index) => index,
+        None => decode_pass(path, video, stream, packets.len())?,
+    };
+    if index.frame_count() == 0 {
+        return Err(EngineError::NoFrames { video: video.to_string() });
+    }
+    Ok(index)
+}
+
+fn decode_pass(
+    path: &Path,
+    video: &str,
+    stream: crate::engine::ffmpeg::StreamInfo,
+    packet_count: usize,
+) -> Result<VideoIndex, EngineError> {
+    let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
+    let mut file = MediaFile::open(path).map_err(map)?;
+    let mut decoder = file.new_decoder(1).map_err(map)?;
+    let mut metas = Vec::new();
+    loop {
+        let packet = file.read_packet().map_err(map)?;
+        decoder
+            .decode(packet.as_ref(), false, &mut |f| {
+                metas.push(DecodedFrameMeta { best_effort_timestamp: f.best_effort_timestamp(), key: f.is_key() });
+            })
+            .map_err(map)?;
+        if packet.is_none() {
+            break;
+        }
+    }
+    Ok(VideoIndex::from_decode(stream, packet_count, &metas))
+}
