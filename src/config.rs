@@ -43,6 +43,8 @@ pub struct DecoderConfig {
     pub max_per_video: usize,
     /// Decoders in total; the least recently used idle one is closed to make room.
     pub max_total: usize,
+    /// Decoders beyond `max_total` that only interactive (unary) requests may open.
+    pub interactive_reserve: usize,
     /// Requests that may wait on one decoder before new ones get RESOURCE_EXHAUSTED.
     pub max_queue: usize,
     /// Frames before a target cached while decoding up to it (backward steps hit the cache).
@@ -96,6 +98,7 @@ impl Default for DecoderConfig {
             cpu_priorities: true,
             max_per_video: 3,
             max_total: 4,
+            interactive_reserve: 1,
             max_queue: 256,
             keep_behind: 32,
             readahead: 8,
@@ -175,6 +178,7 @@ impl Config {
             pool: PoolConfig {
                 max_per_video: self.decoder.max_per_video,
                 max_total: self.decoder.max_total,
+                interactive_reserve: self.decoder.interactive_reserve,
                 max_queue: self.decoder.max_queue,
                 readahead: self.decoder.readahead,
                 threads: self.decoder.threads,

@@ -308,6 +308,8 @@ fn class_of(v: u8) -> Option<Class> {
 pub struct PoolConfig {
     pub max_per_video: usize,
     pub max_total: usize,
+    /// Decoder threads beyond `max_total` that only interactive requests may open.
+    pub interactive_reserve: usize,
     /// Jobs one decoder may have waiting before requests are refused as overload.
     pub max_queue: usize,
     /// Frames decoded ahead of a sequential reader.
@@ -431,7 +433,7 @@ impl DecoderPool {
         // continue forward to the target is on the way and costs nothing extra; queued work
         // elsewhere is waiting time.
         // Decoders are named by id: making room below may remove entries from the list.
-        let mut best: Option<(u64, u64)> = None;
+        let mut best: Option<(u64, u64, bool)> = None;
         let mut same_video = 0;
         for w in workers.iter() {
             if w.video.id != video.id {
@@ -441,13 +443,11 @@ impl DecoderPool {
             let queued = w.queued.load(Ordering::Acquire);
             let position = w.position();
             let cost = plan::cost(index, position, target, slack);
-            let waiting = match plan::plan(index, position, target, slack) {
-                Plan::Continue => 0,
-                Plan::Seek(_) => queued as u64 * QUEUE_WEIGHT,
-            };
+            let continues = plan::plan(index, position, target, slack) == Plan::Continue;
+            let waiting = if continues { 0 } else { queued as u64 * QUEUE_WEIGHT };
             let score = cost.saturating_add(waiting);
-            if best.is_none_or(|(_, c)| score < c) {
-                best = Some((w.id, score));
+            if best.is_none_or(|(_, c, _)| score < c) {
+                best = Some((w.id, score, continues));
             }
         }
         let cold_cost = plan::cost(index, None, target, slack);
@@ -457,7 +457,7 @@ impl DecoderPool {
             // taking work, finishes its queue, then exits) and the request waits for its thread
             // to go.
             None => {
-                let at_bound = self.alive.load(Ordering::Acquire) >= self.config.max_total;
+                let at_bound = self.alive.load(Ordering::Acquire) >= self.bound(Some(class));
                 if at_bound && class != Class::Interactive && self.interactive_waiting.load(Ordering::Acquire) > 0 {
                     return Err(SubmitError::NoRoom(reply));
                 }
@@ -467,17 +467,21 @@ impl DecoderPool {
                 workers.push(self.spawn(video));
                 workers.len() - 1
             }
-            // No decoder does better than a fresh one would: start another (for parallelism, or
-            // to keep the others where they are), if the bounds allow without closing a busy one.
-            Some((_, score))
+            // Every decoder of the video would have to seek, and none does better than a fresh one
+            // would: start another (for parallelism, or to keep the others where they are), if
+            // the bounds allow it without closing anything. A decoder that can continue forward is
+            // always used: at a GOP boundary a fresh decoder looks as cheap on paper, and taking a
+            // slot for it at the bound would close another video's decoder that happens to be
+            // between two frames (a stream), which then closes another to get back: thrash.
+            Some((_, score, false))
                 if score >= cold_cost
                     && same_video < self.config.max_per_video
-                    && self.make_room(&mut workers, None) =>
+                    && self.alive.load(Ordering::Acquire) < self.config.max_total =>
             {
                 workers.push(self.spawn(video));
                 workers.len() - 1
             }
-            Some((id, _)) => match workers.iter().position(|w| w.id == id) {
+            Some((id, _, _)) => match workers.iter().position(|w| w.id == id) {
                 Some(i) => i,
                 // It was the idle decoder closed to make room: wait for a slot.
                 None => return Err(SubmitError::NoRoom(reply)),
@@ -567,8 +571,16 @@ impl DecoderPool {
     /// one); room appears when its thread has exited, so this answers false and the caller waits
     /// for [`DecoderPool::room`].
     fn make_room(&self, workers: &mut Vec<Worker>, urgent: Option<Class>) -> bool {
-        if self.alive.load(Ordering::Acquire) < self.config.max_total {
+        let bound = self.bound(urgent);
+        if self.alive.load(Ordering::Acquire) < bound {
             return true;
+        }
+        // Decoders closed earlier are still finishing (alive, no longer listed): their room is
+        // on its way. Closing another for every retry of a waiting request would close one
+        // decoder after another (a stream's decoder between two frames looks idle), each of
+        // whose streams then closes another to get back.
+        if workers.len() < bound {
+            return false;
         }
         let occupants: Vec<Occupant> = workers
             .iter()
@@ -600,6 +612,10 @@ impl DecoderPool {
             workers.swap_remove(i);
         }
         false
+    }
+
+    fn bound(&self, class: Option<Class>) -> usize {
+        schedule::decoder_bound(self.config.max_total, self.config.interactive_reserve, class)
     }
 
     fn spawn(&self, video: &Arc<OpenVideo>) -> Worker {

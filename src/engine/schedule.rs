@@ -152,6 +152,17 @@ pub fn victim(decoders: &[Occupant], for_class: Class) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// How many decoder threads may be alive when a request of `class` needs a new one: the
+/// configured total, plus a small reserve only interactive requests may use, so that a click on
+/// a video with no decoder does not have to close a stream's decoder (which would cost the
+/// stream a seek and a pass over its GOP) while the machine is busy streaming.
+pub fn decoder_bound(max_total: usize, interactive_reserve: usize, class: Option<Class>) -> usize {
+    match class {
+        Some(Class::Interactive) => max_total + interactive_reserve,
+        _ => max_total,
+    }
+}
+
 /// Codec threads for a decoder about to (re)open its codec: every core when no other decoder is
 /// busy (a lone stream or cold request then uses the whole machine, as an all-core `ffmpeg` or
 /// a PyAV reader with `thread_type = "AUTO"` does), one under load, where decoders already run
@@ -284,6 +295,14 @@ mod tests {
         assert_eq!(victim(&[inter, stream], Class::Stream), Some(1));
         assert_eq!(victim(&[inter], Class::Stream), None, "a stream never closes interactive work");
         assert_eq!(victim(&[spec], Class::Bulk), Some(0), "anyone closes speculation");
+    }
+
+    #[test]
+    fn only_interactive_requests_may_use_the_reserve() {
+        assert_eq!(decoder_bound(4, 1, Some(Class::Interactive)), 5);
+        assert_eq!(decoder_bound(4, 1, Some(Class::Stream)), 4);
+        assert_eq!(decoder_bound(4, 1, None), 4, "nor a second decoder for parallelism");
+        assert_eq!(decoder_bound(4, 0, Some(Class::Interactive)), 4);
     }
 
     #[test]

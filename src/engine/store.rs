@@ -451,7 +451,11 @@ impl FrameStore {
         keep_behind: Option<u32>,
     ) -> Result<Frame, EngineError> {
         self.stats.requests.inc();
-        self.note_access(video, index, spec.as_raw(), class);
+        // Streams queue their own look-ahead (and know where they end): read-ahead is for
+        // clients reading frame by frame with unary requests.
+        if class == Class::Interactive {
+            self.note_access(video, index, spec.as_raw(), class);
+        }
         let key = FrameKey { video: video.id.clone(), index, spec };
         if let Some(hit) = self.shared.cache.get(&key) {
             return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
