@@ -7,6 +7,7 @@
 
 use tonic::{Code, Status};
 
+use crate::engine::selection::SelectionError;
 use crate::engine::store::StoreError;
 use crate::engine::EngineError;
 use crate::media_roots::RootsError;
@@ -42,6 +43,17 @@ pub enum Error {
     Roots(#[from] RootsError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+impl From<SelectionError> for Error {
+    fn from(e: SelectionError) -> Self {
+        match e {
+            SelectionError::BadRange(m) => Error::Request(RequestError::BadRange(m)),
+            SelectionError::BadTime(t) => Error::Request(RequestError::BadTime(t)),
+            SelectionError::TooMany { count, max } => Error::Request(RequestError::BatchTooLarge { count, max }),
+            SelectionError::Engine(e) => Error::Engine(e),
+        }
+    }
 }
 
 impl From<StoreError> for Error {

@@ -71,14 +71,7 @@ struct FrameKey {
     spec: OutputSpec,
 }
 
-/// What a client points at.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Target {
-    /// Presentation index; negative counts from the end (-1 is the last frame).
-    Index(i64),
-    /// Seconds from the first frame's presentation time.
-    Time(f64),
-}
+pub use crate::engine::selection::{Selection, SelectionError, Target};
 
 /// Everything a store needs to know, from config.
 #[derive(Debug, Clone, Copy)]
@@ -414,29 +407,17 @@ impl FrameStore {
 
     /// The frame a target points at, clamped to the video or an OUT_OF_RANGE error.
     pub fn resolve(&self, video: &OpenVideo, target: Target, clamp: bool) -> Result<FrameIndex, EngineError> {
-        let count = video.index.frame_count();
-        let last = count as i64 - 1;
-        match target {
-            Target::Index(i) => {
-                let absolute = if i < 0 { count as i64 + i } else { i };
-                if (0..=last).contains(&absolute) {
-                    Ok(FrameIndex(absolute as u32))
-                } else if clamp {
-                    Ok(FrameIndex(absolute.clamp(0, last) as u32))
-                } else {
-                    Err(EngineError::IndexOutOfRange { video: video.name.clone(), index: i, count })
-                }
-            }
-            Target::Time(t) => match video.index.frame_at(t) {
-                Some(i) => Ok(i),
-                None if clamp && t.is_finite() => Ok(FrameIndex(if t < 0.0 { 0 } else { last as u32 })),
-                None => Err(EngineError::TimeOutOfRange {
-                    video: video.name.clone(),
-                    time_s: t,
-                    duration_s: video.index.duration_s,
-                }),
-            },
-        }
+        target.resolve(&video.name, &video.index, clamp)
+    }
+
+    /// The frames a selection selects, checked against the video and at most `max` of them.
+    pub fn select(
+        &self,
+        video: &OpenVideo,
+        selection: &Selection,
+        max: usize,
+    ) -> Result<Vec<FrameIndex>, SelectionError> {
+        selection.resolve(&video.name, &video.index, max)
     }
 
     /// One frame in the requested output, for a request of class `class` (a unary request is

@@ -13,7 +13,7 @@ use crate::config::LimitsConfig;
 use crate::engine::output::{Encoding, OutputSpec, PixelFormat};
 use crate::engine::pool::OpenVideo;
 use crate::engine::schedule::Class;
-use crate::engine::store::{Frame, FrameStore, Target};
+use crate::engine::store::{Frame, FrameStore, Selection, Target};
 use crate::error::{Error, RequestError};
 use crate::proto::v1 as pb;
 use crate::units::FrameIndex;
@@ -124,78 +124,23 @@ impl FrameService {
     }
 
     /// The frame indices a batch selects, checked against the video and the limits before the
-    /// first frame is sent.
+    /// first frame is sent: the request becomes an engine [`Selection`], which resolves itself.
     fn selection(
         &self,
         video: &OpenVideo,
         selection: Option<pb::frames_request::Selection>,
     ) -> Result<Vec<FrameIndex>, Error> {
-        let count = video.index.frame_count() as i64;
-        let max = self.limits.max_batch_frames as u64;
-        let too_many = |n: u64| -> Result<(), Error> {
-            if n > max {
-                Err(RequestError::BatchTooLarge { count: n, max }.into())
-            } else {
-                Ok(())
-            }
-        };
-        match selection {
-            None => Err(RequestError::MissingSelection.into()),
+        let selection = match selection {
+            None => return Err(RequestError::MissingSelection.into()),
             Some(pb::frames_request::Selection::Range(r)) => {
-                let step = if r.step == 0 { 1 } else { r.step };
-                if step < 0 {
-                    return Err(RequestError::BadRange(format!(
-                        "range.step = {step} must be positive (use `indices` for other orders)"
-                    ))
-                    .into());
-                }
-                let absolute = |i: i64| if i < 0 { count + i } else { i };
-                let start = absolute(r.start);
-                let stop = if r.stop == 0 && r.start >= 0 { count } else { absolute(r.stop) };
-                if !(0..count).contains(&start) || stop > count || stop < start {
-                    return Err(crate::engine::EngineError::IndexOutOfRange {
-                        video: video.name.clone(),
-                        index: if !(0..count).contains(&start) { r.start } else { r.stop },
-                        count: count as usize,
-                    }
-                    .into());
-                }
-                let n = ((stop - start) + step - 1) / step;
-                too_many(n as u64)?;
-                Ok((start..stop).step_by(step as usize).map(|i| FrameIndex(i as u32)).collect())
+                Selection::Range { start: r.start, stop: r.stop, step: r.step }
             }
             Some(pb::frames_request::Selection::TimeRange(t)) => {
-                for v in [t.start_s, t.stop_s] {
-                    if !v.is_finite() {
-                        return Err(RequestError::BadTime(v).into());
-                    }
-                }
-                if t.stop_s < t.start_s {
-                    return Err(RequestError::BadRange(format!(
-                        "time_range.stop_s = {} is before start_s = {}",
-                        t.stop_s, t.start_s
-                    ))
-                    .into());
-                }
-                let first = self.store.resolve(video, Target::Time(t.start_s), false)?;
-                let frames = &video.index.frames;
-                let mut out = Vec::new();
-                let mut i = first.get();
-                while i < frames.len() && (i == first.get() || frames[i].time_s < t.stop_s) {
-                    out.push(FrameIndex(i as u32));
-                    too_many(out.len() as u64)?;
-                    i += 1;
-                }
-                Ok(out)
+                Selection::TimeRange { start_s: t.start_s, stop_s: t.stop_s }
             }
-            Some(pb::frames_request::Selection::Indices(list)) => {
-                too_many(list.indices.len() as u64)?;
-                list.indices
-                    .iter()
-                    .map(|&i| self.store.resolve(video, Target::Index(i), false).map_err(Error::from))
-                    .collect()
-            }
-        }
+            Some(pb::frames_request::Selection::Indices(list)) => Selection::Indices(list.indices),
+        };
+        Ok(self.store.select(video, &selection, self.limits.max_batch_frames)?)
     }
 }
 
