@@ -76,6 +76,9 @@ pub struct LimitsConfig {
     pub max_message_size: ByteSize,
     /// Largest `keep_behind` a request may ask for.
     pub max_keep_behind: u32,
+    /// Bytes of frames handed to responses and not yet taken by the transport (slow readers,
+    /// stream look-ahead); past it new work waits. 0: unbounded.
+    pub inflight_bytes: ByteSize,
 }
 
 impl Default for Config {
@@ -119,6 +122,7 @@ impl Default for LimitsConfig {
             shutdown_grace_s: 10.0,
             max_message_size: ByteSize::mib(64),
             max_keep_behind: 300,
+            inflight_bytes: ByteSize::mib(128),
         }
     }
 }
@@ -175,6 +179,7 @@ impl Config {
             batch_lookahead: self.limits.batch_lookahead,
             buffer_pool: self.decoder.buffer_pool,
             decoder_wait: self.request_timeout(),
+            inflight: self.limits.inflight_bytes,
             pool: PoolConfig {
                 max_per_video: self.decoder.max_per_video,
                 max_total: self.decoder.max_total,

@@ -271,7 +271,9 @@ async fn at_the_decoder_bound_an_interactive_request_takes_a_decoder_from_a_stre
     let reference = reference_frames(&d.media.join("a.mp4"));
     let mut streamer = d.client().await;
     let stream = tokio::spawn(async move {
-        let mut s = streamer.request_frames(batch("long.mp4", range(0, 300, 1))).await.unwrap().into_inner();
+        // The first frame is far into a 900-frame GOP: the decoder is in the middle of a long
+        // job when the interactive request comes.
+        let mut s = streamer.request_frames(batch("long.mp4", range(880, 900, 1))).await.unwrap().into_inner();
         let mut out = Vec::new();
         while let Some(f) = s.message().await.unwrap() {
             out.push((f.index as usize, f.data));
@@ -289,9 +291,9 @@ async fn at_the_decoder_bound_an_interactive_request_takes_a_decoder_from_a_stre
     assert!(d.store.stats().preempted > 0, "the stream's queued frames were handed back, not decoded first");
     // The stream gets its decoder back and every frame, exactly, in order.
     let frames = stream.await.unwrap();
-    assert_eq!(frames.iter().map(|f| f.0).collect::<Vec<_>>(), (0..300).collect::<Vec<_>>());
-    for i in [0, 150, 299] {
-        assert_eq!(frames[i].1, reference_frame(&long, i), "stream frame {i}");
+    assert_eq!(frames.iter().map(|f| f.0).collect::<Vec<_>>(), (880..900).collect::<Vec<_>>());
+    for (k, i) in [(0, 880), (10, 890), (19, 899)] {
+        assert_eq!(frames[k].1, reference_frame(&long, i), "stream frame {i}");
     }
     d.stop().await;
 }
@@ -331,6 +333,56 @@ async fn streams_on_as_many_videos_as_decoders_keep_their_decoders() {
     let s = d.store.stats();
     assert_eq!(s.seeks - before.seeks, 2, "one seek per stream: no decoder was closed under a stream");
     assert_eq!(s.frames_decoded - before.frames_decoded, 600, "no frame decoded twice");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_stream_readers_hold_at_most_the_inflight_budget_and_clicks_still_pass() {
+    let frame = 192 * 128 * 3;
+    let d = start_with(|c| c.limits.inflight_bytes = framesrv::units::ByteSize(frame * 6)).await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut c = d.client().await;
+    // Four streams whose clients read nothing for a while.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(c.request_frames(batch("a.mp4", range(0, 60, 1))).await.unwrap().into_inner());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let in_flight = d.store.stats().inflight_bytes;
+    assert!(in_flight <= frame * 6, "{in_flight} bytes held for unread streams, budget {}", frame * 6);
+    assert!(in_flight > 0, "the streams did start");
+    // Another client's click (its own connection: unread streams fill their connection's
+    // HTTP/2 window) is served at once, whatever the streams hold.
+    let mut other = d.client().await;
+    let f = tokio::time::timeout(std::time::Duration::from_secs(5), other.request_frame(by_index("a.mp4", 33)))
+        .await
+        .expect("a unary request never waits for the budget")
+        .unwrap()
+        .into_inner();
+    assert_eq!(f.data[..], reference[33][..]);
+    // Read now (concurrently, as their clients would), every stream delivers every frame, exactly.
+    let readers: Vec<_> = held
+        .into_iter()
+        .map(|mut s| {
+            let reference = reference.clone();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while let Some(f) = s.message().await.unwrap() {
+                    assert_eq!(f.data[..], reference[i][..], "frame {i}");
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(tokio::time::timeout(std::time::Duration::from_secs(30), r).await.unwrap().unwrap(), 60);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while d.store.stats().inflight_bytes > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(d.store.stats().inflight_bytes, 0, "every payment is returned");
     d.stop().await;
 }
 

@@ -13,8 +13,10 @@
 //! - [`index`]: the demux-once index of a video's frames and keyframes.
 //! - [`ffmpeg`]: the only module that touches FFmpeg (and the only `unsafe`).
 //! - [`output`]: pixel formats, sizes and PNG/JPEG encoding.
+//! - [`budget`]: the bytes of frames on their way to clients, bounded (slow readers wait).
 //! - [`buffers`]: recycled pixel buffers (fresh multi-MB allocations cost page zeroing).
 
+pub mod budget;
 pub mod buffers;
 pub mod cache;
 pub mod decoder;

@@ -17,6 +17,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, OnceCell};
 
+use crate::engine::budget::{Budget, Paid};
 use crate::engine::buffers::BufferPool;
 use crate::engine::cache::{Admission, ByteLru, CacheStats, Weigh};
 use crate::engine::decoder::RawFrame;
@@ -85,6 +86,8 @@ pub struct StoreConfig {
     pub buffer_pool: ByteSize,
     /// Longest a request waits for a decoder slot before RESOURCE_EXHAUSTED.
     pub decoder_wait: std::time::Duration,
+    /// Bytes of frames handed to responses and not yet taken by the transport (0: unbounded).
+    pub inflight: ByteSize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +98,8 @@ pub struct StoreStats {
     pub frames_decoded: u64,
     pub abandoned: u64,
     pub preempted: u64,
+    /// Bytes of frames paid for by responses in flight.
+    pub inflight_bytes: u64,
     pub videos_indexed: u64,
     pub requests: u64,
 }
@@ -325,6 +330,7 @@ pub struct FrameStore {
     pool: Arc<DecoderPool>,
     videos: Mutex<LruCache<std::path::PathBuf, Arc<VideoSlot>>>,
     stats: Arc<EngineStats>,
+    budget: Budget,
 }
 
 impl FrameStore {
@@ -343,6 +349,7 @@ impl FrameStore {
             pool,
             videos: Mutex::new(LruCache::new(cap)),
             stats,
+            budget: Budget::new(config.inflight),
         }
     }
 
@@ -424,6 +431,31 @@ impl FrameStore {
     /// interactive, a stream's frames are stream work). `keep_behind`: how many frames before the
     /// target a cold decode keeps cached for stepping back (`None`: the configured default).
     pub async fn frame(
+        &self,
+        video: &Arc<OpenVideo>,
+        index: FrameIndex,
+        spec: OutputSpec,
+        class: Class,
+        keep_behind: Option<u32>,
+    ) -> Result<Frame, EngineError> {
+        let paid = self.pay(video, spec, class).await;
+        let frame = self.produce(video, index, spec, class, keep_behind).await?;
+        Ok(Frame { data: Budget::hold(frame.data, paid), ..frame })
+    }
+
+    /// Pay for a frame before it exists, in its raw size (an upper bound for PNG and JPEG); the
+    /// payment is returned when the transport drops the bytes. Past `limits.inflight_bytes`
+    /// stream work waits; a unary request is counted but never waits behind slow stream readers.
+    async fn pay(&self, video: &OpenVideo, spec: OutputSpec, class: Class) -> Paid {
+        let raw = spec.raw_spec(video.index.stream.width, video.index.stream.height);
+        let size = u64::from(raw.width) * u64::from(raw.height) * raw.pixel_format.bytes_per_pixel() as u64;
+        match class {
+            Class::Interactive => self.budget.pay_now(size),
+            _ => self.budget.pay(size).await,
+        }
+    }
+
+    async fn produce(
         &self,
         video: &Arc<OpenVideo>,
         index: FrameIndex,
@@ -560,13 +592,24 @@ impl FrameStore {
         indices: Vec<FrameIndex>,
         spec: OutputSpec,
     ) -> impl Stream<Item = Result<Frame, EngineError>> + Send + 'static {
-        let store = self.clone();
         let lookahead = self.config.batch_lookahead.max(1);
+        let (payer, producer) = (self.clone(), self.clone());
+        let paying = video.clone();
+        // Frames are paid for one after another, in delivery order, before their decode starts
+        // (`then` is sequential): the earliest frame not yet delivered is always paid for, so a
+        // stream never holds payments for later frames while its next one waits for budget, which
+        // would deadlock streams that wait on each other's payments.
         stream::iter(indices)
-            .map(move |i| {
-                let store = store.clone();
-                let video = video.clone();
-                async move { store.frame(&video, i, spec, Class::Stream, None).await }
+            .then(move |i| {
+                let (store, video) = (payer.clone(), paying.clone());
+                async move { (i, store.pay(&video, spec, Class::Stream).await) }
+            })
+            .map(move |(i, paid)| {
+                let (store, video) = (producer.clone(), video.clone());
+                async move {
+                    let frame = store.produce(&video, i, spec, Class::Stream, None).await?;
+                    Ok(Frame { data: Budget::hold(frame.data, paid), ..frame })
+                }
             })
             .buffered(lookahead)
     }
@@ -579,6 +622,7 @@ impl FrameStore {
             frames_decoded: self.stats.frames_decoded.get(),
             abandoned: self.stats.abandoned.get(),
             preempted: self.stats.preempted.get(),
+            inflight_bytes: self.budget.in_use(),
             videos_indexed: self.stats.videos_indexed.get(),
             requests: self.stats.requests.get(),
         }

@@ -289,6 +289,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
             frames_decoded: s.frames_decoded,
             abandoned: s.abandoned,
             preempted: s.preempted,
+            inflight_bytes: s.inflight_bytes,
             videos_indexed: s.videos_indexed,
             requests: s.requests,
         }))
