@@ -871,6 +871,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
                 seed: 1,
                 quiet: true,
                 keep_behind: None,
+                slow_readers: if args.smoke { 2 } else { 16 },
             };
             let r = load::run_load(&load_args).await?;
             r.print(&format!("  load: zipf, {} clients, 8 videos", scale.load_clients));
@@ -878,8 +879,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
             let bound = cache.0 + 200 * 1024 * 1024;
             report.add(
                 &format!(
-                    "load: {} clients x 8 videos, zipf ({:.0} req/s, p50 {}, p99 {})",
+                    "load: {} clients x 8 videos, zipf, plus {} slow stream readers ({:.0} req/s, p50 {}, p99 {})",
                     scale.load_clients,
+                    load_args.slow_readers,
                     r.rps(),
                     ms(r.percentile(0.5)),
                     ms(r.percentile(0.99))
@@ -891,7 +893,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
                 Some(r.errors == 0),
             );
             report.add(
-                "load: peak RSS (cache 256 MiB)",
+                "load: peak RSS (cache 256 MiB, slow readers included)",
                 format!("{:.0} MiB", rss as f64 / 1048576.0),
                 format!("{:.0} MiB bound", bound as f64 / 1048576.0),
                 Some(rss as f64 / bound as f64),

@@ -53,6 +53,10 @@ pub struct LoadArgs {
     /// Frames before each target a cold decode keeps cached (server default when unset).
     #[arg(long)]
     pub keep_behind: Option<u32>,
+    /// Extra clients that stream whole videos (raw, native size) and read one frame a second,
+    /// each on its own connection, while the load runs: what slow readers cost the server.
+    #[arg(long, default_value_t = 0)]
+    pub slow_readers: usize,
 }
 
 /// What a load run measured.
@@ -247,6 +251,27 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = Instant::now();
+    let mut slow = Vec::new();
+    for k in 0..args.slow_readers {
+        let mut client = crate::cli::connect(&args.server).await?;
+        let video = args.videos[k % args.videos.len()].clone();
+        let stop = stop.clone();
+        slow.push(tokio::spawn(async move {
+            let request = pb::FramesRequest {
+                video,
+                selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 0, step: 1 })),
+                output: None,
+            };
+            let Ok(response) = client.request_frames(request).await else { return };
+            let mut frames = response.into_inner();
+            while !stop.load(Ordering::Relaxed) {
+                match frames.message().await {
+                    Ok(Some(_)) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    _ => return,
+                }
+            }
+        }));
+    }
     let mut tasks = Vec::new();
     for c in 0..args.concurrency {
         let mut client = client.clone();
@@ -314,6 +339,10 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
     }
     total.elapsed = started.elapsed();
     total.latencies.sort();
+    stop.store(true, Ordering::Relaxed);
+    for s in slow {
+        s.abort();
+    }
     bar.finish_and_clear();
     Ok(total)
 }
