@@ -5,8 +5,11 @@
 //! - [`store`]: the facade. Resolves a name inside the media roots, opens (indexes) the video
 //!   once, answers from the [`cache`] or asks the [`pool`] for a decode, and makes concurrent
 //!   requests for the same missing frame share one decode.
+//! - [`registry`]: the cache, frames in flight and who waits for them (single-flight); the
+//!   decoder threads write to it directly.
 //! - [`pool`]: decoder threads per video, a bounded number of them, each with an inbox of jobs
 //!   by priority class; picks the decoder that reaches the target cheapest.
+//! - [`worker`]: one decoder thread, its inbox and the loop through it.
 //! - [`schedule`]: the pure decisions: which job next, when to yield, which decoder gives way,
 //!   how many codec threads, the backtrack window to fill.
 //! - [`decoder`]: one decoder's frame-exact loop, following the [`plan`].
@@ -25,11 +28,13 @@ pub mod index;
 pub mod output;
 pub mod plan;
 pub mod pool;
+pub mod registry;
 pub mod schedule;
 pub mod selection;
 pub mod stats;
 pub mod store;
 pub mod video;
+pub mod worker;
 
 use ffmpeg::FfmpegError;
 

@@ -18,8 +18,27 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::engine::decoder::DecodeOptions;
 use crate::engine::index::SeekTarget;
 use crate::units::FrameIndex;
+
+/// What the decoder pool and its threads are allowed to do, from config.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    pub max_per_video: usize,
+    pub max_total: usize,
+    /// Decoder threads beyond `max_total` that only interactive requests may open.
+    pub interactive_reserve: usize,
+    /// Jobs one decoder may have waiting before requests are refused as overload.
+    pub max_queue: usize,
+    /// Frames decoded ahead of a sequential reader.
+    pub readahead: u32,
+    /// Codec threads per decoder; 0 adapts them to load ([`schedule::codec_threads`]).
+    pub threads: usize,
+    /// Run each class of work at its CPU priority ([`Class::nice`]), where the system allows.
+    pub cpu_priorities: bool,
+    pub decode: DecodeOptions,
+}
 
 /// How urgent a piece of decode work is. Ordered: `Interactive` is the most urgent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

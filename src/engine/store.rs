@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -19,60 +18,19 @@ use tokio::sync::{oneshot, OnceCell};
 
 use crate::engine::budget::{Budget, Paid};
 use crate::engine::buffers::BufferPool;
-use crate::engine::cache::{Admission, ByteLru, CacheStats, Weigh};
+use crate::engine::cache::{Admission, CacheStats};
 use crate::engine::decoder::RawFrame;
-use crate::engine::output::{self, Encoding, OutputSpec, PixelFormat};
-use crate::engine::pool::{DecoderPool, FrameSink, OpenVideo, PoolConfig, SubmitError, VideoId};
+use crate::engine::output::{self, Encoding, OutputSpec};
+use crate::engine::pool::{DecoderPool, OpenVideo, PoolConfig, SubmitError, VideoId};
+pub use crate::engine::registry::{CachedFrame, Frame, FrameMeta};
+use crate::engine::registry::{FrameKey, Registry};
 use crate::engine::schedule::Class;
+pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::video::build_index;
 use crate::engine::EngineError;
 use crate::media_roots::{MediaRoots, RootsError};
 use crate::units::{ByteSize, FrameIndex};
-
-/// Everything about a returned frame but its bytes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FrameMeta {
-    pub index: FrameIndex,
-    pub pts: i64,
-    pub time_s: f64,
-    pub duration_s: f64,
-    pub width: u32,
-    pub height: u32,
-    pub key_frame: bool,
-    pub pixel_format: PixelFormat,
-    pub encoding: Encoding,
-}
-
-/// A frame as the cache holds it. Cloning shares the pixels.
-#[derive(Debug, Clone)]
-pub struct CachedFrame {
-    pub meta: FrameMeta,
-    pub data: Bytes,
-}
-
-impl Weigh for CachedFrame {
-    fn payload_bytes(&self) -> u64 {
-        self.data.len() as u64
-    }
-}
-
-/// A frame handed to a caller.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub meta: FrameMeta,
-    pub data: Bytes,
-    pub cache_hit: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct FrameKey {
-    video: VideoId,
-    index: FrameIndex,
-    spec: OutputSpec,
-}
-
-pub use crate::engine::selection::{Selection, SelectionError, Target};
 
 /// Everything a store needs to know, from config.
 #[derive(Debug, Clone, Copy)]
@@ -112,140 +70,6 @@ pub enum StoreError {
     Engine(#[from] EngineError),
 }
 
-/// A frame being decoded and who waits for it.
-#[derive(Default)]
-struct InFlight {
-    waiters: Vec<oneshot::Sender<Result<CachedFrame, EngineError>>>,
-    /// Set when a speculative fill, not a request, is producing the frame: a request that joins
-    /// raises the fill to its own class.
-    promote: Option<Arc<dyn Fn(Class) + Send + Sync>>,
-}
-
-/// The parts decoder threads write to: the cache and the in-flight table.
-struct Shared {
-    cache: ByteLru<FrameKey, CachedFrame>,
-    inflight: Mutex<HashMap<FrameKey, InFlight>>,
-}
-
-impl Shared {
-    fn cached_from_raw(video: &OpenVideo, frame: &RawFrame) -> CachedFrame {
-        let entry = &video.index.frames[frame.index.get()];
-        CachedFrame {
-            meta: FrameMeta {
-                index: frame.index,
-                pts: entry.pts.0,
-                time_s: entry.time_s,
-                duration_s: entry.duration_s,
-                width: frame.spec.width,
-                height: frame.spec.height,
-                key_frame: frame.key,
-                pixel_format: frame.spec.pixel_format,
-                encoding: Encoding::Raw,
-            },
-            data: frame.data.clone(),
-        }
-    }
-
-    /// A decode finished: cache it and wake everyone waiting for it.
-    fn complete(&self, key: FrameKey, result: Result<CachedFrame, EngineError>) {
-        if let Ok(frame) = &result {
-            self.cache.insert(key.clone(), frame.clone(), Admission::Requested);
-        }
-        let waiters = self.inflight.lock().remove(&key).unwrap_or_default().waiters;
-        for w in waiters {
-            let _ = w.send(result.clone());
-        }
-    }
-}
-
-impl FrameSink for Shared {
-    fn side_frame(&self, video: &OpenVideo, spec: &OutputSpec, frame: RawFrame) {
-        let key = FrameKey { video: video.id.clone(), index: frame.index, spec: *spec };
-        let cached = Self::cached_from_raw(video, &frame);
-        // Someone may be waiting for exactly this frame (a batch asks ahead): serve them too.
-        // Speculation is cached under the in-flight lock, the order `FrameStore::raw` takes them
-        // in, so a request sees either this frame in the cache or its own registration here.
-        // A registration stays until `complete` has cached the frame, so a request arriving in
-        // between joins it.
-        let inflight = self.inflight.lock();
-        if inflight.contains_key(&key) {
-            drop(inflight);
-            self.complete(key, Ok(cached));
-        } else if !self.cache.contains(&key) {
-            self.cache.insert(key, cached, Admission::Speculative);
-        }
-    }
-
-    fn abandoned(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
-        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
-        // Decided and forgotten under the lock `raw` registers under: a request arriving after
-        // this finds no entry and submits a job of its own, never waits on a dropped one.
-        let mut inflight = self.inflight.lock();
-        let gone = inflight.get(&key).is_some_and(|f| f.promote.is_none() && f.waiters.iter().all(|w| w.is_closed()));
-        if gone {
-            inflight.remove(&key);
-        }
-        gone
-    }
-
-    fn has_frame(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
-        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
-        self.cache.contains(&key) || self.inflight.lock().contains_key(&key)
-    }
-
-    fn reserve(
-        &self,
-        video: &OpenVideo,
-        spec: &OutputSpec,
-        frames: &[FrameIndex],
-        promote: Arc<dyn Fn(Class) + Send + Sync>,
-    ) -> Vec<FrameIndex> {
-        let mut inflight = self.inflight.lock();
-        frames
-            .iter()
-            .copied()
-            .filter(|&index| {
-                let key = FrameKey { video: video.id.clone(), index, spec: *spec };
-                if self.cache.contains(&key) || inflight.contains_key(&key) {
-                    return false;
-                }
-                inflight.insert(key, InFlight { waiters: Vec::new(), promote: Some(promote.clone()) });
-                true
-            })
-            .collect()
-    }
-
-    fn release(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
-        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
-        let mut inflight = self.inflight.lock();
-        let waited = inflight.get(&key).is_some_and(|f| f.waiters.iter().any(|w| !w.is_closed()));
-        if !waited {
-            inflight.remove(&key);
-        }
-        waited
-    }
-
-    fn fail(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex, error: EngineError) {
-        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
-        self.complete(key, Err(error));
-    }
-
-    fn cached(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> Option<RawFrame> {
-        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
-        let hit = self.cache.get(&key)?;
-        Some(RawFrame {
-            index,
-            spec: output::RawSpec {
-                pixel_format: hit.meta.pixel_format,
-                width: hit.meta.width,
-                height: hit.meta.height,
-            },
-            key: hit.meta.key_frame,
-            data: hit.data,
-        })
-    }
-}
-
 /// A decode request as the pool sees it, able to submit itself again from anywhere: when no
 /// decoder has room it waits for one on a task of its own (so that every request waiting for
 /// the frame is answered even if the one that asked first is cancelled), and when a decoder
@@ -253,7 +77,7 @@ impl FrameSink for Shared {
 #[derive(Clone)]
 struct Submission {
     pool: Arc<DecoderPool>,
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
     video: Arc<OpenVideo>,
     key: FrameKey,
     keep_behind: Option<u32>,
@@ -272,8 +96,8 @@ impl Submission {
         Box::new(move |result: Result<RawFrame, EngineError>| match result {
             Err(EngineError::Preempted) => this.submit(),
             result => {
-                let result = result.map(|raw| Shared::cached_from_raw(&this.video, &raw));
-                this.shared.complete(this.key.clone(), result);
+                let result = result.map(|raw| Registry::cached_from_raw(&this.video, &raw));
+                this.registry.complete(this.key.clone(), result);
             }
         })
     }
@@ -282,7 +106,7 @@ impl Submission {
         let (index, spec) = (self.key.index, self.key.spec);
         match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class, self.reply()) {
             Ok(()) => {}
-            Err(SubmitError::Overloaded(e)) => self.shared.complete(self.key, Err(e)),
+            Err(SubmitError::Overloaded(e)) => self.registry.complete(self.key, Err(e)),
             Err(SubmitError::NoRoom(reply)) => {
                 let runtime = self.runtime.clone();
                 runtime.spawn(self.wait_for_room(reply));
@@ -301,7 +125,7 @@ impl Submission {
             notified.as_mut().enable();
             match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class, reply) {
                 Ok(()) => return,
-                Err(SubmitError::Overloaded(e)) => return self.shared.complete(self.key, Err(e)),
+                Err(SubmitError::Overloaded(e)) => return self.registry.complete(self.key, Err(e)),
                 Err(SubmitError::NoRoom(back)) => reply = back,
             }
             let now = tokio::time::Instant::now();
@@ -309,7 +133,7 @@ impl Submission {
                 let e = EngineError::Overloaded {
                     what: format!("no decoder became free within {:.0}s", self.patience.as_secs_f64()),
                 };
-                return self.shared.complete(self.key, Err(e));
+                return self.registry.complete(self.key, Err(e));
             }
             let _ = tokio::time::timeout((deadline - now).min(std::time::Duration::from_millis(100)), notified).await;
         }
@@ -326,7 +150,7 @@ pub struct FrameStore {
     recent: Mutex<HashMap<(VideoId, OutputSpec), std::collections::VecDeque<FrameIndex>>>,
     roots: MediaRoots,
     config: StoreConfig,
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
     pool: Arc<DecoderPool>,
     videos: Mutex<LruCache<std::path::PathBuf, Arc<VideoSlot>>>,
     stats: Arc<EngineStats>,
@@ -337,15 +161,15 @@ impl FrameStore {
     pub fn new(roots: MediaRoots, config: StoreConfig) -> FrameStore {
         crate::engine::ffmpeg::init();
         let stats = Arc::new(EngineStats::default());
-        let shared = Arc::new(Shared { cache: ByteLru::new(config.cache_size), inflight: Mutex::new(HashMap::new()) });
+        let registry = Arc::new(Registry::new(config.cache_size));
         let buffers = BufferPool::new(config.buffer_pool);
-        let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), shared.clone(), buffers));
+        let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), registry.clone(), buffers));
         let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         FrameStore {
             recent: Mutex::new(HashMap::new()),
             roots,
             config,
-            shared,
+            registry,
             pool,
             videos: Mutex::new(LruCache::new(cap)),
             stats,
@@ -470,7 +294,7 @@ impl FrameStore {
             self.note_access(video, index, spec.as_raw(), class);
         }
         let key = FrameKey { video: video.id.clone(), index, spec };
-        if let Some(hit) = self.shared.cache.get(&key) {
+        if let Some(hit) = self.registry.cache.get(&key) {
             return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
         }
         if spec.encoding == Encoding::Raw {
@@ -488,7 +312,7 @@ impl FrameStore {
         .await
         .map_err(|_| EngineError::ShuttingDown)?
         .map_err(|e| EngineError::EncodeFailed { video: video_name, reason: e.to_string() })?;
-        self.shared.cache.insert(key, encoded.clone(), Admission::Requested);
+        self.registry.cache.insert(key, encoded.clone(), Admission::Requested);
         Ok(Frame { meta: encoded.meta, data: encoded.data, cache_hit: hit })
     }
 
@@ -546,14 +370,14 @@ impl FrameStore {
         keep_behind: Option<u32>,
     ) -> Result<(CachedFrame, bool), EngineError> {
         let key = FrameKey { video: video.id.clone(), index, spec };
-        if let Some(hit) = self.shared.cache.get(&key) {
+        if let Some(hit) = self.registry.cache.get(&key) {
             return Ok((hit, true));
         }
         let (tx, rx) = oneshot::channel();
         let (leader, promote) = {
-            let mut inflight = self.shared.inflight.lock();
+            let mut inflight = self.registry.inflight.lock();
             // Checked again under the lock: a decoder may have completed it in between.
-            if let Some(hit) = self.shared.cache.get(&key) {
+            if let Some(hit) = self.registry.cache.get(&key) {
                 return Ok((hit, true));
             }
             let entry = inflight.entry(key.clone()).or_default();
@@ -564,13 +388,13 @@ impl FrameStore {
         if let Some(promote) = promote {
             promote(class);
         }
-        self.shared.cache.record_miss();
+        self.registry.cache.record_miss();
         // A decoder may have answered it in the meantime (a frame that came out with another
         // target); then there is nothing to route.
-        if leader && self.shared.inflight.lock().contains_key(&key) {
+        if leader && self.registry.inflight.lock().contains_key(&key) {
             Submission {
                 pool: self.pool.clone(),
-                shared: self.shared.clone(),
+                registry: self.registry.clone(),
                 video: video.clone(),
                 key,
                 keep_behind,
@@ -616,7 +440,7 @@ impl FrameStore {
 
     pub fn stats(&self) -> StoreStats {
         StoreStats {
-            cache: self.shared.cache.stats(),
+            cache: self.registry.cache.stats(),
             open_decoders: self.stats.open_decoders.get(),
             seeks: self.stats.seeks.get(),
             frames_decoded: self.stats.frames_decoded.get(),

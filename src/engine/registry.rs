@@ -1,0 +1,204 @@
+//! The frame registry: decoded frames in the byte-bounded cache, frames being decoded, and who
+//! waits for them.
+//!
+//! It sits below the scheduler: the store registers requests here (the first to miss a frame
+//! becomes its leader and submits a job; later ones wait on the same entry: single-flight), and
+//! the decoder threads call it directly as frames come out, which caches them and wakes the
+//! waiters. A speculative fill registers the frames it will produce before its cold answer
+//! leaves, so a client stepping back waits on the fill; the entry carries a way to raise the
+//! fill's class to the waiter's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::engine::cache::{Admission, ByteLru, Weigh};
+use crate::engine::decoder::RawFrame;
+use crate::engine::output::{self, Encoding, OutputSpec, PixelFormat};
+use crate::engine::schedule::Class;
+use crate::engine::video::{OpenVideo, VideoId};
+use crate::engine::EngineError;
+use crate::units::{ByteSize, FrameIndex};
+
+/// Everything about a returned frame but its bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameMeta {
+    pub index: FrameIndex,
+    pub pts: i64,
+    pub time_s: f64,
+    pub duration_s: f64,
+    pub width: u32,
+    pub height: u32,
+    pub key_frame: bool,
+    pub pixel_format: PixelFormat,
+    pub encoding: Encoding,
+}
+
+/// A frame as the cache holds it. Cloning shares the pixels.
+#[derive(Debug, Clone)]
+pub struct CachedFrame {
+    pub meta: FrameMeta,
+    pub data: Bytes,
+}
+
+impl Weigh for CachedFrame {
+    fn payload_bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+}
+
+/// A frame handed to a caller.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub meta: FrameMeta,
+    pub data: Bytes,
+    pub cache_hit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct FrameKey {
+    pub(crate) video: VideoId,
+    pub(crate) index: FrameIndex,
+    pub(crate) spec: OutputSpec,
+}
+
+pub use crate::engine::selection::{Selection, SelectionError, Target};
+
+/// A frame being decoded and who waits for it.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    pub(crate) waiters: Vec<oneshot::Sender<Result<CachedFrame, EngineError>>>,
+    /// Set when a speculative fill, not a request, is producing the frame: a request that joins
+    /// raises the fill to its own class.
+    pub(crate) promote: Option<Arc<dyn Fn(Class) + Send + Sync>>,
+}
+
+/// The cache and the frames in flight, shared by the store (requests) and the decoder threads.
+pub struct Registry {
+    pub(crate) cache: ByteLru<FrameKey, CachedFrame>,
+    pub(crate) inflight: Mutex<HashMap<FrameKey, InFlight>>,
+}
+
+impl Registry {
+    pub fn new(cache_size: ByteSize) -> Registry {
+        Registry { cache: ByteLru::new(cache_size), inflight: Mutex::new(HashMap::new()) }
+    }
+
+    pub(crate) fn cached_from_raw(video: &OpenVideo, frame: &RawFrame) -> CachedFrame {
+        let entry = &video.index.frames[frame.index.get()];
+        CachedFrame {
+            meta: FrameMeta {
+                index: frame.index,
+                pts: entry.pts.0,
+                time_s: entry.time_s,
+                duration_s: entry.duration_s,
+                width: frame.spec.width,
+                height: frame.spec.height,
+                key_frame: frame.key,
+                pixel_format: frame.spec.pixel_format,
+                encoding: Encoding::Raw,
+            },
+            data: frame.data.clone(),
+        }
+    }
+
+    /// A decode finished: cache it and wake everyone waiting for it.
+    pub(crate) fn complete(&self, key: FrameKey, result: Result<CachedFrame, EngineError>) {
+        if let Ok(frame) = &result {
+            self.cache.insert(key.clone(), frame.clone(), Admission::Requested);
+        }
+        let waiters = self.inflight.lock().remove(&key).unwrap_or_default().waiters;
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+
+    pub fn side_frame(&self, video: &OpenVideo, spec: &OutputSpec, frame: RawFrame) {
+        let key = FrameKey { video: video.id.clone(), index: frame.index, spec: *spec };
+        let cached = Self::cached_from_raw(video, &frame);
+        // Someone may be waiting for exactly this frame (a batch asks ahead): serve them too.
+        // Speculation is cached under the in-flight lock, the order `FrameStore::raw` takes them
+        // in, so a request sees either this frame in the cache or its own registration here.
+        // A registration stays until `complete` has cached the frame, so a request arriving in
+        // between joins it.
+        let inflight = self.inflight.lock();
+        if inflight.contains_key(&key) {
+            drop(inflight);
+            self.complete(key, Ok(cached));
+        } else if !self.cache.contains(&key) {
+            self.cache.insert(key, cached, Admission::Speculative);
+        }
+    }
+
+    pub fn abandoned(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        // Decided and forgotten under the lock `raw` registers under: a request arriving after
+        // this finds no entry and submits a job of its own, never waits on a dropped one.
+        let mut inflight = self.inflight.lock();
+        let gone = inflight.get(&key).is_some_and(|f| f.promote.is_none() && f.waiters.iter().all(|w| w.is_closed()));
+        if gone {
+            inflight.remove(&key);
+        }
+        gone
+    }
+
+    pub fn has_frame(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        self.cache.contains(&key) || self.inflight.lock().contains_key(&key)
+    }
+
+    pub fn reserve(
+        &self,
+        video: &OpenVideo,
+        spec: &OutputSpec,
+        frames: &[FrameIndex],
+        promote: Arc<dyn Fn(Class) + Send + Sync>,
+    ) -> Vec<FrameIndex> {
+        let mut inflight = self.inflight.lock();
+        frames
+            .iter()
+            .copied()
+            .filter(|&index| {
+                let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+                if self.cache.contains(&key) || inflight.contains_key(&key) {
+                    return false;
+                }
+                inflight.insert(key, InFlight { waiters: Vec::new(), promote: Some(promote.clone()) });
+                true
+            })
+            .collect()
+    }
+
+    pub fn release(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        let mut inflight = self.inflight.lock();
+        let waited = inflight.get(&key).is_some_and(|f| f.waiters.iter().any(|w| !w.is_closed()));
+        if !waited {
+            inflight.remove(&key);
+        }
+        waited
+    }
+
+    pub fn fail(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex, error: EngineError) {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        self.complete(key, Err(error));
+    }
+
+    pub fn cached(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> Option<RawFrame> {
+        let key = FrameKey { video: video.id.clone(), index, spec: *spec };
+        let hit = self.cache.get(&key)?;
+        Some(RawFrame {
+            index,
+            spec: output::RawSpec {
+                pixel_format: hit.meta.pixel_format,
+                width: hit.meta.width,
+                height: hit.meta.height,
+            },
+            key: hit.meta.key_frame,
+            data: hit.data,
+        })
+    }
+}
