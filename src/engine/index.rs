@@ -178,7 +178,9 @@ impl VideoIndex {
     pub fn from_decode(stream: StreamInfo, packet_count: usize, frames: &[DecodedFrameMeta]) -> VideoIndex {
         let tb = stream.time_base;
         let stamps: Option<Vec<i64>> = frames.iter().map(|f| f.best_effort_timestamp).collect();
-        let usable = stamps.as_ref().filter(|s| s.windows(2).all(|w| w[0] < w[1]) && tb.den != 0);
+        // A pass that produced no frame (a damaged file) has no first timestamp to count from:
+        // the index is empty and opening the video answers "no decodable frame".
+        let usable = stamps.as_ref().filter(|s| !s.is_empty() && s.windows(2).all(|w| w[0] < w[1]) && tb.den != 0);
         let fps = if stream.header_fps > 0.0 { stream.header_fps } else { 25.0 };
         let entries: Vec<FrameEntry> = frames
             .iter()
@@ -352,6 +354,14 @@ mod tests {
             pkt(5, 5, false), // B5 leading
             pkt(7, 6, false), // P7
         ]
+    }
+
+    #[test]
+    fn a_decode_pass_that_produced_no_frame_gives_an_empty_index_not_a_panic() {
+        let idx = VideoIndex::from_decode(stream(), 12, &[]);
+        assert_eq!(idx.frame_count(), 0);
+        assert_eq!(idx.duration_s, 0.0);
+        assert_eq!(idx.frame_at(0.0), None);
     }
 
     #[test]
