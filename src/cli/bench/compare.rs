@@ -53,7 +53,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub no_cpu_priorities: bool,
     /// Only these figures (comma-separated): engine, stream, fbf, cold, warm, backtrack,
-    /// interactive, load, hour. All by default (the references are always measured).
+    /// interactive, python, load, hour. All by default (the references are always measured).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -248,42 +248,88 @@ fn ffmpeg_per_request(clip: &Clip, indices: &[usize], fps: f64, threads: usize) 
     Ok(median(v))
 }
 
-/// The PyAV reader, in a venv of its own under `out`.
-/// `threads`: "1" or "auto" (`thread_type = "AUTO"`).
-fn pyav(out: &Path, clip: &Clip, indices: &[usize], threads: &str) -> Result<Duration, String> {
+/// Python packages of the bench venv: PyAV for the reference reader, grpcio for the Python
+/// client figures (the versions the test command pins).
+const BENCH_PY_PACKAGES: [&str; 5] =
+    ["av>=12,<17", "numpy>=1.26,<3", "grpcio==1.76.0", "grpcio-tools==1.76.0", "protobuf>=6.31,<7"];
+
+/// The bench venv under `out` (created, or completed, on first use): its python.
+fn bench_python(out: &Path) -> Result<PathBuf, String> {
     let venv = out.join("pyav-venv");
     let python = venv.join("bin/python");
-    if !python.exists() {
-        eprintln!("installing PyAV into {}", venv.display());
-        run_quiet(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run_quiet(Command::new(venv.join("bin/pip")).args([
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "av>=12,<17",
-            "numpy>=1.26,<3",
-        ]))?;
+    let stamp = venv.join(".framesrv-bench");
+    let want = BENCH_PY_PACKAGES.join("\n");
+    if !python.exists() || std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
+        eprintln!("installing PyAV and grpcio into {}", venv.display());
+        if !python.exists() {
+            run_quiet(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        run_quiet(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "--disable-pip-version-check"])
+                .args(BENCH_PY_PACKAGES),
+        )?;
+        std::fs::write(&stamp, want).map_err(|e| e.to_string())?;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pyav_reader.py");
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(&clip.path)
-        .arg(threads)
-        .args(indices.iter().map(|i| i.to_string()))
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        return Err(format!("PyAV reader failed: {}", String::from_utf8_lossy(&output.stderr)));
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let start = text.find('[').ok_or("PyAV reader printed no latencies")?;
-    let end = text.rfind(']').ok_or("PyAV reader printed no latencies")?;
+    Ok(python)
+}
+
+/// The median of the `latencies_s` a Python script printed as JSON.
+fn printed_latencies(text: &str, who: &str) -> Result<Duration, String> {
+    let start = text.find('[').ok_or(format!("{who} printed no latencies"))?;
+    let end = text.rfind(']').ok_or(format!("{who} printed no latencies"))?;
     let v: Vec<Duration> = text[start + 1..end]
         .split(',')
         .filter_map(|s| s.trim().parse::<f64>().ok())
         .map(Duration::from_secs_f64)
         .collect();
+    if v.is_empty() {
+        return Err(format!("{who} printed no latencies"));
+    }
     Ok(median(v))
+}
+
+/// A number a Python script printed as JSON (`"key": value`).
+fn printed_number(text: &str, key: &str) -> Option<f64> {
+    let at = text.find(&format!("\"{key}\":"))? + key.len() + 3;
+    text[at..].split([',', '}']).next()?.trim().parse().ok()
+}
+
+fn run_python(python: &Path, args: &[&std::ffi::OsStr], who: &str) -> Result<String, String> {
+    let output = Command::new(python).args(args).output().map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!("{who} failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The PyAV reader. `threads`: "1" or "auto" (`thread_type = "AUTO"`).
+fn pyav(out: &Path, clip: &Clip, indices: &[usize], threads: &str) -> Result<Duration, String> {
+    let python = bench_python(out)?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pyav_reader.py");
+    let indices: Vec<std::ffi::OsString> = indices.iter().map(|i| i.to_string().into()).collect();
+    let mut args: Vec<&std::ffi::OsStr> = vec![script.as_os_str(), clip.path.as_os_str(), threads.as_ref()];
+    args.extend(indices.iter().map(|i| i.as_os_str()));
+    printed_latencies(&run_python(&python, &args, "PyAV reader")?, "PyAV reader")
+}
+
+/// Python stubs for framesrv.v1, generated from proto/ with grpcio-tools under `out`.
+fn python_stubs(out: &Path, python: &Path) -> Result<PathBuf, String> {
+    let stubs = out.join("py-stubs");
+    std::fs::create_dir_all(&stubs).map_err(|e| e.to_string())?;
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    run_quiet(
+        Command::new(python)
+            .args(["-m", "grpc_tools.protoc"])
+            .arg(format!("-I{}", proto.display()))
+            .arg(format!("--python_out={}", stubs.display()))
+            .arg(format!("--grpc_python_out={}", stubs.display()))
+            .arg(proto.join("framesrv/v1/framesrv.proto")),
+    )?;
+    for init in ["framesrv/__init__.py", "framesrv/v1/__init__.py"] {
+        std::fs::write(stubs.join(init), "").map_err(|e| e.to_string())?;
+    }
+    Ok(stubs)
 }
 
 /// Uniform random indices, none inside the window a previous request scanned through (so that
@@ -851,6 +897,57 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
             );
             Ok(())
         })?;
+    }
+
+    // The same daemon through Python's grpcio, as data loaders use it: streaming (each frame an
+    // array) and cold random, against the same references.
+    if args.wants("python") && !args.skip_pyav {
+        link_media(&media, &g250, "g250-python.mp4")?;
+        let python_figures = on_fresh_daemon(runtime, &media, "1GiB", args, async |daemon, _| {
+            let python = bench_python(&out)?;
+            let stubs = python_stubs(&out, &python)?;
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_client.py");
+            let addr = daemon.url.trim_start_matches("http://").to_string();
+            let n = g50.frames.min(150).to_string();
+            let base = [script.as_os_str(), addr.as_ref(), stubs.as_os_str()];
+            let mut stream_args = base.to_vec();
+            stream_args.extend(["g50.mp4", "stream", "0", n.as_str()].map(std::ffi::OsStr::new));
+            let text = run_python(&python, &stream_args, "Python client")?;
+            let fps = printed_number(&text, "fps").ok_or("the Python client printed no fps")?;
+            let cached = printed_number(&text, "cached_fps").ok_or("the Python client printed no fps")?;
+            let mut cold = Vec::new();
+            // Each pass on a copy of its own, so that the second finds nothing of the first cached.
+            for (keep, video) in [("0", "g250.mp4"), ("-1", "g250-python.mp4")] {
+                let indices: Vec<String> = cold250.iter().map(|i| i.to_string()).collect();
+                let mut random_args = base.to_vec();
+                random_args.extend([video, "random", keep].map(std::ffi::OsStr::new));
+                random_args.extend(indices.iter().map(std::ffi::OsStr::new));
+                cold.push(printed_latencies(&run_python(&python, &random_args, "Python client")?, "Python client")?);
+            }
+            Ok((fps, cached, cold))
+        });
+        match python_figures {
+            Ok((fps, cached, cold)) => {
+                report.rate("Python grpcio: streaming 150 frames to numpy vs all-core limit", fps, limit, None);
+                report.rate(
+                    "Python grpcio: the same frames again, cached (transport and client only)",
+                    cached,
+                    limit,
+                    None,
+                );
+                for (c, fields) in cold.iter().zip(["keep_behind 0", "default request fields"]) {
+                    let figure = format!("Python grpcio: cold random, GOP 250, {fields} (median)");
+                    match pyav250_auto {
+                        Some(p) => {
+                            let r = c.as_secs_f64() / p.as_secs_f64();
+                            report.add(&figure, ms(*c), format!("PyAV AUTO {}", ms(p)), Some(r), "", None)
+                        }
+                        None => report.add(&figure, ms(*c), String::new(), None, "", None),
+                    }
+                }
+            }
+            Err(e) => eprintln!("Python client figures unavailable: {e}"),
+        }
     }
 
     // Load: 8 videos, zipf, many clients, a cache of 256 MiB.
