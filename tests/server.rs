@@ -88,6 +88,15 @@ async fn start() -> Daemon {
     start_with(|_| {}).await
 }
 
+/// A daemon with one decoder in all, so that every request meets the others on it.
+async fn start_with_one_decoder() -> Daemon {
+    start_with(|c| {
+        c.decoder.max_total = 1;
+        c.decoder.max_per_video = 1;
+    })
+    .await
+}
+
 fn by_index(video: &str, i: i64) -> pb::FrameRequest {
     pb::FrameRequest {
         video: video.into(),
@@ -222,11 +231,7 @@ async fn stepping_back_right_after_a_cold_answer_waits_on_the_fill_not_a_second_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interactive_request_does_not_wait_behind_a_stream_on_its_decoder() {
-    let d = start_with(|c| {
-        c.decoder.max_total = 1;
-        c.decoder.max_per_video = 1;
-    })
-    .await;
+    let d = start_with_one_decoder().await;
     let long = long_video(&d.media);
     let mut streamer = d.client().await;
     // The stream's first frame is the end of a 900-frame GOP: its first job holds the only
@@ -388,11 +393,7 @@ async fn slow_stream_readers_hold_at_most_the_inflight_budget_and_clicks_still_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_targets_in_one_gop_are_served_by_one_forward_scan() {
-    let d = start_with(|c| {
-        c.decoder.max_total = 1;
-        c.decoder.max_per_video = 1;
-    })
-    .await;
+    let d = start_with_one_decoder().await;
     let long = long_video(&d.media);
     let mut c = d.client().await;
     let mut slow = c.clone();
@@ -902,11 +903,7 @@ async fn the_backtrack_window_is_complete_in_the_gop_even_after_reading_in_anoth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_whose_clients_have_gone_are_never_decoded() {
-    let d = start_with(|c| {
-        c.decoder.max_total = 1;
-        c.decoder.max_per_video = 1;
-    })
-    .await;
+    let d = start_with_one_decoder().await;
     let long = long_video(&d.media);
     let mut c = d.client().await;
     let mut slow = d.client().await;

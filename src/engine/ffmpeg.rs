@@ -119,6 +119,24 @@ pub struct StreamInfo {
     pub byte_seekable: bool,
 }
 
+#[cfg(test)]
+impl StreamInfo {
+    /// An h264-in-mp4 stream of `size` pixels square at `fps` (time base 1/fps), for tests of
+    /// the pure logic over indexes.
+    pub fn for_tests(size: u32, fps: i32) -> StreamInfo {
+        StreamInfo {
+            codec: "h264".into(),
+            container: "mp4".into(),
+            pixel_format: "yuv420p".into(),
+            width: size,
+            height: size,
+            time_base: crate::units::TimeBase { num: 1, den: fps },
+            header_fps: fps as f64,
+            byte_seekable: true,
+        }
+    }
+}
+
 /// One packet's bookkeeping as read from the demuxer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketMeta {

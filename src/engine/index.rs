@@ -323,19 +323,9 @@ fn finish(mut index: VideoIndex, packet_durations: &[f64]) -> VideoIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::TimeBase;
 
     fn stream() -> StreamInfo {
-        StreamInfo {
-            codec: "h264".into(),
-            container: "mp4".into(),
-            pixel_format: "yuv420p".into(),
-            width: 64,
-            height: 64,
-            time_base: TimeBase { num: 1, den: 25 },
-            header_fps: 25.0,
-            byte_seekable: true,
-        }
+        StreamInfo::for_tests(64, 25)
     }
 
     fn pkt(pts: i64, dts: i64, key: bool) -> PacketMeta {

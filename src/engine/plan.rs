@@ -82,20 +82,10 @@ pub fn cost(index: &VideoIndex, position: Option<Position>, target: FrameIndex, 
 mod tests {
     use super::*;
     use crate::engine::ffmpeg::{PacketMeta, StreamInfo};
-    use crate::units::TimeBase;
 
     /// Two closed GOPs of 5 frames, I P B B P each (display I B B P P).
     fn index() -> VideoIndex {
-        let stream = StreamInfo {
-            codec: "h264".into(),
-            container: "mp4".into(),
-            pixel_format: "yuv420p".into(),
-            width: 8,
-            height: 8,
-            time_base: TimeBase { num: 1, den: 10 },
-            header_fps: 10.0,
-            byte_seekable: true,
-        };
+        let stream = StreamInfo::for_tests(8, 10);
         let order = [(0, true), (3, false), (1, false), (2, false), (4, false)];
         let mut packets = Vec::new();
         for gop in 0..2 {

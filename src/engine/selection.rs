@@ -138,20 +138,10 @@ impl Selection {
 mod tests {
     use super::*;
     use crate::engine::ffmpeg::{PacketMeta, StreamInfo};
-    use crate::units::TimeBase;
 
     /// Ten frames at 10 fps, all keyframes: frame i is on screen from i/10 s.
     fn index() -> VideoIndex {
-        let stream = StreamInfo {
-            codec: "h264".into(),
-            container: "mp4".into(),
-            pixel_format: "yuv420p".into(),
-            width: 8,
-            height: 8,
-            time_base: TimeBase { num: 1, den: 10 },
-            header_fps: 10.0,
-            byte_seekable: true,
-        };
+        let stream = StreamInfo::for_tests(8, 10);
         let packets: Vec<PacketMeta> = (0..10)
             .map(|i| PacketMeta { pts: Some(i), dts: Some(i), pos: 0, duration: 1, key: true, discard: false })
             .collect();
