@@ -307,7 +307,7 @@ impl WorkerThread {
         if let Some(class) = self.inbox.waiting() {
             self.inbox.set_priority(class);
         }
-        let threads = self.codec_threads();
+        let threads = self.codec_threads(false);
         let decoder = FrameDecoder::open(
             &self.video.id.path,
             &self.video.name,
@@ -334,7 +334,7 @@ impl WorkerThread {
                 self.busy.clone()
             });
             let _busy = BusyGuard(_busy);
-            decoder.set_threads(self.codec_threads());
+            decoder.set_threads(self.codec_threads(class != Class::Speculative));
             let Queued { seq, class: cell, cpu, work } = job;
             if closing && self.inbox.evicted() {
                 self.give_back(work);
@@ -361,9 +361,11 @@ impl WorkerThread {
         }
     }
 
-    /// Codec threads for this decoder now: every core when no other decoder works.
-    fn codec_threads(&self) -> usize {
-        let busy_elsewhere = self.busy.load(Ordering::Acquire).saturating_sub(1);
+    /// Codec threads for this decoder now: every core when no other decoder works. `counted`:
+    /// this decoder is running a job, so the busy count includes it.
+    fn codec_threads(&self, counted: bool) -> usize {
+        let busy = self.busy.load(Ordering::Acquire);
+        let busy_elsewhere = if counted { busy.saturating_sub(1) } else { busy };
         schedule::codec_threads(self.config.threads, busy_elsewhere, self.cores)
     }
 
