@@ -57,7 +57,7 @@ pub enum Class {
 impl Class {
     pub const ALL: [Class; 4] = [Class::Interactive, Class::Stream, Class::Bulk, Class::Speculative];
 
-    fn from_u8(v: u8) -> Class {
+    pub(crate) fn from_u8(v: u8) -> Class {
         match v {
             0 => Class::Interactive,
             1 => Class::Stream,

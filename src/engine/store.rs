@@ -103,30 +103,37 @@ impl Submission {
     }
 
     fn submit(self) {
+        if let Some(reply) = self.try_submit(self.reply()) {
+            let runtime = self.runtime.clone();
+            runtime.spawn(self.wait_for_room(reply));
+        }
+    }
+
+    /// One attempt: sent, or refused as overload (which answers the waiters), or no room yet
+    /// (the reply comes back to try again).
+    fn try_submit(&self, reply: crate::engine::pool::Reply) -> Option<crate::engine::pool::Reply> {
         let (index, spec) = (self.key.index, self.key.spec);
-        match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class, self.reply()) {
-            Ok(()) => {}
-            Err(SubmitError::Overloaded(e)) => self.registry.complete(self.key, Err(e)),
-            Err(SubmitError::NoRoom(reply)) => {
-                let runtime = self.runtime.clone();
-                runtime.spawn(self.wait_for_room(reply));
+        match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class, reply) {
+            Ok(()) => None,
+            Err(SubmitError::Overloaded(e)) => {
+                self.registry.complete(self.key.clone(), Err(e));
+                None
             }
+            Err(SubmitError::NoRoom(back)) => Some(back),
         }
     }
 
     async fn wait_for_room(self, mut reply: crate::engine::pool::Reply) {
         let _waiting = self.pool.waiting_for_room(self.class);
         let room = self.pool.room();
-        let (index, spec) = (self.key.index, self.key.spec);
         let deadline = tokio::time::Instant::now() + self.patience;
         loop {
             let notified = room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class, reply) {
-                Ok(()) => return,
-                Err(SubmitError::Overloaded(e)) => return self.registry.complete(self.key, Err(e)),
-                Err(SubmitError::NoRoom(back)) => reply = back,
+            match self.try_submit(reply) {
+                None => return,
+                Some(back) => reply = back,
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {

@@ -108,6 +108,12 @@ impl Inbox {
         self.evicted.load(Ordering::Acquire)
     }
 
+    /// Whether a job of class `running` must stop at this frame boundary: more urgent work is
+    /// queued, or the decoder was closed for it.
+    fn must_yield(&self, running: Class) -> bool {
+        schedule::must_yield(running, self.waiting()) || self.evicted()
+    }
+
     /// Run the decoder thread at `class`'s CPU priority (called by the thread at each job).
     fn set_priority(&self, class: Class) {
         if self.priorities
@@ -129,12 +135,17 @@ impl Inbox {
 
     pub(crate) fn push(&self, class: Arc<ClassCell>, work: Work) {
         self.prioritise(class.get());
+        let cpu = class.get();
         let mut state = self.state.lock();
+        self.enqueue(&mut state, class, cpu, work);
+    }
+
+    /// A new job at the end of the line; the decoder is woken for it.
+    fn enqueue(&self, state: &mut InboxState, class: Arc<ClassCell>, cpu: Class, work: Work) {
         let seq = state.next_seq;
         state.next_seq += 1;
-        let cpu = class.get();
         state.jobs.push(Queued { seq, class, cpu, work });
-        self.refresh(&state);
+        self.refresh(state);
         self.ready.notify_one();
     }
 
@@ -209,12 +220,8 @@ impl Inbox {
                 return true;
             }
         }
-        let seq = state.next_seq;
-        state.next_seq += 1;
         let class = Arc::new(ClassCell::new(Class::Speculative));
-        state.jobs.push(Queued { seq, class, cpu: reader, work: Work::Ahead { until, spec } });
-        self.refresh(&state);
-        self.ready.notify_one();
+        self.enqueue(&mut state, class, reader, Work::Ahead { until, spec });
         true
     }
 
@@ -247,7 +254,7 @@ impl Inbox {
 }
 
 fn class_of(v: u8) -> Option<Class> {
-    (v != NONE).then(|| Class::ALL.into_iter().find(|c| *c as u8 == v).unwrap_or(Class::Speculative))
+    (v != NONE).then(|| Class::from_u8(v))
 }
 
 /// Whether this process may move a thread's nice value up and back down again (a probe on a
@@ -282,6 +289,15 @@ pub(crate) struct WorkerThread {
 
 /// Counts a decoder as busy (for adaptive codec threads) while a non-speculative job runs.
 struct BusyGuard(Option<Arc<AtomicUsize>>);
+
+impl BusyGuard {
+    fn enter(busy: &Arc<AtomicUsize>, counts: bool) -> BusyGuard {
+        BusyGuard(counts.then(|| {
+            busy.fetch_add(1, Ordering::AcqRel);
+            busy.clone()
+        }))
+    }
+}
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
@@ -329,11 +345,7 @@ impl WorkerThread {
         while let Some((job, closing)) = self.inbox.take(|q| self.describe(q, Some(&decoder))) {
             let class = job.class.get();
             self.inbox.set_priority(class.min(job.cpu));
-            let _busy = (class != Class::Speculative).then(|| {
-                self.busy.fetch_add(1, Ordering::AcqRel);
-                self.busy.clone()
-            });
-            let _busy = BusyGuard(_busy);
+            let _busy = BusyGuard::enter(&self.busy, class != Class::Speculative);
             decoder.set_threads(self.codec_threads(class != Class::Speculative));
             let Queued { seq, class: cell, cpu, work } = job;
             if closing && self.inbox.evicted() {
@@ -344,7 +356,7 @@ impl WorkerThread {
                 self.cancel_fills();
             }
             let more = match work {
-                Work::Frame(job) => self.frame(&mut decoder, job, class),
+                Work::Frame(job) => self.frame(&mut decoder, job, class, closing),
                 Work::Ahead { until, spec } => {
                     if closing {
                         None
@@ -401,23 +413,14 @@ impl WorkerThread {
     /// This decoder was closed for more urgent work: hand back every request a job stands for,
     /// to be submitted again elsewhere (or here again, once room allows).
     fn give_back(&self, work: Work) {
-        match work {
-            Work::Frame(job) => {
-                self.stats.preempted.inc();
-                self.job_done(|| (job.reply)(Err(EngineError::Preempted)))
-            }
-            Work::Fill { frames, spec } => {
-                for i in frames {
-                    if self.registry.release(&self.video, &spec, i) {
-                        self.registry.fail(&self.video, &spec, i, EngineError::Preempted);
-                    }
-                }
-            }
-            Work::Ahead { .. } => {}
+        if matches!(work, Work::Frame(_)) {
+            self.stats.preempted.inc();
         }
+        self.fail(work, &EngineError::Preempted);
     }
 
-    /// Answer every request a job stands for with `error` (the decoder could not open).
+    /// Answer every request a job stands for with `error` (the decoder could not open, or was
+    /// closed for more urgent work: [`EngineError::Preempted`] makes the requests resubmit).
     fn fail(&self, work: Work, error: &EngineError) {
         match work {
             Work::Frame(job) => self.job_done(|| (job.reply)(Err(error.clone()))),
@@ -431,7 +434,7 @@ impl WorkerThread {
     }
 
     /// A request's frame. Returns the job when it yielded to more urgent work.
-    fn frame(&self, decoder: &mut FrameDecoder, job: Job, class: Class) -> Option<Work> {
+    fn frame(&self, decoder: &mut FrameDecoder, job: Job, class: Class, closing: bool) -> Option<Work> {
         tracing::trace!(video = %self.video.name, decoder = self.id, target = job.target.0, class = class.name(), "job");
         let registry = &self.registry;
         let video = &self.video;
@@ -456,7 +459,7 @@ impl WorkerThread {
         let inbox = &self.inbox;
         let result =
             decoder.frame_keeping(job.target, &spec, keep, &mut |f| registry.side_frame(video, &spec, f), &mut || {
-                schedule::must_yield(class, inbox.waiting()) || inbox.evicted()
+                inbox.must_yield(class)
             });
         let result = match result {
             Ok(None) => return Some(Work::Frame(job)),
@@ -465,7 +468,7 @@ impl WorkerThread {
         };
         // The window to fill, registered in flight before the answer leaves, so a client that
         // steps back at once waits for the fill rather than starting a cold decode of its own.
-        let fill = if class == Class::Interactive && job.keep_behind > 0 && result.is_ok() && !self.inbox_closed() {
+        let fill = if class == Class::Interactive && job.keep_behind > 0 && result.is_ok() && !closing {
             self.reserve_fill(job.target, job.keep_behind, &spec)
         } else {
             None
@@ -476,10 +479,6 @@ impl WorkerThread {
             self.inbox.push(cell, Work::Fill { frames: frames.into(), spec });
         }
         None
-    }
-
-    fn inbox_closed(&self) -> bool {
-        self.inbox.state.lock().closed
     }
 
     /// Register the frames of the backtrack window behind `target` that are missing, for a fill.
@@ -537,7 +536,7 @@ impl WorkerThread {
         let class = cell.get();
         let inbox = &self.inbox;
         let result = decoder.frame_keeping(next, &spec, 0, &mut |f| registry.side_frame(video, &spec, f), &mut || {
-            schedule::must_yield(class, inbox.waiting()) || inbox.evicted()
+            inbox.must_yield(class)
         });
         match result {
             Ok(None) => {}
@@ -586,9 +585,9 @@ impl WorkerThread {
         let registry = &self.registry;
         let video = &self.video;
         let inbox = &self.inbox;
-        match decoder.frame_keeping(next, &raw, 0, &mut |f| registry.side_frame(video, &raw, f), &mut || {
-            schedule::must_yield(class, inbox.waiting()) || inbox.evicted()
-        }) {
+        match decoder
+            .frame_keeping(next, &raw, 0, &mut |f| registry.side_frame(video, &raw, f), &mut || inbox.must_yield(class))
+        {
             Ok(Some(f)) => registry.side_frame(video, &raw, f),
             Ok(None) => {}
             Err(_) => return None,
