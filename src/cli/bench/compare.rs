@@ -681,12 +681,12 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
     }
     // Cold random with the request fields a new user sends (none), then as a data loader asks
     // (keep_behind 0), each on a fresh daemon, against PyAV in its best configuration.
-    for (clip, name, indices, reference) in
-        [(&g50, "g50.mp4", &cold50, pyav50_auto), (&g250, "g250.mp4", &cold250, pyav250_auto)]
-    {
-        if !args.wants("cold") {
-            break;
-        }
+    let cold_clips = if args.wants("cold") {
+        vec![(&g50, "g50.mp4", &cold50, pyav50_auto), (&g250, "g250.mp4", &cold250, pyav250_auto)]
+    } else {
+        Vec::new()
+    };
+    for (clip, name, indices, reference) in cold_clips {
         for keep_behind in [None, Some(0)] {
             on_fresh_daemon(runtime, &media, "1GiB", args, async |_, mut c| {
                 let mut lat = Vec::new();
