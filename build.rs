@@ -11,6 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([proto], ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("framesrv_descriptor.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure().bytes(".framesrv.v1.Frame.data").compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        .bytes(".framesrv.v1.Frame.data")
+        .bytes(".framesrv.v1.Storyboard.image")
+        .bytes(".framesrv.v1.ClipChunk.data")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -26,6 +26,10 @@ pub struct Config {
     pub cache_size: ByteSize,
     /// tracing filter (`info`, `debug`, `framesrv=debug`); RUST_LOG wins when set.
     pub log_level: String,
+    /// Where computed tables (frame hashes) are kept across restarts, keyed by each file's
+    /// identity. Empty: `$XDG_CACHE_HOME/framesrv`, else `~/.cache/framesrv`; `none`: keep
+    /// nothing on disk.
+    pub state_dir: String,
     pub decoder: DecoderConfig,
     pub limits: LimitsConfig,
 }
@@ -79,6 +83,8 @@ pub struct LimitsConfig {
     /// Bytes of frames handed to responses and not yet taken by the transport (slow readers,
     /// stream look-ahead); past it new work waits. 0: unbounded.
     pub inflight_bytes: ByteSize,
+    /// Frames one ExportClip call may encode.
+    pub max_clip_frames: usize,
 }
 
 impl Default for Config {
@@ -88,6 +94,7 @@ impl Default for Config {
             media_roots: vec![PathBuf::from("./media")],
             cache_size: ByteSize::mib(512),
             log_level: "info".into(),
+            state_dir: String::new(),
             decoder: DecoderConfig::default(),
             limits: LimitsConfig::default(),
         }
@@ -123,6 +130,7 @@ impl Default for LimitsConfig {
             max_message_size: ByteSize::mib(64),
             max_keep_behind: 300,
             inflight_bytes: ByteSize::mib(128),
+            max_clip_frames: 3000,
         }
     }
 }
@@ -180,6 +188,7 @@ impl Config {
             buffer_pool: self.decoder.buffer_pool,
             decoder_wait: self.request_timeout(),
             inflight: self.limits.inflight_bytes,
+            state_dir: self.state_dir(),
             pool: PoolConfig {
                 max_per_video: self.decoder.max_per_video,
                 max_total: self.decoder.max_total,
@@ -195,6 +204,19 @@ impl Config {
                     continue_slack: 4,
                 },
             },
+        }
+    }
+
+    /// The state directory `state_dir` names (see there), or `None` for none.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        match self.state_dir.as_str() {
+            "none" => None,
+            "" => std::env::var_os("XDG_CACHE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("framesrv")),
+            dir => Some(PathBuf::from(dir)),
         }
     }
 

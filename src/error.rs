@@ -31,6 +31,8 @@ pub enum RequestError {
     BatchTooLarge { count: u64, max: u64 },
     #[error("{0}")]
     BadRange(String),
+    #[error("{field} = {value:?} is not one of {expected}")]
+    NotOneOf { field: &'static str, value: String, expected: &'static str },
     #[error("the request took longer than {0:.1}s")]
     Timeout(f64),
 }
@@ -76,7 +78,8 @@ impl Error {
                 | RequestError::UnknownEnum { .. }
                 | RequestError::TooLarge { .. }
                 | RequestError::BatchTooLarge { .. }
-                | RequestError::BadRange(_) => Code::InvalidArgument,
+                | RequestError::BadRange(_)
+                | RequestError::NotOneOf { .. } => Code::InvalidArgument,
                 RequestError::Timeout(_) => Code::DeadlineExceeded,
             },
             Error::Roots(e) => match e {

@@ -6,36 +6,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::daemon::Daemon;
 use common::*;
 use framesrv::config::Config;
-use framesrv::engine::store::FrameStore;
-use framesrv::media_roots::MediaRoots;
 use framesrv::proto::v1 as pb;
 use framesrv::proto::v1::frame_server_client::FrameServerClient;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::Code;
-
-struct Daemon {
-    addr: String,
-    store: Arc<FrameStore>,
-    stop: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<Result<(), framesrv::server::ServerError>>,
-    _dir: tempfile::TempDir,
-    media: PathBuf,
-    outside: PathBuf,
-}
-
-impl Daemon {
-    async fn client(&self) -> FrameServerClient<Channel> {
-        FrameServerClient::connect(self.addr.clone()).await.unwrap().max_decoding_message_size(64 << 20)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.handle.await.unwrap().unwrap();
-    }
-}
 
 /// The media root every test here serves: a barcode h264 video, a few files that are not
 /// videos, and traps that point outside the root.
@@ -71,17 +48,8 @@ fn media(dir: &Path) -> (PathBuf, PathBuf) {
 
 async fn start_with(configure: impl FnOnce(&mut Config)) -> Daemon {
     let dir = scratch();
-    let (media, outside) = media(dir.path());
-    let mut config = Config { media_roots: vec![media.clone()], ..Config::default() };
-    configure(&mut config);
-    let store = Arc::new(FrameStore::new(MediaRoots::new(&config.media_roots).unwrap(), config.store_config()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(framesrv::server::run_with_store(listener, config, store.clone(), async move {
-        let _ = rx.await;
-    }));
-    Daemon { addr, store, stop: Some(tx), handle, _dir: dir, media, outside }
+    media(dir.path());
+    Daemon::start(dir, configure).await
 }
 
 async fn start() -> Daemon {
@@ -113,20 +81,6 @@ fn batch(video: &str, selection: pb::frames_request::Selection) -> pb::FramesReq
 
 fn range(start: i64, stop: i64, step: i64) -> pb::frames_request::Selection {
     pb::frames_request::Selection::Range(pb::IndexRange { start, stop, step })
-}
-
-/// Wait until the decoders have settled (no frame decoded for 150 ms): speculative work such as
-/// the backtrack fill has finished.
-async fn settle(d: &Daemon) {
-    let mut last = u64::MAX;
-    loop {
-        let now = d.store.stats().frames_decoded;
-        if now == last {
-            return;
-        }
-        last = now;
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    }
 }
 
 /// One GOP of 900 960x540 P-frames: a request near its end keeps a decoder busy for a second or
@@ -202,7 +156,7 @@ async fn repeated_and_backward_steps_are_cache_hits() {
     let again = c.request_frame(by_index("a.mp4", 40)).await.unwrap().into_inner();
     assert!(again.cache_hit);
     assert_eq!(first.data, again.data);
-    settle(&d).await;
+    d.settle().await;
     let decoded = d.store.stats().frames_decoded;
     for i in (36..40).rev() {
         let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
@@ -316,7 +270,7 @@ async fn streams_on_as_many_videos_as_decoders_keep_their_decoders() {
     // A decoder of a third video, idle: the second stream closes it to get a slot, and nothing
     // else may be closed on the way (a stream's decoder between two frames looks idle too).
     c.request_frame(pb::FrameRequest { keep_behind: Some(0), ..by_index("a.mp4", 3) }).await.unwrap();
-    settle(&d).await;
+    d.settle().await;
     let before = d.store.stats();
     let mut streams = Vec::new();
     for v in ["long.mp4", "long2.mp4"] {
@@ -551,7 +505,7 @@ async fn expect_code(c: &mut FrameServerClient<Channel>, req: pb::FrameRequest, 
 async fn every_bad_input_gets_its_status_and_the_daemon_keeps_serving() {
     let d = start_with(|c| c.limits.max_batch_frames = 100).await;
     let mut c = d.client().await;
-    let outside = d.outside.display().to_string();
+    let outside = d.dir.path().join("outside").display().to_string();
     expect_code(&mut c, by_index("missing.mp4", 0), Code::NotFound, "missing.mp4").await;
     expect_code(&mut c, by_index("", 0), Code::InvalidArgument, "video").await;
     expect_code(&mut c, by_index("../outside/secret.mp4", 0), Code::PermissionDenied, "..").await;
@@ -743,8 +697,8 @@ async fn shutdown_lets_in_flight_streams_finish() {
     let mut stream = c.request_frames(batch("a.mp4", range(0, 60, 1))).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.index, 0);
-    let Daemon { stop, handle, _dir, .. } = d;
-    let _ = stop.unwrap().send(());
+    let mut d = d;
+    d.signal_stop();
     let mut count = 1;
     loop {
         match stream.message().await {
@@ -754,8 +708,7 @@ async fn shutdown_lets_in_flight_streams_finish() {
         }
     }
     assert_eq!(count, 60, "the stream in flight completed");
-    handle.await.unwrap().unwrap();
-    drop(_dir);
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -804,7 +757,7 @@ async fn keep_behind_chooses_how_much_of_the_scan_is_cached() {
     assert!(!c.request_frame(probe).await.unwrap().into_inner().cache_hit, "nothing kept behind 40");
     let cold = pb::FrameRequest { keep_behind: Some(5), ..by_index("a.mp4", 20) };
     c.request_frame(cold).await.unwrap();
-    settle(&d).await;
+    d.settle().await;
     for i in 15..20 {
         assert!(c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner().cache_hit, "frame {i} kept");
     }
@@ -893,7 +846,7 @@ async fn the_backtrack_window_is_complete_in_the_gop_even_after_reading_in_anoth
     // Full-size frame 23 (its GOP starts at 12), then stepping back through the GOP: every
     // step must be a hit although the decoder had passed 12..18 without keeping them.
     c.request_frame(by_index("a.mp4", 23)).await.unwrap();
-    settle(&d).await;
+    d.settle().await;
     for i in (12..23).rev() {
         let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
         assert!(f.cache_hit, "frame {i} behind 23 was kept");

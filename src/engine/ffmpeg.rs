@@ -24,7 +24,10 @@ use ff::ffi;
 use ffmpeg_next as ff;
 
 use crate::engine::output::PixelFormat;
+
+mod encode;
 use crate::units::{Pts, TimeBase};
+pub use encode::{ClipCodec, ClipEncoder};
 
 /// Demuxers a request may reach. Each reads one self-contained file; playlist and
 /// concatenation demuxers (hls, dash, concat, image2 patterns) are deliberately absent.
@@ -47,6 +50,8 @@ pub enum FfmpegError {
     Decode(String),
     #[error("pixel conversion failed: {0}")]
     Convert(String),
+    #[error("encoding failed: {0}")]
+    Encode(String),
 }
 
 /// Initialise FFmpeg once per process and keep its logging quiet: the daemon reports errors

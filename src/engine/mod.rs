@@ -18,12 +18,26 @@
 //! - [`output`]: pixel formats, sizes and PNG/JPEG encoding.
 //! - [`budget`]: the bytes of frames on their way to clients, bounded (slow readers wait).
 //! - [`buffers`]: recycled pixel buffers (fresh multi-MB allocations cost page zeroing).
+//!
+//! Beside the frame path, work over many frames of a video:
+//! - [`bulk`]: passes over many frames at the bulk class, in lanes on several decoders, each
+//!   frame handed to a sink on its decoder thread instead of the cache.
+//! - [`hashes`] (what a fingerprint is, how a table is stored) and [`fingerprints`] (a video's
+//!   table, computed once by a pass, kept in memory and on disk); [`dups`] finds repeated
+//!   frames and loops in tables.
+//! - [`storyboard`]: thumbnail grids from keyframes or exact frames.
+//! - [`clip`]: frames encoded into a container in memory and streamed.
 
 pub mod budget;
 pub mod buffers;
+pub mod bulk;
 pub mod cache;
+pub mod clip;
 pub mod decoder;
+pub mod dups;
 pub mod ffmpeg;
+pub mod fingerprints;
+pub mod hashes;
 pub mod index;
 pub mod output;
 pub mod plan;
@@ -33,6 +47,7 @@ pub mod schedule;
 pub mod selection;
 pub mod stats;
 pub mod store;
+pub mod storyboard;
 pub mod video;
 pub mod worker;
 
@@ -81,6 +96,7 @@ impl EngineError {
             | FfmpegError::Seek(reason)
             | FfmpegError::Decode(reason)
             | FfmpegError::Convert(reason) => EngineError::DecodeFailed { video, reason },
+            FfmpegError::Encode(reason) => EngineError::EncodeFailed { video, reason },
         }
     }
 }

@@ -42,8 +42,8 @@ pub use crate::engine::schedule::PoolConfig;
 use crate::engine::schedule::{self, Class, ClassCell, Occupant};
 use crate::engine::stats::EngineStats;
 pub use crate::engine::video::{OpenVideo, VideoId};
-pub use crate::engine::worker::Reply;
 use crate::engine::worker::{cpu_priorities_work, scopeguard, Inbox, Job, Work, WorkerThread};
+pub use crate::engine::worker::{Pass, PassReply, Reply};
 use crate::engine::EngineError;
 use crate::units::FrameIndex;
 
@@ -86,10 +86,10 @@ impl Drop for Worker {
 }
 
 /// Why a job was not sent.
-pub enum SubmitError {
+pub enum SubmitError<T = Reply> {
     /// Every decoder slot is taken and none could be freed right now: wait for
-    /// [`DecoderPool::room`] and try again with the reply handed back.
-    NoRoom(Reply),
+    /// [`DecoderPool::room`] and try again with the job handed back.
+    NoRoom(T),
     /// Too much work is already queued.
     Overloaded(EngineError),
 }
@@ -156,6 +156,52 @@ impl DecoderPool {
         reply: Reply,
     ) -> Result<(), SubmitError> {
         let mut workers = self.workers.lock();
+        let w = match self.route(&mut workers, video, target, target, class) {
+            Ok(w) => w,
+            Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom(reply)),
+            Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
+        };
+        let keep_behind = keep_behind.unwrap_or(self.config.decode.keep_behind);
+        let job = Job { target, spec, keep_behind, reply };
+        w.inbox.push(Arc::new(ClassCell::new(class)), Work::Frame(job));
+        Ok(())
+    }
+
+    /// Send a bulk pass (or one lane of it) to the decoder that reaches its first frame
+    /// cheapest; a pass starting far from every decoder of its video gets a decoder of its own
+    /// when the bounds allow, so the lanes of one pass decode in parallel.
+    pub fn submit_pass(
+        &self,
+        video: &Arc<OpenVideo>,
+        pass: Pass,
+        class: Class,
+        reply: PassReply,
+    ) -> Result<(), SubmitError<(Pass, PassReply)>> {
+        let Some(&first) = pass.frames.front() else {
+            reply(pass, Ok(()));
+            return Ok(());
+        };
+        let last = pass.frames.back().copied().unwrap_or(first);
+        let mut workers = self.workers.lock();
+        let w = match self.route(&mut workers, video, first, last, class) {
+            Ok(w) => w,
+            Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom((pass, reply))),
+            Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
+        };
+        w.inbox.push(Arc::new(ClassCell::new(class)), Work::Pass(pass, reply));
+        Ok(())
+    }
+
+    /// The decoder a job of `class` for `target` goes to, counted as queued there (see the
+    /// module docs for the rule); the job leaves it at `until`.
+    fn route<'a>(
+        &self,
+        workers: &'a mut Vec<Worker>,
+        video: &Arc<OpenVideo>,
+        target: FrameIndex,
+        until: FrameIndex,
+        class: Class,
+    ) -> Result<&'a mut Worker, SubmitError<()>> {
         let slack = self.config.decode.continue_slack;
         let index = &video.index;
         // Pick the decoder that reaches the target cheapest. Work queued on a decoder that will
@@ -188,10 +234,10 @@ impl DecoderPool {
             None => {
                 let at_bound = self.alive.load(Ordering::Acquire) >= self.bound(Some(class));
                 if at_bound && class != Class::Interactive && self.interactive_waiting.load(Ordering::Acquire) > 0 {
-                    return Err(SubmitError::NoRoom(reply));
+                    return Err(SubmitError::NoRoom(()));
                 }
-                if !self.make_room(&mut workers, Some(class)) {
-                    return Err(SubmitError::NoRoom(reply));
+                if !self.make_room(workers, Some(class)) {
+                    return Err(SubmitError::NoRoom(()));
                 }
                 workers.push(self.spawn(video));
                 workers.len() - 1
@@ -213,7 +259,7 @@ impl DecoderPool {
             Some((id, _, _)) => match workers.iter().position(|w| w.id == id) {
                 Some(i) => i,
                 // It was the idle decoder closed to make room: wait for a slot.
-                None => return Err(SubmitError::NoRoom(reply)),
+                None => return Err(SubmitError::NoRoom(())),
             },
         };
         tracing::trace!(video = %video.name, target = target.0, decoder = workers[chosen].id, class = class.name(), same_video, cold_cost, "routed");
@@ -227,17 +273,14 @@ impl DecoderPool {
         w.last_used = Instant::now();
         w.predicted = Some(Position {
             next_packet: index
-                .frame(target)
+                .frame(until)
                 .and_then(|f| f.packet)
                 .map(|p| crate::units::PacketNo(p.0 + 1))
-                .unwrap_or(crate::units::PacketNo(target.0 + 1)),
-            last_output: Some(target),
+                .unwrap_or(crate::units::PacketNo(until.0 + 1)),
+            last_output: Some(until),
             ended: false,
         });
-        let keep_behind = keep_behind.unwrap_or(self.config.decode.keep_behind);
-        let job = Job { target, spec, keep_behind, reply };
-        w.inbox.push(Arc::new(ClassCell::new(class)), Work::Frame(job));
-        Ok(())
+        Ok(w)
     }
 
     /// A client (whose requests are of class `reader`) read `index` right after `index - 1`:

@@ -30,6 +30,9 @@ pub enum Selection {
     TimeRange { start_s: f64, stop_s: f64 },
     /// These frames, in this order (negative counts from the end).
     Indices(Vec<i64>),
+    /// Every `every`-th keyframe (0 and 1: each one), optionally only those presented from
+    /// `start_s` up to (not including) `stop_s`.
+    Keyframes { every: u32, within: Option<(f64, f64)> },
 }
 
 /// Why a selection cannot be served (besides an index or time out of range).
@@ -130,6 +133,31 @@ impl Selection {
                 too_many(list.len() as u64)?;
                 list.iter().map(|&i| Ok(Target::Index(i).resolve(name, index, false)?)).collect()
             }
+            &Selection::Keyframes { every, within } => {
+                if let Some((start_s, stop_s)) = within {
+                    for v in [start_s, stop_s] {
+                        if !v.is_finite() {
+                            return Err(SelectionError::BadTime(v));
+                        }
+                    }
+                    if stop_s < start_s {
+                        return Err(SelectionError::BadRange(format!(
+                            "time_range.stop_s = {stop_s} is before start_s = {start_s}"
+                        )));
+                    }
+                }
+                let inside = |t: f64| within.is_none_or(|(a, b)| t >= a && t < b);
+                let out: Vec<FrameIndex> = index
+                    .frames
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.key && inside(f.time_s))
+                    .map(|(i, _)| FrameIndex(i as u32))
+                    .step_by(every.max(1) as usize)
+                    .collect();
+                too_many(out.len() as u64)?;
+                Ok(out)
+            }
         }
     }
 }
@@ -201,6 +229,21 @@ mod tests {
         assert!(matches!(t(0.5, 0.2), Err(SelectionError::BadRange(_))));
         assert!(matches!(t(0.0, f64::INFINITY), Err(SelectionError::BadTime(_))));
         assert!(matches!(t(2.0, 3.0), Err(SelectionError::Engine(EngineError::TimeOutOfRange { .. }))));
+    }
+
+    #[test]
+    fn keyframes_are_selected_by_step_and_time() {
+        let stream = StreamInfo::for_tests(8, 10);
+        let packets: Vec<PacketMeta> = (0..20)
+            .map(|i| PacketMeta { pts: Some(i), dts: Some(i), pos: 0, duration: 1, key: i % 5 == 0, discard: false })
+            .collect();
+        let idx = VideoIndex::from_packets(stream, &packets).unwrap();
+        let k = |every, within| Selection::Keyframes { every, within }.resolve("v", &idx, 100);
+        assert_eq!(k(0, None).unwrap(), ids(&[0, 5, 10, 15]));
+        assert_eq!(k(2, None).unwrap(), ids(&[0, 10]));
+        assert_eq!(k(1, Some((0.5, 1.5))).unwrap(), ids(&[5, 10]));
+        assert_eq!(k(1, Some((0.6, 0.7))).unwrap(), ids(&[]));
+        assert!(matches!(k(1, Some((1.0, 0.5))), Err(SelectionError::BadRange(_))));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use futures::stream::{self, Stream, StreamExt};
+use futures::stream::{self, Stream, StreamExt, TryStreamExt};
 use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, OnceCell};
@@ -19,7 +19,12 @@ use tokio::sync::{oneshot, OnceCell};
 use crate::engine::budget::{Budget, Paid};
 use crate::engine::buffers::BufferPool;
 use crate::engine::cache::{Admission, CacheStats};
+use crate::engine::clip::{self, ClipChunk};
 use crate::engine::decoder::RawFrame;
+use crate::engine::dups;
+pub use crate::engine::ffmpeg::ClipCodec;
+use crate::engine::fingerprints::Fingerprints;
+use crate::engine::hashes::HashTable;
 use crate::engine::output::{self, Encoding, OutputSpec};
 use crate::engine::pool::{DecoderPool, OpenVideo, PoolConfig, SubmitError, VideoId};
 pub use crate::engine::registry::{CachedFrame, Frame, FrameMeta};
@@ -27,13 +32,14 @@ use crate::engine::registry::{FrameKey, Registry};
 use crate::engine::schedule::Class;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
+use crate::engine::storyboard::{self, Layout};
 use crate::engine::video::build_index;
 use crate::engine::EngineError;
 use crate::media_roots::{MediaRoots, RootsError};
 use crate::units::{ByteSize, FrameIndex};
 
 /// Everything a store needs to know, from config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub cache_size: ByteSize,
     pub max_open_videos: usize,
@@ -46,6 +52,8 @@ pub struct StoreConfig {
     pub decoder_wait: std::time::Duration,
     /// Bytes of frames handed to responses and not yet taken by the transport (0: unbounded).
     pub inflight: ByteSize,
+    /// Where computed tables (frame hashes) are kept across restarts; `None`: memory only.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +170,16 @@ pub struct FrameStore {
     videos: Mutex<LruCache<std::path::PathBuf, Arc<VideoSlot>>>,
     stats: Arc<EngineStats>,
     budget: Budget,
+    fingerprints: Fingerprints,
+}
+
+/// A storyboard: the grid as JPEG, its layout and the frame each tile shows.
+#[derive(Debug, Clone)]
+pub struct StoryboardImage {
+    pub jpeg: bytes::Bytes,
+    pub layout: Layout,
+    /// Per tile: the frame it shows and that frame's time.
+    pub tiles: Vec<(FrameIndex, f64)>,
 }
 
 impl FrameStore {
@@ -172,6 +190,8 @@ impl FrameStore {
         let buffers = BufferPool::new(config.buffer_pool);
         let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), registry.clone(), buffers));
         let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
+        let fingerprints = Fingerprints::new(pool.clone(), config.state_dir.clone(), config.pool.max_per_video);
+        let budget = Budget::new(config.inflight);
         FrameStore {
             recent: Mutex::new(HashMap::new()),
             roots,
@@ -180,7 +200,8 @@ impl FrameStore {
             pool,
             videos: Mutex::new(LruCache::new(cap)),
             stats,
-            budget: Budget::new(config.inflight),
+            budget,
+            fingerprints,
         }
     }
 
@@ -443,6 +464,91 @@ impl FrameStore {
                 }
             })
             .buffered(lookahead)
+    }
+
+    /// Every frame's fingerprints (with md5s when `md5`): computed once by a bulk pass, then
+    /// read from memory or the state directory.
+    pub async fn hashes(&self, video: &Arc<OpenVideo>, md5: bool) -> Result<Arc<HashTable>, EngineError> {
+        self.fingerprints.table(video, md5).await
+    }
+
+    /// Repeated frames and loops in `video` (or between it and `other`), from the fingerprints
+    /// (md5s included, for the exact groups).
+    pub async fn duplicates(
+        &self,
+        video: &Arc<OpenVideo>,
+        other: Option<&Arc<OpenVideo>>,
+        max_distance: u32,
+        min_loop_frames: u32,
+    ) -> Result<dups::Report, EngineError> {
+        let first = self.hashes(video, true).await?;
+        let second = match other {
+            Some(o) => Some(self.hashes(o, true).await?),
+            None => None,
+        };
+        tokio::task::spawn_blocking(move || {
+            dups::find(&first.frames, second.as_ref().map(|t| t.frames.as_slice()), max_distance, min_loop_frames)
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// `frames` (consecutive) encoded as a clip of `codec`, at the size `size` asks for,
+    /// streamed as the container's bytes.
+    pub fn clip(
+        &self,
+        video: Arc<OpenVideo>,
+        frames: Vec<FrameIndex>,
+        size: OutputSpec,
+        codec: ClipCodec,
+    ) -> impl Stream<Item = Result<ClipChunk, EngineError>> + Send + 'static {
+        clip::export(self.pool.clone(), video, frames, size, codec)
+    }
+
+    /// A storyboard of `layout.tiles` tiles (keyframes nearest evenly spaced times, or with
+    /// `exact` the frames at those times), as one JPEG grid.
+    pub async fn storyboard(
+        self: &Arc<Self>,
+        video: &Arc<OpenVideo>,
+        layout: Layout,
+        exact: bool,
+        jpeg_quality: u8,
+    ) -> Result<StoryboardImage, EngineError> {
+        let chosen = storyboard::frames(&video.index, layout.tiles, exact);
+        let mut unique = chosen.clone();
+        unique.sort();
+        unique.dedup();
+        let spec = OutputSpec {
+            encoding: Encoding::Raw,
+            pixel_format: output::PixelFormat::Rgb24,
+            max_width: layout.tile_width,
+            max_height: layout.tile_height,
+            jpeg_quality: 0,
+        };
+        let fetched: Vec<Frame> = self.frames(video.clone(), unique.clone(), spec).try_collect().await?;
+        let name = video.name.clone();
+        let times: Vec<(FrameIndex, f64)> = chosen.iter().map(|&f| (f, video.index.frames[f.get()].time_s)).collect();
+        let jpeg = tokio::task::spawn_blocking(move || {
+            let by_tile: Vec<(&[u8], u32, u32)> = chosen
+                .iter()
+                .map(|f| {
+                    let i = unique.binary_search(f).unwrap_or(0);
+                    let m = &fetched[i].meta;
+                    (&fetched[i].data[..], m.width, m.height)
+                })
+                .collect();
+            let grid = storyboard::compose(&layout, &by_tile);
+            let raw = output::RawSpec {
+                pixel_format: output::PixelFormat::Rgb24,
+                width: layout.width(),
+                height: layout.height(),
+            };
+            output::encode(&bytes::Bytes::from(grid), raw, Encoding::Jpeg, jpeg_quality)
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+        .map_err(|e| EngineError::EncodeFailed { video: name, reason: e.to_string() })?;
+        Ok(StoryboardImage { jpeg, layout, tiles: times })
     }
 
     pub fn stats(&self) -> StoreStats {

@@ -27,6 +27,23 @@ use crate::units::FrameIndex;
 
 pub type Reply = Box<dyn FnOnce(Result<RawFrame, EngineError>) + Send>;
 
+/// A bulk pass: frames decoded in ascending order and handed to a sink on the decoder thread,
+/// never cached (a pass over a whole video would flush everyone's frames).
+pub struct Pass {
+    /// Frames still to hand over, ascending.
+    pub frames: VecDeque<FrameIndex>,
+    pub spec: OutputSpec,
+    /// Takes each frame; answers false when nobody wants more (the pass then stops).
+    pub sink: Box<dyn FnMut(RawFrame) -> bool + Send>,
+    /// Whether the sink can take another frame now (a client reading slowly); `None`: always.
+    /// While it cannot, the pass waits between frames and gives way to more urgent work.
+    pub ready: Option<Box<dyn Fn() -> bool + Send>>,
+}
+
+/// How a pass ends: handed back with the frames not done (none on success). A pass given back
+/// with [`EngineError::Preempted`] is submitted again by its owner.
+pub type PassReply = Box<dyn FnOnce(Pass, Result<(), EngineError>) + Send>;
+
 pub(crate) struct Job {
     pub(crate) target: FrameIndex,
     pub(crate) spec: OutputSpec,
@@ -43,6 +60,8 @@ pub(crate) enum Work {
     Ahead { until: FrameIndex, spec: OutputSpec },
     /// The backtrack window behind a cold target, ascending, each frame registered in flight.
     Fill { frames: VecDeque<FrameIndex>, spec: OutputSpec },
+    /// A bulk pass (or a part of one).
+    Pass(Pass, PassReply),
 }
 
 pub(crate) struct Queued {
@@ -365,6 +384,7 @@ impl WorkerThread {
                     }
                 }
                 Work::Fill { frames, spec } => self.fill_one(&mut decoder, frames, spec, closing, &cell),
+                Work::Pass(pass, reply) => self.pass_some(&mut decoder, pass, reply, class),
             };
             *self.reported.lock() = decoder.position();
             if let Some(work) = more {
@@ -388,6 +408,7 @@ impl WorkerThread {
         let target = match &job.work {
             Work::Frame(j) => j.target,
             Work::Fill { frames, .. } => frames.front().copied().unwrap_or(FrameIndex(0)),
+            Work::Pass(pass, _) => pass.frames.front().copied().unwrap_or(FrameIndex(0)),
             Work::Ahead { until, .. } => {
                 position.and_then(|p| p.last_output).map(|l| FrameIndex(l.0 + 1)).unwrap_or(*until)
             }
@@ -429,7 +450,48 @@ impl WorkerThread {
                     self.registry.fail(&self.video, &spec, i, error.clone());
                 }
             }
+            Work::Pass(pass, reply) => self.job_done(|| reply(pass, Err(error.clone()))),
             Work::Ahead { .. } => {}
+        }
+    }
+
+    /// Frames of a bulk pass until it is done or more urgent work waits (the pass then goes
+    /// back in line with its progress). Returns the pass when it yielded.
+    fn pass_some(&self, decoder: &mut FrameDecoder, mut pass: Pass, reply: PassReply, class: Class) -> Option<Work> {
+        let inbox = &self.inbox;
+        loop {
+            let Some(&next) = pass.frames.front() else {
+                self.job_done(|| reply(pass, Ok(())));
+                return None;
+            };
+            if let Some(ready) = &pass.ready {
+                while !ready() {
+                    if inbox.must_yield(class) {
+                        return Some(Work::Pass(pass, reply));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+            // Frames that come out beyond the target in the same decode step wait in the
+            // decoder's look-ahead for the next call: nothing to keep on the side.
+            match decoder.frame_keeping(next, &pass.spec, 0, &mut |_| {}, &mut || inbox.must_yield(class)) {
+                Ok(None) => return Some(Work::Pass(pass, reply)),
+                Ok(Some(frame)) => {
+                    pass.frames.pop_front();
+                    if !(pass.sink)(frame) {
+                        pass.frames.clear();
+                        self.job_done(|| reply(pass, Ok(())));
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    self.job_done(|| reply(pass, Err(e)));
+                    return None;
+                }
+            }
+            if inbox.must_yield(class) {
+                return Some(Work::Pass(pass, reply));
+            }
         }
     }
 

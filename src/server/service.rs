@@ -13,7 +13,8 @@ use crate::config::LimitsConfig;
 use crate::engine::output::{Encoding, OutputSpec, PixelFormat};
 use crate::engine::pool::OpenVideo;
 use crate::engine::schedule::Class;
-use crate::engine::store::{Frame, FrameStore, Selection, Target};
+use crate::engine::store::{ClipCodec, Frame, FrameStore, Selection, Target};
+use crate::engine::storyboard::Layout;
 use crate::error::{Error, RequestError};
 use crate::proto::v1 as pb;
 use crate::units::FrameIndex;
@@ -125,23 +126,172 @@ impl FrameService {
 
     /// The frame indices a batch selects, checked against the video and the limits before the
     /// first frame is sent: the request becomes an engine [`Selection`], which resolves itself.
-    fn selection(
-        &self,
-        video: &OpenVideo,
-        selection: Option<pb::frames_request::Selection>,
-    ) -> Result<Vec<FrameIndex>, Error> {
-        let selection = match selection {
-            None => return Err(RequestError::MissingSelection.into()),
-            Some(pb::frames_request::Selection::Range(r)) => {
-                Selection::Range { start: r.start, stop: r.stop, step: r.step }
-            }
-            Some(pb::frames_request::Selection::TimeRange(t)) => {
-                Selection::TimeRange { start_s: t.start_s, stop_s: t.stop_s }
-            }
-            Some(pb::frames_request::Selection::Indices(list)) => Selection::Indices(list.indices),
-        };
+    fn selection(&self, video: &OpenVideo, selection: Option<Selection>) -> Result<Vec<FrameIndex>, Error> {
+        let selection = selection.ok_or(RequestError::MissingSelection)?;
         Ok(self.store.select(video, &selection, self.limits.max_batch_frames)?)
     }
+
+    async fn hashes_inner(&self, req: pb::FrameHashesRequest) -> Result<Vec<pb::FrameHash>, Error> {
+        let video = self.open(&req.video).await?;
+        let selection = match req.selection {
+            None => Selection::Range { start: 0, stop: 0, step: 1 },
+            Some(pb::frame_hashes_request::Selection::Range(r)) => range(r),
+            Some(pb::frame_hashes_request::Selection::TimeRange(t)) => time_range(t),
+            Some(pb::frame_hashes_request::Selection::Indices(l)) => Selection::Indices(l.indices),
+        };
+        let indices = self.store.select(&video, &selection, usize::MAX)?;
+        let table = self.store.hashes(&video, req.md5).await?;
+        Ok(indices
+            .into_iter()
+            .map(|i| {
+                let f = &table.frames[i.get()];
+                pb::FrameHash {
+                    index: i64::from(i.0),
+                    time_s: video.index.frames[i.get()].time_s,
+                    ahash: f.ahash,
+                    dhash: f.dhash,
+                    md5: if req.md5 { f.md5.map(|m| m.to_vec()).unwrap_or_default() } else { Default::default() },
+                }
+            })
+            .collect())
+    }
+
+    async fn duplicates_inner(&self, req: pb::FindDuplicatesRequest) -> Result<pb::DuplicatesReport, Error> {
+        const MAX_DISTANCE: u32 = 32;
+        if req.max_distance > MAX_DISTANCE {
+            let (value, max) = (u64::from(req.max_distance), u64::from(MAX_DISTANCE));
+            return Err(RequestError::TooLarge { field: "max_distance", value, max }.into());
+        }
+        let min_loop = if req.min_loop_frames == 0 { 25 } else { req.min_loop_frames };
+        let video = self.open(&req.video).await?;
+        let other = match req.other_video.as_str() {
+            "" => None,
+            name => Some(self.open(name).await?),
+        };
+        let report = self.store.duplicates(&video, other.as_ref(), req.max_distance, min_loop).await?;
+        let ints = |v: Vec<u32>| v.into_iter().map(i64::from).collect();
+        Ok(pb::DuplicatesReport {
+            groups: report
+                .groups
+                .into_iter()
+                .map(|g| pb::DuplicateGroup {
+                    indices: ints(g.indices),
+                    other_indices: ints(g.other_indices),
+                    exact: g.exact,
+                })
+                .collect(),
+            loops: report
+                .loops
+                .into_iter()
+                .map(|l| pb::Loop {
+                    first_start: l.first_start.into(),
+                    second_start: l.second_start.into(),
+                    length: l.length.into(),
+                    mean_distance: l.mean_distance,
+                })
+                .collect(),
+        })
+    }
+
+    async fn storyboard_inner(&self, req: pb::StoryboardRequest) -> Result<pb::Storyboard, Error> {
+        const MAX_TILES: u32 = 1000;
+        const MAX_SIDE: u32 = 65_535;
+        let too_large = |field, value: u32, max: u32| -> Result<(), Error> {
+            if value > max {
+                return Err(RequestError::TooLarge { field, value: value.into(), max: max.into() }.into());
+            }
+            Ok(())
+        };
+        too_large("tiles", req.tiles, MAX_TILES)?;
+        too_large("tile_width", req.tile_width, self.limits.max_output_dimension)?;
+        too_large("tile_height", req.tile_height, self.limits.max_output_dimension)?;
+        too_large("jpeg_quality", req.jpeg_quality, 100)?;
+        let tiles = if req.tiles == 0 { 50 } else { req.tiles };
+        let tile_width = if req.tile_width == 0 && req.tile_height == 0 { 160 } else { req.tile_width };
+        let video = self.open(&req.video).await?;
+        let (w, h) = (video.index.stream.width, video.index.stream.height);
+        let layout = Layout::new(w, h, tiles, tile_width, req.tile_height, req.columns);
+        too_large("the storyboard's width (columns x tile width)", layout.width(), MAX_SIDE)?;
+        too_large("the storyboard's height (rows x tile height)", layout.height(), MAX_SIDE)?;
+        let quality = if req.jpeg_quality == 0 { 80 } else { req.jpeg_quality as u8 };
+        let board = self.store.storyboard(&video, layout, req.exact, quality).await?;
+        Ok(pb::Storyboard {
+            image: board.jpeg,
+            width: layout.width(),
+            height: layout.height(),
+            columns: layout.columns,
+            rows: layout.rows,
+            tiles: board
+                .tiles
+                .iter()
+                .enumerate()
+                .map(|(t, &(index, time_s))| {
+                    let (x, y) = layout.origin(t as u32);
+                    pb::StoryboardTile {
+                        index: index.0.into(),
+                        time_s,
+                        x,
+                        y,
+                        width: layout.tile_width,
+                        height: layout.tile_height,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// What an ExportClip request asks for, checked.
+    async fn clip_setup(
+        &self,
+        req: &pb::ClipRequest,
+    ) -> Result<(Arc<OpenVideo>, Vec<FrameIndex>, OutputSpec, ClipCodec), Error> {
+        const PRESETS: &str = "ultrafast, superfast, veryfast, faster, fast, medium, slow, slower, veryslow";
+        let codec = match pb::ClipFormat::try_from(req.format) {
+            Ok(pb::ClipFormat::Mp4H264) => {
+                if req.crf > 51 {
+                    return Err(RequestError::TooLarge { field: "crf", value: req.crf.into(), max: 51 }.into());
+                }
+                let preset = if req.preset.is_empty() { "veryfast" } else { req.preset.as_str() };
+                if !PRESETS.split(", ").any(|p| p == preset) {
+                    return Err(
+                        RequestError::NotOneOf { field: "preset", value: preset.into(), expected: PRESETS }.into()
+                    );
+                }
+                ClipCodec::H264Mp4 { crf: if req.crf == 0 { 23 } else { req.crf }, preset: preset.into() }
+            }
+            Ok(pb::ClipFormat::MkvFfv1) => ClipCodec::Ffv1Mkv,
+            Err(_) => return Err(RequestError::UnknownEnum { field: "format", value: req.format }.into()),
+        };
+        let spec = self.output_spec(req.output.as_ref())?;
+        let selection = match &req.selection {
+            None => return Err(RequestError::MissingSelection.into()),
+            Some(pb::clip_request::Selection::Range(r)) => {
+                if r.step > 1 || r.step < 0 {
+                    return Err(RequestError::BadRange(format!(
+                        "range.step = {} : a clip is consecutive frames (step 0 or 1)",
+                        r.step
+                    ))
+                    .into());
+                }
+                range(*r)
+            }
+            Some(pb::clip_request::Selection::TimeRange(t)) => time_range(*t),
+        };
+        let video = self.open(&req.video).await?;
+        let frames = self.store.select(&video, &selection, self.limits.max_clip_frames)?;
+        if frames.is_empty() {
+            return Err(RequestError::BadRange("the selection holds no frame".into()).into());
+        }
+        Ok((video, frames, spec, codec))
+    }
+}
+
+fn range(r: pb::IndexRange) -> Selection {
+    Selection::Range { start: r.start, stop: r.stop, step: r.step }
+}
+
+fn time_range(t: pb::TimeRange) -> Selection {
+    Selection::TimeRange { start_s: t.start_s, stop_s: t.stop_s }
 }
 
 fn to_message(frame: Frame) -> pb::Frame {
@@ -187,6 +337,8 @@ async fn with_timeout<T>(
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::Frame, Status>> + Send + 'static>>;
+type HashStream = Pin<Box<dyn Stream<Item = Result<pb::FrameHash, Status>> + Send + 'static>>;
+type ClipStream = Pin<Box<dyn Stream<Item = Result<pb::ClipChunk, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl pb::frame_server_server::FrameServer for FrameService {
@@ -261,7 +413,12 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let setup = async {
             let spec = self.output_spec(req.output.as_ref())?;
             let video = self.open(&req.video).await?;
-            let indices = self.selection(&video, req.selection)?;
+            let selection = req.selection.map(|s| match s {
+                pb::frames_request::Selection::Range(r) => range(r),
+                pb::frames_request::Selection::TimeRange(t) => time_range(t),
+                pb::frames_request::Selection::Indices(l) => Selection::Indices(l.indices),
+            });
+            let indices = self.selection(&video, selection)?;
             Ok::<_, Error>((video, indices, spec))
         };
         let (video, indices, spec) = setup.await.map_err(|e| report("RequestFrames", &name, "", e))?;
@@ -271,6 +428,81 @@ impl pb::frame_server_server::FrameServer for FrameService {
             // The guard lives as long as the stream: shutdown waits for the last frame.
             let _ = &in_flight;
             r.map(to_message).map_err(|e| report("RequestFrames", &name, "", e.into()))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type GetFrameHashesStream = HashStream;
+
+    async fn get_frame_hashes(&self, request: Request<pb::FrameHashesRequest>) -> Result<Response<HashStream>, Status> {
+        let _in_flight = self.in_flight.enter();
+        let req = request.into_inner();
+        let name = req.video.clone();
+        let hashes = self.hashes_inner(req).await.map_err(|e| report("GetFrameHashes", &name, "", e))?;
+        Ok(Response::new(Box::pin(futures::stream::iter(hashes.into_iter().map(Ok)))))
+    }
+
+    async fn find_duplicates(
+        &self,
+        request: Request<pb::FindDuplicatesRequest>,
+    ) -> Result<Response<pb::DuplicatesReport>, Status> {
+        let _in_flight = self.in_flight.enter();
+        let req = request.into_inner();
+        let name = req.video.clone();
+        let report = self.duplicates_inner(req).await.map_err(|e| report("FindDuplicates", &name, "", e))?;
+        Ok(Response::new(report))
+    }
+
+    type RequestKeyframesStream = FrameStream;
+
+    async fn request_keyframes(&self, request: Request<pb::KeyframesRequest>) -> Result<Response<FrameStream>, Status> {
+        let in_flight = self.in_flight.enter();
+        let req = request.into_inner();
+        let name = req.video.clone();
+        let setup = async {
+            let spec = self.output_spec(req.output.as_ref())?;
+            let video = self.open(&req.video).await?;
+            let within = req.time_range.map(|t| (t.start_s, t.stop_s));
+            let indices = self.selection(&video, Some(Selection::Keyframes { every: req.every, within }))?;
+            Ok::<_, Error>((video, indices, spec))
+        };
+        let (video, indices, spec) = setup.await.map_err(|e| report("RequestKeyframes", &name, "", e))?;
+        let stream = self.store.frames(video, indices, spec).map(move |r| {
+            let _ = &in_flight;
+            r.map(to_message).map_err(|e| report("RequestKeyframes", &name, "", e.into()))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_storyboard(
+        &self,
+        request: Request<pb::StoryboardRequest>,
+    ) -> Result<Response<pb::Storyboard>, Status> {
+        let _in_flight = self.in_flight.enter();
+        let req = request.into_inner();
+        let name = req.video.clone();
+        let board = self.storyboard_inner(req).await.map_err(|e| report("GetStoryboard", &name, "", e))?;
+        Ok(Response::new(board))
+    }
+
+    type ExportClipStream = ClipStream;
+
+    async fn export_clip(&self, request: Request<pb::ClipRequest>) -> Result<Response<ClipStream>, Status> {
+        let in_flight = self.in_flight.enter();
+        let req = request.into_inner();
+        let name = req.video.clone();
+        let (video, frames, spec, codec) =
+            self.clip_setup(&req).await.map_err(|e| report("ExportClip", &name, "", e))?;
+        let mut content_type = Some(crate::engine::clip::content_type(&codec).to_string());
+        tracing::debug!(video = %name, frames = frames.len(), ?codec, "ExportClip");
+        let stream = self.store.clip(video, frames, spec, codec).map(move |r| {
+            let _ = &in_flight;
+            r.map(|c| pb::ClipChunk {
+                data: c.data,
+                content_type: content_type.take().unwrap_or_default(),
+                frames: c.frames as i64,
+            })
+            .map_err(|e| report("ExportClip", &name, "", e.into()))
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -7,6 +7,8 @@
 //! rgb24 with no frame dropped or duplicated (`-fps_mode passthrough`).
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

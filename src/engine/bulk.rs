@@ -1,0 +1,138 @@
+//! Bulk passes: many frames of one video decoded in order, at the bulk class, for work that
+//! looks at every frame (hashes, clip export) rather than returning frames to a client.
+//!
+//! A pass is split into lanes at GOP boundaries; each lane is one [`Pass`] job on a decoder of
+//! its own (the pool gives a pass starting far from every decoder a new one while the bounds
+//! allow), so the lanes decode in parallel on the cores, and each frame is handed to the lane's
+//! sink on its decoder thread as it comes out, never cached. A lane yields at frame boundaries
+//! to more urgent work; a lane whose decoder is taken for an interactive request is handed back
+//! with the frames it has not done and submitted again from there, so a pass is slowed by
+//! urgent work, never wrong and never lost.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::engine::output::OutputSpec;
+use crate::engine::pool::{DecoderPool, OpenVideo, Pass, SubmitError};
+use crate::engine::schedule::Class;
+use crate::engine::EngineError;
+use crate::units::FrameIndex;
+
+/// Split ascending `frames` into at most `lanes` runs of about equal length, each cut where a
+/// new GOP starts (so no two lanes decode the same GOP). Pure, for the tests below.
+pub fn split_lanes(
+    frames: &[FrameIndex],
+    lanes: usize,
+    gop_of: impl Fn(FrameIndex) -> crate::engine::index::SeekTarget,
+) -> Vec<Vec<FrameIndex>> {
+    let lanes = lanes.max(1);
+    let mut out: Vec<Vec<FrameIndex>> = Vec::new();
+    let mut start = 0;
+    for lane in 1..lanes {
+        let mut cut = (frames.len() * lane / lanes).max(start);
+        while cut > start && cut < frames.len() && gop_of(frames[cut]) == gop_of(frames[cut - 1]) {
+            cut += 1;
+        }
+        if cut > start && cut < frames.len() {
+            out.push(frames[start..cut].to_vec());
+            start = cut;
+        }
+    }
+    if start < frames.len() {
+        out.push(frames[start..].to_vec());
+    }
+    out
+}
+
+/// How many lanes a pass over `frames` frames of a video with `gops` GOPs gets: one per core
+/// the pool lets one video use, and at least a few GOPs per lane (a lane's first GOP costs a
+/// seek and a decoder).
+pub fn lane_count(cores: usize, max_per_video: usize, frames: usize, gops: usize) -> usize {
+    const MIN_GOPS_PER_LANE: usize = 2;
+    const MIN_FRAMES_PER_LANE: usize = 64;
+    let by_gops = (gops / MIN_GOPS_PER_LANE).max(1);
+    let by_frames = (frames / MIN_FRAMES_PER_LANE).max(1);
+    cores.min(max_per_video).min(by_gops).min(by_frames).max(1)
+}
+
+/// Run one lane to its end: submit it (waiting for a decoder slot when there is none), and
+/// submit again from where it stopped whenever its decoder is taken for more urgent work.
+/// `ready` paces the lane to its consumer (see [`Pass::ready`]).
+pub async fn run_lane(
+    pool: Arc<DecoderPool>,
+    video: Arc<OpenVideo>,
+    frames: Vec<FrameIndex>,
+    spec: OutputSpec,
+    sink: Box<dyn FnMut(crate::engine::decoder::RawFrame) -> bool + Send>,
+    ready: Option<Box<dyn Fn() -> bool + Send>>,
+) -> Result<(), EngineError> {
+    let mut pass = Pass { frames: VecDeque::from(frames), spec: spec.as_raw(), sink, ready };
+    let room = pool.room();
+    loop {
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |pass: Pass, result: Result<(), EngineError>| {
+            let _ = tx.send((pass, result));
+        });
+        let notified = room.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match pool.submit_pass(&video, pass, Class::Bulk, reply) {
+            Ok(()) => {}
+            Err(SubmitError::Overloaded(e)) => return Err(e),
+            Err(SubmitError::NoRoom((back, _))) => {
+                pass = back;
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(100), notified).await;
+                continue;
+            }
+        }
+        let (back, result) = rx.await.map_err(|_| EngineError::ShuttingDown)?;
+        match result {
+            Err(EngineError::Preempted) => pass = back,
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::index::SeekTarget;
+
+    fn gop_of(gop: u32) -> impl Fn(FrameIndex) -> SeekTarget {
+        move |i| SeekTarget::Point((i.0 / gop) as usize)
+    }
+
+    fn frames(n: u32) -> Vec<FrameIndex> {
+        (0..n).map(FrameIndex).collect()
+    }
+
+    #[test]
+    fn lanes_are_cut_at_gop_starts_and_cover_every_frame_once() {
+        let all = frames(1000);
+        let lanes = split_lanes(&all, 3, gop_of(48));
+        assert_eq!(lanes.len(), 3);
+        let joined: Vec<FrameIndex> = lanes.concat();
+        assert_eq!(joined, all);
+        for lane in &lanes[1..] {
+            assert_eq!(lane[0].0 % 48, 0, "lane starts mid-GOP at {}", lane[0].0);
+        }
+    }
+
+    #[test]
+    fn one_gop_gives_one_lane() {
+        let all = frames(40);
+        assert_eq!(split_lanes(&all, 4, gop_of(48)), vec![all.clone()]);
+        assert_eq!(split_lanes(&[], 4, gop_of(48)), Vec::<Vec<FrameIndex>>::new());
+    }
+
+    #[test]
+    fn lane_count_respects_cores_bounds_and_size() {
+        assert_eq!(lane_count(2, 4, 10_000, 200), 2);
+        assert_eq!(lane_count(8, 3, 10_000, 200), 3);
+        assert_eq!(lane_count(8, 8, 100, 40), 1);
+        assert_eq!(lane_count(8, 8, 10_000, 3), 1);
+        assert_eq!(lane_count(0, 0, 0, 0), 1);
+    }
+}

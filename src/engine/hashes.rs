@@ -1,0 +1,270 @@
+//! Per-frame fingerprints: what they are, and how a video's table of them is stored.
+//!
+//! - `ahash`: the frame's luma averaged down to 8x8 cells, one bit per cell: brighter than the
+//!   mean of the cells or not. Compression noise rarely moves a cell across the mean, so a
+//!   re-encoded frame lands within a few bits (Hamming distance) of the original.
+//! - `dhash`: the luma averaged down to 9x8 cells, one bit per neighbouring pair in a row: the
+//!   right one brighter or not. It follows gradients where `ahash` follows brightness.
+//! - `md5`: of the frame's native-size RGB24 bytes, exactly the bytes `RequestFrame` returns
+//!   (what `hashlib.md5(frame.tobytes())` gives on the array), so identical means identical.
+//!
+//! Cell (row r, column c) is bit `63 - (8r + c)` of `ahash` (and of `dhash`, for the pair
+//! (c, c + 1)): printed as hex, the first digit is the top-left corner. Luma is BT.601
+//! (`(77 R + 150 G + 29 B) / 256`), computed on the cell sums (it is linear).
+//!
+//! A table is stored beside the daemon's other state under a key made from the file's path,
+//! size, modification and change times and inode, so a changed file is never answered from the
+//! table of its previous contents (it gets a new key; the old table is simply not found).
+
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+
+/// One frame's fingerprints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub ahash: u64,
+    pub dhash: u64,
+    pub md5: Option<[u8; 16]>,
+}
+
+/// Fingerprint a frame of tightly packed RGB24 (`height` rows of `width * 3` bytes).
+pub fn fingerprint(rgb: &[u8], width: u32, height: u32, with_md5: bool) -> Fingerprint {
+    let (ahash, dhash) = perceptual(rgb, width as usize, height as usize);
+    let md5 = with_md5.then(|| Md5::digest(rgb).into());
+    Fingerprint { ahash, dhash, md5 }
+}
+
+/// Column range of cell `c` of `cells` over `len` pixels (never empty, so tiny frames work).
+fn span(c: usize, cells: usize, len: usize) -> (usize, usize) {
+    let start = (c * len / cells).min(len.saturating_sub(1));
+    let end = ((c + 1) * len / cells).max(start + 1).min(len.max(1));
+    (start, end)
+}
+
+fn perceptual(rgb: &[u8], w: usize, h: usize) -> (u64, u64) {
+    if w == 0 || h == 0 || rgb.len() < w * h * 3 {
+        return (0, 0);
+    }
+    let stride = w * 3;
+    // Per band of rows, the column sums of each channel (vectorises), then reduced per cell.
+    let mut columns = vec![0u32; stride];
+    let mut a = [0u64; 64];
+    let mut d = [0u64; 72];
+    for band in 0..8 {
+        let (y0, y1) = span(band, 8, h);
+        columns.iter_mut().for_each(|c| *c = 0);
+        for row in rgb[y0 * stride..y1 * stride].chunks_exact(stride) {
+            for (acc, &v) in columns.iter_mut().zip(row) {
+                *acc += u32::from(v);
+            }
+        }
+        let rows = (y1 - y0) as u64;
+        let cell = |x0: usize, x1: usize| -> u64 {
+            let (mut r, mut g, mut b) = (0u64, 0u64, 0u64);
+            for px in columns[x0 * 3..x1 * 3].chunks_exact(3) {
+                r += u64::from(px[0]);
+                g += u64::from(px[1]);
+                b += u64::from(px[2]);
+            }
+            // Mean luma times 256, per pixel of the cell.
+            (77 * r + 150 * g + 29 * b) / (rows * (x1 - x0) as u64)
+        };
+        for c in 0..8 {
+            let (x0, x1) = span(c, 8, w);
+            a[band * 8 + c] = cell(x0, x1);
+        }
+        for c in 0..9 {
+            let (x0, x1) = span(c, 9, w);
+            d[band * 9 + c] = cell(x0, x1);
+        }
+    }
+    let mean = a.iter().sum::<u64>() / 64;
+    let mut ahash = 0u64;
+    for (i, &v) in a.iter().enumerate() {
+        if v > mean {
+            ahash |= 1 << (63 - i);
+        }
+    }
+    let mut dhash = 0u64;
+    for r in 0..8 {
+        for c in 0..8 {
+            if d[r * 9 + c + 1] > d[r * 9 + c] {
+                dhash |= 1 << (63 - (r * 8 + c));
+            }
+        }
+    }
+    (ahash, dhash)
+}
+
+/// Hamming distance between two 64-bit hashes.
+pub fn distance(a: u64, b: u64) -> u32 {
+    (a ^ b).count_ones()
+}
+
+/// Every frame's fingerprints, in index order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashTable {
+    pub frames: Vec<Fingerprint>,
+    /// Whether every entry has its md5.
+    pub md5: bool,
+}
+
+const MAGIC: &[u8; 8] = b"FSRVHASH";
+const VERSION: u32 = 1;
+
+impl HashTable {
+    /// The stored form: magic, version, flags, frame count, then per frame ahash, dhash (and
+    /// the md5 when present), little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let record = if self.md5 { 32 } else { 16 };
+        let mut out = Vec::with_capacity(24 + self.frames.len() * record);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&u32::from(self.md5).to_le_bytes());
+        out.extend_from_slice(&(self.frames.len() as u64).to_le_bytes());
+        for f in &self.frames {
+            out.extend_from_slice(&f.ahash.to_le_bytes());
+            out.extend_from_slice(&f.dhash.to_le_bytes());
+            if self.md5 {
+                out.extend_from_slice(&f.md5.unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// A stored table, if `bytes` is one of exactly `frame_count` frames (anything else,
+    /// a truncated or foreign file included, is no table).
+    pub fn decode(bytes: &[u8], frame_count: usize) -> Option<HashTable> {
+        let word = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?)) };
+        if bytes.get(..8)? != MAGIC || bytes.get(8..12)? != VERSION.to_le_bytes() {
+            return None;
+        }
+        let md5 = match u32::from_le_bytes(bytes.get(12..16)?.try_into().ok()?) {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        if word(16)? != frame_count as u64 {
+            return None;
+        }
+        let record = if md5 { 32 } else { 16 };
+        if bytes.len() != 24 + frame_count * record {
+            return None;
+        }
+        let frames = bytes[24..]
+            .chunks_exact(record)
+            .map(|r| Fingerprint {
+                ahash: u64::from_le_bytes(r[0..8].try_into().unwrap_or_default()),
+                dhash: u64::from_le_bytes(r[8..16].try_into().unwrap_or_default()),
+                md5: md5.then(|| r[16..32].try_into().unwrap_or_default()),
+            })
+            .collect();
+        Some(HashTable { frames, md5 })
+    }
+}
+
+/// Where the table of the file at `path` (as it is now) is stored under `dir`; `None` when the
+/// file's metadata cannot be read.
+pub fn table_path(dir: &Path, path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mut key = Md5::new();
+    key.update(b"framesrv hashes v1\0");
+    key.update(path.as_os_str().as_encoded_bytes());
+    for n in [meta.size() as i64, meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec(), meta.ino() as i64] {
+        key.update(n.to_le_bytes());
+    }
+    let hex: String = key.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Some(dir.join("hashes").join(format!("{hex}.fph")))
+}
+
+/// Store a table atomically (written beside, then renamed), so a reader never sees half.
+pub fn save(file: &Path, table: &HashTable) -> std::io::Result<()> {
+    let dir = file.parent().ok_or_else(|| std::io::Error::other("no directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, table.encode())?;
+    std::fs::rename(&tmp, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(w: usize, h: usize, f: impl Fn(usize, usize) -> [u8; 3]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            for x in 0..w {
+                out.extend_from_slice(&f(x, y));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ahash_marks_the_bright_cells() {
+        // Left half white, right half black: the four left columns of cells are set.
+        let rgb = image(64, 32, |x, _| if x < 32 { [255; 3] } else { [0; 3] });
+        let f = fingerprint(&rgb, 64, 32, false);
+        assert_eq!(f.ahash, 0xF0F0_F0F0_F0F0_F0F0);
+        // Brightness falls only between the middle cells: no pair gets brighter to the right.
+        assert_eq!(f.dhash, 0);
+    }
+
+    #[test]
+    fn dhash_follows_a_gradient() {
+        let rgb = image(90, 16, |x, _| [(x * 2) as u8; 3]);
+        assert_eq!(fingerprint(&rgb, 90, 16, false).dhash, u64::MAX);
+    }
+
+    #[test]
+    fn small_noise_moves_few_bits_and_md5_sees_everything() {
+        let base = image(160, 90, |x, y| [((x * 7 + y * 3) % 256) as u8, (y * 2) as u8, (x % 200) as u8]);
+        let mut noisy = base.clone();
+        for (i, v) in noisy.iter_mut().enumerate() {
+            *v = v.saturating_add((i % 3) as u8);
+        }
+        let (a, b) = (fingerprint(&base, 160, 90, true), fingerprint(&noisy, 160, 90, true));
+        assert!(distance(a.ahash, b.ahash) <= 4);
+        assert_ne!(a.md5, b.md5);
+        assert_eq!(a.md5, Some(Md5::digest(&base).into()));
+    }
+
+    #[test]
+    fn tiny_and_empty_frames_do_not_panic() {
+        let one = image(1, 1, |_, _| [9, 9, 9]);
+        let _ = fingerprint(&one, 1, 1, true);
+        let _ = fingerprint(&[], 0, 0, true);
+        let _ = fingerprint(&[1, 2], 4, 4, false);
+    }
+
+    #[test]
+    fn tables_round_trip_and_reject_anything_else() {
+        let t = HashTable {
+            frames: vec![
+                Fingerprint { ahash: 1, dhash: 2, md5: Some([3; 16]) },
+                Fingerprint { ahash: u64::MAX, dhash: 0, md5: Some([4; 16]) },
+            ],
+            md5: true,
+        };
+        let bytes = t.encode();
+        assert_eq!(HashTable::decode(&bytes, 2), Some(t.clone()));
+        assert_eq!(HashTable::decode(&bytes, 3), None);
+        assert_eq!(HashTable::decode(&bytes[..bytes.len() - 1], 2), None);
+        assert_eq!(HashTable::decode(b"garbage", 2), None);
+        let plain = HashTable { frames: vec![Fingerprint { ahash: 5, dhash: 6, md5: None }], md5: false };
+        assert_eq!(HashTable::decode(&plain.encode(), 1), Some(plain));
+    }
+
+    #[test]
+    fn a_changed_file_gets_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.mp4");
+        std::fs::write(&file, b"one").unwrap();
+        let first = table_path(dir.path(), &file).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&file, b"two").unwrap();
+        assert_ne!(first, table_path(dir.path(), &file).unwrap());
+    }
+}
