@@ -54,13 +54,13 @@ pub struct GetArgs {
     pub server: ServerArg,
 }
 
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
+pub(crate) fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("--max-size {s:?}: expected WxH like 640x360"))?;
     let parse = |v: &str| v.trim().parse::<u32>().map_err(|_| format!("--max-size {s:?}: expected WxH like 640x360"));
     Ok((parse(w)?, parse(h)?))
 }
 
-fn status_text(s: tonic::Status) -> String {
+pub(crate) fn status_text(s: tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
@@ -170,6 +170,10 @@ async fn run_async(command: Command) -> Result<(), String> {
                 args.output.display()
             );
         }
+        Command::Hashes(args) => super::jobs::hashes(args).await?,
+        Command::Dups(args) => super::jobs::dups(args).await?,
+        Command::Storyboard(args) => super::jobs::storyboard(args).await?,
+        Command::Clip(args) => super::jobs::clip(args).await?,
         Command::Serve(_) | Command::Bench(_) => unreachable!("dispatched in cli::main"),
     }
     Ok(())

@@ -1,8 +1,10 @@
-//! The `framesrv` command line: `serve` runs the daemon; `info`, `ls`, `get` and `stats` are a
-//! client of a running daemon; `bench` measures it against the alternatives.
+//! The `framesrv` command line: `serve` runs the daemon; `info`, `ls`, `get`, `stats`,
+//! `hashes`, `dups`, `storyboard` and `clip` are a client of a running daemon; `bench` measures
+//! it against the alternatives.
 
 pub mod bench;
 pub mod client;
+pub mod jobs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,14 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Print every frame's aHash and dHash (and MD5) as tab-separated lines.
+    Hashes(jobs::HashesArgs),
+    /// Find repeated frames and loops in a video (or between two).
+    Dups(jobs::DupsArgs),
+    /// Write a storyboard (a grid of thumbnails) as JPEG and print where each tile is.
+    Storyboard(jobs::StoryboardArgs),
+    /// Export a range of frames as MP4 (H.264) or lossless MKV (FFV1).
+    Clip(jobs::ClipArgs),
     /// Benchmarks: the comparison harness and a load generator.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -75,6 +85,9 @@ pub struct ServeArgs {
     /// Log filter, like info or framesrv=debug (RUST_LOG wins).
     #[arg(long, env = "FRAMESRV_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Where frame hashes are kept across restarts ("none": memory only).
+    #[arg(long, env = "FRAMESRV_STATE_DIR")]
+    pub state_dir: Option<String>,
 }
 
 impl ServeArgs {
@@ -95,6 +108,9 @@ impl ServeArgs {
         }
         if let Some(level) = &self.log_level {
             config.log_level = level.clone();
+        }
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
         }
         config.validate()?;
         Ok(config)
