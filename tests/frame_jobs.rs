@@ -481,3 +481,55 @@ async fn clips_are_lossless_or_playable_and_bounded() {
     assert!(!again.is_empty());
     d.stop().await;
 }
+
+/// Run the `framesrv` binary (off the runtime's workers).
+async fn cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_framesrv")).args(&args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_writes_hashes_storyboards_and_clips() {
+    let dir = scratch();
+    let path = long_gops(&dir.path().join("media"));
+    let d = Daemon::start(dir, |_| {}).await;
+    let out = d.dir.path();
+    let s = |v: &[&str]| -> Vec<String> {
+        v.iter().map(|x| x.to_string()).chain(["--server".into(), d.addr.clone()]).collect()
+    };
+
+    let hashes = cli(s(&["hashes", "k.mp4", "--md5", "--range", "10:13"])).await;
+    assert!(hashes.status.success(), "{}", String::from_utf8_lossy(&hashes.stderr));
+    let text = String::from_utf8_lossy(&hashes.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "index\ttime_s\tahash\tdhash\tmd5");
+    let expected = framemd5(&path);
+    for (k, line) in lines[1..].iter().enumerate() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols[0], (10 + k).to_string());
+        assert_eq!(cols[4], expected[10 + k]);
+    }
+
+    let board = out.join("strip.jpg");
+    let run = cli(s(&["storyboard", "k.mp4", "--tiles", "6", "-o", board.to_str().unwrap()])).await;
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(&std::fs::read(&board).unwrap()[..2], &[0xFF, 0xD8], "a JPEG");
+    assert_eq!(String::from_utf8_lossy(&run.stdout).lines().count(), 7, "a header and one line per tile");
+
+    let clip = out.join("c.mkv");
+    let run = cli(s(&["clip", "k.mp4", "--range", "100:130", "-o", clip.to_str().unwrap()])).await;
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(framemd5(&clip), expected[100..130].to_vec(), ".mkv is the lossless clip");
+
+    // Identical pixels only: the barcodes make every frame distinct (their moving texture is
+    // periodic, so at the 8x8 scale of aHash frames 50 apart do look alike).
+    let dups = cli(s(&["dups", "k.mp4", "--max-distance", "0"])).await;
+    assert!(dups.status.success(), "{}", String::from_utf8_lossy(&dups.stderr));
+    assert!(String::from_utf8_lossy(&dups.stdout).starts_with("0 loops"), "{}", String::from_utf8_lossy(&dups.stdout));
+
+    let bad = cli(s(&["clip", "k.mp4", "--range", "100:900", "-o", "/dev/null"])).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("OutOfRange"), "{}", String::from_utf8_lossy(&bad.stderr));
+    d.stop().await;
+}
