@@ -374,10 +374,12 @@ async fn storyboards_show_the_frames_their_tiles_name() {
             assert_eq!(barcode(&frame) as i64, tile.index, "tile {t} shows frame {}", tile.index);
         }
     }
-    let small = c.get_storyboard(req(0, 0, false)).await.unwrap().into_inner();
-    assert_eq!(small.tiles.len(), 50, "50 tiles by default");
+    let small = c.get_storyboard(req(50, 0, false)).await.unwrap().into_inner();
+    assert_eq!(small.tiles.len(), 50);
     assert_eq!(small.tiles[0].width, 160, "160 wide by default");
-    for (bad, what) in [(req(5000, 0, false), "tiles"), (req(10, 100_000, false), "tile_width")] {
+    for (bad, what) in
+        [(req(0, 0, false), "tiles"), (req(5000, 0, false), "tiles"), (req(10, 100_000, false), "tile_width")]
+    {
         let e = c.get_storyboard(bad).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{what}");
         assert!(e.message().contains(what), "{}", e.message());

@@ -156,7 +156,7 @@ impl DecoderPool {
         reply: Reply,
     ) -> Result<(), SubmitError> {
         let mut workers = self.workers.lock();
-        let w = match self.route(&mut workers, video, target, target, class) {
+        let w = match self.route(&mut workers, video, target, target, class, false) {
             Ok(w) => w,
             Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom(reply)),
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
@@ -183,7 +183,7 @@ impl DecoderPool {
         };
         let last = pass.frames.back().copied().unwrap_or(first);
         let mut workers = self.workers.lock();
-        let w = match self.route(&mut workers, video, first, last, class) {
+        let w = match self.route(&mut workers, video, first, last, class, true) {
             Ok(w) => w,
             Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom((pass, reply))),
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
@@ -193,7 +193,8 @@ impl DecoderPool {
     }
 
     /// The decoder a job of `class` for `target` goes to, counted as queued there (see the
-    /// module docs for the rule); the job leaves it at `until`.
+    /// module docs for the rule); the job leaves it at `until`. A `lane` of a pass only goes to
+    /// a decoder with nothing queued, else to a new one while the bounds allow.
     fn route<'a>(
         &self,
         workers: &'a mut Vec<Worker>,
@@ -201,6 +202,7 @@ impl DecoderPool {
         target: FrameIndex,
         until: FrameIndex,
         class: Class,
+        lane: bool,
     ) -> Result<&'a mut Worker, SubmitError<()>> {
         let slack = self.config.decode.continue_slack;
         let index = &video.index;
@@ -218,9 +220,11 @@ impl DecoderPool {
             let queued = w.queued.load(Ordering::Acquire);
             let position = w.position();
             let cost = plan::cost(index, position, target, slack);
-            let continues = plan::plan(index, position, target, slack) == Plan::Continue;
+            // A lane of a pass wants a decoder to itself: one with work queued, even work that
+            // ends where the lane starts (the lane before it), would run the lanes in turn.
+            let continues = plan::plan(index, position, target, slack) == Plan::Continue && !(lane && queued > 0);
             let waiting = if continues { 0 } else { queued as u64 * QUEUE_WEIGHT };
-            let score = cost.saturating_add(waiting);
+            let score = if lane && queued > 0 { u64::MAX } else { cost.saturating_add(waiting) };
             if best.is_none_or(|(_, c, _)| score < c) {
                 best = Some((w.id, score, continues));
             }

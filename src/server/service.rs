@@ -131,29 +131,19 @@ impl FrameService {
         Ok(self.store.select(video, &selection, self.limits.max_batch_frames)?)
     }
 
-    async fn hashes_inner(&self, req: pb::FrameHashesRequest) -> Result<Vec<pb::FrameHash>, Error> {
+    /// The video and the frames a GetFrameHashes request selects, checked before the stream
+    /// starts (the hash pass itself runs inside the stream, so a long one is bounded by the
+    /// client's deadline, not by the request timeout).
+    async fn hashes_setup(&self, req: &pb::FrameHashesRequest) -> Result<(Arc<OpenVideo>, Vec<FrameIndex>), Error> {
         let video = self.open(&req.video).await?;
-        let selection = match req.selection {
+        let selection = match req.selection.clone() {
             None => Selection::Range { start: 0, stop: 0, step: 1 },
             Some(pb::frame_hashes_request::Selection::Range(r)) => range(r),
             Some(pb::frame_hashes_request::Selection::TimeRange(t)) => time_range(t),
             Some(pb::frame_hashes_request::Selection::Indices(l)) => Selection::Indices(l.indices),
         };
         let indices = self.store.select(&video, &selection, usize::MAX)?;
-        let table = self.store.hashes(&video, req.md5).await?;
-        Ok(indices
-            .into_iter()
-            .map(|i| {
-                let f = &table.frames[i.get()];
-                pb::FrameHash {
-                    index: i64::from(i.0),
-                    time_s: video.index.frames[i.get()].time_s,
-                    ahash: f.ahash,
-                    dhash: f.dhash,
-                    md5: if req.md5 { f.md5.map(|m| m.to_vec()).unwrap_or_default() } else { Default::default() },
-                }
-            })
-            .collect())
+        Ok((video, indices))
     }
 
     async fn duplicates_inner(&self, req: pb::FindDuplicatesRequest) -> Result<pb::DuplicatesReport, Error> {
@@ -202,11 +192,14 @@ impl FrameService {
             }
             Ok(())
         };
+        if req.tiles == 0 {
+            return Err(RequestError::BadRange(format!("tiles = 0: ask for 1 to {MAX_TILES} tiles")).into());
+        }
         too_large("tiles", req.tiles, MAX_TILES)?;
         too_large("tile_width", req.tile_width, self.limits.max_output_dimension)?;
         too_large("tile_height", req.tile_height, self.limits.max_output_dimension)?;
         too_large("jpeg_quality", req.jpeg_quality, 100)?;
-        let tiles = if req.tiles == 0 { 50 } else { req.tiles };
+        let tiles = req.tiles;
         let tile_width = if req.tile_width == 0 && req.tile_height == 0 { 160 } else { req.tile_width };
         let video = self.open(&req.video).await?;
         let (w, h) = (video.index.stream.width, video.index.stream.height);
@@ -438,8 +431,33 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let _in_flight = self.in_flight.enter();
         let req = request.into_inner();
         let name = req.video.clone();
-        let hashes = self.hashes_inner(req).await.map_err(|e| report("GetFrameHashes", &name, "", e))?;
-        Ok(Response::new(Box::pin(futures::stream::iter(hashes.into_iter().map(Ok)))))
+        let (video, indices) = self.hashes_setup(&req).await.map_err(|e| report("GetFrameHashes", &name, "", e))?;
+        let (store, md5) = (self.store.clone(), req.md5);
+        let stream = futures::stream::once(async move { store.hashes(&video, md5).await.map(|t| (video, t)) })
+            .flat_map(move |result| {
+                let _ = &_in_flight;
+                match result {
+                    Ok((video, table)) => futures::stream::iter(indices.clone().into_iter().map(move |i| {
+                        let f = &table.frames[i.get()];
+                        Ok(pb::FrameHash {
+                            index: i64::from(i.0),
+                            time_s: video.index.frames[i.get()].time_s,
+                            ahash: f.ahash,
+                            dhash: f.dhash,
+                            md5: if md5 { f.md5.map(|m| m.to_vec()).unwrap_or_default() } else { Vec::new() },
+                        })
+                    }))
+                    .left_stream(),
+                    Err(e) => futures::stream::once(futures::future::ready(Err(report(
+                        "GetFrameHashes",
+                        &name,
+                        "",
+                        e.into(),
+                    ))))
+                    .right_stream(),
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn find_duplicates(
