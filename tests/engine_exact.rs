@@ -296,27 +296,7 @@ fn mpeg_ts_is_frame_exact() {
 fn variable_frame_rate_is_exact_by_index_and_by_time() {
     let dir = scratch();
     // Intervals alternate 70 ms and 30 ms.
-    let p = encode(
-        &dir.path().join("vfr.mkv"),
-        40,
-        25,
-        &[
-            "-vf",
-            "settb=1/1000,setpts=(N*0.05+0.02*mod(N\\,2))/TB",
-            "-fps_mode",
-            "passthrough",
-            "-enc_time_base",
-            "1:1000",
-            "-c:v",
-            "libx264",
-            "-bf",
-            "2",
-            "-g",
-            "10",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    );
+    let p = vfr_video(&dir.path().join("vfr.mkv"), 40);
     let index = check_exact(&p);
     assert!(index.variable_frame_rate);
     for (i, f) in index.frames.iter().enumerate() {

@@ -62,27 +62,7 @@ fn hard_videos(media: &Path) -> Vec<PathBuf> {
     std::fs::create_dir_all(media).unwrap();
     let bframes =
         encode(&media.join("b.mp4"), 90, 25, &["-c:v", "libx264", "-bf", "3", "-g", "24", "-pix_fmt", "yuv420p"]);
-    let vfr = encode(
-        &media.join("vfr.mkv"),
-        60,
-        25,
-        &[
-            "-vf",
-            "settb=1/1000,setpts=(N*0.05+0.02*mod(N\\,2))/TB",
-            "-fps_mode",
-            "passthrough",
-            "-enc_time_base",
-            "1:1000",
-            "-c:v",
-            "libx264",
-            "-bf",
-            "2",
-            "-g",
-            "10",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-    );
+    let vfr = vfr_video(&media.join("vfr.mkv"), 60);
     let src =
         encode(&media.join("src.mp4"), 100, 25, &["-c:v", "libx264", "-bf", "3", "-g", "25", "-pix_fmt", "yuv420p"]);
     let cut = media.join("cut.mp4");
@@ -533,5 +513,50 @@ async fn the_cli_writes_hashes_storyboards_and_clips() {
     let bad = cli(s(&["clip", "k.mp4", "--range", "100:900", "-o", "/dev/null"])).await;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("OutOfRange"), "{}", String::from_utf8_lossy(&bad.stderr));
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_does_not_wait_for_a_hash_pass_on_its_decoder_and_the_pass_stays_exact() {
+    let dir = scratch();
+    let media = dir.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    // 600 frames in one lane (one GOP): the pass holds the video's only decoder for a while.
+    let path =
+        encode(&media.join("one.mp4"), 600, 25, &["-c:v", "libx264", "-g", "600", "-bf", "2", "-pix_fmt", "yuv420p"]);
+    let reference = reference_frames(&path);
+    let d = Daemon::start(dir, |c| {
+        c.decoder.max_per_video = 1;
+        c.decoder.max_total = 1;
+        c.decoder.interactive_reserve = 0;
+    })
+    .await;
+    let mut hasher = d.client().await;
+    let pass = tokio::spawn(async move { all_hashes(&mut hasher, "one.mp4", true).await });
+    while d.store.stats().frames_decoded < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let mut c = d.client().await;
+    // Behind the pass's position: the decoder must leave the pass (at a frame boundary), seek,
+    // answer, and let the pass continue from where it was.
+    let f = c
+        .request_frame(pb::FrameRequest {
+            video: "one.mp4".into(),
+            target: Some(pb::frame_request::Target::Index(3)),
+            keep_behind: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let decoded = d.store.stats().frames_decoded;
+    assert!(decoded < 600, "{decoded} frames decoded by the time of the answer: the click waited for the pass");
+    assert!(!pass.is_finished(), "the hash pass finished first: the click waited behind it");
+    assert_eq!(f.data, reference[3]);
+    let hashes = pass.await.unwrap();
+    assert_eq!(hashes.len(), 600);
+    for (h, r) in hashes.iter().zip(&reference) {
+        assert_eq!(h.md5, md5_of(r), "frame {} hashed after the pass yielded", h.index);
+    }
     d.stop().await;
 }

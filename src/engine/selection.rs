@@ -108,16 +108,7 @@ impl Selection {
                 Ok((first..end).step_by(step as usize).map(|i| FrameIndex(i as u32)).collect())
             }
             &Selection::TimeRange { start_s, stop_s } => {
-                for v in [start_s, stop_s] {
-                    if !v.is_finite() {
-                        return Err(SelectionError::BadTime(v));
-                    }
-                }
-                if stop_s < start_s {
-                    return Err(SelectionError::BadRange(format!(
-                        "time_range.stop_s = {stop_s} is before start_s = {start_s}"
-                    )));
-                }
+                check_interval(start_s, stop_s)?;
                 let first = Target::Time(start_s).resolve(name, index, false)?;
                 let frames = &index.frames;
                 let mut out = Vec::new();
@@ -135,16 +126,7 @@ impl Selection {
             }
             &Selection::Keyframes { every, within } => {
                 if let Some((start_s, stop_s)) = within {
-                    for v in [start_s, stop_s] {
-                        if !v.is_finite() {
-                            return Err(SelectionError::BadTime(v));
-                        }
-                    }
-                    if stop_s < start_s {
-                        return Err(SelectionError::BadRange(format!(
-                            "time_range.stop_s = {stop_s} is before start_s = {start_s}"
-                        )));
-                    }
+                    check_interval(start_s, stop_s)?;
                 }
                 let inside = |t: f64| within.is_none_or(|(a, b)| t >= a && t < b);
                 let out: Vec<FrameIndex> = index
@@ -160,6 +142,19 @@ impl Selection {
             }
         }
     }
+}
+
+/// A time range's ends: finite, and in order.
+fn check_interval(start_s: f64, stop_s: f64) -> Result<(), SelectionError> {
+    for v in [start_s, stop_s] {
+        if !v.is_finite() {
+            return Err(SelectionError::BadTime(v));
+        }
+    }
+    if stop_s < start_s {
+        return Err(SelectionError::BadRange(format!("time_range.stop_s = {stop_s} is before start_s = {start_s}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -279,6 +279,25 @@ impl FrameService {
     }
 }
 
+impl FrameService {
+    /// The frames `indices` of `video` as a response stream of call `call`; the in-flight guard
+    /// lives as long as the stream, so shutdown waits for its last frame.
+    fn frame_stream(
+        &self,
+        call: &'static str,
+        name: String,
+        in_flight: InFlightGuard,
+        video: Arc<OpenVideo>,
+        indices: Vec<FrameIndex>,
+        spec: OutputSpec,
+    ) -> FrameStream {
+        Box::pin(self.store.frames(video, indices, spec).map(move |r| {
+            let _ = &in_flight;
+            r.map(to_message).map_err(|e| report(call, &name, "", e.into()))
+        }))
+    }
+}
+
 fn range(r: pb::IndexRange) -> Selection {
     Selection::Range { start: r.start, stop: r.stop, step: r.step }
 }
@@ -416,13 +435,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
         };
         let (video, indices, spec) = setup.await.map_err(|e| report("RequestFrames", &name, "", e))?;
         tracing::debug!(video = %name, frames = indices.len(), "RequestFrames");
-        let frames = self.store.frames(video, indices, spec);
-        let stream = frames.map(move |r| {
-            // The guard lives as long as the stream: shutdown waits for the last frame.
-            let _ = &in_flight;
-            r.map(to_message).map_err(|e| report("RequestFrames", &name, "", e.into()))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(self.frame_stream("RequestFrames", name, in_flight, video, indices, spec)))
     }
 
     type GetFrameHashesStream = HashStream;
@@ -485,11 +498,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
             Ok::<_, Error>((video, indices, spec))
         };
         let (video, indices, spec) = setup.await.map_err(|e| report("RequestKeyframes", &name, "", e))?;
-        let stream = self.store.frames(video, indices, spec).map(move |r| {
-            let _ = &in_flight;
-            r.map(to_message).map_err(|e| report("RequestKeyframes", &name, "", e.into()))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(self.frame_stream("RequestKeyframes", name, in_flight, video, indices, spec)))
     }
 
     async fn get_storyboard(

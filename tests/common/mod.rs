@@ -134,3 +134,29 @@ pub fn shuffled(n: usize, count: usize, seed: u64) -> Vec<usize> {
         })
         .collect()
 }
+
+/// A VFR mkv of `frames` barcode frames whose intervals alternate 70 ms and 30 ms: frame i is
+/// shown at `i * 0.05 + 0.02 * (i % 2)` s.
+pub fn vfr_video(out: &Path, frames: u32) -> PathBuf {
+    encode(
+        out,
+        frames,
+        25,
+        &[
+            "-vf",
+            "settb=1/1000,setpts=(N*0.05+0.02*mod(N\\,2))/TB",
+            "-fps_mode",
+            "passthrough",
+            "-enc_time_base",
+            "1:1000",
+            "-c:v",
+            "libx264",
+            "-bf",
+            "2",
+            "-g",
+            "10",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )
+}

@@ -63,11 +63,12 @@ def free_port():
 
 
 @pytest.fixture(scope="session")
-def channel(media):
+def channel(media, tmp_path_factory):
     binary = os.environ.get("FRAMESRV_BIN", str(ROOT / "target/debug/framesrv"))
     addr = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", addr, "--media-root", str(media), "--cache-size", "64MiB"],
+        [binary, "serve", "--listen", addr, "--media-root", str(media), "--cache-size", "64MiB",
+         "--state-dir", str(tmp_path_factory.mktemp("state"))],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)])
@@ -162,3 +163,63 @@ def test_health_reports_serving(channel):
     health = health_pb2_grpc.HealthStub(channel)
     status = health.Check(health_pb2.HealthCheckRequest(service="framesrv.v1.FrameServer")).status
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def cell_hashes(rgb, width, height):
+    """aHash and dHash as the README defines them, from the frame's RGB24 bytes."""
+    import numpy as np
+
+    a = np.frombuffer(rgb, np.uint8).reshape(height, width, 3).astype(np.uint64)
+
+    def spans(cells, n):
+        out = []
+        for c in range(cells):
+            start = min(c * n // cells, n - 1)
+            out.append((start, min(max((c + 1) * n // cells, start + 1), n)))
+        return out
+
+    def luma(cols):
+        grid = []
+        for y0, y1 in spans(8, height):
+            row = []
+            for x0, x1 in spans(cols, width):
+                r, g, b = a[y0:y1, x0:x1].reshape(-1, 3).sum(axis=0)
+                row.append(int((77 * r + 150 * g + 29 * b) // ((y1 - y0) * (x1 - x0))))
+            grid.append(row)
+        return grid
+
+    cells = [v for row in luma(8) for v in row]
+    mean = sum(cells) // 64
+    ahash = sum(1 << (63 - i) for i, v in enumerate(cells) if v > mean)
+    dgrid = luma(9)
+    dhash = sum(1 << (63 - (r * 8 + c)) for r in range(8) for c in range(8) if dgrid[r][c + 1] > dgrid[r][c])
+    return ahash, dhash
+
+
+def test_hashes_are_what_anyone_computes_from_the_frames(stubs, channel, reference):
+    import hashlib
+
+    pb, grpc_pb = stubs
+    stub = grpc_pb.FrameServerStub(channel)
+    hashes = list(stub.GetFrameHashes(pb.FrameHashesRequest(video="clip.mp4", md5=True)))
+    assert [h.index for h in hashes] == list(range(75))
+    for i in [0, 17, 74]:
+        frame = stub.RequestFrame(pb.FrameRequest(video="clip.mp4", index=i))
+        assert hashes[i].md5 == hashlib.md5(frame.data).digest() == hashlib.md5(reference[i]).digest()
+        assert (hashes[i].ahash, hashes[i].dhash) == cell_hashes(frame.data, W, H), f"frame {i}"
+
+
+def test_a_clip_streams_into_a_file_ffmpeg_reads(stubs, channel, tmp_path):
+    pb, grpc_pb = stubs
+    stub = grpc_pb.FrameServerStub(channel)
+    out = tmp_path / "c.mp4"
+    with open(out, "wb") as f:
+        for chunk in stub.ExportClip(pb.ClipRequest(video="clip.mp4", range=pb.IndexRange(start=10, stop=40),
+                                                    format=pb.MP4_H264)):
+            f.write(chunk.data)
+    frames = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+                             "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(out)],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    assert frames == "30"
+    board = stub.GetStoryboard(pb.StoryboardRequest(video="clip.mp4", tiles=6))
+    assert board.image[:2] == b"\xff\xd8" and len(board.tiles) == 6

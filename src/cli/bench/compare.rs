@@ -53,13 +53,15 @@ pub struct CompareArgs {
     #[arg(long)]
     pub no_cpu_priorities: bool,
     /// Only these figures (comma-separated): engine, stream, fbf, cold, warm, backtrack,
-    /// interactive, python, load, hour. All by default (the references are always measured).
+    /// interactive, python, jobs, load, hour; hour-hashes (the hash pass over the one-hour file,
+    /// some 20 minutes) only when named. All the others by default (the references are always
+    /// measured).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
 
 impl CompareArgs {
-    fn wants(&self, figure: &str) -> bool {
+    pub(super) fn wants(&self, figure: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == figure)
     }
 }
@@ -96,10 +98,10 @@ const SMOKE: Scale = Scale {
     load_clients: 8,
 };
 
-struct Clip {
-    path: PathBuf,
-    frames: usize,
-    seconds: f64,
+pub(super) struct Clip {
+    pub(super) path: PathBuf,
+    pub(super) frames: usize,
+    pub(super) seconds: f64,
 }
 
 /// One line of the results table.
@@ -112,12 +114,12 @@ struct Row {
     met: Option<bool>,
 }
 
-struct Report {
+pub(super) struct Report {
     rows: Vec<Row>,
 }
 
 impl Report {
-    fn add(
+    pub(super) fn add(
         &mut self,
         figure: &str,
         value: String,
@@ -178,7 +180,7 @@ fn run_quiet(cmd: &mut Command) -> Result<(), String> {
     Ok(())
 }
 
-fn timed(cmd: &mut Command) -> Result<Duration, String> {
+pub(super) fn timed(cmd: &mut Command) -> Result<Duration, String> {
     let t = Instant::now();
     run_quiet(cmd)?;
     Ok(t.elapsed())
@@ -220,13 +222,19 @@ fn make_clip(out: &Path, scale: &Scale, gop: u32) -> Result<Clip, String> {
 
 /// The decode limit: the ffmpeg CLI decoding the whole clip to rgb24, frames per second.
 fn decode_limit(clip: &Clip, threads: usize) -> Result<f64, String> {
+    ffmpeg_rate(clip, threads, &["-f", "rawvideo", "-pix_fmt", "rgb24", "-y", "/dev/null"])
+}
+
+/// The ffmpeg CLI decoding the whole clip with `threads` threads into `output` (arguments),
+/// frames per second, the best of two runs.
+pub(super) fn ffmpeg_rate(clip: &Clip, threads: usize, output: &[&str]) -> Result<f64, String> {
     let mut best = Duration::MAX;
     for _ in 0..2 {
         let t = timed(
             Command::new("ffmpeg")
                 .args(["-v", "error", "-threads", &threads.to_string(), "-i"])
                 .arg(&clip.path)
-                .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-y", "/dev/null"]),
+                .args(output),
         )?;
         best = best.min(t);
     }
@@ -334,7 +342,7 @@ fn python_stubs(out: &Path, python: &Path) -> Result<PathBuf, String> {
 
 /// Uniform random indices, none inside the window a previous request scanned through (so that
 /// "cold" really means nothing cached).
-fn cold_indices(frames: usize, count: usize, keep_behind: usize, seed: u64) -> Vec<usize> {
+pub(super) fn cold_indices(frames: usize, count: usize, keep_behind: usize, seed: u64) -> Vec<usize> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out: Vec<usize> = Vec::new();
     let mut tries = 0;
@@ -403,7 +411,7 @@ fn engine_figures(clip: &Clip, indices: &[usize], threads: usize) -> Result<Engi
 type Client = FrameServerClient<tonic::transport::Channel>;
 
 /// The daemon as a child process, killed and reaped when dropped.
-struct DaemonProcess {
+pub(super) struct DaemonProcess {
     child: Child,
     url: String,
 }
@@ -414,8 +422,15 @@ impl DaemonProcess {
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let config = media.join("..").join(format!("bench-{threads}.toml"));
-        std::fs::write(&config, format!("[decoder]\nthreads = {threads}\ncpu_priorities = {priorities}\n"))
-            .map_err(|e| e.to_string())?;
+        let state = media.join("..").join("state");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\n[decoder]\nthreads = {threads}\ncpu_priorities = {priorities}\n",
+                state.display().to_string()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
         let child = Command::new(exe)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cache-size", cache, "--log-level", "warn"])
             .arg("--config")
@@ -451,7 +466,7 @@ impl DaemonProcess {
 
 /// Measure on a daemon of its own, so no figure profits from another's cache; the daemon is
 /// stopped when `measure` is done.
-fn on_fresh_daemon<T>(
+pub(super) fn on_fresh_daemon<T>(
     runtime: &tokio::runtime::Runtime,
     media: &Path,
     cache: &str,
@@ -482,7 +497,7 @@ fn request(video: &str, i: usize, output: Option<pb::OutputSpec>, keep_behind: O
     }
 }
 
-async fn timed_requests(
+pub(super) async fn timed_requests(
     c: &mut Client,
     video: &str,
     indices: &[usize],
@@ -955,6 +970,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         link_media(&media, &g50, &format!("load-{k}.mp4"))?;
     }
     let cache = crate::units::ByteSize::mib(256);
+    if args.wants("jobs") {
+        super::jobs::figures(runtime, args, &mut report, &media, (&g50, "g50.mp4"), "g250.mp4", fps)?;
+    }
     if args.wants("load") {
         on_fresh_daemon(runtime, &media, "256MiB", args, async |daemon, mut c| {
             let load_args = LoadArgs {
@@ -1011,9 +1029,11 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         let size_mb = std::fs::metadata(&hour).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
         // The scan reads the whole file once: first as the page cache has it (possibly from
         // disk), then again with the file cached, which is the demuxing cost alone.
+        let mut hour_frames = 0;
         for pass in ["first scan", "file in page cache"] {
             let t = Instant::now();
             let index = build_index(&hour, "hour").map_err(|e| e.to_string())?;
+            hour_frames = index.frame_count();
             let took = t.elapsed();
             let minutes = index.duration_s / 60.0;
             report.add(
@@ -1043,6 +1063,10 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
                 );
                 Ok(())
             })?;
+        }
+        if args.wants("hour") || args.wants("hour-hashes") {
+            let clip = Clip { path: hour.clone(), frames: hour_frames, seconds: 3600.0 };
+            super::jobs::hour_figures(runtime, args, &mut report, &media, &clip, "hour.mp4")?;
         }
         let _ = std::fs::remove_file(media.join("hour.mp4"));
     }

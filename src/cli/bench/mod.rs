@@ -4,6 +4,7 @@
 //! same clip, because these machines are shared and noisy: absolute numbers drift, ratios hold.
 
 pub mod compare;
+pub mod jobs;
 pub mod load;
 
 use std::process::ExitCode;
