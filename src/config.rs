@@ -85,6 +85,8 @@ pub struct LimitsConfig {
     pub inflight_bytes: ByteSize,
     /// Frames one ExportClip call may encode.
     pub max_clip_frames: usize,
+    /// Tiles one GetStoryboard call may ask for.
+    pub max_storyboard_tiles: u32,
 }
 
 impl Default for Config {
@@ -131,6 +133,7 @@ impl Default for LimitsConfig {
             max_keep_behind: 300,
             inflight_bytes: ByteSize::mib(128),
             max_clip_frames: 3000,
+            max_storyboard_tiles: 1000,
         }
     }
 }

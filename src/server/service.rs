@@ -184,8 +184,9 @@ impl FrameService {
     }
 
     async fn storyboard_inner(&self, req: pb::StoryboardRequest) -> Result<pb::Storyboard, Error> {
-        const MAX_TILES: u32 = 1000;
+        /// JPEG's largest side.
         const MAX_SIDE: u32 = 65_535;
+        let max_tiles = self.limits.max_storyboard_tiles;
         let too_large = |field, value: u32, max: u32| -> Result<(), Error> {
             if value > max {
                 return Err(RequestError::TooLarge { field, value: value.into(), max: max.into() }.into());
@@ -193,9 +194,9 @@ impl FrameService {
             Ok(())
         };
         if req.tiles == 0 {
-            return Err(RequestError::BadRange(format!("tiles = 0: ask for 1 to {MAX_TILES} tiles")).into());
+            return Err(RequestError::BadRange(format!("tiles = 0: ask for 1 to {max_tiles} tiles")).into());
         }
-        too_large("tiles", req.tiles, MAX_TILES)?;
+        too_large("tiles", req.tiles, max_tiles)?;
         too_large("tile_width", req.tile_width, self.limits.max_output_dimension)?;
         too_large("tile_height", req.tile_height, self.limits.max_output_dimension)?;
         too_large("jpeg_quality", req.jpeg_quality, 100)?;
