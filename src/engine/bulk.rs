@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::engine::decoder::Luma;
 use crate::engine::output::OutputSpec;
 use crate::engine::pool::{DecoderPool, OpenVideo, Pass, SubmitError};
 use crate::engine::schedule::Class;
@@ -59,16 +60,17 @@ pub fn lane_count(cores: usize, max_per_video: usize, frames: usize, gops: usize
 
 /// Run one lane to its end: submit it (waiting for a decoder slot when there is none), and
 /// submit again from where it stopped whenever its decoder is taken for more urgent work.
-/// `ready` paces the lane to its consumer (see [`Pass::ready`]).
+/// `luma` says whether frames carry their luma (see [`Luma`]); `ready` paces the lane to its
+/// consumer (see [`Pass::ready`]).
 pub async fn run_lane(
     pool: Arc<DecoderPool>,
     video: Arc<OpenVideo>,
     frames: Vec<FrameIndex>,
-    spec: OutputSpec,
+    (spec, luma): (OutputSpec, Luma),
     sink: Box<dyn FnMut(crate::engine::decoder::RawFrame) -> bool + Send>,
     ready: Option<Box<dyn Fn() -> bool + Send>>,
 ) -> Result<(), EngineError> {
-    let mut pass = Pass { frames: VecDeque::from(frames), spec: spec.as_raw(), sink, ready };
+    let mut pass = Pass { frames: VecDeque::from(frames), spec: spec.as_raw(), luma, sink, ready };
     let room = pool.room();
     loop {
         let (tx, rx) = oneshot::channel();

@@ -17,7 +17,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::engine::bulk;
-use crate::engine::decoder::RawFrame;
+use crate::engine::decoder::{Luma, RawFrame};
 use crate::engine::ffmpeg::{ClipCodec, ClipEncoder};
 use crate::engine::index::FrameIdentity;
 use crate::engine::output::{Encoding, OutputSpec, PixelFormat};
@@ -114,7 +114,7 @@ pub fn export(
     let ready_tx = tx.clone();
     let ready = Box::new(move || ready_tx.capacity() > 0 || ready_tx.is_closed());
     tokio::spawn(async move {
-        if let Err(e) = bulk::run_lane(pool, video, frames, spec, Box::new(sink), Some(ready)).await {
+        if let Err(e) = bulk::run_lane(pool, video, frames, (spec, Luma::Off), Box::new(sink), Some(ready)).await {
             let _ = tx.send(Err(e)).await;
         }
     });

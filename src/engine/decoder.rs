@@ -19,7 +19,7 @@ use bytes::Bytes;
 use crate::engine::buffers::BufferPool;
 use crate::engine::ffmpeg::{output_capacity, Converter, DecodedFrame, MediaFile, VideoDecoder, VideoPacket};
 use crate::engine::index::{FrameIdentity, SeekTarget, VideoIndex};
-use crate::engine::output::{OutputSpec, RawSpec};
+use crate::engine::output::{OutputSpec, PixelFormat, RawSpec};
 use crate::engine::plan::{self, Plan, Position};
 use crate::engine::stats::EngineStats;
 use crate::engine::EngineError;
@@ -32,6 +32,22 @@ pub struct RawFrame {
     pub spec: RawSpec,
     pub key: bool,
     pub data: Bytes,
+    /// The frame's luma at its native size, one byte per pixel, when the decoder was asked for
+    /// it (see [`Luma`]).
+    pub luma: Option<Bytes>,
+}
+
+/// What a decoder hands out besides (or instead of) the converted frame: the luma a hash is
+/// computed from. It is the decoder's 8-bit luma plane as it is (no conversion at all) for the
+/// usual YUV formats, and the frame converted to GRAY8 for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Luma {
+    #[default]
+    Off,
+    /// The converted frame and the luma.
+    Also,
+    /// The luma alone, as the frame's data (GRAY8 at the native size); nothing is converted.
+    Only,
 }
 
 /// Tuning of the decode loop, from config.
@@ -75,6 +91,9 @@ pub struct FrameDecoder {
     file: MediaFile,
     decoder: VideoDecoder,
     converter: Converter,
+    /// Whether frames also (or only) carry their luma; see [`FrameDecoder::set_luma`].
+    luma: Luma,
+    luma_converter: Converter,
     index: Arc<VideoIndex>,
     options: DecodeOptions,
     stats: Arc<EngineStats>,
@@ -116,6 +135,8 @@ impl FrameDecoder {
             file,
             decoder,
             converter: Converter::default(),
+            luma: Luma::Off,
+            luma_converter: Converter::default(),
             index,
             options,
             stats,
@@ -148,6 +169,16 @@ impl FrameDecoder {
     /// Codec threads of the codec context now open.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Hand out each frame's luma from now on (or stop), as [`Luma`] says. Frames already decoded
+    /// ahead without it are dropped (a frame among them asked for later is decoded again: the
+    /// plan seeks for a target at or before the last frame output).
+    pub fn set_luma(&mut self, luma: Luma) {
+        if self.luma != luma {
+            self.luma = luma;
+            self.ahead.clear();
+        }
     }
 
     /// Decode `target` converted to `spec`. Frames met on the way that lie within the
@@ -393,12 +424,34 @@ impl FrameDecoder {
     }
 
     fn convert(&mut self, idx: FrameIndex, frame: &DecodedFrame, spec: &OutputSpec) -> Result<RawFrame, EngineError> {
+        let key = self.index.frames[idx.get()].key;
+        let luma = match self.luma {
+            Luma::Off => None,
+            Luma::Also | Luma::Only => Some(self.luma_of(frame)?),
+        };
+        if let (Luma::Only, Some(data)) = (self.luma, &luma) {
+            let spec = RawSpec { pixel_format: PixelFormat::Gray8, width: frame.width(), height: frame.height() };
+            return Ok(RawFrame { index: idx, spec, key, data: data.clone(), luma });
+        }
         let raw = spec.raw_spec(frame.width(), frame.height());
         let buffer = self.buffers.take(output_capacity(raw.pixel_format, raw.width, raw.height));
         let data = self
             .converter
             .convert(frame, raw.pixel_format, raw.width, raw.height, buffer)
             .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
-        Ok(RawFrame { index: idx, spec: raw, key: self.index.frames[idx.get()].key, data: self.buffers.share(data) })
+        Ok(RawFrame { index: idx, spec: raw, key, data: self.buffers.share(data), luma })
+    }
+
+    /// The frame's luma plane, or the frame converted to GRAY8 where it has none to copy.
+    fn luma_of(&mut self, frame: &DecodedFrame) -> Result<Bytes, EngineError> {
+        let (w, h) = (frame.width(), frame.height());
+        let mut buffer = self.buffers.take(output_capacity(PixelFormat::Gray8, w, h));
+        if !frame.luma_plane(&mut buffer) {
+            buffer = self
+                .luma_converter
+                .convert(frame, PixelFormat::Gray8, w, h, buffer)
+                .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+        }
+        Ok(self.buffers.share(buffer))
     }
 }

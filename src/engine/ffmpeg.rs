@@ -349,6 +349,44 @@ impl DecodedFrame {
     pub fn height(&self) -> u32 {
         self.frame.height()
     }
+
+    /// The picture's 8-bit luma plane as the codec produced it (Y′ in its coded range, rows
+    /// tightly packed), copied into `out`; false for pixel formats without one (RGB, more than
+    /// 8 bits, paletted), which need a conversion instead.
+    pub fn luma_plane(&self, out: &mut Vec<u8>) -> bool {
+        use ff::format::Pixel as P;
+        let eight_bit_luma = matches!(
+            self.frame.format(),
+            P::YUV420P
+                | P::YUVJ420P
+                | P::YUV422P
+                | P::YUVJ422P
+                | P::YUV444P
+                | P::YUVJ444P
+                | P::YUV440P
+                | P::YUVJ440P
+                | P::YUV411P
+                | P::YUV410P
+                | P::YUVA420P
+                | P::NV12
+                | P::NV21
+                | P::GRAY8
+        );
+        let (w, h) = (self.width() as usize, self.height() as usize);
+        if !eight_bit_luma || w == 0 || h == 0 {
+            return false;
+        }
+        let (stride, plane) = (self.frame.stride(0), self.frame.data(0));
+        if stride < w || plane.len() < stride * (h - 1) + w {
+            return false;
+        }
+        out.clear();
+        out.reserve(w * h);
+        for row in plane.chunks(stride).take(h) {
+            out.extend_from_slice(&row[..w]);
+        }
+        true
+    }
 }
 
 /// A video decoder driven with the send/receive API.

@@ -16,8 +16,9 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::engine::bulk;
+use crate::engine::decoder::{Luma, RawFrame};
 use crate::engine::hashes::{self, Fingerprint, HashTable};
-use crate::engine::output::OutputSpec;
+use crate::engine::output::{OutputSpec, PixelFormat};
 use crate::engine::pool::{DecoderPool, OpenVideo, VideoId};
 use crate::engine::EngineError;
 use crate::units::FrameIndex;
@@ -146,11 +147,22 @@ async fn pass(
         .into_iter()
         .map(|lane| {
             let tx = tx.clone();
-            let sink = Box::new(move |f: crate::engine::decoder::RawFrame| {
-                let fp = hashes::fingerprint(&f.data, f.spec.width, f.spec.height, md5);
+            let sink = Box::new(move |f: RawFrame| {
+                // Native size either way: the luma is the decoded picture's, and the RGB24 frame
+                // is converted at the native size.
+                let Some(luma) = &f.luma else { return false };
+                let fp = hashes::fingerprint(luma, f.spec.width, f.spec.height, md5.then_some(&f.data[..]));
                 tx.send((f.index, fp)).is_ok()
             });
-            bulk::run_lane(pool.clone(), video.clone(), lane, OutputSpec::default(), sink, None)
+            // The luma straight from the decoder (no conversion); RGB24 only for the MD5s. A
+            // luma-only frame is GRAY8 at the native size, and is asked for as such (so frames
+            // a decode step outputs ahead of the next target are recognised as what it wants).
+            let (spec, luma) = if md5 {
+                (OutputSpec::default(), Luma::Also)
+            } else {
+                (OutputSpec { pixel_format: PixelFormat::Gray8, ..OutputSpec::default() }, Luma::Only)
+            };
+            bulk::run_lane(pool.clone(), video.clone(), lane, (spec, luma), sink, None)
         })
         .collect();
     drop(tx);

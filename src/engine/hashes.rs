@@ -8,9 +8,14 @@
 //! - `md5`: of the frame's native-size RGB24 bytes, exactly the bytes `RequestFrame` returns
 //!   (what `hashlib.md5(frame.tobytes())` gives on the array), so identical means identical.
 //!
-//! Cell (row r, column c) is bit `63 - (8r + c)` of `ahash` (and of `dhash`, for the pair
-//! (c, c + 1)): printed as hex, the first digit is the top-left corner. Luma is BT.601
-//! (`(77 R + 150 G + 29 B) / 256`), computed on the cell sums (it is linear).
+//! The luma is the decoded picture's own 8-bit luma plane, as the codec produced it (Y′ in its
+//! coded range, nothing converted, so a hash pass costs little more than the decode); pictures
+//! without one (RGB codecs, more than 8 bits) are converted to GRAY8. Anyone can recompute the
+//! hashes: for yuv420p video, the first width x height bytes of each frame of `ffmpeg -i v
+//! -f rawvideo -pix_fmt yuv420p -` are that plane. A cell's value is the integer mean of its
+//! pixels; cells split the frame at `c * size / cells`. Cell (row r, column c) is bit
+//! `63 - (8r + c)` of `ahash` (and of `dhash`, for the pair (c, c + 1)): printed as hex, the
+//! first digit is the top-left corner.
 //!
 //! A table is stored beside the daemon's other state under a key made from the file's path,
 //! size, modification and change times and inode, so a changed file is never answered from the
@@ -28,10 +33,11 @@ pub struct Fingerprint {
     pub md5: Option<[u8; 16]>,
 }
 
-/// Fingerprint a frame of tightly packed RGB24 (`height` rows of `width * 3` bytes).
-pub fn fingerprint(rgb: &[u8], width: u32, height: u32, with_md5: bool) -> Fingerprint {
-    let (ahash, dhash) = perceptual(rgb, width as usize, height as usize);
-    let md5 = with_md5.then(|| Md5::digest(rgb).into());
+/// Fingerprint a frame from its luma (`height` rows of `width` bytes) and, for the md5, its
+/// RGB24 bytes.
+pub fn fingerprint(luma: &[u8], width: u32, height: u32, rgb: Option<&[u8]>) -> Fingerprint {
+    let (ahash, dhash) = perceptual(luma, width as usize, height as usize);
+    let md5 = rgb.map(|rgb| Md5::digest(rgb).into());
     Fingerprint { ahash, dhash, md5 }
 }
 
@@ -42,33 +48,25 @@ fn span(c: usize, cells: usize, len: usize) -> (usize, usize) {
     (start, end)
 }
 
-fn perceptual(rgb: &[u8], w: usize, h: usize) -> (u64, u64) {
-    if w == 0 || h == 0 || rgb.len() < w * h * 3 {
+fn perceptual(luma: &[u8], w: usize, h: usize) -> (u64, u64) {
+    if w == 0 || h == 0 || luma.len() < w * h {
         return (0, 0);
     }
-    let stride = w * 3;
-    // Per band of rows, the column sums of each channel (vectorises), then reduced per cell.
-    let mut columns = vec![0u32; stride];
+    // Per band of rows, the column sums (vectorises), then reduced per cell.
+    let mut columns = vec![0u32; w];
     let mut a = [0u64; 64];
     let mut d = [0u64; 72];
     for band in 0..8 {
         let (y0, y1) = span(band, 8, h);
         columns.iter_mut().for_each(|c| *c = 0);
-        for row in rgb[y0 * stride..y1 * stride].chunks_exact(stride) {
+        for row in luma[y0 * w..y1 * w].chunks_exact(w) {
             for (acc, &v) in columns.iter_mut().zip(row) {
                 *acc += u32::from(v);
             }
         }
         let rows = (y1 - y0) as u64;
         let cell = |x0: usize, x1: usize| -> u64 {
-            let (mut r, mut g, mut b) = (0u64, 0u64, 0u64);
-            for px in columns[x0 * 3..x1 * 3].chunks_exact(3) {
-                r += u64::from(px[0]);
-                g += u64::from(px[1]);
-                b += u64::from(px[2]);
-            }
-            // Mean luma times 256, per pixel of the cell.
-            (77 * r + 150 * g + 29 * b) / (rows * (x1 - x0) as u64)
+            columns[x0..x1].iter().map(|&c| u64::from(c)).sum::<u64>() / (rows * (x1 - x0) as u64)
         };
         for c in 0..8 {
             let (x0, x1) = span(c, 8, w);
@@ -111,7 +109,8 @@ pub struct HashTable {
 }
 
 const MAGIC: &[u8; 8] = b"FSRVHASH";
-const VERSION: u32 = 1;
+/// 2: hashes from the decoder's luma plane (1, never released, took the luma of RGB24).
+const VERSION: u32 = 2;
 
 impl HashTable {
     /// The stored form: magic, version, flags, frame count, then per frame ahash, dhash (and
@@ -170,7 +169,7 @@ pub fn table_path(dir: &Path, path: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     let mut key = Md5::new();
-    key.update(b"framesrv hashes v1\0");
+    key.update(b"framesrv hashes v2\0");
     key.update(path.as_os_str().as_encoded_bytes());
     for n in [meta.size() as i64, meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec(), meta.ino() as i64] {
         key.update(n.to_le_bytes());
@@ -192,21 +191,15 @@ pub fn save(file: &Path, table: &HashTable) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn image(w: usize, h: usize, f: impl Fn(usize, usize) -> [u8; 3]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(w * h * 3);
-        for y in 0..h {
-            for x in 0..w {
-                out.extend_from_slice(&f(x, y));
-            }
-        }
-        out
+    fn image(w: usize, h: usize, f: impl Fn(usize, usize) -> u8) -> Vec<u8> {
+        (0..h).flat_map(|y| (0..w).map(move |x| (x, y))).map(|(x, y)| f(x, y)).collect()
     }
 
     #[test]
     fn ahash_marks_the_bright_cells() {
         // Left half white, right half black: the four left columns of cells are set.
-        let rgb = image(64, 32, |x, _| if x < 32 { [255; 3] } else { [0; 3] });
-        let f = fingerprint(&rgb, 64, 32, false);
+        let luma = image(64, 32, |x, _| if x < 32 { 235 } else { 16 });
+        let f = fingerprint(&luma, 64, 32, None);
         assert_eq!(f.ahash, 0xF0F0_F0F0_F0F0_F0F0);
         // Brightness falls only between the middle cells: no pair gets brighter to the right.
         assert_eq!(f.dhash, 0);
@@ -214,29 +207,30 @@ mod tests {
 
     #[test]
     fn dhash_follows_a_gradient() {
-        let rgb = image(90, 16, |x, _| [(x * 2) as u8; 3]);
-        assert_eq!(fingerprint(&rgb, 90, 16, false).dhash, u64::MAX);
+        let luma = image(90, 16, |x, _| (x * 2) as u8);
+        assert_eq!(fingerprint(&luma, 90, 16, None).dhash, u64::MAX);
     }
 
     #[test]
     fn small_noise_moves_few_bits_and_md5_sees_everything() {
-        let base = image(160, 90, |x, y| [((x * 7 + y * 3) % 256) as u8, (y * 2) as u8, (x % 200) as u8]);
+        let base = image(160, 90, |x, y| ((x * 7 + y * 3) % 256) as u8);
         let mut noisy = base.clone();
         for (i, v) in noisy.iter_mut().enumerate() {
             *v = v.saturating_add((i % 3) as u8);
         }
-        let (a, b) = (fingerprint(&base, 160, 90, true), fingerprint(&noisy, 160, 90, true));
+        let (a, b) = (fingerprint(&base, 160, 90, Some(&base)), fingerprint(&noisy, 160, 90, Some(&noisy)));
         assert!(distance(a.ahash, b.ahash) <= 4);
         assert_ne!(a.md5, b.md5);
         assert_eq!(a.md5, Some(Md5::digest(&base).into()));
+        assert_eq!(fingerprint(&base, 160, 90, None).md5, None);
     }
 
     #[test]
     fn tiny_and_empty_frames_do_not_panic() {
-        let one = image(1, 1, |_, _| [9, 9, 9]);
-        let _ = fingerprint(&one, 1, 1, true);
-        let _ = fingerprint(&[], 0, 0, true);
-        let _ = fingerprint(&[1, 2], 4, 4, false);
+        let one = image(1, 1, |_, _| 9);
+        let _ = fingerprint(&one, 1, 1, Some(&one));
+        let _ = fingerprint(&[], 0, 0, Some(&[]));
+        let _ = fingerprint(&[1, 2], 4, 4, None);
     }
 
     #[test]

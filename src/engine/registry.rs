@@ -199,6 +199,7 @@ impl Registry {
             },
             key: hit.meta.key_frame,
             data: hit.data,
+            luma: None,
         })
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Condvar, Mutex};
 
 use crate::engine::buffers::BufferPool;
-use crate::engine::decoder::{DecodeOptions, FrameDecoder, RawFrame};
+use crate::engine::decoder::{DecodeOptions, FrameDecoder, Luma, RawFrame};
 use crate::engine::output::OutputSpec;
 use crate::engine::plan::{self, Plan, Position};
 use crate::engine::registry::Registry;
@@ -33,6 +33,8 @@ pub struct Pass {
     /// Frames still to hand over, ascending.
     pub frames: VecDeque<FrameIndex>,
     pub spec: OutputSpec,
+    /// Whether the frames carry their luma (see [`Luma`]).
+    pub luma: Luma,
     /// Takes each frame; answers false when nobody wants more (the pass then stops).
     pub sink: Box<dyn FnMut(RawFrame) -> bool + Send>,
     /// Whether the sink can take another frame now (a client reading slowly); `None`: always.
@@ -457,7 +459,14 @@ impl WorkerThread {
 
     /// Frames of a bulk pass until it is done or more urgent work waits (the pass then goes
     /// back in line with its progress). Returns the pass when it yielded.
-    fn pass_some(&self, decoder: &mut FrameDecoder, mut pass: Pass, reply: PassReply, class: Class) -> Option<Work> {
+    fn pass_some(&self, decoder: &mut FrameDecoder, pass: Pass, reply: PassReply, class: Class) -> Option<Work> {
+        decoder.set_luma(pass.luma);
+        let more = self.pass_frames(decoder, pass, reply, class);
+        decoder.set_luma(Luma::Off);
+        more
+    }
+
+    fn pass_frames(&self, decoder: &mut FrameDecoder, mut pass: Pass, reply: PassReply, class: Class) -> Option<Work> {
         let inbox = &self.inbox;
         loop {
             let Some(&next) = pass.frames.front() else {

@@ -165,11 +165,11 @@ def test_health_reports_serving(channel):
     assert status == health_pb2.HealthCheckResponse.SERVING
 
 
-def cell_hashes(rgb, width, height):
-    """aHash and dHash as the README defines them, from the frame's RGB24 bytes."""
+def cell_hashes(luma, width, height):
+    """aHash and dHash as the README defines them, from a frame's 8-bit luma plane."""
     import numpy as np
 
-    a = np.frombuffer(rgb, np.uint8).reshape(height, width, 3).astype(np.uint64)
+    a = np.frombuffer(luma, np.uint8).reshape(height, width).astype(np.uint64)
 
     def spans(cells, n):
         out = []
@@ -178,35 +178,36 @@ def cell_hashes(rgb, width, height):
             out.append((start, min(max((c + 1) * n // cells, start + 1), n)))
         return out
 
-    def luma(cols):
-        grid = []
-        for y0, y1 in spans(8, height):
-            row = []
-            for x0, x1 in spans(cols, width):
-                r, g, b = a[y0:y1, x0:x1].reshape(-1, 3).sum(axis=0)
-                row.append(int((77 * r + 150 * g + 29 * b) // ((y1 - y0) * (x1 - x0))))
-            grid.append(row)
-        return grid
+    def means(cols):
+        return [[int(a[y0:y1, x0:x1].sum()) // ((y1 - y0) * (x1 - x0)) for x0, x1 in spans(cols, width)]
+                for y0, y1 in spans(8, height)]
 
-    cells = [v for row in luma(8) for v in row]
+    cells = [v for row in means(8) for v in row]
     mean = sum(cells) // 64
     ahash = sum(1 << (63 - i) for i, v in enumerate(cells) if v > mean)
-    dgrid = luma(9)
-    dhash = sum(1 << (63 - (r * 8 + c)) for r in range(8) for c in range(8) if dgrid[r][c + 1] > dgrid[r][c])
+    grid = means(9)
+    dhash = sum(1 << (63 - (r * 8 + c)) for r in range(8) for c in range(8) if grid[r][c + 1] > grid[r][c])
     return ahash, dhash
 
 
-def test_hashes_are_what_anyone_computes_from_the_frames(stubs, channel, reference):
+def test_hashes_are_what_anyone_computes_from_the_frames(stubs, channel, media, reference):
     import hashlib
 
     pb, grpc_pb = stubs
     stub = grpc_pb.FrameServerStub(channel)
     hashes = list(stub.GetFrameHashes(pb.FrameHashesRequest(video="clip.mp4", md5=True)))
     assert [h.index for h in hashes] == list(range(75))
+    plain = list(stub.GetFrameHashes(pb.FrameHashesRequest(video="clip.mp4")))
+    assert [(h.ahash, h.dhash) for h in plain] == [(h.ahash, h.dhash) for h in hashes]
+    # The luma plane, as the README says to get it: the first W*H bytes of each yuv420p frame.
+    yuv = subprocess.run(["ffmpeg", "-v", "error", "-i", str(media / "clip.mp4"), "-f", "rawvideo",
+                          "-pix_fmt", "yuv420p", "-"], check=True, capture_output=True).stdout
+    size = W * H * 3 // 2
     for i in [0, 17, 74]:
         frame = stub.RequestFrame(pb.FrameRequest(video="clip.mp4", index=i))
         assert hashes[i].md5 == hashlib.md5(frame.data).digest() == hashlib.md5(reference[i]).digest()
-        assert (hashes[i].ahash, hashes[i].dhash) == cell_hashes(frame.data, W, H), f"frame {i}"
+        luma = yuv[i * size:i * size + W * H]
+        assert (hashes[i].ahash, hashes[i].dhash) == cell_hashes(luma, W, H), f"frame {i}"
 
 
 def test_a_clip_streams_into_a_file_ffmpeg_reads(stubs, channel, tmp_path):
