@@ -71,13 +71,6 @@ pub fn export(
 ) -> impl Stream<Item = Result<ClipChunk, EngineError>> + Send + 'static {
     let (tx, rx) = mpsc::channel::<Result<ClipChunk, EngineError>>(8);
     let spec = OutputSpec { encoding: Encoding::Raw, pixel_format: PixelFormat::Rgb24, ..size };
-    let raw = spec.raw_spec(video.index.stream.width, video.index.stream.height);
-    let (in_w, in_h) = (raw.width, raw.height);
-    // H.264 in 4:2:0 needs even sizes: the encoder's converter drops the odd row or column.
-    let (out_w, out_h) = match codec {
-        ClipCodec::H264Mp4 { .. } => ((in_w & !1).max(2), (in_h & !1).max(2)),
-        ClipCodec::Ffv1Mkv => (in_w, in_h),
-    };
     let (time_base, pts) = timestamps(&video, &frames);
     let first = frames.first().copied().unwrap_or(FrameIndex(0));
     let last = frames.last().copied().unwrap_or(FrameIndex(0));
@@ -91,7 +84,9 @@ pub fn export(
             let enc = match &mut encoder {
                 Some(e) => e,
                 None => {
-                    encoder.insert(ClipEncoder::new(&codec, (in_w, in_h), (out_w, out_h), time_base).map_err(fail)?)
+                    // Sized from the first frame as decoded (the container's header may differ).
+                    let input = (frame.spec.width, frame.spec.height);
+                    encoder.insert(ClipEncoder::new(&codec, input, even_for(&codec, input), time_base).map_err(fail)?)
                 }
             };
             let k = (frame.index.0 - first.0) as usize;
@@ -119,6 +114,15 @@ pub fn export(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The encoded size for frames of `size`: H.264 in 4:2:0 needs even sides (the encoder's
+/// converter drops the odd row or column).
+fn even_for(codec: &ClipCodec, (w, h): (u32, u32)) -> (u32, u32) {
+    match codec {
+        ClipCodec::H264Mp4 { .. } => ((w & !1).max(2), (h & !1).max(2)),
+        ClipCodec::Ffv1Mkv => (w, h),
+    }
 }
 
 /// Send `bytes` in pieces; false when the client has gone.
