@@ -100,6 +100,8 @@ framesrv is starting on 127.0.0.1:50051 with media root ./media. From another sh
   ./target/release/framesrv info sample.mp4
   ./target/release/framesrv get sample.mp4 --index 42 -o frame42.png
   ./target/release/framesrv get sample.mp4 --time 12.5 --max-size 640x360 -o t12.jpg
+  ./target/release/framesrv storyboard sample.mp4 --tiles 50 -o strip.jpg
+  ./target/release/framesrv clip sample.mp4 --range 0:100 -o clip.mp4
 Stop it with Ctrl-C.
 
 MSG

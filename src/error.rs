@@ -96,6 +96,7 @@ impl Error {
                 | EngineError::DecodeFailed { .. } => Code::DataLoss,
                 EngineError::IndexOutOfRange { .. } | EngineError::TimeOutOfRange { .. } => Code::OutOfRange,
                 EngineError::EncodeFailed { .. } => Code::Internal,
+                EngineError::EncoderMissing { .. } => Code::FailedPrecondition,
                 EngineError::Overloaded { .. } => Code::ResourceExhausted,
                 EngineError::ShuttingDown | EngineError::Preempted => Code::Unavailable,
             },

@@ -42,6 +42,8 @@ pub enum FfmpegError {
     NoVideoStream,
     #[error("no decoder for codec {0}")]
     NoDecoder(String),
+    #[error("this FFmpeg has no {0} encoder")]
+    NoEncoder(String),
     #[error("demuxing failed: {0}")]
     Demux(String),
     #[error("seeking failed: {0}")]

@@ -75,6 +75,9 @@ pub enum EngineError {
     DecodeFailed { video: String, reason: String },
     #[error("{video}: {reason}")]
     EncodeFailed { video: String, reason: String },
+    /// The server's FFmpeg lacks an encoder a request needs (libx264 for MP4 clips).
+    #[error("this server cannot encode {codec}: its FFmpeg has no such encoder (install one built with it)")]
+    EncoderMissing { codec: String },
     #[error("too busy: {what}")]
     Overloaded { what: String },
     #[error("the frame server is shutting down")]
@@ -92,6 +95,7 @@ impl EngineError {
             FfmpegError::Open(reason) => EngineError::NotAVideo { video, reason },
             FfmpegError::NoVideoStream => EngineError::NoVideoStream { video },
             FfmpegError::NoDecoder(codec) => EngineError::UnsupportedCodec { video, codec },
+            FfmpegError::NoEncoder(codec) => EngineError::EncoderMissing { codec },
             FfmpegError::Demux(reason)
             | FfmpegError::Seek(reason)
             | FfmpegError::Decode(reason)

@@ -118,7 +118,7 @@ impl ClipEncoder {
             }
             let found = ffi::avcodec_find_encoder_by_name(encoder_c.as_ptr());
             if found.is_null() {
-                return Err(FfmpegError::Encode(format!("this FFmpeg has no {encoder} encoder")));
+                return Err(FfmpegError::NoEncoder(encoder.to_string()));
             }
             this.codec = ffi::avcodec_alloc_context3(found);
             if this.codec.is_null() {
