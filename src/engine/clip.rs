@@ -77,8 +77,9 @@ pub fn export(
     let name = video.name.clone();
     let sink_tx = tx.clone();
     let mut encoder: Option<ClipEncoder> = None;
-    let mut done = 0u64;
     let sink = move |frame: RawFrame| -> bool {
+        // The frames come in order, consecutive: this is the k-th of the clip.
+        let k = (frame.index.0 - first.0) as usize;
         let step = (|| -> Result<Vec<u8>, EngineError> {
             let fail = |e| EngineError::from_ffmpeg(&name, e);
             let enc = match &mut encoder {
@@ -89,7 +90,6 @@ pub fn export(
                     encoder.insert(ClipEncoder::new(&codec, input, even_for(&codec, input), time_base).map_err(fail)?)
                 }
             };
-            let k = (frame.index.0 - first.0) as usize;
             enc.push(&frame.data, pts.get(k).copied().unwrap_or(k as i64)).map_err(fail)?;
             let mut out = enc.take_output();
             if frame.index == last {
@@ -97,9 +97,8 @@ pub fn export(
             }
             Ok(out)
         })();
-        done += 1;
         match step {
-            Ok(bytes) => send(&sink_tx, bytes, done),
+            Ok(bytes) => send(&sink_tx, bytes, k as u64 + 1),
             Err(e) => {
                 let _ = sink_tx.blocking_send(Err(e));
                 false

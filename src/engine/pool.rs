@@ -222,9 +222,10 @@ impl DecoderPool {
             let cost = plan::cost(index, position, target, slack);
             // A lane of a pass wants a decoder to itself: one with work queued, even work that
             // ends where the lane starts (the lane before it), would run the lanes in turn.
-            let continues = plan::plan(index, position, target, slack) == Plan::Continue && !(lane && queued > 0);
+            let taken = lane && queued > 0;
+            let continues = !taken && plan::plan(index, position, target, slack) == Plan::Continue;
             let waiting = if continues { 0 } else { queued as u64 * QUEUE_WEIGHT };
-            let score = if lane && queued > 0 { u64::MAX } else { cost.saturating_add(waiting) };
+            let score = if taken { u64::MAX } else { cost.saturating_add(waiting) };
             if best.is_none_or(|(_, c, _)| score < c) {
                 best = Some((w.id, score, continues));
             }

@@ -445,13 +445,15 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let _in_flight = self.in_flight.enter();
         let req = request.into_inner();
         let name = req.video.clone();
-        let (video, indices) = self.hashes_setup(&req).await.map_err(|e| report("GetFrameHashes", &name, "", e))?;
+        let (video, mut indices) = self.hashes_setup(&req).await.map_err(|e| report("GetFrameHashes", &name, "", e))?;
         let (store, md5) = (self.store.clone(), req.md5);
         let stream = futures::stream::once(async move { store.hashes(&video, md5).await.map(|t| (video, t)) })
             .flat_map(move |result| {
+                // Called once: the stream has one item.
+                let indices = std::mem::take(&mut indices);
                 let _ = &_in_flight;
                 match result {
-                    Ok((video, table)) => futures::stream::iter(indices.clone().into_iter().map(move |i| {
+                    Ok((video, table)) => futures::stream::iter(indices.into_iter().map(move |i| {
                         let f = &table.frames[i.get()];
                         Ok(pb::FrameHash {
                             index: i64::from(i.0),
