@@ -117,14 +117,15 @@ async fn compute(
     let started = std::time::Instant::now();
     let table = pass(&pool, &video, md5, max_per_video).await?;
     tracing::info!(video = %video.name, frames = count, md5, ms = started.elapsed().as_millis() as u64, "hashed");
+    // Stored before anyone is answered, so a table a client has seen survives a restart (a
+    // write still in flight when the process is killed was lost).
     if let Some(file) = file {
         let t = table.clone();
         let name = video.name.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = hashes::save(&file, &t) {
-                tracing::warn!(video = %name, error = %e, "could not store the hashes; they stay in memory only");
-            }
-        });
+        let stored = tokio::task::spawn_blocking(move || hashes::save(&file, &t)).await;
+        if let Ok(Err(e)) = stored {
+            tracing::warn!(video = %name, error = %e, "could not store the hashes; they stay in memory only");
+        }
     }
     Ok(table)
 }
