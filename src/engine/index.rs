@@ -94,6 +94,23 @@ pub struct VideoIndex {
     pub keyframe_count: usize,
 }
 
+/// Everything an index holds but its pts lookup (rebuilt on load): what
+/// [`crate::engine::index_store`] writes and reads back.
+#[derive(Debug)]
+pub struct StoredIndex {
+    pub stream: StreamInfo,
+    pub identity: FrameIdentity,
+    pub frames: Vec<FrameEntry>,
+    pub seek_points: Vec<SeekPoint>,
+    pub packet_pts: Vec<i64>,
+    pub packet_count: usize,
+    pub start_time_s: f64,
+    pub duration_s: f64,
+    pub avg_fps: f64,
+    pub variable_frame_rate: bool,
+    pub keyframe_count: usize,
+}
+
 /// Per-frame facts a sequential decode reports, for [`VideoIndex::from_decode`].
 #[derive(Debug, Clone, Copy)]
 pub struct DecodedFrameMeta {
@@ -213,6 +230,56 @@ impl VideoIndex {
             },
             &durations,
         )
+    }
+
+    /// The pts of every packet in decode order (ByPts; empty for ByCount), as stored on disk.
+    pub fn packet_pts_list(&self) -> &[i64] {
+        &self.packet_pts
+    }
+
+    /// An index read back from disk, checked as a file's claims are: unique packet pts, every
+    /// frame's packet and seek point in range, times increasing. `None` when anything is off,
+    /// so a damaged or tampered entry is rebuilt, never trusted.
+    pub fn from_stored(s: StoredIndex) -> Option<VideoIndex> {
+        let mut packet_by_pts = HashMap::with_capacity(s.packet_pts.len());
+        for (no, &pts) in s.packet_pts.iter().enumerate() {
+            if packet_by_pts.insert(pts, PacketNo(no as u32)).is_some() {
+                return None;
+            }
+        }
+        let by_pts = s.identity == FrameIdentity::ByPts;
+        if by_pts && s.packet_pts.len() != s.packet_count {
+            return None;
+        }
+        let seek_ok = |t: SeekTarget| match t {
+            SeekTarget::Start => true,
+            SeekTarget::Point(i) => by_pts && i < s.seek_points.len(),
+        };
+        let packet_ok = |p: Option<PacketNo>| match p {
+            None => !by_pts,
+            Some(p) => by_pts && p.get() < s.packet_count,
+        };
+        let frames_ok = !s.frames.is_empty()
+            && s.frames.iter().all(|f| seek_ok(f.seek) && packet_ok(f.packet) && f.time_s.is_finite())
+            && s.frames.windows(2).all(|w| w[0].pts < w[1].pts && w[0].time_s <= w[1].time_s);
+        let points_ok = s.seek_points.iter().all(|p| p.packet.get() < s.packet_count);
+        if !frames_ok || !points_ok || !(s.duration_s.is_finite() && s.avg_fps.is_finite()) {
+            return None;
+        }
+        Some(VideoIndex {
+            stream: s.stream,
+            identity: s.identity,
+            frames: s.frames,
+            seek_points: s.seek_points,
+            packet_by_pts,
+            packet_pts: s.packet_pts,
+            packet_count: s.packet_count,
+            start_time_s: s.start_time_s,
+            duration_s: s.duration_s,
+            avg_fps: s.avg_fps,
+            variable_frame_rate: s.variable_frame_rate,
+            keyframe_count: s.keyframe_count,
+        })
     }
 
     pub fn frame_count(&self) -> usize {

@@ -39,6 +39,7 @@ pub mod ffmpeg;
 pub mod fingerprints;
 pub mod hashes;
 pub mod index;
+pub mod index_store;
 pub mod output;
 pub mod plan;
 pub mod pool;

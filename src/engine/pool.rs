@@ -434,4 +434,10 @@ impl DecoderPool {
     pub fn decoder_count(&self) -> usize {
         self.workers.lock().len()
     }
+
+    /// Decoders running non-speculative work, and jobs queued on all decoders.
+    pub fn load(&self) -> (u64, u64) {
+        let queued = self.workers.lock().iter().map(|w| w.queued.load(Ordering::Acquire) as u64).sum();
+        (self.busy.load(Ordering::Acquire) as u64, queued)
+    }
 }

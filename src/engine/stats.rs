@@ -27,7 +27,11 @@ pub struct EngineStats {
     pub seeks: Counter,
     pub frames_decoded: Counter,
     pub open_decoders: Counter,
+    /// Index builds (demux or decode passes) and the time they took, in microseconds.
     pub videos_indexed: Counter,
+    pub index_build_us: Counter,
+    /// Indexes read back from the state directory instead of built.
+    pub index_loads: Counter,
     pub requests: Counter,
     /// Decoder jobs dropped unstarted because every request for the frame had gone.
     pub abandoned: Counter,

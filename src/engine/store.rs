@@ -25,6 +25,7 @@ use crate::engine::dups;
 pub use crate::engine::ffmpeg::ClipCodec;
 use crate::engine::fingerprints::Fingerprints;
 use crate::engine::hashes::HashTable;
+use crate::engine::index_store::{self, ContentKey, StateDir};
 use crate::engine::output::{self, Encoding, OutputSpec};
 use crate::engine::pool::{DecoderPool, OpenVideo, PoolConfig, SubmitError, VideoId};
 pub use crate::engine::registry::{CachedFrame, Frame, FrameMeta};
@@ -54,6 +55,8 @@ pub struct StoreConfig {
     pub inflight: ByteSize,
     /// Where computed tables (frame hashes) are kept across restarts; `None`: memory only.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Bound on the bytes the state directory holds (least recently used files go first).
+    pub state_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +71,12 @@ pub struct StoreStats {
     pub inflight_bytes: u64,
     pub videos_indexed: u64,
     pub requests: u64,
+    /// Time spent building indexes, in seconds, and indexes read back from the state directory.
+    pub index_build_s: f64,
+    pub index_loads: u64,
+    /// Decoders running non-speculative work, and jobs queued on all decoders.
+    pub decoders_busy: u64,
+    pub queued_jobs: u64,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -171,6 +180,7 @@ pub struct FrameStore {
     stats: Arc<EngineStats>,
     budget: Budget,
     fingerprints: Fingerprints,
+    state: StateDir,
 }
 
 /// A storyboard: the grid as JPEG, its layout and the frame each tile shows.
@@ -192,7 +202,9 @@ impl FrameStore {
         let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         let fingerprints = Fingerprints::new(pool.clone(), config.state_dir.clone(), config.pool.max_per_video);
         let budget = Budget::new(config.inflight);
+        let state = StateDir { dir: config.state_dir.clone(), max_bytes: config.state_max_bytes };
         FrameStore {
+            state,
             recent: Mutex::new(HashMap::new()),
             roots,
             config,
@@ -238,24 +250,45 @@ impl FrameStore {
             }
         };
         let stats = self.stats.clone();
+        let state = self.state.clone();
         let id = slot.id.clone();
         let result = slot
             .video
             .get_or_init(|| async move {
                 let name = name.to_string();
                 tokio::task::spawn_blocking(move || {
-                    let started = std::time::Instant::now();
-                    let index = build_index(&id.path, &name)?;
-                    stats.videos_indexed.inc();
-                    tracing::info!(
-                        video = %name,
-                        frames = index.frame_count(),
-                        keyframes = index.keyframe_count,
-                        identity = ?index.identity,
-                        ms = started.elapsed().as_millis() as u64,
-                        "indexed"
-                    );
-                    Ok(Arc::new(OpenVideo { id, name, index: Arc::new(index) }))
+                    let unreadable =
+                        |e: std::io::Error| EngineError::NotAVideo { video: name.clone(), reason: e.to_string() };
+                    let content_key = ContentKey::of(&id.path).map_err(unreadable)?;
+                    let stored = state.dir.as_deref().and_then(|dir| index_store::load(dir, &content_key));
+                    let index = match stored {
+                        Some(index) => {
+                            stats.index_loads.inc();
+                            tracing::debug!(video = %name, frames = index.frame_count(), "index read from the state directory");
+                            index
+                        }
+                        None => {
+                            let started = std::time::Instant::now();
+                            let index = build_index(&id.path, &name)?;
+                            stats.videos_indexed.inc();
+                            stats.index_build_us.add(started.elapsed().as_micros() as u64);
+                            tracing::info!(
+                                video = %name,
+                                frames = index.frame_count(),
+                                keyframes = index.keyframe_count,
+                                identity = ?index.identity,
+                                ms = started.elapsed().as_millis() as u64,
+                                "indexed"
+                            );
+                            if let Some(dir) = state.dir.as_deref() {
+                                if let Err(e) = index_store::save(dir, &content_key, &index, state.max_bytes) {
+                                    tracing::warn!(video = %name, error = %e, "cannot store the index");
+                                }
+                            }
+                            index
+                        }
+                    };
+                    Ok(Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key }))
                 })
                 .await
                 .unwrap_or(Err(EngineError::ShuttingDown))
@@ -552,6 +585,7 @@ impl FrameStore {
     }
 
     pub fn stats(&self) -> StoreStats {
+        let (decoders_busy, queued_jobs) = self.pool.load();
         StoreStats {
             cache: self.registry.cache.stats(),
             open_decoders: self.stats.open_decoders.get(),
@@ -562,6 +596,10 @@ impl FrameStore {
             inflight_bytes: self.budget.in_use(),
             videos_indexed: self.stats.videos_indexed.get(),
             requests: self.stats.requests.get(),
+            index_build_s: self.stats.index_build_us.get() as f64 / 1e6,
+            index_loads: self.stats.index_loads.get(),
+            decoders_busy,
+            queued_jobs,
         }
     }
 

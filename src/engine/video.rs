@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::engine::ffmpeg::{FfmpegError, MediaFile};
 use crate::engine::index::{DecodedFrameMeta, VideoIndex};
+use crate::engine::index_store::ContentKey;
 use crate::engine::EngineError;
 
 /// Identity of a video file's content as far as caching goes: a replaced file (new size or
@@ -29,6 +30,9 @@ pub struct OpenVideo {
     /// The name clients use (relative to its media root).
     pub name: String,
     pub index: Arc<VideoIndex>,
+    /// Names the file's bytes (identity plus a digest of both ends): keys the stored index
+    /// and the HTTP ETags.
+    pub content_key: ContentKey,
 }
 
 /// Build a video's index: one demux pass without decoding, or, for files whose packets carry
