@@ -26,12 +26,38 @@ pub struct Config {
     pub cache_size: ByteSize,
     /// tracing filter (`info`, `debug`, `framesrv=debug`); RUST_LOG wins when set.
     pub log_level: String,
-    /// Where computed tables (frame hashes) are kept across restarts, keyed by each file's
-    /// identity. Empty: `$XDG_CACHE_HOME/framesrv`, else `~/.cache/framesrv`; `none`: keep
+    /// Where indexes and computed tables (frame hashes) are kept across restarts, keyed by
+    /// each file's identity (`index_dir` is accepted as another name for it). Empty: `$XDG_CACHE_HOME/framesrv`, else `~/.cache/framesrv`; `none`: keep
     /// nothing on disk.
+    #[serde(alias = "index_dir")]
     pub state_dir: String,
+    /// Bound on what the state directory holds (indexes and hash tables); the least recently
+    /// used files go first.
+    pub state_max_size: ByteSize,
+    /// `text` or `json` (one JSON object per line, for log pipelines).
+    pub log_format: String,
     pub decoder: DecoderConfig,
     pub limits: LimitsConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve the HTTP routes (frames as URLs, the viewer, /metrics, /healthz, /readyz) on the
+    /// gRPC port beside gRPC.
+    pub enabled: bool,
+    /// `Cache-Control: max-age` of frame URLs that do not name the content key (`?v=`).
+    pub max_age_s: u32,
+    /// Origins allowed to call the HTTP routes and gRPC-web from a browser page (CORS); empty:
+    /// none (same-origin only), `["*"]`: any.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { enabled: true, max_age_s: 3600, cors_origins: Vec::new() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -96,9 +122,12 @@ impl Default for Config {
             media_roots: vec![PathBuf::from("./media")],
             cache_size: ByteSize::mib(512),
             log_level: "info".into(),
+            log_format: "text".into(),
             state_dir: String::new(),
+            state_max_size: ByteSize::mib(2048),
             decoder: DecoderConfig::default(),
             limits: LimitsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -158,8 +187,16 @@ impl Config {
         }
     }
 
+    /// Parse a config file's text; an error names the line it is on and shows it.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.message().to_string())
+        toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count();
+                let shown = text.lines().nth(line).unwrap_or("").trim();
+                format!("line {}: `{shown}`: {}", line + 1, e.message())
+            }
+            None => e.message().to_string(),
+        })
     }
 
     /// Reject values that make no sense, before anything starts.
@@ -177,6 +214,9 @@ impl Config {
         if self.limits.request_timeout_s <= 0.0 || self.limits.shutdown_grace_s < 0.0 {
             return bad("limits.request_timeout_s must be positive and limits.shutdown_grace_s not negative");
         }
+        if self.log_format != "text" && self.log_format != "json" {
+            return bad("log_format must be \"text\" or \"json\"");
+        }
         if self.limits.batch_lookahead == 0 {
             return bad("limits.batch_lookahead must be at least 1");
         }
@@ -192,6 +232,7 @@ impl Config {
             decoder_wait: self.request_timeout(),
             inflight: self.limits.inflight_bytes,
             state_dir: self.state_dir(),
+            state_max_bytes: self.state_max_size.0,
             pool: PoolConfig {
                 max_per_video: self.decoder.max_per_video,
                 max_total: self.decoder.max_total,
@@ -248,6 +289,12 @@ mod tests {
         assert!(err.contains("cache_sise"), "{err}");
         let err = Config::parse("[decoder]\nthreds = 2").unwrap_err();
         assert!(err.contains("threds"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_line_it_is_on() {
+        let err = Config::parse("cache_size = \"1GiB\"\n[http]\nenabled = \"yes\"\n").unwrap_err();
+        assert!(err.starts_with("line 3: `enabled = \"yes\"`"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The one place errors become gRPC statuses.
+//! The one place errors become gRPC statuses and HTTP responses.
 //!
 //! Every module has its own typed error; the service wraps them in [`Error`], and the single
-//! `From<Error> for Status` below gives each variant a deliberate code. The matches list every
+//! `From<Error> for Status` below gives each variant a deliberate code; [`http_status`] maps
+//! each code to the HTTP status the HTTP routes answer with (the JSON body carries the code's
+//! name too, so a client can tell OUT_OF_RANGE from INVALID_ARGUMENT without the status). The matches list every
 //! variant with no catch-all, so a new error cannot ship without choosing its code. Messages
 //! say what was wrong and with which value, and never reveal paths outside the media roots.
 
@@ -35,6 +37,10 @@ pub enum RequestError {
     NotOneOf { field: &'static str, value: String, expected: &'static str },
     #[error("the request took longer than {0:.1}s")]
     Timeout(f64),
+    #[error("the video changed: the URL names content {asked}, the file is now {now}")]
+    StaleVersion { asked: String, now: String },
+    #[error("the frame server is draining before it stops: retry on another replica or later")]
+    Draining,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,6 +87,8 @@ impl Error {
                 | RequestError::BadRange(_)
                 | RequestError::NotOneOf { .. } => Code::InvalidArgument,
                 RequestError::Timeout(_) => Code::DeadlineExceeded,
+                RequestError::StaleVersion { .. } => Code::FailedPrecondition,
+                RequestError::Draining => Code::Unavailable,
             },
             Error::Roots(e) => match e {
                 RootsError::NotFound { .. } => Code::NotFound,
@@ -107,5 +115,48 @@ impl Error {
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         Status::new(e.code(), e.to_string())
+    }
+}
+
+/// The HTTP status that answers a gRPC code: Google's HTTP mapping for gRPC codes, except
+/// OUT_OF_RANGE, which is 416 (the frame or time is past the video's end) rather than 400.
+pub fn http_status(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::FailedPrecondition => 400,
+        Code::OutOfRange => 416,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::ResourceExhausted => 429,
+        Code::Cancelled => 499,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    }
+}
+
+/// The code's name as the gRPC spec writes it (`NOT_FOUND`), for JSON error bodies.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

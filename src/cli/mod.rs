@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Where frame hashes are kept across restarts ("none": memory only).
     #[arg(long, env = "FRAMESRV_STATE_DIR")]
     pub state_dir: Option<String>,
+    /// Log lines as `text` or `json` (one object per line, for log pipelines).
+    #[arg(long, env = "FRAMESRV_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
 }
 
 impl ServeArgs {
@@ -112,6 +115,9 @@ impl ServeArgs {
         if let Some(dir) = &self.state_dir {
             config.state_dir = dir.clone();
         }
+        if let Some(format) = &self.log_format {
+            config.log_format = format.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -130,11 +136,12 @@ pub async fn connect(server: &str) -> Result<FrameServerClient<Channel>, String>
     Ok(FrameServerClient::new(channel).max_decoding_message_size(256 << 20))
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -166,7 +173,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config.log_level);
+    init_tracing(&config.log_level, config.log_format == "json");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -197,7 +204,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(cmd) => {
-            init_tracing("warn");
+            init_tracing("warn", false);
             bench::run(cmd)
         }
         other => client::run(other),

@@ -1,12 +1,22 @@
-//! The daemon: the gRPC service plus health and reflection, on a listener the caller bound,
+//! The daemon: the gRPC service plus health and reflection, and the HTTP routes beside them
+//! (frames as URLs, the viewer, health, readiness, metrics), on one listener the caller bound,
 //! until a shutdown future resolves.
+//!
+//! One port serves both protocols: tonic accepts HTTP/1.1 as well as HTTP/2, and every request
+//! goes through one axum router in which the gRPC services are routes like the HTTP ones. A
+//! gRPC call is recognised by its path (`/framesrv.v1.FrameServer/…`), so operators open one
+//! port, put one load balancer in front and health-check the same address they route to.
+//! gRPC-web is translated in front of the router, so browsers reach the typed API too.
 //!
 //! Taking a bound listener and a shutdown future (rather than an address and signals) is what
 //! lets the integration tests run the real server on `127.0.0.1:0` and stop it at will.
 
+pub mod http;
+pub mod metrics;
 pub mod service;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -16,6 +26,7 @@ use crate::engine::store::FrameStore;
 use crate::media_roots::MediaRoots;
 use crate::proto::v1::frame_server_server::FrameServerServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
+use metrics::Metrics;
 use service::FrameService;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +60,8 @@ pub async fn run_with_store(
 ) -> Result<(), ServerError> {
     let max_message = config.limits.max_message_size.0.min(usize::MAX as u64) as usize;
     let in_flight = service::InFlight::default();
-    let frames = FrameServerServer::new(FrameService::new(store.clone(), config.limits.clone(), in_flight.clone()))
+    let service = Arc::new(FrameService::new(store.clone(), config.limits.clone(), in_flight.clone()));
+    let frames = FrameServerServer::from_arc(service.clone())
         .max_decoding_message_size(4 << 20)
         .max_encoding_message_size(max_message);
 
@@ -67,6 +79,26 @@ pub async fn run_with_store(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
+    let draining = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new(store.clone()));
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha).add_service(frames);
+    // gRPC-web is translated on the gRPC routes only: tonic-web refuses every other HTTP/1.1
+    // request, and the HTTP routes are HTTP/1.1 for most clients.
+    let mut router = grpc.routes().into_axum_router().layer(tonic_web::GrpcWebLayer::new());
+    if config.http.enabled {
+        router = router.merge(http::router(http::HttpState {
+            service: service.clone(),
+            metrics: metrics.clone(),
+            draining: draining.clone(),
+            max_age_s: config.http.max_age_s,
+        }));
+    }
+    let mut router = router.fallback(not_found).layer(axum::middleware::from_fn_with_state(metrics, metrics::track));
+    if !config.http.cors_origins.is_empty() {
+        router = router.layer(cors(&config.http.cors_origins)?);
+    }
+
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, roots = ?config.media_roots, cache = %config.cache_size, "framesrv serving");
 
@@ -78,15 +110,15 @@ pub async fn run_with_store(
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signal = stopping.clone();
     let grace = config.shutdown_grace();
+    // No server-wide timeout layer: the service bounds each unary call itself (one place, and
+    // its DEADLINE_EXCEEDED reaches HTTP clients as 504 rather than as a gRPC status).
     let serve = tonic::transport::Server::builder()
-        .timeout(config.request_timeout())
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(frames)
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
+            draining.store(true, Ordering::Relaxed);
             health.set_not_serving::<FrameServerServer<FrameService>>().await;
             signal.notify_one();
             // Let every request and stream hand over its last frame before connections close
@@ -108,4 +140,34 @@ pub async fn run_with_store(
     store.close_decoders();
     tracing::info!("stopped");
     result
+}
+
+/// Paths nothing serves: UNIMPLEMENTED for gRPC clients, a JSON 404 for everyone else.
+async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"));
+    let path = request.uri().path();
+    if grpc {
+        let status = tonic::Status::unimplemented(format!("no method {path}"));
+        return status.into_http();
+    }
+    http::error_response(tonic::Code::NotFound, &format!("nothing is served at {path}"))
+}
+
+/// CORS for the origins `http.cors_origins` allows (`*` for any), with the frame headers
+/// exposed so that a page on another origin can read a frame's index and time.
+fn cors(origins: &[String]) -> Result<tower_http::cors::CorsLayer, ServerError> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any).expose_headers(Any);
+    if origins.iter().any(|o| o == "*") {
+        return Ok(layer.allow_origin(Any));
+    }
+    let list = origins
+        .iter()
+        .map(|o| o.parse().map_err(|_| ServerError::Config(format!("http.cors_origins: {o:?} is not an origin"))))
+        .collect::<Result<Vec<axum::http::HeaderValue>, _>>()?;
+    Ok(layer.allow_origin(AllowOrigin::list(list)))
 }

@@ -104,7 +104,12 @@ impl FrameService {
         })
     }
 
-    async fn request_frame_inner(&self, req: pb::FrameRequest) -> Result<pb::Frame, Error> {
+    /// The video, frame and output a `RequestFrame` names, checked and resolved without
+    /// decoding anything (the HTTP layer answers `If-None-Match` from this alone).
+    pub(crate) async fn resolve_frame(
+        &self,
+        req: &pb::FrameRequest,
+    ) -> Result<(Arc<OpenVideo>, FrameIndex, OutputSpec), Error> {
         let target = match req.target {
             Some(pb::frame_request::Target::Index(i)) => Target::Index(i),
             Some(pb::frame_request::Target::TimeS(t)) if t.is_finite() => Target::Time(t),
@@ -120,8 +125,67 @@ impl FrameService {
         }
         let video = self.open(&req.video).await?;
         let index = self.store.resolve(&video, target, req.clamp)?;
-        let frame = self.store.frame(&video, index, spec, Class::Interactive, req.keep_behind).await?;
+        Ok((video, index, spec))
+    }
+
+    /// One resolved frame, at interactive priority.
+    pub(crate) async fn fetch_frame(
+        &self,
+        video: &Arc<OpenVideo>,
+        index: FrameIndex,
+        spec: OutputSpec,
+        keep_behind: Option<u32>,
+    ) -> Result<pb::Frame, Error> {
+        let frame = self.store.frame(video, index, spec, Class::Interactive, keep_behind).await?;
         Ok(to_message(frame))
+    }
+
+    async fn request_frame_inner(&self, req: pb::FrameRequest) -> Result<pb::Frame, Error> {
+        let (video, index, spec) = self.resolve_frame(&req).await?;
+        self.fetch_frame(&video, index, spec, req.keep_behind).await
+    }
+
+    /// The description of a video, opening (indexing) it on first use.
+    pub(crate) async fn info(&self, name: &str) -> Result<pb::VideoInfo, Error> {
+        let video = with_timeout(self.request_timeout(), self.open(name)).await?;
+        let idx = &video.index;
+        Ok(pb::VideoInfo {
+            video: video.name.clone(),
+            frame_count: idx.frame_count() as i64,
+            width: idx.stream.width,
+            height: idx.stream.height,
+            duration_s: idx.duration_s,
+            avg_fps: idx.avg_fps,
+            codec: idx.stream.codec.clone(),
+            pixel_format: idx.stream.pixel_format.clone(),
+            container: idx.stream.container.clone(),
+            keyframe_count: idx.keyframe_count as i64,
+            variable_frame_rate: idx.variable_frame_rate,
+            start_time_s: idx.start_time_s,
+            frame_identity: match idx.identity {
+                crate::engine::index::FrameIdentity::ByPts => "pts",
+                crate::engine::index::FrameIdentity::ByCount => "count",
+            }
+            .into(),
+            content_key: video.content_key.hex(),
+        })
+    }
+
+    /// The videos under the media roots whose names start with `prefix`.
+    pub(crate) async fn list(&self, prefix: String) -> Result<Vec<String>, Error> {
+        let roots = self.store.roots().clone();
+        tokio::task::spawn_blocking(move || roots.list(&prefix))
+            .await
+            .map_err(|_| crate::engine::EngineError::ShuttingDown.into())
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.limits.request_timeout_s)
+    }
+
+    /// Mark a request in flight until the guard drops (shutdown waits for it).
+    pub(crate) fn enter(&self) -> InFlightGuard {
+        self.in_flight.enter()
     }
 
     /// The frame indices a batch selects, checked against the video and the limits before the
@@ -183,7 +247,7 @@ impl FrameService {
         })
     }
 
-    async fn storyboard_inner(&self, req: pb::StoryboardRequest) -> Result<pb::Storyboard, Error> {
+    pub(crate) async fn storyboard_inner(&self, req: pb::StoryboardRequest) -> Result<pb::Storyboard, Error> {
         /// JPEG's largest side.
         const MAX_SIDE: u32 = 65_535;
         let max_tiles = self.limits.max_storyboard_tiles;
@@ -334,12 +398,12 @@ fn to_message(frame: Frame) -> pb::Frame {
 }
 
 /// Log an error the way an operator wants it: which call, which video, what happened.
-fn report(call: &str, video: &str, target: &str, e: Error) -> Status {
+pub(crate) fn report(call: &str, video: &str, target: &str, e: Error) -> Status {
     tracing::warn!(call, video, target, code = ?e.code(), error = %e, "request failed");
     e.into()
 }
 
-async fn with_timeout<T>(
+pub(crate) async fn with_timeout<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
@@ -361,42 +425,16 @@ impl pb::frame_server_server::FrameServer for FrameService {
     ) -> Result<Response<pb::VideoInfo>, Status> {
         let req = request.into_inner();
         let span = tracing::debug_span!("GetVideoInfo", video = %req.video);
-        let limit = Duration::from_secs_f64(self.limits.request_timeout_s);
-        let video = with_timeout(limit, self.open(&req.video))
-            .instrument(span)
-            .await
-            .map_err(|e| report("GetVideoInfo", &req.video, "", e))?;
-        let idx = &video.index;
-        Ok(Response::new(pb::VideoInfo {
-            video: video.name.clone(),
-            frame_count: idx.frame_count() as i64,
-            width: idx.stream.width,
-            height: idx.stream.height,
-            duration_s: idx.duration_s,
-            avg_fps: idx.avg_fps,
-            codec: idx.stream.codec.clone(),
-            pixel_format: idx.stream.pixel_format.clone(),
-            container: idx.stream.container.clone(),
-            keyframe_count: idx.keyframe_count as i64,
-            variable_frame_rate: idx.variable_frame_rate,
-            start_time_s: idx.start_time_s,
-            frame_identity: match idx.identity {
-                crate::engine::index::FrameIdentity::ByPts => "pts",
-                crate::engine::index::FrameIdentity::ByCount => "count",
-            }
-            .into(),
-        }))
+        let info =
+            self.info(&req.video).instrument(span).await.map_err(|e| report("GetVideoInfo", &req.video, "", e))?;
+        Ok(Response::new(info))
     }
 
     async fn list_videos(
         &self,
         request: Request<pb::ListVideosRequest>,
     ) -> Result<Response<pb::ListVideosResponse>, Status> {
-        let prefix = request.into_inner().prefix;
-        let roots = self.store.roots().clone();
-        let videos = tokio::task::spawn_blocking(move || roots.list(&prefix))
-            .await
-            .map_err(|_| Status::unavailable("the frame server is shutting down"))?;
+        let videos = self.list(request.into_inner().prefix).await?;
         Ok(Response::new(pb::ListVideosResponse { videos }))
     }
 
@@ -483,7 +521,9 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let _in_flight = self.in_flight.enter();
         let req = request.into_inner();
         let name = req.video.clone();
-        let report = self.duplicates_inner(req).await.map_err(|e| report("FindDuplicates", &name, "", e))?;
+        let report = with_timeout(self.request_timeout(), self.duplicates_inner(req))
+            .await
+            .map_err(|e| report("FindDuplicates", &name, "", e))?;
         Ok(Response::new(report))
     }
 
@@ -511,7 +551,9 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let _in_flight = self.in_flight.enter();
         let req = request.into_inner();
         let name = req.video.clone();
-        let board = self.storyboard_inner(req).await.map_err(|e| report("GetStoryboard", &name, "", e))?;
+        let board = with_timeout(self.request_timeout(), self.storyboard_inner(req))
+            .await
+            .map_err(|e| report("GetStoryboard", &name, "", e))?;
         Ok(Response::new(board))
     }
 
