@@ -15,11 +15,13 @@ APT_PACKAGES=(
   build-essential pkg-config clang libclang-dev
   ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
   python3 python3-venv python3-pip ca-certificates curl
+  chromium chromium-driver
 )
 # Pinned so that the Python client test is reproducible.
 PY_PACKAGES=(
   "grpcio==1.76.0" "grpcio-tools==1.76.0" "grpcio-reflection==1.76.0"
   "grpcio-health-checking==1.76.0" "protobuf>=6.31,<7" "pytest==8.4.2" "Pillow>=10,<12" "numpy>=1.26,<3"
+  "requests==2.32.5" "prometheus-client==0.23.1" "selenium==4.38.0"
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -66,6 +68,10 @@ setup_python() {
     .venv/bin/pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
     printf '%s' "$want" > "$stamp"
   fi
+  # The client package, built as users build it (stubs generated from proto/ by its setup.py),
+  # every time: the tests must see the current proto and client code.
+  log "installing the Python client package (clients/python)"
+  .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps ./clients/python
 }
 
 setup() {

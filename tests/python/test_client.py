@@ -1,94 +1,16 @@
 """A Python client against a real framesrv daemon: the integration a labelling tool or a data
-loader would write. Stubs are generated from proto/ at test time with grpcio-tools; frames are
-compared byte for byte with the ffmpeg CLI's own decode of the same file."""
+loader would write with the raw stubs (those the client package generates from proto/ at build
+time); frames are compared byte for byte with the ffmpeg CLI's own decode of the same file."""
 
 import io
-import os
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[2]
-W, H = 320, 240
-
-
-@pytest.fixture(scope="session")
-def stubs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("stubs")
-    from grpc_tools import protoc
-
-    rc = protoc.main([
-        "protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
-        str(ROOT / "proto/framesrv/v1/framesrv.proto"),
-    ])
-    assert rc == 0, "stub generation failed"
-    sys.path.insert(0, str(out))
-    from framesrv.v1 import framesrv_pb2, framesrv_pb2_grpc
-
-    return framesrv_pb2, framesrv_pb2_grpc
-
-
-@pytest.fixture(scope="session")
-def media(tmp_path_factory):
-    media = tmp_path_factory.mktemp("media")
-    subprocess.run([
-        "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate=25",
-        "-t", "3", "-c:v", "libx264", "-bf", "3", "-g", "25", "-pix_fmt", "yuv420p",
-        str(media / "clip.mp4"),
-    ], check=True)
-    return media
-
-
-@pytest.fixture(scope="session")
-def reference(media):
-    raw = subprocess.run([
-        "ffmpeg", "-v", "error", "-i", str(media / "clip.mp4"), "-map", "0:v:0",
-        "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
-    ], check=True, capture_output=True).stdout
-    size = W * H * 3
-    return [raw[i:i + size] for i in range(0, len(raw), size)]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def channel(media, tmp_path_factory):
-    binary = os.environ.get("FRAMESRV_BIN", str(ROOT / "target/debug/framesrv"))
-    addr = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(
-        [binary, "serve", "--listen", addr, "--media-root", str(media), "--cache-size", "64MiB",
-         "--state-dir", str(tmp_path_factory.mktemp("state"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)])
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.time() + 30
-    while True:
-        try:
-            status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                break
-        except grpc.RpcError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("daemon did not start: " + proc.stderr.read().decode(errors="replace"))
-        time.sleep(0.1)
-    yield channel
-    channel.close()
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0, "SIGTERM drains and exits 0"
+from conftest import H, W
 
 
 def test_info_counts_frames_from_the_index(stubs, channel, reference):

@@ -1,0 +1,200 @@
+"""The HTTP routes beside gRPC, on the daemon's own port, through a real HTTP client (requests):
+frames as URLs (bit-exact against ffmpeg's decode), caching headers and 304s, JSON errors with
+matching statuses, health and readiness, Prometheus metrics parsed by prometheus_client's own
+parser, gRPC-web, and CORS."""
+
+import io
+import struct
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import H, W
+
+
+@pytest.fixture(scope="module")
+def base(daemon):
+    return f"http://{daemon}"
+
+
+def test_list_and_info_are_json_with_the_proto_field_names(base, reference):
+    r = requests.get(f"{base}/v1/videos")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert "clip.mp4" in r.json()["videos"]
+    assert requests.get(f"{base}/v1/videos", params={"prefix": "nothing-"}).json() == {"videos": []}
+    info = requests.get(f"{base}/v1/videos/clip.mp4").json()
+    assert info["video"] == "clip.mp4"
+    assert info["frame_count"] == len(reference)
+    assert (info["width"], info["height"]) == (W, H)
+    assert info["codec"] == "h264" and info["frame_identity"] == "pts"
+    assert len(info["content_key"]) == 32
+
+
+def test_raw_and_png_frames_are_the_decoders_exact_pixels(base, reference):
+    from PIL import Image
+
+    for i in [0, 40, 39, 74]:
+        r = requests.get(f"{base}/v1/videos/clip.mp4/frames/{i}", params={"format": "raw"})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/octet-stream"
+        assert (r.headers["x-frame-width"], r.headers["x-frame-height"]) == (str(W), str(H))
+        assert r.headers["x-pixel-format"] == "rgb24"
+        assert r.headers["x-frame-index"] == str(i)
+        assert r.content == reference[i], f"frame {i}"
+    # PNG chosen by the Accept header; negative indices count from the end.
+    r = requests.get(f"{base}/v1/videos/clip.mp4/frames/-1", headers={"Accept": "image/png"})
+    assert r.headers["content-type"] == "image/png" and r.headers["x-frame-index"] == "74"
+    assert Image.open(io.BytesIO(r.content)).convert("RGB").tobytes() == reference[74]
+    # By time: 2.0 s at 25 fps is frame 50, with its time and keyframe flag in headers.
+    r = requests.get(f"{base}/v1/videos/clip.mp4/at/2.0", params={"format": "png"})
+    assert r.headers["x-frame-index"] == "50" and float(r.headers["x-frame-time"]) == 2.0
+    assert r.headers["x-key-frame"] == "true"  # GOP 25
+    assert Image.open(io.BytesIO(r.content)).tobytes() == reference[50]
+
+
+def test_jpeg_is_the_default_and_is_the_right_frame(base, reference):
+    import numpy as np
+    from PIL import Image
+
+    r = requests.get(f"{base}/v1/videos/clip.mp4/frames/33", params={"max_width": W, "quality": 95})
+    assert r.headers["content-type"] == "image/jpeg"
+    got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.int16)
+    errors = [np.abs(got - np.frombuffer(ref, np.uint8).reshape(H, W, 3)).mean() for ref in reference]
+    assert int(np.argmin(errors)) == 33 and errors[33] < 4, errors[30:37]
+    small = requests.get(f"{base}/v1/videos/clip.mp4/frames/33", params={"max_width": 160})
+    assert Image.open(io.BytesIO(small.content)).size == (160, 120)
+
+
+def test_etags_and_cache_control_let_caches_hold_frames(base):
+    url = f"{base}/v1/videos/clip.mp4/frames/12"
+    first = requests.get(url)
+    tag = first.headers["etag"]
+    assert tag.startswith('"') and tag.endswith('"')
+    assert first.headers["cache-control"].startswith("public, max-age=")
+    assert "immutable" in first.headers["cache-control"]
+    again = requests.get(url, headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == tag
+    # Another frame or another output is another entity.
+    assert requests.get(f"{base}/v1/videos/clip.mp4/frames/13").headers["etag"] != tag
+    assert requests.get(url, params={"max_width": 100}).headers["etag"] != tag
+    assert requests.get(url, headers={"If-None-Match": '"stale"'}).status_code == 200
+    # A URL naming the content key is cached for a year; one naming another key is refused.
+    key = requests.get(f"{base}/v1/videos/clip.mp4").json()["content_key"]
+    versioned = requests.get(url, params={"v": key})
+    assert versioned.status_code == 200 and "max-age=31536000" in versioned.headers["cache-control"]
+    stale = requests.get(url, params={"v": "0" * 32})
+    assert stale.status_code == 400 and stale.json()["code"] == "FAILED_PRECONDITION"
+
+
+@pytest.mark.parametrize("path,status,code", [
+    ("/v1/videos/missing.mp4", 404, "NOT_FOUND"),
+    ("/v1/videos/missing.mp4/frames/0", 404, "NOT_FOUND"),
+    ("/v1/videos/..%2F..%2Fetc%2Fpasswd", 403, "PERMISSION_DENIED"),
+    ("/v1/videos/%2Fetc%2Fpasswd/frames/0", 403, "PERMISSION_DENIED"),
+    ("/v1/videos/clip.mp4/frames/75", 416, "OUT_OF_RANGE"),
+    ("/v1/videos/clip.mp4/frames/-76", 416, "OUT_OF_RANGE"),
+    ("/v1/videos/clip.mp4/at/3.5", 416, "OUT_OF_RANGE"),
+    ("/v1/videos/clip.mp4/frames/x", 400, "INVALID_ARGUMENT"),
+    ("/v1/videos/clip.mp4/at/nan", 400, "INVALID_ARGUMENT"),
+    ("/v1/videos/clip.mp4/frames/1?format=gif", 400, "INVALID_ARGUMENT"),
+    ("/v1/videos/clip.mp4/frames/1?max_width=99999", 400, "INVALID_ARGUMENT"),
+    ("/v1/videos/clip.mp4/frames/1?quality=-1", 400, "INVALID_ARGUMENT"),
+    ("/v1/videos/clip.mp4/storyboard?tiles=0", 400, "INVALID_ARGUMENT"),
+    ("/nothing/here", 404, "NOT_FOUND"),
+])
+def test_errors_are_json_with_statuses_matching_their_grpc_codes(daemon, path, status, code):
+    # Raw paths (no client-side normalisation of %2F or ..).
+    import http.client
+
+    conn = http.client.HTTPConnection(daemon, timeout=10)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status == status, body
+    assert r.getheader("content-type") == "application/json"
+    import json
+
+    err = json.loads(body)
+    assert err["code"] == code and err["message"], err
+    assert "/etc/passwd" not in err["message"] or "not allowed" in err["message"]
+
+
+def test_clamp_answers_the_last_frame_instead_of_416(base):
+    r = requests.get(f"{base}/v1/videos/clip.mp4/at/99", params={"clamp": "true", "format": "raw"})
+    assert r.status_code == 200 and r.headers["x-frame-index"] == "74"
+
+
+def test_storyboard_route_gives_the_grid_and_its_frames(base):
+    from PIL import Image
+
+    r = requests.get(f"{base}/v1/videos/clip.mp4/storyboard", params={"tiles": 3, "tile_width": 64})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.headers["x-storyboard-frames"] == "0,25,50"
+    cols, rows = int(r.headers["x-storyboard-columns"]), int(r.headers["x-storyboard-rows"])
+    assert Image.open(io.BytesIO(r.content)).size == (cols * 64, rows * int(r.headers["x-storyboard-tile-height"]))
+
+
+def test_health_and_readiness(base):
+    assert requests.get(f"{base}/healthz").status_code == 200
+    assert requests.get(f"{base}/readyz").text.strip() == "ready"
+
+
+def test_metrics_parse_and_count_what_was_asked(base):
+    def scrape():
+        text = requests.get(f"{base}/metrics").text
+        return {s.name + repr(sorted(s.labels.items())): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}, text
+
+    def frame_requests(m, code):
+        key = "framesrv_requests_total" + repr(sorted(
+            {"protocol": "http", "method": "/v1/videos/{video}/frames/{index}", "code": code}.items()))
+        return m.get(key, 0)
+
+    before, _ = scrape()
+    for i in range(3):
+        requests.get(f"{base}/v1/videos/clip.mp4/frames/{60 + i}", params={"max_width": 123})
+    requests.get(f"{base}/v1/videos/clip.mp4/frames/999")
+    after, text = scrape()
+    assert frame_requests(after, "200") - frame_requests(before, "200") == 3
+    assert frame_requests(after, "416") - frame_requests(before, "416") == 1
+    for name in ["framesrv_cache_bytes", "framesrv_cache_entries", "framesrv_cache_hits_total",
+                 "framesrv_cache_misses_total", "framesrv_cache_evictions_total", "framesrv_decoders_open",
+                 "framesrv_decoders_busy", "framesrv_decode_queue_depth", "framesrv_frames_decoded_total",
+                 "framesrv_seeks_total", "framesrv_index_builds_total", "framesrv_index_build_seconds_total",
+                 "framesrv_inflight_bytes", "framesrv_process_resident_memory_bytes"]:
+        assert name + "[]" in after, name
+    assert after["framesrv_process_resident_memory_bytes[]"] > 1 << 20
+    assert after["framesrv_frames_decoded_total[]"] > before.get("framesrv_frames_decoded_total[]", 0)
+    assert after["framesrv_cache_misses_total[]"] >= 3
+    # Latency histograms by priority class.
+    assert "framesrv_request_duration_seconds_bucket{" in text and 'class="interactive"' in text
+
+
+def grpc_web_call(base, method, message: bytes, origin=None):
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    if origin:
+        headers["origin"] = origin
+    body = b"\x00" + struct.pack(">I", len(message)) + message
+    return requests.post(f"{base}/framesrv.v1.FrameServer/{method}", data=body, headers=headers)
+
+
+def test_grpc_web_reaches_the_typed_api_over_http1(base, stubs):
+    pb, _ = stubs
+    r = grpc_web_call(base, "GetVideoInfo", pb.GetVideoInfoRequest(video="clip.mp4").SerializeToString())
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/grpc-web")
+    flag, length = r.content[0], struct.unpack(">I", r.content[1:5])[0]
+    assert flag == 0
+    info = pb.VideoInfo.FromString(r.content[5:5 + length])
+    assert info.frame_count == 75
+    assert b"grpc-status:0" in r.content[5 + length:]
+    missing = grpc_web_call(base, "GetVideoInfo", pb.GetVideoInfoRequest(video="nope.mp4").SerializeToString())
+    assert "grpc-status" in missing.headers and missing.headers["grpc-status"] == "5"
+
+
+def test_cors_is_off_by_default(base):
+    r = requests.get(f"{base}/v1/videos/clip.mp4", headers={"Origin": "https://labels.example"})
+    assert "access-control-allow-origin" not in r.headers
+    pre = requests.options(f"{base}/v1/videos/clip.mp4/frames/1",
+                           headers={"Origin": "https://labels.example", "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in pre.headers

@@ -1,0 +1,108 @@
+"""The viewer page the daemon serves at `/`, in a real headless Chromium (Debian's chromium and
+chromium-driver, driven by selenium through /usr/bin/chromedriver so that nothing is
+downloaded): choose the video, step with the keyboard, and check that the page shows the frame
+it says it shows, the server's own."""
+
+import base64
+import io
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import H, ROOT, W
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (shutil.which("chromium") and Path(CHROMEDRIVER).exists()):
+        pytest.fail("chromium and chromium-driver are not installed: run `bash scripts/dev.sh setup`")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="framesrv-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+                 "--window-size=1000,800"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(20)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def shown_index(driver):
+    return driver.find_element("id", "index").text
+
+
+def wait_for(driver, condition, what, timeout=20):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: condition(d), message=what)
+
+
+def test_step_five_frames_and_the_page_shows_the_servers_frame_5(browser, daemon, reference):
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    base = f"http://{daemon}"
+    browser.get(base + "/")
+    wait_for(browser, lambda d: "clip.mp4" in d.find_element("id", "video").text, "the video list")
+    Select(browser.find_element("id", "video")).select_by_visible_text("clip.mp4")
+    wait_for(browser, lambda d: shown_index(d) == "0", "frame 0 shown")
+    assert browser.find_element("id", "count").text == "75"
+    assert browser.find_element("id", "key").text == "keyframe"
+    wait_for(browser, lambda d: d.execute_script(
+        "const s = document.getElementById('storyboard'); return s && s.complete && s.naturalWidth > 0"),
+        "the storyboard strip")
+
+    body = browser.find_element("tag name", "body")
+    for _ in range(5):
+        body.send_keys(Keys.ARROW_RIGHT)
+    wait_for(browser, lambda d: shown_index(d) == "5", "frame 5 shown after five steps")
+    assert browser.find_element("id", "time").text == "0.200"
+    assert browser.find_element("id", "key").text == "not a keyframe"
+    assert browser.find_element("id", "slider").get_attribute("value") == "5"
+
+    # The image on the page is, byte for byte, what the server sends for frame 5 at that URL ...
+    img = browser.find_element("id", "frame")
+    wait_for(browser, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img),
+             "the image decoded")
+    shown = base64.b64decode(browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch(arguments[0].src).then(r => r.blob()).then(b => {
+          const reader = new FileReader();
+          reader.onload = () => done(reader.result.split(',')[1]);
+          reader.readAsDataURL(b);
+        });""", img))
+    url = img.get_attribute("data-url")
+    assert img.get_attribute("data-index") == "5"
+    served = requests.get(base + url)
+    assert served.headers["x-frame-index"] == "5"
+    assert shown == served.content
+    # ... and that is frame 5 of ffmpeg's own decode (the nearest of all 75 frames).
+    pixels = np.asarray(Image.open(io.BytesIO(shown)).convert("RGB"), dtype=np.int16)
+    assert pixels.shape == (H, W, 3)
+    errors = [np.abs(pixels - np.frombuffer(r, np.uint8).reshape(H, W, 3)).mean() for r in reference]
+    assert int(np.argmin(errors)) == 5, errors[:10]
+
+    # Shift+Right steps a second (by time): frame 30 at 25 fps; Left steps back one.
+    body.send_keys(Keys.SHIFT, Keys.ARROW_RIGHT)
+    wait_for(browser, lambda d: shown_index(d) == "30", "a second later")
+    body.send_keys(Keys.ARROW_LEFT)
+    wait_for(browser, lambda d: shown_index(d) == "29", "one frame back")
+
+    out = ROOT / "target" / "test-output"
+    out.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(out / "viewer.png"))
+    print(f"viewer screenshot: {out / 'viewer.png'}")
