@@ -108,6 +108,8 @@ framesrv is starting on 127.0.0.1:50051 with media root ./media. From another sh
   ./target/release/framesrv get sample.mp4 --time 12.5 --max-size 640x360 -o t12.jpg
   ./target/release/framesrv storyboard sample.mp4 --tiles 50 -o strip.jpg
   ./target/release/framesrv clip sample.mp4 --range 0:100 -o clip.mp4
+  curl -o f42.jpg http://127.0.0.1:50051/v1/videos/sample.mp4/frames/42
+The viewer: http://127.0.0.1:50051/ . Metrics: http://127.0.0.1:50051/metrics .
 Stop it with Ctrl-C.
 
 MSG

@@ -263,7 +263,7 @@ impl VideoIndex {
             && s.frames.iter().all(|f| seek_ok(f.seek) && packet_ok(f.packet) && f.time_s.is_finite())
             && s.frames.windows(2).all(|w| w[0].pts < w[1].pts && w[0].time_s <= w[1].time_s);
         let points_ok = s.seek_points.iter().all(|p| p.packet.get() < s.packet_count);
-        if !frames_ok || !points_ok || !(s.duration_s.is_finite() && s.avg_fps.is_finite()) {
+        if !(frames_ok && points_ok && s.duration_s.is_finite() && s.avg_fps.is_finite()) {
             return None;
         }
         Some(VideoIndex {

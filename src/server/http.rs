@@ -346,6 +346,9 @@ fn frame_response(frame: pb::Frame, tag: String, cache_control: String) -> Respo
 /// `GET /v1/videos/{video}/storyboard?tiles=&tile_width=&tile_height=&columns=&exact=`: the
 /// storyboard JPEG, with its layout and each tile's frame in headers.
 async fn storyboard(state: &HttpState, video: String, q: &HashMap<String, String>) -> Result<Response, HttpError> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(RequestError::Draining.into());
+    }
     let _in_flight = state.service.enter();
     let req = pb::StoryboardRequest {
         video: video.clone(),
