@@ -12,8 +12,6 @@
 //!
 //! Everything here is pure data and logic, unit-tested without FFmpeg.
 
-use std::collections::HashMap;
-
 use crate::engine::ffmpeg::{PacketMeta, StreamInfo};
 use crate::units::{FrameIndex, PacketNo, Pts};
 
@@ -80,8 +78,10 @@ pub struct VideoIndex {
     pub identity: FrameIdentity,
     pub frames: Vec<FrameEntry>,
     pub seek_points: Vec<SeekPoint>,
-    /// pts of every packet in decode order (ByPts only), to recognise a packet after a seek.
-    packet_by_pts: HashMap<i64, PacketNo>,
+    /// Every packet's pts with its number, sorted by pts (ByPts only), to recognise a packet
+    /// after a seek. A sorted list rather than a hash map: built in a millisecond from packets
+    /// that are nearly in pts order already, and no file can make its lookups slow.
+    packet_by_pts: Vec<(i64, PacketNo)>,
     /// pts of each packet in decode order (ByPts only), to decide which packets may skip
     /// non-reference decoding.
     packet_pts: Vec<i64>,
@@ -123,15 +123,11 @@ impl VideoIndex {
     /// timestamps cannot identify frames (missing or repeated pts): the caller must then build
     /// the index with a decode pass ([`VideoIndex::from_decode`]).
     pub fn from_packets(stream: StreamInfo, packets: &[PacketMeta]) -> Option<VideoIndex> {
-        let mut packet_by_pts = HashMap::with_capacity(packets.len());
         let mut packet_pts = Vec::with_capacity(packets.len());
-        for (no, p) in packets.iter().enumerate() {
-            let pts = p.pts?;
-            if packet_by_pts.insert(pts, PacketNo(no as u32)).is_some() {
-                return None;
-            }
-            packet_pts.push(pts);
+        for p in packets {
+            packet_pts.push(p.pts?);
         }
+        let packet_by_pts = pts_lookup(&packet_pts)?;
         let seek_points: Vec<SeekPoint> = packets
             .iter()
             .enumerate()
@@ -219,7 +215,7 @@ impl VideoIndex {
                 identity: FrameIdentity::ByCount,
                 frames: entries,
                 seek_points: Vec::new(),
-                packet_by_pts: HashMap::new(),
+                packet_by_pts: Vec::new(),
                 packet_pts: Vec::new(),
                 packet_count,
                 start_time_s,
@@ -241,12 +237,7 @@ impl VideoIndex {
     /// frame's packet and seek point in range, times increasing. `None` when anything is off,
     /// so a damaged or tampered entry is rebuilt, never trusted.
     pub fn from_stored(s: StoredIndex) -> Option<VideoIndex> {
-        let mut packet_by_pts = HashMap::with_capacity(s.packet_pts.len());
-        for (no, &pts) in s.packet_pts.iter().enumerate() {
-            if packet_by_pts.insert(pts, PacketNo(no as u32)).is_some() {
-                return None;
-            }
-        }
+        let packet_by_pts = pts_lookup(&s.packet_pts)?;
         let by_pts = s.identity == FrameIdentity::ByPts;
         if by_pts && s.packet_pts.len() != s.packet_count {
             return None;
@@ -297,7 +288,8 @@ impl VideoIndex {
 
     /// The packet whose pts is `pts` (ByPts).
     pub fn packet_by_pts(&self, pts: i64) -> Option<PacketNo> {
-        self.packet_by_pts.get(&pts).copied()
+        let at = self.packet_by_pts.binary_search_by_key(&pts, |&(p, _)| p).ok()?;
+        Some(self.packet_by_pts[at].1)
     }
 
     /// The pts of packet `no` (ByPts).
@@ -351,6 +343,18 @@ fn seek_target_for(points: &[SeekPoint], packet: PacketNo, pts: i64) -> SeekTarg
 }
 
 /// Fill in the figures derived from the frames: durations, fps, VFR.
+/// Packet numbers by pts, sorted; `None` when two packets share a pts (they cannot identify
+/// frames).
+fn pts_lookup(packet_pts: &[i64]) -> Option<Vec<(i64, PacketNo)>> {
+    let mut by_pts: Vec<(i64, PacketNo)> =
+        packet_pts.iter().enumerate().map(|(no, &pts)| (pts, PacketNo(no as u32))).collect();
+    by_pts.sort_unstable_by_key(|&(pts, _)| pts);
+    if by_pts.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    Some(by_pts)
+}
+
 fn finish(mut index: VideoIndex, packet_durations: &[f64]) -> VideoIndex {
     let n = index.frames.len();
     let intervals: Vec<f64> = index.frames.windows(2).map(|w| w[1].time_s - w[0].time_s).collect();

@@ -259,12 +259,20 @@ impl FrameStore {
                 tokio::task::spawn_blocking(move || {
                     let unreadable =
                         |e: std::io::Error| EngineError::NotAVideo { video: name.clone(), reason: e.to_string() };
+                    let started = std::time::Instant::now();
                     let content_key = ContentKey::of(&id.path).map_err(unreadable)?;
+                    let keyed = started.elapsed();
                     let stored = state.dir.as_deref().and_then(|dir| index_store::load(dir, &content_key));
                     let index = match stored {
                         Some(index) => {
                             stats.index_loads.inc();
-                            tracing::debug!(video = %name, frames = index.frame_count(), "index read from the state directory");
+                            tracing::debug!(
+                                video = %name,
+                                frames = index.frame_count(),
+                                key_ms = keyed.as_secs_f64() * 1e3,
+                                load_ms = (started.elapsed() - keyed).as_secs_f64() * 1e3,
+                                "index read from the state directory"
+                            );
                             index
                         }
                         None => {
