@@ -15,7 +15,7 @@ APT_PACKAGES=(
   build-essential pkg-config clang libclang-dev
   ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
   python3 python3-venv python3-pip ca-certificates curl
-  chromium chromium-driver
+  chromium chromium-driver haproxy
 )
 # Pinned so that the Python client test is reproducible.
 PY_PACKAGES=(

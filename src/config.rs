@@ -34,6 +34,9 @@ pub struct Config {
     /// Bound on what the state directory holds (indexes and hash tables); the least recently
     /// used files go first.
     pub state_max_size: ByteSize,
+    /// The name this daemon answers with in the `x-framesrv-replica` header (which replica
+    /// served a request behind a load balancer); empty: its listen address.
+    pub replica_name: String,
     /// `text` or `json` (one JSON object per line, for log pipelines).
     pub log_format: String,
     pub decoder: DecoderConfig,
@@ -102,6 +105,9 @@ pub struct LimitsConfig {
     pub request_timeout_s: f64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_s: f64,
+    /// After SIGTERM, how long new requests are still accepted (readiness already failing)
+    /// before the drain: long enough for a load balancer to take the replica out of rotation.
+    pub shutdown_delay_s: f64,
     /// Largest frame message sent (bytes); a 4K RGBA frame is 33 MB.
     pub max_message_size: ByteSize,
     /// Largest `keep_behind` a request may ask for.
@@ -122,6 +128,7 @@ impl Default for Config {
             media_roots: vec![PathBuf::from("./media")],
             cache_size: ByteSize::mib(512),
             log_level: "info".into(),
+            replica_name: String::new(),
             log_format: "text".into(),
             state_dir: String::new(),
             state_max_size: ByteSize::mib(2048),
@@ -158,6 +165,7 @@ impl Default for LimitsConfig {
             batch_lookahead: 8,
             request_timeout_s: 60.0,
             shutdown_grace_s: 10.0,
+            shutdown_delay_s: 0.0,
             max_message_size: ByteSize::mib(64),
             max_keep_behind: 300,
             inflight_bytes: ByteSize::mib(128),
@@ -211,8 +219,13 @@ impl Config {
         if self.decoder.threads > 64 {
             return bad("decoder.threads must be 0 (adaptive) or 1..=64");
         }
-        if self.limits.request_timeout_s <= 0.0 || self.limits.shutdown_grace_s < 0.0 {
-            return bad("limits.request_timeout_s must be positive and limits.shutdown_grace_s not negative");
+        if self.limits.request_timeout_s <= 0.0
+            || self.limits.shutdown_grace_s < 0.0
+            || self.limits.shutdown_delay_s < 0.0
+        {
+            return bad(
+                "limits.request_timeout_s must be positive, limits.shutdown_grace_s and limits.shutdown_delay_s not negative",
+            );
         }
         if self.log_format != "text" && self.log_format != "json" {
             return bad("log_format must be \"text\" or \"json\"");
@@ -264,12 +277,25 @@ impl Config {
         }
     }
 
+    /// `replica_name`, or the listen address when it is empty.
+    pub fn replica_name(&self) -> String {
+        if self.replica_name.is_empty() {
+            self.listen.clone()
+        } else {
+            self.replica_name.clone()
+        }
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.limits.request_timeout_s)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.limits.shutdown_grace_s)
+    }
+
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_secs_f64(self.limits.shutdown_delay_s)
     }
 }
 

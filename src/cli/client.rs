@@ -60,6 +60,33 @@ pub(crate) fn parse_size(s: &str) -> Result<(u32, u32), String> {
     Ok((parse(w)?, parse(h)?))
 }
 
+/// The gRPC metadata header that names the video a call is for: load balancers hash on it to
+/// pin each video to one replica (see `deploy/haproxy/haproxy.cfg`).
+pub const VIDEO_HEADER: &str = "x-framesrv-video";
+
+/// A request for `video`, carrying [`VIDEO_HEADER`].
+pub fn for_video<T>(message: T, video: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = video_key(video).parse() {
+        request.metadata_mut().insert(VIDEO_HEADER, value);
+    }
+    request
+}
+
+/// The header's value: the name percent-encoded except letters, digits, `-._~` and `/`, the
+/// way it appears in an HTTP frame URL's path (metadata values are ASCII, names need not be).
+pub fn video_key(video: &str) -> String {
+    let mut out = String::with_capacity(video.len());
+    for b in video.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 pub(crate) fn status_text(s: tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
@@ -69,7 +96,7 @@ async fn run_async(command: Command) -> Result<(), String> {
         Command::Info { video, server } => {
             let info = connect(&server.server)
                 .await?
-                .get_video_info(pb::GetVideoInfoRequest { video })
+                .get_video_info(for_video(pb::GetVideoInfoRequest { video: video.clone() }, &video))
                 .await
                 .map_err(status_text)?
                 .into_inner();
@@ -134,7 +161,7 @@ async fn run_async(command: Command) -> Result<(), String> {
                 (None, None) => return Err("give --index N or --time S".into()),
             };
             let request = pb::FrameRequest {
-                video: args.video,
+                video: args.video.clone(),
                 target: Some(target),
                 output: Some(pb::OutputSpec {
                     encoding: match format {
@@ -155,6 +182,7 @@ async fn run_async(command: Command) -> Result<(), String> {
                 clamp: args.clamp,
                 keep_behind: None,
             };
+            let request = for_video(request, &args.video);
             let frame =
                 connect(&args.server.server).await?.request_frame(request).await.map_err(status_text)?.into_inner();
             std::fs::write(&args.output, &frame.data)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use super::client::{parse_size, status_text};
+use super::client::{for_video, parse_size, status_text};
 use super::{connect, ServerArg};
 use crate::proto::v1 as pb;
 
@@ -111,8 +111,13 @@ pub async fn hashes(args: HashesArgs) -> Result<(), String> {
         Some(r) => Some(pb::frame_hashes_request::Selection::Range(index_range(r)?)),
         None => None,
     };
-    let req = pb::FrameHashesRequest { video: args.video, selection, md5: args.md5 };
-    let mut stream = connect(&args.server.server).await?.get_frame_hashes(req).await.map_err(status_text)?.into_inner();
+    let req = pb::FrameHashesRequest { video: args.video.clone(), selection, md5: args.md5 };
+    let mut stream = connect(&args.server.server)
+        .await?
+        .get_frame_hashes(for_video(req, &args.video))
+        .await
+        .map_err(status_text)?
+        .into_inner();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let _ = writeln!(out, "index\ttime_s\tahash\tdhash{}", if args.md5 { "\tmd5" } else { "" });
     while let Some(h) = stream.message().await.map_err(status_text)? {
@@ -125,12 +130,17 @@ pub async fn hashes(args: HashesArgs) -> Result<(), String> {
 
 pub async fn dups(args: DupsArgs) -> Result<(), String> {
     let req = pb::FindDuplicatesRequest {
-        video: args.video,
+        video: args.video.clone(),
         max_distance: args.max_distance,
         min_loop_frames: args.min_loop,
         other_video: args.other.clone().unwrap_or_default(),
     };
-    let report = connect(&args.server.server).await?.find_duplicates(req).await.map_err(status_text)?.into_inner();
+    let report = connect(&args.server.server)
+        .await?
+        .find_duplicates(for_video(req, &args.video))
+        .await
+        .map_err(status_text)?
+        .into_inner();
     let other = if args.other.is_some() { "the other video's " } else { "" };
     println!("{} loops", report.loops.len());
     for l in &report.loops {
@@ -164,7 +174,7 @@ pub async fn dups(args: DupsArgs) -> Result<(), String> {
 
 pub async fn storyboard(args: StoryboardArgs) -> Result<(), String> {
     let req = pb::StoryboardRequest {
-        video: args.video,
+        video: args.video.clone(),
         tiles: args.tiles,
         tile_width: args.tile_width,
         tile_height: 0,
@@ -172,7 +182,12 @@ pub async fn storyboard(args: StoryboardArgs) -> Result<(), String> {
         exact: args.exact,
         jpeg_quality: 0,
     };
-    let board = connect(&args.server.server).await?.get_storyboard(req).await.map_err(status_text)?.into_inner();
+    let board = connect(&args.server.server)
+        .await?
+        .get_storyboard(for_video(req, &args.video))
+        .await
+        .map_err(status_text)?
+        .into_inner();
     std::fs::write(&args.output, &board.image).map_err(|e| format!("cannot write {}: {e}", args.output.display()))?;
     eprintln!(
         "{} tiles, {}x{} in {} columns x {} rows -> {}",
@@ -209,7 +224,7 @@ pub async fn clip(args: ClipArgs) -> Result<(), String> {
         None => (0, 0),
     };
     let req = pb::ClipRequest {
-        video: args.video,
+        video: args.video.clone(),
         selection: Some(selection),
         format: format as i32,
         output: Some(pb::OutputSpec { max_width, max_height, ..Default::default() }),
@@ -217,7 +232,12 @@ pub async fn clip(args: ClipArgs) -> Result<(), String> {
         preset: args.preset,
     };
     let started = std::time::Instant::now();
-    let mut stream = connect(&args.server.server).await?.export_clip(req).await.map_err(status_text)?.into_inner();
+    let mut stream = connect(&args.server.server)
+        .await?
+        .export_clip(for_video(req, &args.video))
+        .await
+        .map_err(status_text)?
+        .into_inner();
     let mut file =
         std::fs::File::create(&args.output).map_err(|e| format!("cannot write {}: {e}", args.output.display()))?;
     let (mut bytes, mut frames) = (0usize, 0i64);

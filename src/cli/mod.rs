@@ -88,6 +88,9 @@ pub struct ServeArgs {
     /// Where frame hashes are kept across restarts ("none": memory only).
     #[arg(long, env = "FRAMESRV_STATE_DIR")]
     pub state_dir: Option<String>,
+    /// The name answered in the x-framesrv-replica header (default: the listen address).
+    #[arg(long, env = "FRAMESRV_REPLICA_NAME")]
+    pub replica_name: Option<String>,
     /// Log lines as `text` or `json` (one object per line, for log pipelines).
     #[arg(long, env = "FRAMESRV_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -114,6 +117,9 @@ impl ServeArgs {
         }
         if let Some(dir) = &self.state_dir {
             config.state_dir = dir.clone();
+        }
+        if let Some(name) = &self.replica_name {
+            config.replica_name = name.clone();
         }
         if let Some(format) = &self.log_format {
             config.log_format = format.clone();

@@ -29,6 +29,10 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use metrics::Metrics;
 use service::FrameService;
 
+/// The response header naming the replica that answered (`replica_name`), for clients and load
+/// tests behind a load balancer.
+pub const REPLICA_HEADER: &str = "x-framesrv-replica";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("{0}")]
@@ -95,6 +99,12 @@ pub async fn run_with_store(
         }));
     }
     let mut router = router.fallback(not_found).layer(axum::middleware::from_fn_with_state(metrics, metrics::track));
+    let replica = axum::http::HeaderValue::from_str(&config.replica_name())
+        .map_err(|_| ServerError::Config(format!("replica_name {:?} is not a header value", config.replica_name)))?;
+    router = router.layer(axum::middleware::map_response(move |mut response: axum::response::Response| {
+        response.headers_mut().insert(REPLICA_HEADER, replica.clone());
+        async move { response }
+    }));
     if !config.http.cors_origins.is_empty() {
         router = router.layer(cors(&config.http.cors_origins)?);
     }
@@ -110,6 +120,7 @@ pub async fn run_with_store(
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signal = stopping.clone();
     let grace = config.shutdown_grace();
+    let delay = config.shutdown_delay();
     // No server-wide timeout layer: the service bounds each unary call itself (one place, and
     // its DEADLINE_EXCEEDED reaches HTTP clients as 504 rather than as a gRPC status).
     let serve = tonic::transport::Server::builder()
@@ -121,6 +132,13 @@ pub async fn run_with_store(
             draining.store(true, Ordering::Relaxed);
             health.set_not_serving::<FrameServerServer<FrameService>>().await;
             signal.notify_one();
+            // Keep taking requests until load balancers have seen the failing readiness (their
+            // health-check interval times the failures they need), so none is sent to a replica
+            // that has already closed its connections.
+            if !delay.is_zero() {
+                tracing::info!(delay_s = delay.as_secs_f64(), "readiness fails; still serving until balancers notice");
+                tokio::time::sleep(delay).await;
+            }
             // Let every request and stream hand over its last frame before connections close
             // (closing right after a stream's end can cut what the client has not read yet),
             // then give clients a moment to read it.
@@ -132,7 +150,7 @@ pub async fn run_with_store(
     tokio::pin!(serve);
     let result = tokio::select! {
         r = &mut serve => r.map_err(ServerError::from),
-        _ = async { stopping.notified().await; tokio::time::sleep(grace + std::time::Duration::from_secs(1)).await } => {
+        _ = async { stopping.notified().await; tokio::time::sleep(delay + grace + std::time::Duration::from_secs(1)).await } => {
             tracing::warn!(grace_s = grace.as_secs_f64(), "in-flight requests still running after the grace period; exiting anyway");
             Ok(())
         }

@@ -51,11 +51,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_daemon(media, state_dir, *args, config_text=None, tmp=None):
-    """A daemon serving `media`, ready (health SERVING); returns (process, address).
-    `config_text` is written to a config file in `tmp` and passed with --config."""
+def start_daemon(media, state_dir, *args, config_text=None, tmp=None, addr=None):
+    """A daemon serving `media` on `addr` (a free port by default), ready (health SERVING);
+    returns (process, address). `config_text` is written to a config file in `tmp` and passed
+    with --config."""
     binary = os.environ.get("FRAMESRV_BIN", str(ROOT / "target/debug/framesrv"))
-    addr = f"127.0.0.1:{free_port()}"
+    addr = addr or f"127.0.0.1:{free_port()}"
     command = [binary, "serve", "--listen", addr, "--media-root", str(media), "--cache-size", "64MiB",
                "--state-dir", str(state_dir), *args]
     if config_text is not None:
@@ -67,23 +68,22 @@ def start_daemon(media, state_dir, *args, config_text=None, tmp=None):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     proc.log_path = log_path
-    channel = grpc.insecure_channel(addr)
-    health = health_pb2_grpc.HealthStub(channel)
     deadline = time.time() + 30
-    try:
-        while True:
+    while True:
+        # A fresh channel each time: a channel whose first connect was refused backs off for
+        # seconds before it tries again.
+        with grpc.insecure_channel(addr) as channel:
             try:
-                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                   timeout=1).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
                     return proc, addr
             except grpc.RpcError:
                 pass
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("daemon did not start: " + log_path.read_text(errors="replace"))
-            time.sleep(0.1)
-    finally:
-        channel.close()
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("daemon did not start: " + log_path.read_text(errors="replace"))
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

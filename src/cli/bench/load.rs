@@ -2,6 +2,7 @@
 //! match framesrv's users (a labelling tool scrubbing back, a data loader pulling random frames,
 //! a player reading forward, a popular subset of videos).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::proto::v1 as pb;
+use crate::server::REPLICA_HEADER;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Pattern {
@@ -69,6 +71,9 @@ pub struct LoadReport {
     /// Sorted latencies of successful requests.
     pub latencies: Vec<Duration>,
     pub first_error: Option<String>,
+    /// Requests answered per replica (by its `x-framesrv-replica` header) and video: what a
+    /// load balancer in front did with each video.
+    pub served: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl LoadReport {
@@ -96,6 +101,27 @@ impl LoadReport {
             ms(self.percentile(0.99)),
             ms(self.latencies.last().copied().unwrap_or_default())
         );
+        if self.served.len() > 1 {
+            println!("  replicas     (requests: videos)");
+            for (replica, videos) in &self.served {
+                let total: u64 = videos.values().sum();
+                let names: Vec<&str> = videos.keys().map(String::as_str).collect();
+                println!("    {replica}: {total} requests, {} videos: {}", videos.len(), names.join(" "));
+            }
+            let split: Vec<&String> = self
+                .served
+                .values()
+                .flat_map(|v| v.keys())
+                .fold(BTreeMap::<&String, usize>::new(), |mut m, v| {
+                    *m.entry(v).or_default() += 1;
+                    m
+                })
+                .into_iter()
+                .filter(|(_, n)| *n > 1)
+                .map(|(v, _)| v)
+                .collect();
+            println!("  videos served by more than one replica: {}", split.len());
+        }
     }
 }
 
@@ -257,11 +283,13 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
         let video = args.videos[k % args.videos.len()].clone();
         let stop = stop.clone();
         slow.push(tokio::spawn(async move {
+            let video_name = video.clone();
             let request = pb::FramesRequest {
                 video,
                 selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 0, step: 1 })),
                 output: None,
             };
+            let request = crate::cli::client::for_video(request, &video_name);
             let Ok(response) = client.request_frames(request).await else { return };
             let mut frames = response.into_inner();
             while !stop.load(Ordering::Relaxed) {
@@ -296,6 +324,7 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
                     clamp: false,
                     keep_behind,
                 };
+                let request = crate::cli::client::for_video(request, &videos[v]);
                 let t = Instant::now();
                 let result = client.request_frame(request).await;
                 let took = t.elapsed();
@@ -303,6 +332,14 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
                 match result {
                     Ok(frame) => {
                         report.latencies.push(took);
+                        if let Some(replica) = frame.metadata().get(REPLICA_HEADER).and_then(|v| v.to_str().ok()) {
+                            *report
+                                .served
+                                .entry(replica.to_string())
+                                .or_default()
+                                .entry(videos[v].clone())
+                                .or_default() += 1;
+                        }
                         report.cache_hits += frame.into_inner().cache_hit as u64;
                     }
                     Err(s) => {
@@ -333,6 +370,12 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
         total.errors += r.errors;
         total.cache_hits += r.cache_hits;
         total.latencies.extend(r.latencies);
+        for (replica, videos) in r.served {
+            let mine = total.served.entry(replica).or_default();
+            for (video, n) in videos {
+                *mine.entry(video).or_default() += n;
+            }
+        }
         if total.first_error.is_none() {
             total.first_error = r.first_error;
         }

@@ -7,7 +7,8 @@ scale-out section). Frames come as raw RGB24 and are wrapped as arrays without c
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
+from urllib.parse import quote
 
 import grpc
 import numpy as np
@@ -124,7 +125,9 @@ class Client:
         self.close()
 
     def _call(self, method, request, video: str = "", timeout: Optional[float] = None):
-        metadata = (("x-framesrv-video", video),) if video else None
+        # Percent-encoded as in an HTTP frame URL's path (metadata values are ASCII), so that a
+        # balancer hashing the header and one hashing the path agree.
+        metadata = (("x-framesrv-video", quote(video, safe="/")),) if video else None
         try:
             return method(request, timeout=timeout or self.timeout, metadata=metadata)
         except grpc.RpcError as e:
