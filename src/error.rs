@@ -41,6 +41,11 @@ pub enum RequestError {
     StaleVersion { asked: String, now: String },
     #[error("the frame server is draining before it stops: retry on another replica or later")]
     Draining,
+    #[error(
+        "frame {index} is {bytes} bytes ({width}x{height} {format}), more than limits.max_message_size ({limit} \
+         bytes) allows in one message: ask for a smaller output.max_width / max_height, PNG or JPEG, or raise the limit"
+    )]
+    FrameTooLarge { index: i64, bytes: u64, width: u32, height: u32, format: String, limit: u64 },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -89,6 +94,7 @@ impl Error {
                 RequestError::Timeout(_) => Code::DeadlineExceeded,
                 RequestError::StaleVersion { .. } => Code::FailedPrecondition,
                 RequestError::Draining => Code::Unavailable,
+                RequestError::FrameTooLarge { .. } => Code::ResourceExhausted,
             },
             Error::Roots(e) => match e {
                 RootsError::NotFound { .. } => Code::NotFound,

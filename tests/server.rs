@@ -566,6 +566,31 @@ async fn every_bad_input_gets_its_status_and_the_daemon_keeps_serving() {
     d.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frame_above_the_message_limit_is_resource_exhausted_with_its_size_and_what_to_do() {
+    // 192x128 raw RGBA is 98,304 bytes: above a 60 kB limit, while a JPEG of it fits.
+    let d = start_with(|c| c.limits.max_message_size = framesrv::units::ByteSize(60_000)).await;
+    let mut c = d.client().await;
+    let rgba = |mut r: pb::FrameRequest| {
+        r.output = Some(pb::OutputSpec { pixel_format: pb::PixelFormat::Rgba as i32, ..Default::default() });
+        r
+    };
+    expect_code(&mut c, rgba(by_index("a.mp4", 7)), Code::ResourceExhausted, "98304 bytes (192x128 rgba raw)").await;
+    let status = c.request_frame(rgba(by_index("a.mp4", 7))).await.unwrap_err();
+    assert!(status.message().contains("max_message_size") && status.message().contains("JPEG"), "{}", status.message());
+    let stream = c.request_frames(pb::FramesRequest {
+        output: rgba(by_index("a.mp4", 0)).output,
+        ..batch("a.mp4", range(0, 3, 1))
+    });
+    let mut stream = stream.await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap_err().code(), Code::ResourceExhausted);
+    let small = pb::FrameRequest {
+        output: Some(pb::OutputSpec { encoding: pb::Encoding::Jpeg as i32, ..Default::default() }),
+        ..by_index("a.mp4", 7)
+    };
+    assert_eq!(c.request_frame(small).await.unwrap().into_inner().index, 7);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_with_resource_exhausted_and_the_daemon_recovers() {
     let d = start_with(|c| {

@@ -142,7 +142,8 @@ impl FrameService {
 
     async fn request_frame_inner(&self, req: pb::FrameRequest) -> Result<pb::Frame, Error> {
         let (video, index, spec) = self.resolve_frame(&req).await?;
-        self.fetch_frame(&video, index, spec, req.keep_behind).await
+        let frame = self.fetch_frame(&video, index, spec, req.keep_behind).await?;
+        fits(frame, self.limits.max_message_size.0)
     }
 
     /// The description of a video, opening (indexing) it on first use.
@@ -356,11 +357,30 @@ impl FrameService {
         indices: Vec<FrameIndex>,
         spec: OutputSpec,
     ) -> FrameStream {
+        let limit = self.limits.max_message_size.0;
         Box::pin(self.store.frames(video, indices, spec).map(move |r| {
             let _ = &in_flight;
-            r.map(to_message).map_err(|e| report(call, &name, "", e.into()))
+            r.map_err(Error::from).and_then(|f| fits(to_message(f), limit)).map_err(|e| report(call, &name, "", e))
         }))
     }
+}
+
+/// The frame, if its message fits in `limit` bytes: checked before tonic encodes it, so the
+/// client learns the frame's size and what to do instead of a transport error.
+fn fits(frame: pb::Frame, limit: u64) -> Result<pb::Frame, Error> {
+    /// The fields beside `data`, with room to spare.
+    const OVERHEAD: u64 = 256;
+    let bytes = frame.data.len() as u64;
+    if bytes + OVERHEAD <= limit {
+        return Ok(frame);
+    }
+    let format = match (pb::Encoding::try_from(frame.encoding), pb::PixelFormat::try_from(frame.pixel_format)) {
+        (Ok(pb::Encoding::Raw), Ok(p)) => format!("{} raw", p.as_str_name().to_ascii_lowercase()),
+        (Ok(e), _) => e.as_str_name().to_ascii_lowercase(),
+        _ => String::new(),
+    };
+    let (index, width, height) = (frame.index, frame.width, frame.height);
+    Err(RequestError::FrameTooLarge { index, bytes, width, height, format, limit }.into())
 }
 
 fn range(r: pb::IndexRange) -> Selection {
