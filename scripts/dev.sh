@@ -118,6 +118,19 @@ MSG
   test)
     setup
     setup_python
+    # Formatting and lints first: seconds, and they fail before the long part. The components
+    # ship with the stable toolchain; where a minimal install lacks them, rustup adds them.
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+      rustup component add rustfmt clippy >/dev/null 2>&1 || log "rustfmt/clippy unavailable: skipping those checks"
+    fi
+    if cargo fmt --version >/dev/null 2>&1; then
+      log "cargo fmt --check"
+      cargo fmt --check
+    fi
+    if cargo clippy --version >/dev/null 2>&1; then
+      log "cargo clippy --all-targets -- -D warnings"
+      cargo clippy --all-targets -- -D warnings
+    fi
     log "building and running the Rust tests"
     cargo build --bins
     cargo test --no-fail-fast 2>&1

@@ -42,6 +42,41 @@ pub struct Config {
     pub decoder: DecoderConfig,
     pub limits: LimitsConfig,
     pub http: HttpConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain and private key: set both to serve gRPC and HTTP over TLS only.
+    pub cert: String,
+    pub key: String,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one of them
+    /// (mutual TLS).
+    pub client_ca: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file of `sha256:<hex>` lines (`framesrv token` makes them): when set, every request
+    /// needs `authorization: Bearer <token>` with one of those tokens.
+    pub tokens_file: String,
+    /// Paths that pass without a token: gRPC methods (`/grpc.health.v1.Health/Check`) or HTTP
+    /// routes (`/metrics`). By default the viewer page (it holds no data), health and readiness.
+    pub exempt: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            tokens_file: String::new(),
+            exempt: ["/", "/healthz", "/readyz", "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -135,6 +170,8 @@ impl Default for Config {
             decoder: DecoderConfig::default(),
             limits: LimitsConfig::default(),
             http: HttpConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -226,6 +263,12 @@ impl Config {
             return bad(
                 "limits.request_timeout_s must be positive, limits.shutdown_grace_s and limits.shutdown_delay_s not negative",
             );
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return bad("tls.cert and tls.key go together: set both (TLS) or neither");
+        }
+        if !self.tls.client_ca.is_empty() && self.tls.cert.is_empty() {
+            return bad("tls.client_ca needs tls.cert and tls.key (mutual TLS is TLS)");
         }
         if self.log_format != "text" && self.log_format != "json" {
             return bad("log_format must be \"text\" or \"json\"");

@@ -64,9 +64,24 @@ pub(crate) fn parse_size(s: &str) -> Result<(u32, u32), String> {
 /// pin each video to one replica (see `deploy/haproxy/haproxy.cfg`).
 pub const VIDEO_HEADER: &str = "x-framesrv-video";
 
-/// A request for `video`, carrying [`VIDEO_HEADER`].
-pub fn for_video<T>(message: T, video: &str) -> tonic::Request<T> {
+/// A request carrying the token in `FRAMESRV_TOKEN`, if any, as `authorization: Bearer`.
+/// (An environment variable rather than a flag: command lines are visible to every user.)
+pub fn request<T>(message: T) -> tonic::Request<T> {
+    static TOKEN: std::sync::OnceLock<Option<tonic::metadata::AsciiMetadataValue>> = std::sync::OnceLock::new();
+    let token = TOKEN.get_or_init(|| {
+        let token = std::env::var("FRAMESRV_TOKEN").ok().filter(|t| !t.is_empty())?;
+        format!("Bearer {token}").parse().ok()
+    });
     let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", token.clone());
+    }
+    request
+}
+
+/// A request for `video`, carrying [`VIDEO_HEADER`] (and the token).
+pub fn for_video<T>(message: T, video: &str) -> tonic::Request<T> {
+    let mut request = request(message);
     if let Ok(value) = video_key(video).parse() {
         request.metadata_mut().insert(VIDEO_HEADER, value);
     }
@@ -115,7 +130,7 @@ async fn run_async(command: Command) -> Result<(), String> {
         Command::Ls { prefix, server } => {
             let list = connect(&server.server)
                 .await?
-                .list_videos(pb::ListVideosRequest { prefix })
+                .list_videos(request(pb::ListVideosRequest { prefix }))
                 .await
                 .map_err(status_text)?
                 .into_inner();
@@ -126,7 +141,7 @@ async fn run_async(command: Command) -> Result<(), String> {
         Command::Stats { server } => {
             let s = connect(&server.server)
                 .await?
-                .get_stats(pb::GetStatsRequest {})
+                .get_stats(request(pb::GetStatsRequest {}))
                 .await
                 .map_err(status_text)?
                 .into_inner();
@@ -197,6 +212,15 @@ async fn run_async(command: Command) -> Result<(), String> {
                 if frame.cache_hit { ", from cache" } else { "" },
                 args.output.display()
             );
+        }
+        Command::Token => {
+            use rand::RngCore;
+            let mut bytes = [0u8; 24];
+            rand::rng().fill_bytes(&mut bytes);
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            println!("token (give it to the client, as FRAMESRV_TOKEN or `authorization: Bearer`):\n  {token}");
+            println!("line for auth.tokens_file (the daemon keeps only this hash):");
+            println!("  {}", crate::server::auth::token_line(&token));
         }
         Command::Hashes(args) => super::jobs::hashes(args).await?,
         Command::Dups(args) => super::jobs::dups(args).await?,

@@ -56,6 +56,8 @@ pub enum Command {
     Storyboard(jobs::StoryboardArgs),
     /// Export a range of frames as MP4 (H.264) or lossless MKV (FFV1).
     Clip(jobs::ClipArgs),
+    /// Make a random bearer token and the line `auth.tokens_file` needs for it.
+    Token,
     /// Benchmarks: the comparison harness and a load generator.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -131,15 +133,41 @@ impl ServeArgs {
 
 /// Connect to a daemon with HTTP/2 settings sized for frame messages of several megabytes:
 /// large flow-control windows and frames, so a 1080p frame does not wait for window updates.
+/// An `https://` address uses TLS: the server's certificate is checked against
+/// `FRAMESRV_CA_CERT` (a PEM file) or else the public web roots, and `FRAMESRV_CLIENT_CERT` /
+/// `FRAMESRV_CLIENT_KEY` give a client certificate for mutual TLS.
 pub async fn connect(server: &str) -> Result<FrameServerClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(server.to_string())
-        .map_err(|e| format!("invalid server address {server:?}: {e}"))?
+    let mut endpoint =
+        Endpoint::from_shared(server.to_string()).map_err(|e| format!("invalid server address {server:?}: {e}"))?;
+    if server.starts_with("https://") {
+        endpoint = endpoint.tls_config(client_tls()?).map_err(|e| format!("TLS for {server}: {e}"))?;
+    }
+    let endpoint = endpoint
         .tcp_nodelay(true)
         .initial_stream_window_size(32 << 20)
         .initial_connection_window_size(64 << 20)
         .max_frame_size(1 << 20);
     let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {server}: {e}"))?;
     Ok(FrameServerClient::new(channel).max_decoding_message_size(256 << 20))
+}
+
+fn client_tls() -> Result<tonic::transport::ClientTlsConfig, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |var: &str| -> Result<Option<Vec<u8>>, String> {
+        match std::env::var(var).ok().filter(|p| !p.is_empty()) {
+            None => Ok(None),
+            Some(path) => std::fs::read(&path).map(Some).map_err(|e| format!("{var} {path}: {e}")),
+        }
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match read("FRAMESRV_CA_CERT")? {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+        None => tls.with_webpki_roots(),
+    };
+    if let (Some(cert), Some(key)) = (read("FRAMESRV_CLIENT_CERT")?, read("FRAMESRV_CLIENT_KEY")?) {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(tls)
 }
 
 fn init_tracing(level: &str, json: bool) {

@@ -11,6 +11,7 @@
 //! Taking a bound listener and a shutdown future (rather than an address and signals) is what
 //! lets the integration tests run the real server on `127.0.0.1:0` and stop it at will.
 
+pub mod auth;
 pub mod http;
 pub mod metrics;
 pub mod service;
@@ -105,8 +106,25 @@ pub async fn run_with_store(
         response.headers_mut().insert(REPLICA_HEADER, replica.clone());
         async move { response }
     }));
+    let secured = !config.auth.tokens_file.is_empty();
+    if secured {
+        let tokens = auth::Tokens::load(std::path::Path::new(&config.auth.tokens_file), config.auth.exempt.clone())
+            .map_err(ServerError::Config)?;
+        router = router.layer(axum::middleware::from_fn_with_state(Arc::new(tokens), auth::require));
+    }
+    // CORS outside the token check: a browser's preflight carries no token.
     if !config.http.cors_origins.is_empty() {
         router = router.layer(cors(&config.http.cors_origins)?);
+    }
+    let tls = tls_config(&config.tls)?;
+    let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(true);
+    if !loopback && (tls.is_none() || !secured) {
+        tracing::warn!(
+            tls = tls.is_some(),
+            tokens = secured,
+            "listening beyond loopback without TLS and tokens: anyone who reaches this port can read every video \
+             under the media roots (set tls.cert/tls.key and auth.tokens_file)"
+        );
     }
 
     let addr = listener.local_addr().ok();
@@ -123,10 +141,12 @@ pub async fn run_with_store(
     let delay = config.shutdown_delay();
     // No server-wide timeout layer: the service bounds each unary call itself (one place, and
     // its DEADLINE_EXCEEDED reaches HTTP clients as 504 rather than as a gRPC status).
-    let serve = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming_shutdown(incoming, async move {
+    let mut builder = tonic::transport::Server::builder().accept_http1(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| ServerError::Config(format!("tls: {e}")))?;
+    }
+    let serve =
+        builder.add_routes(tonic::service::Routes::from(router)).serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
             draining.store(true, Ordering::Relaxed);
@@ -173,6 +193,23 @@ async fn not_found(request: axum::extract::Request) -> axum::response::Response 
         return status.into_http();
     }
     http::error_response(tonic::Code::NotFound, &format!("nothing is served at {path}"))
+}
+
+/// The TLS settings `tls` asks for (certificate, key, optional client CA), read and checked now.
+fn tls_config(tls: &crate::config::TlsConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    if tls.cert.is_empty() {
+        return Ok(None);
+    }
+    let read = |what: &str, path: &str| {
+        std::fs::read(path).map_err(|e| ServerError::Config(format!("tls.{what} {path}: cannot read it: {e}")))
+    };
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(read("cert", &tls.cert)?, read("key", &tls.key)?));
+    if !tls.client_ca.is_empty() {
+        config = config.client_ca_root(Certificate::from_pem(read("client_ca", &tls.client_ca)?));
+    }
+    Ok(Some(config))
 }
 
 /// CORS for the origins `http.cors_origins` allows (`*` for any), with the frame headers

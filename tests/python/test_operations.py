@@ -3,6 +3,7 @@
 configured, JSON logs."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import grpc
 import pytest
 import requests
 
-from conftest import H, W, start_daemon
+from conftest import H, ROOT, W, start_daemon
 
 
 def metric(base, name):
@@ -135,3 +136,27 @@ def test_bad_http_settings_stop_the_daemon_with_a_message(media, tmp_path, bad):
     with pytest.raises(RuntimeError) as e:
         start_daemon(media, tmp_path / "state", tmp=tmp_path, config_text=bad)
     assert "enabled" in str(e.value) or "log_format" in str(e.value) or "cors_origins" in str(e.value)
+
+
+def test_tokens_through_the_python_package_and_the_viewer_page(media, tmp_path):
+    import framesrv
+
+    out = subprocess.run([str(ROOT / "target/debug/framesrv") if not os.environ.get("FRAMESRV_BIN")
+                          else os.environ["FRAMESRV_BIN"], "token"], capture_output=True, text=True, check=True).stdout
+    token = out.splitlines()[1].strip()
+    line = out.splitlines()[3].strip()
+    assert line.startswith("sha256:") and token not in line
+    (tmp_path / "tokens").write_text(line + "\n")
+    proc, addr = start_daemon(media, tmp_path / "state", tmp=tmp_path,
+                              config_text=f'[auth]\ntokens_file = "{tmp_path / "tokens"}"\n')
+    with framesrv.Client(addr) as anonymous:
+        with pytest.raises(framesrv.FramesrvError) as e:
+            anonymous.info("clip.mp4")
+        assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with framesrv.Client(addr, token=token) as client:
+        assert client.frame("clip.mp4", index=3).shape == (H, W, 3)
+    base = f"http://{addr}"
+    assert requests.get(f"{base}/v1/videos/clip.mp4").status_code == 401
+    assert requests.get(f"{base}/v1/videos/clip.mp4", headers={"Authorization": f"Bearer {token}"}).ok
+    assert requests.get(f"{base}/").status_code == 200, "the viewer page itself holds no data"
+    stop(proc)

@@ -103,16 +103,27 @@ class Client:
     """A connection to one framesrv daemon (or a load balancer in front of several).
 
     `timeout` (seconds) bounds each unary call and each whole stream; None waits for ever.
+    `token` is sent as `authorization: Bearer <token>` (daemons with `auth.tokens_file`).
+    `tls=True` connects with TLS, checking the server against `root_certificates` (PEM bytes)
+    or the system's roots; `client_cert` and `client_key` (PEM bytes) for mutual TLS.
     """
 
     def __init__(self, addr: str = "127.0.0.1:50051", timeout: Optional[float] = 60.0,
-                 max_message_bytes: int = 256 << 20):
+                 max_message_bytes: int = 256 << 20, token: Optional[str] = None, tls: bool = False,
+                 root_certificates: Optional[bytes] = None, client_cert: Optional[bytes] = None,
+                 client_key: Optional[bytes] = None):
         self.addr = addr
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(addr, options=[
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", 4 << 20),
-        ])
+        ]
+        if tls or root_certificates:
+            credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
+            self._channel = grpc.secure_channel(addr, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(addr, options=options)
         self._stub = pb_grpc.FrameServerStub(self._channel)
 
     def close(self) -> None:
@@ -127,9 +138,9 @@ class Client:
     def _call(self, method, request, video: str = "", timeout: Optional[float] = None):
         # Percent-encoded as in an HTTP frame URL's path (metadata values are ASCII), so that a
         # balancer hashing the header and one hashing the path agree.
-        metadata = (("x-framesrv-video", quote(video, safe="/")),) if video else None
+        metadata = self._auth + ((("x-framesrv-video", quote(video, safe="/")),) if video else ())
         try:
-            return method(request, timeout=timeout or self.timeout, metadata=metadata)
+            return method(request, timeout=timeout or self.timeout, metadata=metadata or None)
         except grpc.RpcError as e:
             raise _error(e) from None
 
