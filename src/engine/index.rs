@@ -81,29 +81,12 @@ pub struct VideoIndex {
     /// Every packet's pts with its number, sorted by pts (ByPts only), to recognise a packet
     /// after a seek. A sorted list rather than a hash map: built in a millisecond from packets
     /// that are nearly in pts order already, and no file can make its lookups slow.
-    packet_by_pts: Vec<(i64, PacketNo)>,
+    pub(crate) packet_by_pts: Vec<(i64, PacketNo)>,
     /// pts of each packet in decode order (ByPts only), to decide which packets may skip
     /// non-reference decoding.
-    packet_pts: Vec<i64>,
+    pub(crate) packet_pts: Vec<i64>,
     pub packet_count: usize,
     /// Presentation time of frame 0 in seconds, in the stream's own clock.
-    pub start_time_s: f64,
-    pub duration_s: f64,
-    pub avg_fps: f64,
-    pub variable_frame_rate: bool,
-    pub keyframe_count: usize,
-}
-
-/// Everything an index holds but its pts lookup (rebuilt on load): what
-/// [`crate::engine::index_store`] writes and reads back.
-#[derive(Debug)]
-pub struct StoredIndex {
-    pub stream: StreamInfo,
-    pub identity: FrameIdentity,
-    pub frames: Vec<FrameEntry>,
-    pub seek_points: Vec<SeekPoint>,
-    pub packet_pts: Vec<i64>,
-    pub packet_count: usize,
     pub start_time_s: f64,
     pub duration_s: f64,
     pub avg_fps: f64,
@@ -233,44 +216,30 @@ impl VideoIndex {
         &self.packet_pts
     }
 
-    /// An index read back from disk, checked as a file's claims are: unique packet pts, every
-    /// frame's packet and seek point in range, times increasing. `None` when anything is off,
-    /// so a damaged or tampered entry is rebuilt, never trusted.
-    pub fn from_stored(s: StoredIndex) -> Option<VideoIndex> {
-        let packet_by_pts = pts_lookup(&s.packet_pts)?;
-        let by_pts = s.identity == FrameIdentity::ByPts;
-        if by_pts && s.packet_pts.len() != s.packet_count {
+    /// An index read back from disk ([`crate::engine::index_store`]), checked as a file's
+    /// claims are: unique packet pts, every frame's packet and seek point in range, times
+    /// increasing; its pts lookup is rebuilt. `None` when anything is off, so a damaged or
+    /// tampered entry is rebuilt, never trusted.
+    pub fn checked(mut self) -> Option<VideoIndex> {
+        self.packet_by_pts = pts_lookup(&self.packet_pts)?;
+        let by_pts = self.identity == FrameIdentity::ByPts;
+        if by_pts && self.packet_pts.len() != self.packet_count {
             return None;
         }
+        let (points, packets) = (self.seek_points.len(), self.packet_count);
         let seek_ok = |t: SeekTarget| match t {
             SeekTarget::Start => true,
-            SeekTarget::Point(i) => by_pts && i < s.seek_points.len(),
+            SeekTarget::Point(i) => by_pts && i < points,
         };
         let packet_ok = |p: Option<PacketNo>| match p {
             None => !by_pts,
-            Some(p) => by_pts && p.get() < s.packet_count,
+            Some(p) => by_pts && p.get() < packets,
         };
-        let frames_ok = !s.frames.is_empty()
-            && s.frames.iter().all(|f| seek_ok(f.seek) && packet_ok(f.packet) && f.time_s.is_finite())
-            && s.frames.windows(2).all(|w| w[0].pts < w[1].pts && w[0].time_s <= w[1].time_s);
-        let points_ok = s.seek_points.iter().all(|p| p.packet.get() < s.packet_count);
-        if !(frames_ok && points_ok && s.duration_s.is_finite() && s.avg_fps.is_finite()) {
-            return None;
-        }
-        Some(VideoIndex {
-            stream: s.stream,
-            identity: s.identity,
-            frames: s.frames,
-            seek_points: s.seek_points,
-            packet_by_pts,
-            packet_pts: s.packet_pts,
-            packet_count: s.packet_count,
-            start_time_s: s.start_time_s,
-            duration_s: s.duration_s,
-            avg_fps: s.avg_fps,
-            variable_frame_rate: s.variable_frame_rate,
-            keyframe_count: s.keyframe_count,
-        })
+        let frames_ok = !self.frames.is_empty()
+            && self.frames.iter().all(|f| seek_ok(f.seek) && packet_ok(f.packet) && f.time_s.is_finite())
+            && self.frames.windows(2).all(|w| w[0].pts < w[1].pts && w[0].time_s <= w[1].time_s);
+        let points_ok = self.seek_points.iter().all(|p| p.packet.get() < packets);
+        (frames_ok && points_ok && self.duration_s.is_finite() && self.avg_fps.is_finite()).then_some(self)
     }
 
     pub fn frame_count(&self) -> usize {

@@ -9,7 +9,7 @@
 //!
 //! Entries are written atomically (a temporary file beside, then a rename), start with a magic,
 //! a format version and a CRC-32 of the body (an MD5 took a third of the load time), and are checked again as an index
-//! ([`VideoIndex::from_stored`]) after decoding: a corrupt, truncated, old-version or
+//! ([`VideoIndex::checked`]) after decoding: a corrupt, truncated, old-version or
 //! mismatched entry is rebuilt, never trusted. The directory is bounded: after each write the
 //! least recently used files (their modification time is refreshed on every read) go until the
 //! total fits.
@@ -22,8 +22,8 @@ use std::time::SystemTime;
 use md5::{Digest, Md5};
 
 use crate::engine::ffmpeg::StreamInfo;
-use crate::engine::index::{FrameEntry, FrameIdentity, SeekPoint, SeekTarget, StoredIndex, VideoIndex};
-use crate::units::{FrameIndex, PacketNo, Pts, TimeBase};
+use crate::engine::index::{FrameEntry, FrameIdentity, SeekPoint, SeekTarget, VideoIndex};
+use crate::units::{PacketNo, Pts, TimeBase};
 
 const MAGIC: &[u8; 8] = b"FSRVIDX\0";
 /// Bump on any change to the layout below: entries of other versions are rebuilt.
@@ -254,11 +254,12 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
     if !r.0.is_empty() {
         return None;
     }
-    VideoIndex::from_stored(StoredIndex {
+    VideoIndex {
         stream,
         identity,
         frames,
         seek_points,
+        packet_by_pts: Vec::new(),
         packet_pts,
         packet_count,
         start_time_s,
@@ -266,8 +267,8 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
         avg_fps,
         variable_frame_rate,
         keyframe_count,
-    })
-    .filter(|i| i.frame(FrameIndex(0)).is_some())
+    }
+    .checked()
 }
 
 struct Writer(Vec<u8>);
