@@ -109,7 +109,7 @@ impl Error {
                 | EngineError::FrameUnavailable { .. }
                 | EngineError::DecodeFailed { .. } => Code::DataLoss,
                 EngineError::IndexOutOfRange { .. } | EngineError::TimeOutOfRange { .. } => Code::OutOfRange,
-                EngineError::EncodeFailed { .. } => Code::Internal,
+                EngineError::EncodeFailed { .. } | EngineError::Panicked { .. } => Code::Internal,
                 EngineError::EncoderMissing { .. } => Code::FailedPrecondition,
                 EngineError::Overloaded { .. } => Code::ResourceExhausted,
                 EngineError::ShuttingDown | EngineError::Preempted => Code::Unavailable,

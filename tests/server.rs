@@ -567,6 +567,34 @@ async fn every_bad_input_gets_its_status_and_the_daemon_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_decoder_answers_internal_is_replaced_and_the_others_carry_on() {
+    let d = start().await;
+    // A video of its own: the fault hook is process-wide and other tests read a.mp4.
+    std::fs::copy(d.media.join("a.mp4"), d.media.join("panic.mp4")).unwrap();
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut c = d.client().await;
+    // A stream on another video keeps going through it all.
+    let mut stream = c.request_frames(batch("a.mp4", range(0, 60, 1))).await.unwrap().into_inner();
+    assert_eq!(c.request_frame(by_index("panic.mp4", 3)).await.unwrap().into_inner().data, reference[3]);
+    framesrv::engine::faults::panic_on_frame("panic.mp4", 30);
+    let err = c.request_frame(by_index("panic.mp4", 30)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{}", err.message());
+    assert!(err.message().contains("internal error") && err.message().contains("retried"), "{}", err.message());
+    // The decoder is replaced: the same frame, and its neighbours, come right on the next try.
+    for i in [30, 29, 31, 3] {
+        let f = c.request_frame(by_index("panic.mp4", i)).await.unwrap().into_inner();
+        assert_eq!(f.data, reference[i as usize], "frame {i}");
+    }
+    let mut n = 0;
+    while let Some(f) = stream.message().await.unwrap() {
+        assert_eq!(f.data, reference[f.index as usize]);
+        n += 1;
+    }
+    assert_eq!(n, 60);
+    assert_eq!(d.store.stats().panics, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frame_above_the_message_limit_is_resource_exhausted_with_its_size_and_what_to_do() {
     // 192x128 raw RGBA is 98,304 bytes: above a 60 kB limit, while a JPEG of it fits.
     let d = start_with(|c| c.limits.max_message_size = framesrv::units::ByteSize(60_000)).await;

@@ -35,6 +35,7 @@ pub mod cache;
 pub mod clip;
 pub mod decoder;
 pub mod dups;
+pub mod faults;
 pub mod ffmpeg;
 pub mod fingerprints;
 pub mod hashes;
@@ -87,6 +88,10 @@ pub enum EngineError {
     /// it again, so this reaches a client only if that keeps happening.
     #[error("the decoder was taken for more urgent work; retry")]
     Preempted,
+    /// A bug: code that should never fail panicked (a decoder thread, an index build, an
+    /// encoder). The panic was caught and logged; the decoder is replaced.
+    #[error("{video}: an internal error stopped {what} (a bug, logged on the server); the request can be retried")]
+    Panicked { video: String, what: &'static str },
 }
 
 impl EngineError {

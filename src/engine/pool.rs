@@ -42,7 +42,9 @@ pub use crate::engine::schedule::PoolConfig;
 use crate::engine::schedule::{self, Class, ClassCell, Occupant};
 use crate::engine::stats::EngineStats;
 pub use crate::engine::video::{OpenVideo, VideoId};
-use crate::engine::worker::{cpu_priorities_work, scopeguard, Inbox, Job, Work, WorkerThread};
+use crate::engine::worker::{
+    cpu_priorities_work, scopeguard, Inbox, Job, PassReplyOnce, ReplyOnce, Work, WorkerThread,
+};
 pub use crate::engine::worker::{Pass, PassReply, Reply};
 use crate::engine::EngineError;
 use crate::units::FrameIndex;
@@ -162,7 +164,7 @@ impl DecoderPool {
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
         };
         let keep_behind = keep_behind.unwrap_or(self.config.decode.keep_behind);
-        let job = Job { target, spec, keep_behind, reply };
+        let job = Job { target, spec, keep_behind, reply: ReplyOnce::new(reply, &video.name) };
         w.inbox.push(Arc::new(ClassCell::new(class)), Work::Frame(job));
         Ok(())
     }
@@ -188,6 +190,7 @@ impl DecoderPool {
             Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom((pass, reply))),
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
         };
+        let reply = PassReplyOnce::new(reply, &video.name, pass.spec);
         w.inbox.push(Arc::new(ClassCell::new(class)), Work::Pass(pass, reply));
         Ok(())
     }
@@ -204,6 +207,8 @@ impl DecoderPool {
         class: Class,
         lane: bool,
     ) -> Result<&'a mut Worker, SubmitError<()>> {
+        // A decoder whose thread is gone (it panicked, or could not open) takes no more work.
+        workers.retain(|w| !w.inbox.is_dead());
         let slack = self.config.decode.continue_slack;
         let index = &video.index;
         // Pick the decoder that reaches the target cheapest. Work queued on a decoder that will

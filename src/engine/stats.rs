@@ -37,4 +37,6 @@ pub struct EngineStats {
     pub abandoned: Counter,
     /// Jobs handed back by a decoder closed for more urgent work (and submitted again).
     pub preempted: Counter,
+    /// Panics caught: in decoder threads, index builds, encoders (bugs, each logged).
+    pub panics: Counter,
 }

@@ -77,6 +77,8 @@ pub struct StoreStats {
     /// Decoders running non-speculative work, and jobs queued on all decoders.
     pub decoders_busy: u64,
     pub queued_jobs: u64,
+    /// Panics caught (bugs): in decoder threads, index builds, encoders.
+    pub panics: u64,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -183,6 +185,25 @@ pub struct FrameStore {
     state: StateDir,
 }
 
+/// How a blocking task that did not finish is told to the request: a panic (a bug, logged and
+/// counted) is [`EngineError::Panicked`]; a task cancelled by the runtime shutting down is
+/// [`EngineError::ShuttingDown`].
+fn joined<'a>(
+    stats: &'a EngineStats,
+    video: &'a str,
+    what: &'static str,
+) -> impl Fn(tokio::task::JoinError) -> EngineError + 'a {
+    move |e| {
+        if e.is_panic() {
+            tracing::error!(video, what, error = %e, "a panic was caught");
+            stats.panics.inc();
+            EngineError::Panicked { video: video.to_string(), what }
+        } else {
+            EngineError::ShuttingDown
+        }
+    }
+}
+
 /// A storyboard: the grid as JPEG, its layout and the frame each tile shows.
 #[derive(Debug, Clone)]
 pub struct StoryboardImage {
@@ -250,8 +271,10 @@ impl FrameStore {
             }
         };
         let stats = self.stats.clone();
+        let stats_after = self.stats.clone();
         let state = self.state.clone();
         let id = slot.id.clone();
+        let video_name = name.to_string();
         let result = slot
             .video
             .get_or_init(|| async move {
@@ -299,7 +322,7 @@ impl FrameStore {
                     Ok(Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key }))
                 })
                 .await
-                .unwrap_or(Err(EngineError::ShuttingDown))
+                .unwrap_or_else(|e| Err(joined(&stats_after, &video_name, "the index build")(e)))
             })
             .await;
         Ok(result.clone()?)
@@ -379,7 +402,7 @@ impl FrameStore {
                 .map(|data| CachedFrame { meta: FrameMeta { encoding: spec.encoding, ..raw.meta }, data })
         })
         .await
-        .map_err(|_| EngineError::ShuttingDown)?
+        .map_err(joined(&self.stats, &video_name, "the image encoder"))?
         .map_err(|e| EngineError::EncodeFailed { video: video_name, reason: e.to_string() })?;
         self.registry.cache.insert(key, encoded.clone(), Admission::Requested);
         Ok(Frame { meta: encoded.meta, data: encoded.data, cache_hit: hit })
@@ -531,7 +554,7 @@ impl FrameStore {
             dups::find(&first.frames, second.as_ref().map(|t| t.frames.as_slice()), max_distance, min_loop_frames)
         })
         .await
-        .map_err(|_| EngineError::ShuttingDown)
+        .map_err(joined(&self.stats, &video.name, "the duplicate search"))
     }
 
     /// `frames` (consecutive) encoded as a clip of `codec`, at the size `size` asks for,
@@ -587,7 +610,7 @@ impl FrameStore {
             output::encode(&bytes::Bytes::from(grid), raw, Encoding::Jpeg, jpeg_quality)
         })
         .await
-        .map_err(|_| EngineError::ShuttingDown)?
+        .map_err(joined(&self.stats, &name, "the storyboard encoder"))?
         .map_err(|e| EngineError::EncodeFailed { video: name, reason: e.to_string() })?;
         Ok(StoryboardImage { jpeg, layout, tiles: times })
     }
@@ -608,6 +631,7 @@ impl FrameStore {
             index_loads: self.stats.index_loads.get(),
             decoders_busy,
             queued_jobs,
+            panics: self.stats.panics.get(),
         }
     }
 

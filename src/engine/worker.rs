@@ -51,7 +51,68 @@ pub(crate) struct Job {
     pub(crate) spec: OutputSpec,
     /// Frames before the target to keep (the request's choice, or the configured default).
     pub(crate) keep_behind: u32,
-    pub(crate) reply: Reply,
+    pub(crate) reply: ReplyOnce,
+}
+
+/// A job's reply, answered once. Dropped unanswered while its thread panics, it answers
+/// [`EngineError::Panicked`], so the requests it stands for learn what happened instead of
+/// waiting for a frame that will never come (a drop otherwise, as for a job nobody waits for,
+/// answers nothing).
+pub(crate) struct ReplyOnce(Option<Reply>, String);
+
+impl ReplyOnce {
+    pub(crate) fn new(reply: Reply, video: &str) -> ReplyOnce {
+        ReplyOnce(Some(reply), video.to_string())
+    }
+
+    pub(crate) fn send(mut self, result: Result<RawFrame, EngineError>) {
+        if let Some(reply) = self.0.take() {
+            reply(result);
+        }
+    }
+}
+
+impl Drop for ReplyOnce {
+    fn drop(&mut self) {
+        if let Some(reply) = self.0.take() {
+            if std::thread::panicking() {
+                reply(Err(EngineError::Panicked { video: std::mem::take(&mut self.1), what: "the decoder" }));
+            }
+        }
+    }
+}
+
+/// A pass's reply, answered once; like [`ReplyOnce`], it answers [`EngineError::Panicked`] when
+/// its thread panics (with an empty pass: the owner gives up on it).
+pub(crate) struct PassReplyOnce(Option<PassReply>, String, OutputSpec);
+
+impl PassReplyOnce {
+    pub(crate) fn new(reply: PassReply, video: &str, spec: OutputSpec) -> PassReplyOnce {
+        PassReplyOnce(Some(reply), video.to_string(), spec)
+    }
+
+    pub(crate) fn send(mut self, pass: Pass, result: Result<(), EngineError>) {
+        if let Some(reply) = self.0.take() {
+            reply(pass, result);
+        }
+    }
+}
+
+impl Drop for PassReplyOnce {
+    fn drop(&mut self) {
+        if let Some(reply) = self.0.take() {
+            if std::thread::panicking() {
+                let empty = Pass {
+                    frames: VecDeque::new(),
+                    spec: self.2,
+                    luma: Luma::Off,
+                    sink: Box::new(|_| false),
+                    ready: None,
+                };
+                reply(empty, Err(EngineError::Panicked { video: std::mem::take(&mut self.1), what: "a bulk pass" }));
+            }
+        }
+    }
 }
 
 /// What a decoder can be asked to do.
@@ -63,7 +124,7 @@ pub(crate) enum Work {
     /// The backtrack window behind a cold target, ascending, each frame registered in flight.
     Fill { frames: VecDeque<FrameIndex>, spec: OutputSpec },
     /// A bulk pass (or a part of one).
-    Pass(Pass, PassReply),
+    Pass(Pass, PassReplyOnce),
 }
 
 pub(crate) struct Queued {
@@ -94,6 +155,7 @@ pub(crate) struct Inbox {
     /// Closed to make room for more urgent work: stop at the next frame boundary and give every
     /// job not done back to be submitted again, instead of finishing the queue first.
     evicted: AtomicBool,
+    dead: AtomicBool,
 }
 
 const NONE: u8 = u8::MAX;
@@ -117,7 +179,14 @@ impl Inbox {
             tid: AtomicI32::new(0),
             nice: AtomicI32::new(0),
             evicted: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the thread is gone (it panicked, or its decoder could not open): the pool drops
+    /// such a decoder instead of routing work to it.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
     }
 
     pub(crate) fn evict(&self) {
@@ -357,6 +426,8 @@ impl WorkerThread {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(video = %self.video.name, error = %e, "could not open a decoder");
+                self.inbox.dead.store(true, Ordering::Release);
+                self.inbox.close();
                 while let Some((job, _)) = self.inbox.take(|q| self.describe(q, None)) {
                     self.fail(job.work, &e);
                 }
@@ -376,7 +447,13 @@ impl WorkerThread {
             if matches!(work, Work::Frame(_)) {
                 self.cancel_fills();
             }
-            let more = match work {
+            // Frames of a fill are registered in flight: should the decoder panic, their
+            // waiters must hear of it too.
+            let filling = match &work {
+                Work::Fill { frames, spec } => Some((frames.clone(), *spec)),
+                _ => None,
+            };
+            let run = std::panic::AssertUnwindSafe(|| match work {
                 Work::Frame(job) => self.frame(&mut decoder, job, class, closing),
                 Work::Ahead { until, spec } => {
                     if closing {
@@ -387,11 +464,42 @@ impl WorkerThread {
                 }
                 Work::Fill { frames, spec } => self.fill_one(&mut decoder, frames, spec, closing, &cell),
                 Work::Pass(pass, reply) => self.pass_some(&mut decoder, pass, reply, class),
+            });
+            let more = match std::panic::catch_unwind(run) {
+                Ok(more) => more,
+                Err(panic) => {
+                    self.panicked(panic, filling);
+                    return;
+                }
             };
             *self.reported.lock() = decoder.position();
             if let Some(work) = more {
                 self.inbox.requeue(Queued { seq, class: cell, cpu, work });
             }
+        }
+    }
+
+    /// This thread's decoder panicked (a bug): the job's requests were answered INTERNAL by
+    /// their replies; answer the fill's, log and count it, and hand every queued job back to be
+    /// routed to another decoder. The thread then exits and the pool drops this decoder.
+    fn panicked(&self, panic: Box<dyn std::any::Any + Send>, filling: Option<(VecDeque<FrameIndex>, OutputSpec)>) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        tracing::error!(video = %self.video.name, decoder = self.id, panic = %message, "a decoder panicked; it is replaced");
+        self.stats.panics.inc();
+        if let Some((frames, spec)) = filling {
+            let error = EngineError::Panicked { video: self.video.name.clone(), what: "the decoder" };
+            for i in frames {
+                self.registry.fail(&self.video, &spec, i, error.clone());
+            }
+        }
+        self.inbox.dead.store(true, Ordering::Release);
+        self.inbox.close();
+        while let Some((job, _)) = self.inbox.take(|q| self.describe(q, None)) {
+            self.fail(job.work, &EngineError::Preempted);
         }
     }
 
@@ -446,31 +554,37 @@ impl WorkerThread {
     /// closed for more urgent work: [`EngineError::Preempted`] makes the requests resubmit).
     fn fail(&self, work: Work, error: &EngineError) {
         match work {
-            Work::Frame(job) => self.job_done(|| (job.reply)(Err(error.clone()))),
+            Work::Frame(job) => self.job_done(|| job.reply.send(Err(error.clone()))),
             Work::Fill { frames, spec } => {
                 for i in frames {
                     self.registry.fail(&self.video, &spec, i, error.clone());
                 }
             }
-            Work::Pass(pass, reply) => self.job_done(|| reply(pass, Err(error.clone()))),
+            Work::Pass(pass, reply) => self.job_done(|| reply.send(pass, Err(error.clone()))),
             Work::Ahead { .. } => {}
         }
     }
 
     /// Frames of a bulk pass until it is done or more urgent work waits (the pass then goes
     /// back in line with its progress). Returns the pass when it yielded.
-    fn pass_some(&self, decoder: &mut FrameDecoder, pass: Pass, reply: PassReply, class: Class) -> Option<Work> {
+    fn pass_some(&self, decoder: &mut FrameDecoder, pass: Pass, reply: PassReplyOnce, class: Class) -> Option<Work> {
         decoder.set_luma(pass.luma);
         let more = self.pass_frames(decoder, pass, reply, class);
         decoder.set_luma(Luma::Off);
         more
     }
 
-    fn pass_frames(&self, decoder: &mut FrameDecoder, mut pass: Pass, reply: PassReply, class: Class) -> Option<Work> {
+    fn pass_frames(
+        &self,
+        decoder: &mut FrameDecoder,
+        mut pass: Pass,
+        reply: PassReplyOnce,
+        class: Class,
+    ) -> Option<Work> {
         let inbox = &self.inbox;
         loop {
             let Some(&next) = pass.frames.front() else {
-                self.job_done(|| reply(pass, Ok(())));
+                self.job_done(|| reply.send(pass, Ok(())));
                 return None;
             };
             if let Some(ready) = &pass.ready {
@@ -489,12 +603,12 @@ impl WorkerThread {
                     pass.frames.pop_front();
                     if !(pass.sink)(frame) {
                         pass.frames.clear();
-                        self.job_done(|| reply(pass, Ok(())));
+                        self.job_done(|| reply.send(pass, Ok(())));
                         return None;
                     }
                 }
                 Err(e) => {
-                    self.job_done(|| reply(pass, Err(e)));
+                    self.job_done(|| reply.send(pass, Err(e)));
                     return None;
                 }
             }
@@ -510,8 +624,9 @@ impl WorkerThread {
         let registry = &self.registry;
         let video = &self.video;
         let spec = job.spec.as_raw();
+        crate::engine::faults::check(&video.name, job.target.0);
         if let Some(frame) = registry.cached(video, &spec, job.target) {
-            self.job_done(|| (job.reply)(Ok(frame)));
+            self.job_done(|| job.reply.send(Ok(frame)));
             return None;
         }
         if registry.abandoned(video, &spec, job.target) {
@@ -545,7 +660,7 @@ impl WorkerThread {
             None
         };
         *self.reported.lock() = decoder.position();
-        self.job_done(|| (job.reply)(result));
+        self.job_done(|| job.reply.send(result));
         if let Some((frames, cell)) = fill {
             self.inbox.push(cell, Work::Fill { frames: frames.into(), spec });
         }

@@ -182,6 +182,7 @@ impl Collector for EngineCollector {
         counter("index_loads", "Indexes read back from the state directory instead of built", s.index_loads)?;
         counter("decodes_abandoned", "Decodes never started because every requester had gone", s.abandoned)?;
         counter("decodes_preempted", "Decodes handed back to make room for more urgent work", s.preempted)?;
+        counter("panics", "Panics caught in decoder threads, index builds and encoders (bugs; each logged)", s.panics)?;
         let seconds = encoder.encode_descriptor(
             "index_build_seconds",
             "Time spent building indexes",
