@@ -37,6 +37,8 @@ pub enum RequestError {
     NotOneOf { field: &'static str, value: String, expected: &'static str },
     #[error("the request took longer than {0:.1}s")]
     Timeout(f64),
+    #[error("the client's deadline ({0:.3}s) passed before the answer was ready")]
+    ClientDeadline(f64),
     #[error("the video changed: the URL names content {asked}, the file is now {now}")]
     StaleVersion { asked: String, now: String },
     #[error("the frame server is draining before it stops: retry on another replica or later")]
@@ -91,7 +93,7 @@ impl Error {
                 | RequestError::BatchTooLarge { .. }
                 | RequestError::BadRange(_)
                 | RequestError::NotOneOf { .. } => Code::InvalidArgument,
-                RequestError::Timeout(_) => Code::DeadlineExceeded,
+                RequestError::Timeout(_) | RequestError::ClientDeadline(_) => Code::DeadlineExceeded,
                 RequestError::StaleVersion { .. } => Code::FailedPrecondition,
                 RequestError::Draining => Code::Unavailable,
                 RequestError::FrameTooLarge { .. } => Code::ResourceExhausted,

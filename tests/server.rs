@@ -566,6 +566,23 @@ async fn every_bad_input_gets_its_status_and_the_daemon_keeps_serving() {
     d.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_deadline_and_the_server_limit_both_answer_deadline_exceeded() {
+    let d = start_with(|c| c.limits.request_timeout_s = 0.3).await;
+    long_video(&d.media);
+    let mut c = d.client().await;
+    c.get_video_info(pb::GetVideoInfoRequest { video: "long.mp4".into() }).await.unwrap();
+    // The last frame of a 900-frame GOP: a decode of the whole GOP, far longer than either bound.
+    let mut request = tonic::Request::new(by_index("long.mp4", 899));
+    request.set_timeout(std::time::Duration::from_millis(120));
+    let err = c.request_frame(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+    assert!(err.message().contains("client's deadline"), "{}", err.message());
+    let err = c.request_frame(by_index("long.mp4", 898)).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+    assert!(err.message().contains("longer than 0.3s"), "{}", err.message());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panicking_decoder_answers_internal_is_replaced_and_the_others_carry_on() {
     let d = start().await;

@@ -423,6 +423,58 @@ pub(crate) fn report(call: &str, video: &str, target: &str, e: Error) -> Status 
     e.into()
 }
 
+/// The bound of one unary call: the server's `limits.request_timeout_s`, or the client's own
+/// deadline (its `grpc-timeout`) when that comes first. The client's is taken a little early,
+/// so the answer is this service's DEADLINE_EXCEEDED rather than tonic's own timer firing at the
+/// same instant with CANCELLED.
+pub(crate) fn deadline<T>(server: Duration, request: &Request<T>) -> Deadline {
+    /// Answered this much before the client's deadline.
+    const MARGIN: Duration = Duration::from_millis(5);
+    let client = request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+    match client {
+        Some(c) if c <= server => Deadline::Client(c, c.saturating_sub(MARGIN)),
+        _ => Deadline::Server(server),
+    }
+}
+
+/// Which deadline bounds a call, and when it fires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Deadline {
+    Server(Duration),
+    /// The client's deadline, and when to answer (a little before it).
+    Client(Duration, Duration),
+}
+
+impl Deadline {
+    pub(crate) async fn bound<T>(self, fut: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        match self {
+            Deadline::Server(limit) => with_timeout(limit, fut).await,
+            Deadline::Client(deadline, fire) => match tokio::time::timeout(fire, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(RequestError::ClientDeadline(deadline.as_secs_f64()).into()),
+            },
+        }
+    }
+}
+
+/// A `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 pub(crate) async fn with_timeout<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, Error>>,
@@ -443,10 +495,14 @@ impl pb::frame_server_server::FrameServer for FrameService {
         &self,
         request: Request<pb::GetVideoInfoRequest>,
     ) -> Result<Response<pb::VideoInfo>, Status> {
+        let bound = deadline(self.request_timeout(), &request);
         let req = request.into_inner();
         let span = tracing::debug_span!("GetVideoInfo", video = %req.video);
-        let info =
-            self.info(&req.video).instrument(span).await.map_err(|e| report("GetVideoInfo", &req.video, "", e))?;
+        let info = bound
+            .bound(self.info(&req.video))
+            .instrument(span)
+            .await
+            .map_err(|e| report("GetVideoInfo", &req.video, "", e))?;
         Ok(Response::new(info))
     }
 
@@ -460,12 +516,13 @@ impl pb::frame_server_server::FrameServer for FrameService {
 
     async fn request_frame(&self, request: Request<pb::FrameRequest>) -> Result<Response<pb::Frame>, Status> {
         let _in_flight = self.in_flight.enter();
+        let bound = deadline(self.request_timeout(), &request);
         let req = request.into_inner();
         let video = req.video.clone();
         let target = format!("{:?}", req.target);
         let span = tracing::debug_span!("RequestFrame", video = %video, target = %target);
-        let limit = Duration::from_secs_f64(self.limits.request_timeout_s);
-        let frame = with_timeout(limit, self.request_frame_inner(req))
+        let frame = bound
+            .bound(self.request_frame_inner(req))
             .instrument(span.clone())
             .await
             .map_err(|e| report("RequestFrame", &video, &target, e))?;
@@ -539,11 +596,11 @@ impl pb::frame_server_server::FrameServer for FrameService {
         request: Request<pb::FindDuplicatesRequest>,
     ) -> Result<Response<pb::DuplicatesReport>, Status> {
         let _in_flight = self.in_flight.enter();
+        let bound = deadline(self.request_timeout(), &request);
         let req = request.into_inner();
         let name = req.video.clone();
-        let report = with_timeout(self.request_timeout(), self.duplicates_inner(req))
-            .await
-            .map_err(|e| report("FindDuplicates", &name, "", e))?;
+        let report =
+            bound.bound(self.duplicates_inner(req)).await.map_err(|e| report("FindDuplicates", &name, "", e))?;
         Ok(Response::new(report))
     }
 
@@ -569,11 +626,10 @@ impl pb::frame_server_server::FrameServer for FrameService {
         request: Request<pb::StoryboardRequest>,
     ) -> Result<Response<pb::Storyboard>, Status> {
         let _in_flight = self.in_flight.enter();
+        let bound = deadline(self.request_timeout(), &request);
         let req = request.into_inner();
         let name = req.video.clone();
-        let board = with_timeout(self.request_timeout(), self.storyboard_inner(req))
-            .await
-            .map_err(|e| report("GetStoryboard", &name, "", e))?;
+        let board = bound.bound(self.storyboard_inner(req)).await.map_err(|e| report("GetStoryboard", &name, "", e))?;
         Ok(Response::new(board))
     }
 
@@ -617,5 +673,27 @@ impl pb::frame_server_server::FrameServer for FrameService {
             videos_indexed: s.videos_indexed,
             requests: s.requests,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_the_earlier_deadline_wins() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("123456789m"), None, "at most 8 digits");
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        let mut r = Request::new(());
+        let server = Duration::from_secs(60);
+        assert_eq!(deadline(server, &r), Deadline::Server(server));
+        r.metadata_mut().insert("grpc-timeout", "100m".parse().unwrap());
+        assert_eq!(deadline(server, &r), Deadline::Client(Duration::from_millis(100), Duration::from_millis(95)));
+        r.metadata_mut().insert("grpc-timeout", "2M".parse().unwrap());
+        assert_eq!(deadline(server, &r), Deadline::Server(server));
     }
 }
