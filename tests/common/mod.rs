@@ -81,7 +81,7 @@ pub fn encode_with_input(out: &Path, frames: u32, fps: u32, extra_inputs: &[&str
     cmd.args(args);
     cmd.arg(out);
     cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("ffmpeg must be installed (scripts/setup.sh)");
+    let mut child = cmd.spawn().expect("ffmpeg must be installed (bash scripts/dev.sh setup)");
     {
         let mut stdin = child.stdin.take().unwrap();
         for n in 0..frames {
