@@ -48,9 +48,9 @@ fn mutate(kind: &str, clean: &[u8], other: &[u8], rng: &mut StdRng) -> Vec<u8> {
             b = chunks.concat();
         }
         "header" => {
-            for i in 0..256.min(n) {
+            for byte in b.iter_mut().take(256) {
                 if rng.random_range(0..4) == 0 {
-                    b[i] = rng.random();
+                    *byte = rng.random();
                 }
             }
         }
