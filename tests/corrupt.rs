@@ -1,7 +1,9 @@
-//! Damaged files served by a real daemon: mutated copies of generated videos (bit flips, zeroed
-//! runs, truncations, spliced files, shuffled chunks, damaged headers). Every call must answer
-//! OK or INVALID_ARGUMENT / DATA_LOSS / OUT_OF_RANGE within its deadline, the daemon must keep
-//! serving, and a clean video must still be served exactly afterwards. Deterministic (seeded).
+//! Damaged files served by a real daemon: mutated copies of generated videos (mp4, mkv, avi,
+//! webm, and a raw h264 stream indexed by a decode pass) with bit flips, zeroed runs,
+//! truncations, spliced files, shuffled chunks and damaged headers. Every call must answer OK or
+//! INVALID_ARGUMENT / DATA_LOSS / OUT_OF_RANGE within its deadline, no panic may be caught, the
+//! daemon must keep serving, and a clean video must still be served exactly afterwards.
+//! Deterministic (seeded).
 
 mod common;
 
@@ -81,6 +83,8 @@ async fn damaged_files_get_clear_statuses_and_the_daemon_keeps_serving_exactly()
         encode(&media.join("clean.mkv"), 48, 25, &["-c:v", "libx264", "-g", "12", "-pix_fmt", "yuv420p"]),
         encode(&media.join("clean.avi"), 48, 25, &["-c:v", "mpeg4", "-g", "12"]),
         encode(&media.join("clean.webm"), 24, 25, &["-c:v", "libvpx-vp9", "-g", "8", "-deadline", "realtime"]),
+        // No timestamps: indexed by a decode pass, the path damaged files took to a panic once.
+        encode(&media.join("clean.h264"), 48, 25, &["-c:v", "libx264", "-bf", "2", "-g", "12", "-f", "h264"]),
     ];
     let bytes: Vec<Vec<u8>> = sources.iter().map(|p| std::fs::read(p).unwrap()).collect();
     // Another seed by hand: FRAMESRV_CORRUPT_SEED=n cargo test --test corrupt
