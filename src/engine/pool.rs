@@ -164,7 +164,7 @@ impl DecoderPool {
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
         };
         let keep_behind = keep_behind.unwrap_or(self.config.decode.keep_behind);
-        let job = Job { target, spec, keep_behind, reply: ReplyOnce::new(reply, &video.name) };
+        let job = Job { target, spec, keep_behind, reply: ReplyOnce::new(reply, video) };
         w.inbox.push(Arc::new(ClassCell::new(class)), Work::Frame(job));
         Ok(())
     }
@@ -190,7 +190,7 @@ impl DecoderPool {
             Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom((pass, reply))),
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
         };
-        let reply = PassReplyOnce::new(reply, &video.name, pass.spec);
+        let reply = PassReplyOnce::new(reply, video, pass.spec);
         w.inbox.push(Arc::new(ClassCell::new(class)), Work::Pass(pass, reply));
         Ok(())
     }

@@ -271,15 +271,14 @@ impl FrameStore {
             }
         };
         let stats = self.stats.clone();
-        let stats_after = self.stats.clone();
         let state = self.state.clone();
         let id = slot.id.clone();
-        let video_name = name.to_string();
         let result = slot
             .video
             .get_or_init(|| async move {
-                let name = name.to_string();
+                let owned = name.to_string();
                 tokio::task::spawn_blocking(move || {
+                    let name = owned;
                     let unreadable =
                         |e: std::io::Error| EngineError::NotAVideo { video: name.clone(), reason: e.to_string() };
                     let started = std::time::Instant::now();
@@ -322,7 +321,7 @@ impl FrameStore {
                     Ok(Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key }))
                 })
                 .await
-                .unwrap_or_else(|e| Err(joined(&stats_after, &video_name, "the index build")(e)))
+                .unwrap_or_else(|e| Err(joined(&self.stats, name, "the index build")(e)))
             })
             .await;
         Ok(result.clone()?)

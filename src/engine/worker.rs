@@ -58,11 +58,11 @@ pub(crate) struct Job {
 /// [`EngineError::Panicked`], so the requests it stands for learn what happened instead of
 /// waiting for a frame that will never come (a drop otherwise, as for a job nobody waits for,
 /// answers nothing).
-pub(crate) struct ReplyOnce(Option<Reply>, String);
+pub(crate) struct ReplyOnce(Option<Reply>, Arc<OpenVideo>);
 
 impl ReplyOnce {
-    pub(crate) fn new(reply: Reply, video: &str) -> ReplyOnce {
-        ReplyOnce(Some(reply), video.to_string())
+    pub(crate) fn new(reply: Reply, video: &Arc<OpenVideo>) -> ReplyOnce {
+        ReplyOnce(Some(reply), video.clone())
     }
 
     pub(crate) fn send(mut self, result: Result<RawFrame, EngineError>) {
@@ -76,7 +76,7 @@ impl Drop for ReplyOnce {
     fn drop(&mut self) {
         if let Some(reply) = self.0.take() {
             if std::thread::panicking() {
-                reply(Err(EngineError::Panicked { video: std::mem::take(&mut self.1), what: "the decoder" }));
+                reply(Err(EngineError::Panicked { video: self.1.name.clone(), what: "the decoder" }));
             }
         }
     }
@@ -84,11 +84,11 @@ impl Drop for ReplyOnce {
 
 /// A pass's reply, answered once; like [`ReplyOnce`], it answers [`EngineError::Panicked`] when
 /// its thread panics (with an empty pass: the owner gives up on it).
-pub(crate) struct PassReplyOnce(Option<PassReply>, String, OutputSpec);
+pub(crate) struct PassReplyOnce(Option<PassReply>, Arc<OpenVideo>, OutputSpec);
 
 impl PassReplyOnce {
-    pub(crate) fn new(reply: PassReply, video: &str, spec: OutputSpec) -> PassReplyOnce {
-        PassReplyOnce(Some(reply), video.to_string(), spec)
+    pub(crate) fn new(reply: PassReply, video: &Arc<OpenVideo>, spec: OutputSpec) -> PassReplyOnce {
+        PassReplyOnce(Some(reply), video.clone(), spec)
     }
 
     pub(crate) fn send(mut self, pass: Pass, result: Result<(), EngineError>) {
@@ -109,7 +109,7 @@ impl Drop for PassReplyOnce {
                     sink: Box::new(|_| false),
                     ready: None,
                 };
-                reply(empty, Err(EngineError::Panicked { video: std::mem::take(&mut self.1), what: "a bulk pass" }));
+                reply(empty, Err(EngineError::Panicked { video: self.1.name.clone(), what: "a bulk pass" }));
             }
         }
     }

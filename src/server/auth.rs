@@ -100,12 +100,7 @@ pub async fn require(State(tokens): State<Arc<Tokens>>, request: Request, next: 
         None => "this server needs a token: send `authorization: Bearer <token>`",
         Some(_) => "the token is not valid here",
     };
-    let grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/grpc"));
-    if grpc {
+    if crate::server::is_grpc(request.headers()) {
         return tonic::Status::unauthenticated(message).into_http();
     }
     let mut response = crate::server::http::error_response(tonic::Code::Unauthenticated, message);

@@ -150,7 +150,7 @@ async fn video_route(
 ) -> Result<Response, HttpError> {
     match VideoRoute::parse(&rest)? {
         VideoRoute::Info(video) => {
-            let info = state.service.info(&video).await?;
+            let info = with_timeout(state.service.request_timeout(), state.service.info(&video)).await?;
             Ok(axum::Json(info_json(&info)).into_response())
         }
         VideoRoute::Frame(video, i) => frame(&state, video, pb::frame_request::Target::Index(i), &q, &headers).await,
@@ -322,24 +322,31 @@ fn frame_response(frame: pb::Frame, tag: String, cache_control: String) -> Respo
     };
     let pixel_format =
         pb::PixelFormat::try_from(frame.pixel_format).map(|p| p.as_str_name().to_ascii_lowercase()).unwrap_or_default();
-    let mut response = Response::new(Body::from(frame.data));
-    let h = response.headers_mut();
-    let mut put = |name: &'static str, value: String| {
+    let headers = [
+        ("content-type", content_type.to_string()),
+        ("etag", tag),
+        ("cache-control", cache_control),
+        ("x-frame-index", frame.index.to_string()),
+        ("x-frame-pts", frame.pts.to_string()),
+        ("x-frame-time", format!("{}", frame.time_s)),
+        ("x-frame-duration", format!("{}", frame.duration_s)),
+        ("x-key-frame", frame.key_frame.to_string()),
+        ("x-frame-width", frame.width.to_string()),
+        ("x-frame-height", frame.height.to_string()),
+        ("x-pixel-format", pixel_format),
+    ];
+    with_headers(frame.data, headers)
+}
+
+/// A response of `body` with `headers` (values that are not valid header text are left out;
+/// every value here is ours: numbers, names, quoted tags).
+fn with_headers(body: impl Into<Body>, headers: impl IntoIterator<Item = (&'static str, String)>) -> Response {
+    let mut response = Response::new(body.into());
+    for (name, value) in headers {
         if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
+            response.headers_mut().insert(name, v);
         }
-    };
-    put("content-type", content_type.into());
-    put("etag", tag);
-    put("cache-control", cache_control);
-    put("x-frame-index", frame.index.to_string());
-    put("x-frame-pts", frame.pts.to_string());
-    put("x-frame-time", format!("{}", frame.time_s));
-    put("x-frame-duration", format!("{}", frame.duration_s));
-    put("x-key-frame", frame.key_frame.to_string());
-    put("x-frame-width", frame.width.to_string());
-    put("x-frame-height", frame.height.to_string());
-    put("x-pixel-format", pixel_format);
+    }
     response
 }
 
@@ -366,21 +373,16 @@ async fn storyboard(state: &HttpState, video: String, q: &HashMap<String, String
         })?;
     let indices: Vec<String> = board.tiles.iter().map(|t| t.index.to_string()).collect();
     let first = board.tiles.first();
-    let mut response = Response::new(Body::from(board.image));
-    let h = response.headers_mut();
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    };
-    put("content-type", "image/jpeg".into());
-    put("cache-control", format!("public, max-age={}", state.max_age_s));
-    put("x-storyboard-columns", board.columns.to_string());
-    put("x-storyboard-rows", board.rows.to_string());
-    put("x-storyboard-tile-width", first.map_or(0, |t| t.width).to_string());
-    put("x-storyboard-tile-height", first.map_or(0, |t| t.height).to_string());
-    put("x-storyboard-frames", indices.join(","));
-    Ok(response)
+    let headers = [
+        ("content-type", "image/jpeg".to_string()),
+        ("cache-control", format!("public, max-age={}", state.max_age_s)),
+        ("x-storyboard-columns", board.columns.to_string()),
+        ("x-storyboard-rows", board.rows.to_string()),
+        ("x-storyboard-tile-width", first.map_or(0, |t| t.width).to_string()),
+        ("x-storyboard-tile-height", first.map_or(0, |t| t.height).to_string()),
+        ("x-storyboard-frames", indices.join(",")),
+    ];
+    Ok(with_headers(board.image, headers))
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ impl Metrics {
 
 /// The gRPC methods this daemon serves, the only ones counted by name (any other path would
 /// let a client grow the label set without bound).
-const GRPC_METHODS: [&str; 15] = [
+const GRPC_METHODS: [&str; 14] = [
     "/framesrv.v1.FrameServer/GetVideoInfo",
     "/framesrv.v1.FrameServer/ListVideos",
     "/framesrv.v1.FrameServer/RequestFrame",
@@ -94,7 +94,6 @@ const GRPC_METHODS: [&str; 15] = [
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-    "/framesrv.v1.FrameServer/Unknown",
 ];
 
 /// The priority class a request's decode work runs at (`control` for requests that decode
@@ -111,11 +110,7 @@ pub fn class_of(method: &str) -> &'static str {
 /// Count and time one request, whatever route or service answers it.
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let grpc = request
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/grpc"));
+    let grpc = crate::server::is_grpc(request.headers());
     let path = request.uri().path().to_string();
     let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let response = next.run(request).await;

@@ -180,15 +180,19 @@ pub async fn run_with_store(
     result
 }
 
+/// Whether a request is a gRPC call (gRPC-web arrives here translated): such a request is
+/// answered with a gRPC status, anything else with HTTP.
+pub(crate) fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"))
+}
+
 /// Paths nothing serves: UNIMPLEMENTED for gRPC clients, a JSON 404 for everyone else.
 async fn not_found(request: axum::extract::Request) -> axum::response::Response {
-    let grpc = request
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/grpc"));
     let path = request.uri().path();
-    if grpc {
+    if is_grpc(request.headers()) {
         let status = tonic::Status::unimplemented(format!("no method {path}"));
         return status.into_http();
     }

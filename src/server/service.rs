@@ -146,9 +146,10 @@ impl FrameService {
         fits(frame, self.limits.max_message_size.0)
     }
 
-    /// The description of a video, opening (indexing) it on first use.
+    /// The description of a video, opening (indexing) it on first use. The caller bounds it
+    /// (the call's deadline, or the HTTP route's timeout).
     pub(crate) async fn info(&self, name: &str) -> Result<pb::VideoInfo, Error> {
-        let video = with_timeout(self.request_timeout(), self.open(name)).await?;
+        let video = self.open(name).await?;
         let idx = &video.index;
         Ok(pb::VideoInfo {
             video: video.name.clone(),
