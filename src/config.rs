@@ -222,6 +222,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The longest timeout or grace period a config may set, in seconds.
+const MAX_SECONDS: f64 = 86_400.0;
+
 impl Config {
     /// Load `path`. With `required == false` a missing file means defaults.
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
@@ -256,12 +259,17 @@ impl Config {
         if self.decoder.threads > 64 {
             return bad("decoder.threads must be 0 (adaptive) or 1..=64");
         }
-        if self.limits.request_timeout_s <= 0.0
-            || self.limits.shutdown_grace_s < 0.0
-            || self.limits.shutdown_delay_s < 0.0
-        {
+        // Up to a day: a NaN, an infinity or 1e300 would panic where they become durations,
+        // and no request or shutdown sensibly waits longer (the config fuzz target found it).
+        let seconds = |v: f64| (0.0..=MAX_SECONDS).contains(&v);
+        let l = &self.limits;
+        let timeouts_ok = seconds(l.request_timeout_s)
+            && l.request_timeout_s > 0.0
+            && seconds(l.shutdown_grace_s)
+            && seconds(l.shutdown_delay_s);
+        if !timeouts_ok {
             return bad(
-                "limits.request_timeout_s must be positive, limits.shutdown_grace_s and limits.shutdown_delay_s not negative",
+                "limits.request_timeout_s must be positive, limits.shutdown_grace_s and limits.shutdown_delay_s not negative, all at most 86400 (a day)",
             );
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
@@ -372,6 +380,18 @@ mod tests {
         assert_eq!(c.cache_size, ByteSize(2 << 30));
         assert_eq!(c.decoder.threads, 2);
         assert_eq!(c.decoder.max_total, DecoderConfig::default().max_total);
+    }
+
+    #[test]
+    fn timeouts_that_cannot_be_durations_are_refused_not_a_panic() {
+        for value in ["inf", "nan", "1e300", "-1.0", "86401"] {
+            let c = Config::parse(&format!("[limits]\nrequest_timeout_s = {value}")).unwrap();
+            assert!(matches!(c.validate(), Err(ConfigError::Invalid(_))), "{value}");
+            let c = Config::parse(&format!("[limits]\nshutdown_grace_s = {value}")).unwrap();
+            assert!(matches!(c.validate(), Err(ConfigError::Invalid(_))), "{value}");
+        }
+        let c = Config::parse("[limits]\nrequest_timeout_s = 0.5\nshutdown_delay_s = 0").unwrap();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

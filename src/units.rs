@@ -55,6 +55,15 @@ impl TimeBase {
         }
         ticks as f64 * self.num as f64 / self.den as f64
     }
+
+    /// Seconds from `origin` to `ticks`, for any two timestamps a file may hold: the difference
+    /// is taken in 128 bits, so timestamps near both ends of `i64` do not overflow.
+    pub fn seconds_between(self, origin: i64, ticks: i64) -> f64 {
+        if self.den == 0 {
+            return 0.0;
+        }
+        (i128::from(ticks) - i128::from(origin)) as f64 * self.num as f64 / self.den as f64
+    }
 }
 
 /// A number of bytes. Parses `1048576`, `512MiB`, `2GiB`, `64KiB`, `1.5GiB`, `100MB`.

@@ -229,7 +229,13 @@ impl MediaFile {
                     std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
                 }
             };
-            if codec_id == ff::codec::Id::None || width == 0 || height == 0 {
+            // FFmpeg gives every stream a positive time base; an index needs one to compute times.
+            if codec_id == ff::codec::Id::None
+                || width == 0
+                || height == 0
+                || tb.numerator() <= 0
+                || tb.denominator() <= 0
+            {
                 return Err(FfmpegError::NoVideoStream);
             }
             // SAFETY: `iformat` is set by a successful avformat_open_input and is static data.

@@ -140,7 +140,7 @@ impl VideoIndex {
             .iter()
             .map(|&(pts, no)| FrameEntry {
                 pts: Pts(pts),
-                time_s: tb.seconds(pts - first_pts),
+                time_s: tb.seconds_between(first_pts, pts),
                 duration_s: 0.0,
                 key: packets[no].key,
                 packet: Some(PacketNo(no as u32)),
@@ -183,7 +183,7 @@ impl VideoIndex {
             .enumerate()
             .map(|(i, f)| {
                 let (pts, time_s) = match usable {
-                    Some(s) => (s[i], tb.seconds(s[i] - s[0])),
+                    Some(s) => (s[i], tb.seconds_between(s[0], s[i])),
                     None => (i as i64, i as f64 / fps),
                 };
                 FrameEntry { pts: Pts(pts), time_s, duration_s: 0.0, key: f.key, packet: None, seek: SeekTarget::Start }
@@ -236,10 +236,15 @@ impl VideoIndex {
             Some(p) => by_pts && p.get() < packets,
         };
         let frames_ok = !self.frames.is_empty()
-            && self.frames.iter().all(|f| seek_ok(f.seek) && packet_ok(f.packet) && f.time_s.is_finite())
+            && self
+                .frames
+                .iter()
+                .all(|f| seek_ok(f.seek) && packet_ok(f.packet) && f.time_s.is_finite() && f.duration_s.is_finite())
             && self.frames.windows(2).all(|w| w[0].pts < w[1].pts && w[0].time_s <= w[1].time_s);
-        let points_ok = self.seek_points.iter().all(|p| p.packet.get() < packets);
-        (frames_ok && points_ok && self.duration_s.is_finite() && self.avg_fps.is_finite()).then_some(self)
+        let points_ok = packets <= u32::MAX as usize && self.seek_points.iter().all(|p| p.packet.get() < packets);
+        let numbers_ok =
+            [self.duration_s, self.avg_fps, self.start_time_s, self.stream.header_fps].iter().all(|v| v.is_finite());
+        (frames_ok && points_ok && numbers_ok).then_some(self)
     }
 
     pub fn frame_count(&self) -> usize {
@@ -472,5 +477,20 @@ mod tests {
         let idx = VideoIndex::from_decode(stream(), 5, &broken);
         assert!((idx.frames[2].time_s - 2.0 / 25.0).abs() < 1e-9);
         assert!(idx.frames.iter().all(|f| f.seek == SeekTarget::Start));
+    }
+
+    #[test]
+    fn timestamps_at_both_ends_of_i64_give_increasing_times_not_an_overflow() {
+        // Found by the seek_plan fuzz target: `pts - first_pts` overflowed.
+        let p = [pkt(i64::MIN + 1, 0, true), pkt(0, 1, false), pkt(i64::MAX, 2, false)];
+        let idx = VideoIndex::from_packets(stream(), &p).unwrap();
+        assert!(idx.frames.windows(2).all(|w| w[0].time_s < w[1].time_s));
+        assert!(idx.duration_s.is_finite());
+        let metas: Vec<DecodedFrameMeta> = [i64::MIN + 1, i64::MAX]
+            .iter()
+            .map(|&t| DecodedFrameMeta { best_effort_timestamp: Some(t), key: true })
+            .collect();
+        let idx = VideoIndex::from_decode(stream(), 2, &metas);
+        assert!(idx.frames[1].time_s > 0.0 && idx.frames[1].time_s.is_finite());
     }
 }
