@@ -181,12 +181,18 @@ pub fn encode(index: &VideoIndex, key: &ContentKey) -> Vec<u8> {
         w.u64(pts as u64);
     }
     let body = w.0;
-    let mut out = Vec::with_capacity(body.len() + HEAD);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    let mut out = entry_head(&body);
     out.extend_from_slice(&body);
     out
+}
+
+/// The head of an entry whose body is `body`: magic, version, the body's CRC-32.
+pub fn entry_head(body: &[u8]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(body.len() + HEAD);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    head
 }
 
 /// The index in `bytes`, if they are a sound entry of this version for `key`.
