@@ -73,19 +73,62 @@ async fn call<T>(what: &str, f: impl std::future::Future<Output = Result<T, toni
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damaged_files_get_clear_statuses_and_the_daemon_keeps_serving_exactly() {
-    let dir = scratch();
-    let media = dir.path().join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    let sources = [
+/// The clean videos the damaged ones are made from.
+fn sources(media: &std::path::Path) -> Vec<std::path::PathBuf> {
+    vec![
         encode(&media.join("clean.mp4"), 48, 25, &["-c:v", "libx264", "-bf", "2", "-g", "12", "-pix_fmt", "yuv420p"]),
         encode(&media.join("clean.mkv"), 48, 25, &["-c:v", "libx264", "-g", "12", "-pix_fmt", "yuv420p"]),
         encode(&media.join("clean.avi"), 48, 25, &["-c:v", "mpeg4", "-g", "12"]),
         encode(&media.join("clean.webm"), 24, 25, &["-c:v", "libvpx-vp9", "-g", "8", "-deadline", "realtime"]),
         // No timestamps: indexed by a decode pass, the path damaged files took to a panic once.
         encode(&media.join("clean.h264"), 48, 25, &["-c:v", "libx264", "-bf", "2", "-g", "12", "-f", "h264"]),
-    ];
+    ]
+}
+
+/// More containers and codecs, small, for the fuzz seeds only.
+fn more_sources(media: &std::path::Path) -> Vec<std::path::PathBuf> {
+    vec![
+        encode(&media.join("seed.ts"), 12, 25, &["-c:v", "libx264", "-bf", "2", "-g", "6", "-pix_fmt", "yuv420p"]),
+        encode(&media.join("seed.mov"), 12, 25, &["-c:v", "libx265", "-x265-params", "log-level=none", "-g", "6"]),
+        encode(&media.join("seed.hevc"), 12, 25, &["-c:v", "libx265", "-x265-params", "log-level=none", "-f", "hevc"]),
+        encode(&media.join("seed.flv"), 12, 25, &["-c:v", "flv1", "-g", "6"]),
+        encode(&media.join("seed.ivf"), 12, 25, &["-c:v", "libvpx", "-g", "6", "-deadline", "realtime"]),
+        encode(&media.join("seed.mpg"), 12, 25, &["-c:v", "mpeg2video", "-bf", "2", "-g", "6"]),
+        encode(&media.join("seed.nut"), 12, 25, &["-c:v", "ffv1"]),
+    ]
+}
+
+/// The fuzz targets' seed corpus (`fuzz/seed.sh`), from the videos above: for `index_build`
+/// each file behind the byte that picks its extension there, for `index_entry` the body of
+/// each one's state-directory entry.
+#[test]
+#[ignore = "writes the fuzz seed corpus: fuzz/seed.sh"]
+fn write_fuzz_seeds() {
+    use framesrv::engine::index_store::{self, ContentKey};
+    const EXTENSIONS: &[&str] = &["mp4", "mkv", "avi", "webm", "h264", "ts", "mov", "hevc", "flv", "ivf", "mpg", "nut"];
+    let corpus = std::path::PathBuf::from(std::env::var("FRAMESRV_FUZZ_CORPUS").expect("FRAMESRV_FUZZ_CORPUS"));
+    let dir = scratch();
+    let (build, entry) = (corpus.join("index_build"), corpus.join("index_entry"));
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::create_dir_all(&entry).unwrap();
+    for source in sources(dir.path()).into_iter().chain(more_sources(dir.path())) {
+        let ext = source.extension().unwrap().to_str().unwrap();
+        let pick = EXTENSIONS.iter().position(|e| *e == ext).unwrap() as u8;
+        let mut seed = vec![pick];
+        seed.extend(std::fs::read(&source).unwrap());
+        std::fs::write(build.join(format!("clean-{ext}")), seed).unwrap();
+        let index = framesrv::engine::video::build_index(&source, "seed").unwrap();
+        let key = ContentKey(*b"framesrv-seed-ky");
+        std::fs::write(entry.join(format!("clean-{ext}")), &index_store::encode(&index, &key)[16..]).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_files_get_clear_statuses_and_the_daemon_keeps_serving_exactly() {
+    let dir = scratch();
+    let media = dir.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let sources = sources(&media);
     let bytes: Vec<Vec<u8>> = sources.iter().map(|p| std::fs::read(p).unwrap()).collect();
     // Another seed by hand: FRAMESRV_CORRUPT_SEED=n cargo test --test corrupt
     let seed = std::env::var("FRAMESRV_CORRUPT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(2026);
@@ -142,4 +185,42 @@ async fn damaged_files_get_clear_statuses_and_the_daemon_keeps_serving_exactly()
         assert_eq!(c.request_frame(request).await.unwrap().into_inner().data, reference[i], "clean frame {i}");
     }
     assert_eq!(d.store.stats().panics, 0, "a panic was caught while serving damaged files");
+}
+
+/// An mkv whose packets all claim one timestamp (so the index falls back to a decode pass) and
+/// whose stream lost its IDR slices (so that pass yields no frame): once a panic on an empty
+/// timestamp list, answered UNAVAILABLE "shutting down". Must be DATA_LOSS "no decodable
+/// frame", every time it is asked, with the daemon serving on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_decode_pass_yields_no_frame_is_data_loss() {
+    let dir = scratch();
+    let media = dir.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let clean = encode(&media.join("clean.mkv"), 24, 25, &["-c:v", "libx264", "-g", "12", "-pix_fmt", "yuv420p"]);
+    let damaged = media.join("noframe.mkv");
+    ffmpeg(&[
+        "-i",
+        clean.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-bsf:v",
+        "filter_units=remove_types=5,setts=pts=0:dts=0",
+        damaged.to_str().unwrap(),
+    ]);
+    let d = Daemon::start(dir, |_| {}).await;
+    let mut c = d.client().await;
+    for _ in 0..2 {
+        let status = c.get_video_info(pb::GetVideoInfoRequest { video: "noframe.mkv".into() }).await.unwrap_err();
+        assert_eq!(status.code(), Code::DataLoss, "{}", status.message());
+        assert!(status.message().contains("no decodable frame"), "{}", status.message());
+        let request = pb::FrameRequest {
+            video: "noframe.mkv".into(),
+            target: Some(pb::frame_request::Target::Index(0)),
+            ..Default::default()
+        };
+        assert_eq!(c.request_frame(request).await.unwrap_err().code(), Code::DataLoss);
+    }
+    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "clean.mkv".into() }).await.unwrap().into_inner();
+    assert_eq!(info.frame_count, 24);
+    assert_eq!(d.store.stats().panics, 0);
 }
