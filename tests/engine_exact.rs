@@ -347,6 +347,38 @@ fn truncated_file_serves_what_exists_and_refuses_the_rest() {
     }
 }
 
+/// A file truncated under a decoder that has its index from before: the frames past the cut
+/// are DATA_LOSS (the decoder meets the end of the file early), not a hang or another frame.
+#[test]
+fn a_file_truncated_under_an_open_decoder_answers_data_loss() {
+    let dir = scratch();
+    let path = encode(
+        &dir.path().join("shrinks.mkv"),
+        80,
+        25,
+        // Lossless, so that the file is far larger than what the demuxer buffers.
+        &["-c:v", "libx264", "-qp", "0", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p"],
+    );
+    let index = check_exact_with(&path, false);
+    let stats = Arc::new(EngineStats::default());
+    let mut d = decoder(&path, &index, &stats);
+    let frame = |d: &mut FrameDecoder, i: u32| {
+        d.frame(FrameIndex(i), &OutputSpec::default(), &mut |_| {}).map(|f| barcode(&f.data))
+    };
+    assert_eq!(frame(&mut d, 10).unwrap(), 10);
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 100_000, "{len} bytes: more than the demuxer buffers");
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
+    for target in [70, 79] {
+        match frame(&mut d, target) {
+            Err(EngineError::FrameUnavailable { .. } | EngineError::DecodeFailed { .. }) => {}
+            other => panic!("frame {target}: expected DATA_LOSS, got {other:?}"),
+        }
+    }
+    // The part before the cut is still served exactly.
+    assert_eq!(frame(&mut d, 12).unwrap(), 12);
+}
+
 #[test]
 fn audio_longer_than_video_adds_no_frames() {
     let dir = scratch();

@@ -694,6 +694,66 @@ async fn a_replaced_file_never_serves_stale_frames() {
     d.stop().await;
 }
 
+/// A file changed in place (same inode) while its decoders are open: truncated, then grown back,
+/// then replaced by a copy of the same size with the old modification time (only the inode tells).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_truncated_grown_or_swapped_in_place_is_reindexed_never_stale() {
+    use std::io::Write;
+    let d = start().await;
+    let mut c = d.client().await;
+    let full =
+        encode(&d.media.join("full.mkv"), 80, 25, &["-c:v", "libx264", "-bf", "2", "-g", "12", "-pix_fmt", "yuv420p"]);
+    let bytes = std::fs::read(&full).unwrap();
+    let path = d.media.join("changing.mkv");
+    std::fs::write(&path, &bytes).unwrap();
+    let frame = |r: pb::Frame| (r.index, barcode(&r.data));
+    assert_eq!(frame(c.request_frame(by_index("changing.mkv", 70)).await.unwrap().into_inner()), (70, 70));
+    // Truncated in place: the same inode, a decoder still open on it.
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(bytes.len() as u64 * 55 / 100).unwrap();
+    let status = c.request_frame(by_index("changing.mkv", 70)).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
+    let n = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "changing.mkv".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .frame_count;
+    assert!(n > 20 && n < 80, "{n} frames after the cut");
+    assert_eq!(frame(c.request_frame(by_index("changing.mkv", 20)).await.unwrap().into_inner()), (20, 20));
+    // Grown back in place.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&bytes[bytes.len() * 55 / 100..]).unwrap();
+    drop(f);
+    assert_eq!(frame(c.request_frame(by_index("changing.mkv", 70)).await.unwrap().into_inner()), (70, 70));
+    assert_eq!(frame(c.request_frame(by_index("changing.mkv", 5)).await.unwrap().into_inner()), (5, 5));
+    // Swapped for another file of the same size and modification time (as `cp -p` or rsync
+    // leave it): frames 0.. of a video that starts 10 source frames later.
+    let shifted = d.media.join("shifted.mkv");
+    ffmpeg(&[
+        "-i",
+        full.to_str().unwrap(),
+        "-vf",
+        "trim=start_frame=10,setpts=PTS-STARTPTS",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        shifted.to_str().unwrap(),
+    ]);
+    let mut other = std::fs::read(&shifted).unwrap();
+    other.resize(bytes.len(), 0);
+    let swap = d.media.join("swap.tmp");
+    std::fs::write(&swap, &other).unwrap();
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::File::options().write(true).open(&swap).unwrap().set_modified(modified).unwrap();
+    std::fs::rename(&swap, &path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes.len() as u64);
+    let after = c.request_frame(by_index("changing.mkv", 5)).await.unwrap().into_inner();
+    assert!(!after.cache_hit, "the old file's frame 5 served from the cache");
+    assert_eq!(frame(after), (5, 15));
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_serving_and_reflection_lists_the_service() {
     let d = start().await;

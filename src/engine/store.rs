@@ -247,6 +247,7 @@ impl FrameStore {
         let roots = self.roots.clone();
         let owned = name.to_string();
         let id = tokio::task::spawn_blocking(move || -> Result<VideoId, RootsError> {
+            use std::os::unix::fs::MetadataExt;
             let path = roots.resolve(&owned)?;
             let meta = std::fs::metadata(&path).map_err(|_| RootsError::NotFound { name: owned.clone() })?;
             let modified_ns = meta
@@ -255,7 +256,7 @@ impl FrameStore {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_nanos() as i128)
                 .unwrap_or(0);
-            Ok(VideoId { path, size: meta.len(), modified_ns })
+            Ok(VideoId { path, device: meta.dev(), inode: meta.ino(), size: meta.len(), modified_ns })
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;

@@ -14,11 +14,14 @@ use crate::engine::index::{DecodedFrameMeta, VideoIndex};
 use crate::engine::index_store::ContentKey;
 use crate::engine::EngineError;
 
-/// Identity of a video file's content as far as caching goes: a replaced file (new size or
-/// modification time) is a new video, so stale frames are never served.
+/// Identity of a video file's content as far as caching goes: a replaced file (another inode,
+/// as a rename or `cp -p` leaves it even with the old size and time), or one changed in place
+/// (new size or modification time), is a new video, so stale frames are never served.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VideoId {
     pub path: PathBuf,
+    pub device: u64,
+    pub inode: u64,
     pub size: u64,
     pub modified_ns: i128,
 }
