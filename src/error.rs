@@ -10,7 +10,6 @@
 use tonic::{Code, Status};
 
 use crate::engine::selection::SelectionError;
-use crate::engine::store::StoreError;
 use crate::engine::EngineError;
 use crate::media_roots::RootsError;
 
@@ -67,15 +66,6 @@ impl From<SelectionError> for Error {
             SelectionError::BadTime(t) => Error::Request(RequestError::BadTime(t)),
             SelectionError::TooMany { count, max } => Error::Request(RequestError::BatchTooLarge { count, max }),
             SelectionError::Engine(e) => Error::Engine(e),
-        }
-    }
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Roots(e) => Error::Roots(e),
-            StoreError::Engine(e) => Error::Engine(e),
         }
     }
 }

@@ -34,7 +34,6 @@ fn run(data: &[u8]) -> Result<()> {
             (num, den) if num > 0 && den > 0 => f64::from(num) / f64::from(den),
             _ => 0.0,
         },
-        byte_seekable: u.arbitrary()?,
     };
     let count = u.int_in_range(0..=400usize)?;
     let mut packets = Vec::with_capacity(count);
@@ -42,7 +41,6 @@ fn run(data: &[u8]) -> Result<()> {
         packets.push(PacketMeta {
             pts: stamp(&mut u)?,
             dts: stamp(&mut u)?,
-            pos: -1,
             duration: u.int_in_range(-1..=4)?,
             key: u.ratio(1, 8)?,
             discard: u.ratio(1, 32)?,

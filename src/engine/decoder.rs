@@ -67,12 +67,6 @@ pub struct DecodeOptions {
     pub continue_slack: u32,
 }
 
-impl Default for DecodeOptions {
-    fn default() -> Self {
-        DecodeOptions { threads: 1, keep_behind: 32, skip_nonref: true, continue_slack: 4 }
-    }
-}
-
 /// Why a pass toward the target failed, and so what to try next.
 enum Miss {
     /// The demuxer landed after the keyframe asked for: try an earlier one.

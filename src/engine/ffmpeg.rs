@@ -122,8 +122,6 @@ pub struct StreamInfo {
     pub time_base: TimeBase,
     /// The stream's average frame rate as the container states it (0/0 when unknown).
     pub header_fps: f64,
-    /// Whether the demuxer supports seeking by byte position.
-    pub byte_seekable: bool,
 }
 
 #[cfg(test)]
@@ -139,7 +137,6 @@ impl StreamInfo {
             height: size,
             time_base: crate::units::TimeBase { num: 1, den: fps },
             header_fps: fps as f64,
-            byte_seekable: true,
         }
     }
 }
@@ -149,8 +146,6 @@ impl StreamInfo {
 pub struct PacketMeta {
     pub pts: Option<i64>,
     pub dts: Option<i64>,
-    /// Byte offset in the file, or -1 when the demuxer does not know it.
-    pub pos: i64,
     pub duration: i64,
     pub key: bool,
     /// The demuxer says the decoder must decode this packet but not output its frame (mp4 edit
@@ -238,11 +233,6 @@ impl MediaFile {
             {
                 return Err(FfmpegError::NoVideoStream);
             }
-            // SAFETY: `iformat` is set by a successful avformat_open_input and is static data.
-            let byte_seekable = unsafe {
-                let iformat = (*input.as_ptr()).iformat;
-                ((*iformat).flags & ffi::AVFMT_NO_BYTE_SEEK) == 0
-            };
             StreamInfo {
                 codec: codec_id.name().to_string(),
                 container: input.format().name().to_string(),
@@ -251,7 +241,6 @@ impl MediaFile {
                 height,
                 time_base: TimeBase { num: tb.numerator(), den: tb.denominator() },
                 header_fps: if afr.denominator() != 0 { f64::from(afr) } else { 0.0 },
-                byte_seekable,
             }
         };
         Ok(MediaFile { input, stream_index, info })
@@ -282,7 +271,6 @@ impl MediaFile {
             let meta = PacketMeta {
                 pts: packet.pts(),
                 dts: packet.dts(),
-                pos: packet.position() as i64,
                 duration: packet.duration(),
                 key: flags & ffi::AV_PKT_FLAG_KEY != 0,
                 discard: flags & ffi::AV_PKT_FLAG_DISCARD != 0,
@@ -298,16 +286,6 @@ impl MediaFile {
         let ret = unsafe {
             ffi::av_seek_frame(self.input.as_mut_ptr(), self.stream_index as i32, ts, ffi::AVSEEK_FLAG_BACKWARD)
         };
-        if ret < 0 {
-            return Err(FfmpegError::Seek(ff::Error::from(ret).to_string()));
-        }
-        Ok(())
-    }
-
-    /// Seek to a byte offset (for streams without usable timestamps).
-    pub fn seek_byte(&mut self, pos: i64) -> Result<(), FfmpegError> {
-        // SAFETY: as in `seek_timestamp`; with AVSEEK_FLAG_BYTE the timestamp is a byte offset.
-        let ret = unsafe { ffi::av_seek_frame(self.input.as_mut_ptr(), -1, pos, ffi::AVSEEK_FLAG_BYTE) };
         if ret < 0 {
             return Err(FfmpegError::Seek(ff::Error::from(ret).to_string()));
         }

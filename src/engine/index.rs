@@ -266,11 +266,6 @@ impl VideoIndex {
         Some(self.packet_by_pts[at].1)
     }
 
-    /// The pts of packet `no` (ByPts).
-    pub fn packet_pts(&self, no: PacketNo) -> Option<i64> {
-        self.packet_pts.get(no.get()).copied()
-    }
-
     /// The packet number decoding must start from for a seek target.
     pub fn seek_packet(&self, target: SeekTarget) -> PacketNo {
         match target {
@@ -374,7 +369,7 @@ mod tests {
     }
 
     fn pkt(pts: i64, dts: i64, key: bool) -> PacketMeta {
-        PacketMeta { pts: Some(pts), dts: Some(dts), pos: 0, duration: 1, key, discard: false }
+        PacketMeta { pts: Some(pts), dts: Some(dts), duration: 1, key, discard: false }
     }
 
     /// Display I0 B1 B2 P3 | I4(open) with leading B... decode order below.

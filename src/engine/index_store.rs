@@ -27,7 +27,7 @@ use crate::units::{PacketNo, Pts, TimeBase};
 
 const MAGIC: &[u8; 8] = b"FSRVIDX\0";
 /// Bump on any change to the layout below: entries of other versions are rebuilt.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Magic, version, checksum.
 const HEAD: usize = 16;
 /// Bytes hashed at each end of the file.
@@ -147,7 +147,6 @@ pub fn encode(index: &VideoIndex, key: &ContentKey) -> Vec<u8> {
     w.u32(s.time_base.num as u32);
     w.u32(s.time_base.den as u32);
     w.f64(s.header_fps);
-    w.u8(s.byte_seekable as u8);
     w.u8(match index.identity {
         FrameIdentity::ByPts => 0,
         FrameIdentity::ByCount => 1,
@@ -218,7 +217,6 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
         height: r.u32()?,
         time_base: TimeBase { num: r.u32()? as i32, den: r.u32()? as i32 },
         header_fps: r.f64()?,
-        byte_seekable: r.u8()? != 0,
     };
     let identity = match r.u8()? {
         0 => FrameIdentity::ByPts,
@@ -355,7 +353,6 @@ mod tests {
                 packets.push(PacketMeta {
                     pts: Some(pts),
                     dts: Some(gop * 4 + k as i64 - 1),
-                    pos: -1,
                     duration: 1,
                     key: k == 0,
                     discard: false,

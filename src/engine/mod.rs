@@ -28,30 +28,30 @@
 //! - [`storyboard`]: thumbnail grids from keyframes or exact frames.
 //! - [`clip`]: frames encoded into a container in memory and streamed.
 
-pub mod budget;
+mod budget;
 pub mod buffers;
-pub mod bulk;
-pub mod cache;
+mod bulk;
+mod cache;
 pub mod clip;
 pub mod decoder;
-pub mod dups;
+mod dups;
 pub mod faults;
 pub mod ffmpeg;
-pub mod fingerprints;
-pub mod hashes;
+mod fingerprints;
+mod hashes;
 pub mod index;
 pub mod index_store;
 pub mod output;
 pub mod plan;
 pub mod pool;
-pub mod registry;
+mod registry;
 pub mod schedule;
 pub mod selection;
 pub mod stats;
 pub mod store;
 pub mod storyboard;
 pub mod video;
-pub mod worker;
+mod worker;
 
 use ffmpeg::FfmpegError;
 

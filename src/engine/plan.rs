@@ -93,7 +93,6 @@ mod tests {
                 packets.push(PacketMeta {
                     pts: Some(gop * 5 + pts),
                     dts: Some(gop * 5 + i as i64 - 1),
-                    pos: 0,
                     duration: 1,
                     key,
                     discard: false,

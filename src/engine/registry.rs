@@ -65,8 +65,6 @@ pub(crate) struct FrameKey {
     pub(crate) spec: OutputSpec,
 }
 
-pub use crate::engine::selection::{Selection, SelectionError, Target};
-
 /// A frame being decoded and who waits for it.
 #[derive(Default)]
 pub(crate) struct InFlight {

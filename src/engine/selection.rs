@@ -166,7 +166,7 @@ mod tests {
     fn index() -> VideoIndex {
         let stream = StreamInfo::for_tests(8, 10);
         let packets: Vec<PacketMeta> = (0..10)
-            .map(|i| PacketMeta { pts: Some(i), dts: Some(i), pos: 0, duration: 1, key: true, discard: false })
+            .map(|i| PacketMeta { pts: Some(i), dts: Some(i), duration: 1, key: true, discard: false })
             .collect();
         VideoIndex::from_packets(stream, &packets).unwrap()
     }
@@ -230,7 +230,7 @@ mod tests {
     fn keyframes_are_selected_by_step_and_time() {
         let stream = StreamInfo::for_tests(8, 10);
         let packets: Vec<PacketMeta> = (0..20)
-            .map(|i| PacketMeta { pts: Some(i), dts: Some(i), pos: 0, duration: 1, key: i % 5 == 0, discard: false })
+            .map(|i| PacketMeta { pts: Some(i), dts: Some(i), duration: 1, key: i % 5 == 0, discard: false })
             .collect();
         let idx = VideoIndex::from_packets(stream, &packets).unwrap();
         let k = |every, within| Selection::Keyframes { every, within }.resolve("v", &idx, 100);

@@ -36,6 +36,7 @@ use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
 use crate::engine::video::build_index;
 use crate::engine::EngineError;
+use crate::error::Error;
 use crate::media_roots::{MediaRoots, RootsError};
 use crate::units::{ByteSize, FrameIndex};
 
@@ -79,14 +80,6 @@ pub struct StoreStats {
     pub queued_jobs: u64,
     /// Panics caught (bugs): in decoder threads, index builds, encoders.
     pub panics: u64,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Roots(#[from] RootsError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
 }
 
 /// A decode request as the pool sees it, able to submit itself again from anywhere: when no
@@ -243,7 +236,7 @@ impl FrameStore {
     }
 
     /// Open (index, on first use) the video a client names.
-    pub async fn open(&self, name: &str) -> Result<Arc<OpenVideo>, StoreError> {
+    pub async fn open(&self, name: &str) -> Result<Arc<OpenVideo>, Error> {
         let roots = self.roots.clone();
         let owned = name.to_string();
         let id = tokio::task::spawn_blocking(move || -> Result<VideoId, RootsError> {

@@ -105,7 +105,7 @@ mod tests {
     /// 100 frames at 10 fps, a keyframe every 10.
     fn index() -> VideoIndex {
         let packets: Vec<PacketMeta> = (0..100)
-            .map(|i| PacketMeta { pts: Some(i), dts: Some(i), pos: 0, duration: 1, key: i % 10 == 0, discard: false })
+            .map(|i| PacketMeta { pts: Some(i), dts: Some(i), duration: 1, key: i % 10 == 0, discard: false })
             .collect();
         VideoIndex::from_packets(StreamInfo::for_tests(64, 10), &packets).unwrap()
     }

@@ -61,7 +61,7 @@ impl FrameService {
         if video.is_empty() {
             return Err(RequestError::MissingVideo.into());
         }
-        Ok(self.store.open(video).await?)
+        self.store.open(video).await
     }
 
     fn output_spec(&self, spec: Option<&pb::OutputSpec>) -> Result<OutputSpec, Error> {

@@ -373,7 +373,9 @@ fn engine_figures(clip: &Clip, indices: &[usize], threads: usize) -> Result<Engi
     }
     let index = Arc::new(index.ok_or("no index")?);
     let stats = Arc::new(EngineStats::default());
-    let options = DecodeOptions { threads: threads.max(1), ..DecodeOptions::default() };
+    // The daemon's defaults (config.rs), with the thread count under test.
+    let options =
+        DecodeOptions { threads: threads.max(1), ..crate::config::Config::default().store_config().pool.decode };
     let buffers = crate::engine::buffers::BufferPool::new(crate::units::ByteSize::mib(64));
     let open = || {
         FrameDecoder::open(&clip.path, "bench", index.clone(), options, stats.clone(), buffers.clone())
