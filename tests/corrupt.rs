@@ -224,3 +224,25 @@ async fn a_file_whose_decode_pass_yields_no_frame_is_data_loss() {
     assert_eq!(info.frame_count, 24);
     assert_eq!(d.store.stats().panics, 0);
 }
+
+/// A few hundred bytes of IVF that declare a 32960x6400 picture (found by the index_build fuzz
+/// target: its decode pass took a GB). Refused at open as INVALID_ARGUMENT, naming the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_declaring_a_huge_picture_is_refused_before_decoding() {
+    let dir = scratch();
+    let media = dir.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let small = encode(&media.join("small.ivf"), 6, 25, &["-c:v", "libvpx", "-deadline", "realtime"]);
+    let mut bytes = std::fs::read(&small).unwrap();
+    // IVF header: width and height are little-endian u16 at bytes 12 and 14.
+    bytes[12..14].copy_from_slice(&32960u16.to_le_bytes());
+    bytes[14..16].copy_from_slice(&6400u16.to_le_bytes());
+    std::fs::write(media.join("huge.ivf"), &bytes).unwrap();
+    let d = Daemon::start(dir, |_| {}).await;
+    let mut c = d.client().await;
+    let status = c.get_video_info(pb::GetVideoInfoRequest { video: "huge.ivf".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains("32960x6400"), "{}", status.message());
+    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "small.ivf".into() }).await.unwrap().into_inner();
+    assert_eq!(info.frame_count, 6);
+}

@@ -34,6 +34,9 @@ pub use encode::{ClipCodec, ClipEncoder};
 const FORMAT_WHITELIST: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,h264,hevc,\
 flv,ogg,mpeg,m4v,ivf,obu,asf,nut,mxf,mjpeg";
 
+/// The largest picture framesrv decodes, in pixels: 8192x8192 (8K UHD is 7680x4320).
+pub const MAX_PIXELS: u64 = 8192 * 8192;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FfmpegError {
     #[error("cannot open as a video: {0}")]
@@ -224,6 +227,14 @@ impl MediaFile {
                     std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
                 }
             };
+            // A few hundred bytes can declare a 32960x6400 picture, and decoding one costs a GB
+            // (the index_build fuzz target found it): refuse such videos before anything decodes.
+            if u64::from(width) * u64::from(height) > MAX_PIXELS {
+                return Err(FfmpegError::Open(format!(
+                    "its video is {width}x{height}, more than the {} megapixels (8192x8192) framesrv decodes",
+                    MAX_PIXELS >> 20
+                )));
+            }
             // FFmpeg gives every stream a positive time base; an index needs one to compute times.
             if codec_id == ff::codec::Id::None
                 || width == 0
@@ -300,6 +311,11 @@ impl MediaFile {
         let codec_name = ctx.id().name().to_string();
         let kind = if threads == 1 { ff::codec::threading::Type::None } else { ff::codec::threading::Type::Frame };
         ctx.set_threading(ff::codec::threading::Config { kind, count: threads, ..Default::default() });
+        // SAFETY: the context is ours and not yet opened; `max_pixels` is a plain field the
+        // decoders read when a picture's size is set, in-band resolution changes included.
+        unsafe {
+            (*ctx.as_mut_ptr()).max_pixels = MAX_PIXELS as i64;
+        }
         let decoder = ctx.decoder().video().map_err(|_| FfmpegError::NoDecoder(codec_name))?;
         Ok(VideoDecoder { decoder, skipping_nonref: false })
     }
