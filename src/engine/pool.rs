@@ -154,19 +154,39 @@ impl DecoderPool {
         target: FrameIndex,
         spec: OutputSpec,
         keep_behind: Option<u32>,
-        class: Class,
+        class: Arc<ClassCell>,
         reply: Reply,
     ) -> Result<(), SubmitError> {
         let mut workers = self.workers.lock();
-        let w = match self.route(&mut workers, video, target, target, class, false) {
+        let w = match self.route(&mut workers, video, target, target, class.get(), false) {
             Ok(w) => w,
             Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom(reply)),
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
         };
         let keep_behind = keep_behind.unwrap_or(self.config.decode.keep_behind);
         let job = Job { target, spec, keep_behind, reply: ReplyOnce::new(reply, video) };
-        w.inbox.push(Arc::new(ClassCell::new(class)), Work::Frame(job));
+        w.inbox.push(class, Work::Frame(job));
         Ok(())
+    }
+
+    /// What a request that joins a frame job calls to raise it to its own class: the job's
+    /// class cell, and a nudge to the video's decoders to look at their queues again (the job
+    /// may have moved to another decoder since it was submitted).
+    pub fn promoter(
+        self: &Arc<Self>,
+        video: &Arc<OpenVideo>,
+        cell: Arc<ClassCell>,
+    ) -> Arc<dyn Fn(Class) + Send + Sync> {
+        let (pool, id) = (Arc::downgrade(self), video.id.clone());
+        Arc::new(move |class| {
+            if cell.raise(class) {
+                if let Some(pool) = pool.upgrade() {
+                    for w in pool.workers.lock().iter().filter(|w| w.video.id == id) {
+                        w.inbox.raised(class);
+                    }
+                }
+            }
+        })
     }
 
     /// Send a bulk pass (or one lane of it) to the decoder that reaches its first frame

@@ -69,9 +69,11 @@ pub(crate) struct FrameKey {
 #[derive(Default)]
 pub(crate) struct InFlight {
     pub(crate) waiters: Vec<oneshot::Sender<Result<CachedFrame, EngineError>>>,
-    /// Set when a speculative fill, not a request, is producing the frame: a request that joins
-    /// raises the fill to its own class.
+    /// Raises the job producing the frame to a class: a request that joins calls it with its
+    /// own, so a click never waits behind the stream or fill that asked first at a lower class.
     pub(crate) promote: Option<Arc<dyn Fn(Class) + Send + Sync>>,
+    /// A speculative fill, not a request, registered the frame.
+    pub(crate) fill: bool,
 }
 
 /// The cache and the frames in flight, shared by the store (requests) and the decoder threads.
@@ -136,7 +138,7 @@ impl Registry {
         // Decided and forgotten under the lock `raw` registers under: a request arriving after
         // this finds no entry and submits a job of its own, never waits on a dropped one.
         let mut inflight = self.inflight.lock();
-        let gone = inflight.get(&key).is_some_and(|f| f.promote.is_none() && f.waiters.iter().all(|w| w.is_closed()));
+        let gone = inflight.get(&key).is_some_and(|f| !f.fill && f.waiters.iter().all(|w| w.is_closed()));
         if gone {
             inflight.remove(&key);
         }
@@ -164,7 +166,7 @@ impl Registry {
                 if self.cache.contains(&key) || inflight.contains_key(&key) {
                     return false;
                 }
-                inflight.insert(key, InFlight { waiters: Vec::new(), promote: Some(promote.clone()) });
+                inflight.insert(key, InFlight { waiters: Vec::new(), promote: Some(promote.clone()), fill: true });
                 true
             })
             .collect()

@@ -29,8 +29,8 @@ use crate::engine::index_store::{self, ContentKey, StateDir};
 use crate::engine::output::{self, Encoding, OutputSpec};
 use crate::engine::pool::{DecoderPool, OpenVideo, PoolConfig, SubmitError, VideoId};
 pub use crate::engine::registry::{CachedFrame, Frame, FrameMeta};
-use crate::engine::registry::{FrameKey, Registry};
-use crate::engine::schedule::Class;
+use crate::engine::registry::{FrameKey, InFlight, Registry};
+use crate::engine::schedule::{Class, ClassCell};
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
@@ -93,7 +93,8 @@ struct Submission {
     video: Arc<OpenVideo>,
     key: FrameKey,
     keep_behind: Option<u32>,
-    class: Class,
+    /// The job's class, raised when a more urgent request joins it (see [`FrameStore::raw`]).
+    class: Arc<ClassCell>,
     /// Longest wait for a decoder slot before RESOURCE_EXHAUSTED.
     patience: std::time::Duration,
     /// Decoder threads answer through [`Submission::reply`]; a job given back is resubmitted
@@ -125,7 +126,7 @@ impl Submission {
     /// (the reply comes back to try again).
     fn try_submit(&self, reply: crate::engine::pool::Reply) -> Option<crate::engine::pool::Reply> {
         let (index, spec) = (self.key.index, self.key.spec);
-        match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class, reply) {
+        match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class.clone(), reply) {
             Ok(()) => None,
             Err(SubmitError::Overloaded(e)) => {
                 self.registry.complete(self.key.clone(), Err(e));
@@ -136,7 +137,7 @@ impl Submission {
     }
 
     async fn wait_for_room(self, mut reply: crate::engine::pool::Reply) {
-        let _waiting = self.pool.waiting_for_room(self.class);
+        let _waiting = self.pool.waiting_for_room(self.class.get());
         let room = self.pool.room();
         let deadline = tokio::time::Instant::now() + self.patience;
         loop {
@@ -459,17 +460,26 @@ impl FrameStore {
             return Ok((hit, true));
         }
         let (tx, rx) = oneshot::channel();
+        let cell = Arc::new(ClassCell::new(class));
         let (leader, promote) = {
             let mut inflight = self.registry.inflight.lock();
             // Checked again under the lock: a decoder may have completed it in between.
             if let Some(hit) = self.registry.cache.get(&key) {
                 return Ok((hit, true));
             }
-            let entry = inflight.entry(key.clone()).or_default();
-            entry.waiters.push(tx);
-            (entry.waiters.len() == 1 && entry.promote.is_none(), entry.promote.clone())
+            match inflight.entry(key.clone()) {
+                std::collections::hash_map::Entry::Occupied(mut joined) => {
+                    joined.get_mut().waiters.push(tx);
+                    (false, joined.get().promote.clone())
+                }
+                std::collections::hash_map::Entry::Vacant(new) => {
+                    let promote = self.pool.promoter(video, cell.clone());
+                    new.insert(InFlight { waiters: vec![tx], promote: Some(promote), fill: false });
+                    (true, None)
+                }
+            }
         };
-        // A fill is producing this frame: make it as urgent as this request.
+        // Another request or a fill is producing this frame: make it as urgent as this request.
         if let Some(promote) = promote {
             promote(class);
         }
@@ -483,7 +493,7 @@ impl FrameStore {
                 video: video.clone(),
                 key,
                 keep_behind,
-                class,
+                class: cell,
                 patience: self.config.decoder_wait,
                 runtime: tokio::runtime::Handle::current(),
             }

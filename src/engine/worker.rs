@@ -274,7 +274,7 @@ impl Inbox {
     }
 
     /// A queued job's class was raised: make the running job see it at its next frame boundary.
-    fn raised(&self, class: Class) {
+    pub(crate) fn raised(&self, class: Class) {
         self.prioritise(class);
         let state = self.state.lock();
         self.refresh(&state);
