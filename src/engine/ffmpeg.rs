@@ -37,6 +37,60 @@ flv,ogg,mpeg,m4v,ivf,obu,asf,nut,mxf,mjpeg";
 /// The largest picture framesrv decodes, in pixels: 8192x8192 (8K UHD is 7680x4320).
 pub const MAX_PIXELS: u64 = 8192 * 8192;
 
+/// Refuse a picture larger than [`MAX_PIXELS`], naming its size.
+fn too_large(width: u64, height: u64) -> Result<(), FfmpegError> {
+    if width * height > MAX_PIXELS {
+        return Err(FfmpegError::Open(format!(
+            "its video is {width}x{height}, more than the {} megapixels (8192x8192) framesrv decodes",
+            MAX_PIXELS >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// What `ff::format::input_with_dictionary` does, with picture sizes bounded before anything
+/// decodes: a few hundred bytes can declare a 32960x6400 picture, and FFmpeg's stream probing
+/// (`avformat_find_stream_info`) decodes a frame of it, a GB (found by the index_build fuzz
+/// target). Sizes the header declares are checked after `avformat_open_input`, and the probing
+/// decoders get `max_pixels` for sizes only the bitstream tells.
+fn open_input(url: &str, opts: ff::Dictionary) -> Result<ff::format::context::Input, FfmpegError> {
+    let url = std::ffi::CString::new(url).map_err(|_| FfmpegError::Open("the path holds a NUL".into()))?;
+    let max_pixels = std::ffi::CString::new(MAX_PIXELS.to_string()).expect("digits");
+    // SAFETY: the pointers handed to FFmpeg are valid for each call: `url` and `max_pixels` are
+    // live CStrings; `opts` is disowned into `raw` and owned back (and so freed) right after
+    // the call that may replace it. A context `avformat_open_input` returns is owned by
+    // `Input::wrap` at once, which closes it on every return below; its streams and their
+    // codec parameters are read while it lives. Each per-stream dictionary is freed after use.
+    unsafe {
+        let mut ps = std::ptr::null_mut();
+        let mut raw = opts.disown();
+        let res = ffi::avformat_open_input(&mut ps, url.as_ptr(), std::ptr::null_mut(), &mut raw);
+        drop(ff::Dictionary::own(raw));
+        if res < 0 {
+            return Err(FfmpegError::Open(ff::Error::from(res).to_string()));
+        }
+        let input = ff::format::context::Input::wrap(ps);
+        let streams = (*ps).nb_streams as usize;
+        for i in 0..streams {
+            let par = (**(*ps).streams.add(i)).codecpar;
+            let (width, height) = ((*par).width.max(0) as u64, (*par).height.max(0) as u64);
+            too_large(width, height)?;
+        }
+        let mut options: Vec<*mut ffi::AVDictionary> = vec![std::ptr::null_mut(); streams];
+        for d in options.iter_mut() {
+            ffi::av_dict_set(d, c"max_pixels".as_ptr(), max_pixels.as_ptr(), 0);
+        }
+        let res = ffi::avformat_find_stream_info(ps, options.as_mut_ptr());
+        for d in options.iter_mut() {
+            ffi::av_dict_free(d);
+        }
+        if res < 0 {
+            return Err(FfmpegError::Open(ff::Error::from(res).to_string()));
+        }
+        Ok(input)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FfmpegError {
     #[error("cannot open as a video: {0}")]
@@ -190,7 +244,7 @@ impl MediaFile {
         opts.set("format_whitelist", FORMAT_WHITELIST);
         // mov: never follow data references to other files.
         opts.set("enable_drefs", "0");
-        let mut input = ff::format::input_with_dictionary(&url, opts).map_err(|e| FfmpegError::Open(e.to_string()))?;
+        let mut input = open_input(&url, opts)?;
         let stream_index =
             input.streams().best(ff::media::Type::Video).map(|s| s.index()).ok_or(FfmpegError::NoVideoStream)?;
         let nb_streams = input.nb_streams() as usize;
@@ -227,14 +281,8 @@ impl MediaFile {
                     std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
                 }
             };
-            // A few hundred bytes can declare a 32960x6400 picture, and decoding one costs a GB
-            // (the index_build fuzz target found it): refuse such videos before anything decodes.
-            if u64::from(width) * u64::from(height) > MAX_PIXELS {
-                return Err(FfmpegError::Open(format!(
-                    "its video is {width}x{height}, more than the {} megapixels (8192x8192) framesrv decodes",
-                    MAX_PIXELS >> 20
-                )));
-            }
+            // Also what probing found in the bitstream (see `open_input`).
+            too_large(u64::from(width), u64::from(height))?;
             // FFmpeg gives every stream a positive time base; an index needs one to compute times.
             if codec_id == ff::codec::Id::None
                 || width == 0
