@@ -314,6 +314,59 @@ async fn a_click_joining_a_starved_stream_frame_raises_it_to_interactive() {
     d.stop().await;
 }
 
+/// A stream under a steady interactive load on its only decoder still gets its frames: a
+/// stream frame that waited two seconds is taken as interactive for one turn. Found by the
+/// soak: storyboards (which are streams) of the busiest video waited past their deadline for
+/// 30 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_under_a_steady_interactive_load_still_gets_its_frames() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = start_with(|c| {
+        c.decoder.max_total = 1;
+        c.decoder.max_per_video = 1;
+        c.decoder.interactive_reserve = 0;
+    })
+    .await;
+    let long = long_video(&d.media);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for k in 0..2u64 {
+        let (mut c, stop) = (d.client().await, stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let i = 300 + ((n * 7 + k * 13) * 37) % 600;
+                let request = pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", i as i64) };
+                c.request_frame(request).await.unwrap();
+                n += 1;
+            }
+        }));
+    }
+    while d.store.stats().frames_decoded < 10 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let mut streamer = d.client().await;
+    let mut s = streamer.request_frames(batch("long.mp4", range(100, 103, 1))).await.unwrap().into_inner();
+    let frames = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut out = Vec::new();
+        while let Some(f) = s.message().await.unwrap() {
+            out.push(f);
+        }
+        out
+    })
+    .await;
+    let still_loaded = !load.iter().any(|t| t.is_finished());
+    stop.store(true, Ordering::Relaxed);
+    let frames = frames.expect("the stream starved behind the interactive load");
+    assert!(still_loaded, "the load stopped first: the test proves nothing");
+    assert_eq!(frames.iter().map(|f| f.index).collect::<Vec<_>>(), vec![100, 101, 102]);
+    assert_eq!(frames[0].data, reference_frame(&long, 100));
+    for t in load {
+        t.await.unwrap();
+    }
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_on_as_many_videos_as_decoders_keep_their_decoders() {
     let d = start_with(|c| {

@@ -17,6 +17,7 @@
 //! [`plan`](crate::engine::plan) is.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use crate::engine::decoder::DecodeOptions;
 use crate::engine::index::SeekTarget;
@@ -141,6 +142,23 @@ pub fn pick(queue: &[Candidate]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// How long a stream frame may wait for its turn before it competes as interactive.
+pub const STARVATION: Duration = Duration::from_secs(2);
+
+/// The class a queued job competes and runs at after waiting `waited` since it was queued or
+/// last had a turn: a stream frame that has waited [`STARVATION`] is taken as interactive (the
+/// oldest first) and decoded to its end, so under a steady interactive load a stream (and a
+/// storyboard, which is one) still gets a frame every two seconds, at the cost to clicks of
+/// one frame then. Without it, the soak saw storyboards wait past their deadline for 30
+/// minutes. Bulk passes do not age: one taken as interactive would hold a decoder against
+/// clicks for the whole pass. Speculative work nobody waits for never ages either.
+pub fn aged(class: Class, waited: Duration) -> Class {
+    match class {
+        Class::Stream if waited >= STARVATION => Class::Interactive,
+        class => class,
+    }
+}
+
 /// Whether a job of class `running` must stop at the next frame boundary because work of class
 /// `waiting` (the most urgent queued on the same decoder) has arrived.
 pub fn must_yield(running: Class, waiting: Option<Class>) -> bool {
@@ -221,6 +239,16 @@ pub fn fill_window(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_stream_frames_age_into_interactive_and_only_after_the_limit() {
+        let long = STARVATION + Duration::from_millis(1);
+        assert_eq!(aged(Class::Stream, long), Class::Interactive);
+        assert_eq!(aged(Class::Stream, STARVATION - Duration::from_millis(1)), Class::Stream);
+        assert_eq!(aged(Class::Bulk, long * 100), Class::Bulk);
+        assert_eq!(aged(Class::Speculative, long * 100), Class::Speculative);
+        assert_eq!(aged(Class::Interactive, long), Class::Interactive);
+    }
 
     fn job(class: Class, seq: u64, target: u32, gop: usize, reachable: bool) -> Candidate {
         Candidate { class, seq, target: FrameIndex(target), gop: SeekTarget::Point(gop), reachable }

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -136,6 +137,8 @@ pub(crate) struct Queued {
     /// runs at that reader's priority.
     cpu: Class,
     work: Work,
+    /// When it was queued, or went back in line after a turn (see [`schedule::aged`]).
+    since: Instant,
 }
 
 /// A decoder's queue: filled by the dispatcher (and by the decoder itself, for fills), drained
@@ -234,7 +237,7 @@ impl Inbox {
     fn enqueue(&self, state: &mut InboxState, class: Arc<ClassCell>, cpu: Class, work: Work) {
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.jobs.push(Queued { seq, class, cpu, work });
+        state.jobs.push(Queued { seq, class, cpu, work, since: Instant::now() });
         self.refresh(state);
         self.ready.notify_one();
     }
@@ -435,11 +438,12 @@ impl WorkerThread {
             }
         };
         while let Some((job, closing)) = self.inbox.take(|q| self.describe(q, Some(&decoder))) {
-            let class = job.class.get();
+            // A stream frame that waited too long runs this turn as interactive (see `aged`).
+            let class = schedule::aged(job.class.get(), job.since.elapsed());
             self.inbox.set_priority(class.min(job.cpu));
             let _busy = BusyGuard::enter(&self.busy, class != Class::Speculative);
             decoder.set_threads(self.codec_threads(class != Class::Speculative));
-            let Queued { seq, class: cell, cpu, work } = job;
+            let Queued { seq, class: cell, cpu, work, .. } = job;
             if closing && self.inbox.evicted() {
                 self.give_back(work);
                 continue;
@@ -474,7 +478,7 @@ impl WorkerThread {
             };
             *self.reported.lock() = decoder.position();
             if let Some(work) = more {
-                self.inbox.requeue(Queued { seq, class: cell, cpu, work });
+                self.inbox.requeue(Queued { seq, class: cell, cpu, work, since: Instant::now() });
             }
         }
     }
@@ -525,7 +529,7 @@ impl WorkerThread {
         };
         let gop = index.frame(target).map(|f| f.seek).unwrap_or(crate::engine::index::SeekTarget::Start);
         let reachable = plan::plan(index, position, target, self.config.decode.continue_slack) == Plan::Continue;
-        Candidate { class: job.class.get(), seq: job.seq, target, gop, reachable }
+        Candidate { class: schedule::aged(job.class.get(), job.since.elapsed()), seq: job.seq, target, gop, reachable }
     }
 
     /// The decoder is wanted for a request: drop the fills nobody waits for yet (their frames
