@@ -123,6 +123,9 @@ pub struct DecoderConfig {
     pub skip_nonref: bool,
     /// Spare pixel buffers kept for reuse (fresh allocations cost page zeroing).
     pub buffer_pool: ByteSize,
+    /// Seconds a stream frame may wait behind interactive work before it is taken as
+    /// interactive for one turn (so streams and storyboards progress under any load).
+    pub stream_max_wait_s: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -189,6 +192,7 @@ impl Default for DecoderConfig {
             readahead: 8,
             skip_nonref: true,
             buffer_pool: ByteSize::mib(16),
+            stream_max_wait_s: 2.0,
         }
     }
 }
@@ -266,10 +270,11 @@ impl Config {
         let timeouts_ok = seconds(l.request_timeout_s)
             && l.request_timeout_s > 0.0
             && seconds(l.shutdown_grace_s)
-            && seconds(l.shutdown_delay_s);
+            && seconds(l.shutdown_delay_s)
+            && seconds(self.decoder.stream_max_wait_s);
         if !timeouts_ok {
             return bad(
-                "limits.request_timeout_s must be positive, limits.shutdown_grace_s and limits.shutdown_delay_s not negative, all at most 86400 (a day)",
+                "limits.request_timeout_s must be positive, limits.shutdown_grace_s, limits.shutdown_delay_s and decoder.stream_max_wait_s not negative, all at most 86400 (a day)",
             );
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
@@ -305,6 +310,7 @@ impl Config {
                 readahead: self.decoder.readahead,
                 threads: self.decoder.threads,
                 cpu_priorities: self.decoder.cpu_priorities,
+                stream_max_wait: Duration::from_secs_f64(self.decoder.stream_max_wait_s),
                 decode: DecodeOptions {
                     threads: self.decoder.threads.max(1),
                     keep_behind: self.decoder.keep_behind,

@@ -257,39 +257,64 @@ async fn at_the_decoder_bound_an_interactive_request_takes_a_decoder_from_a_stre
     d.stop().await;
 }
 
+/// A steady interactive load on long.mp4: two clients, each always waiting for a frame far
+/// into its 900-frame GOP, so that an interactive job is always queued on its decoder.
+struct SteadyLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    async fn start(d: &Daemon) -> SteadyLoad {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for k in 0..2u64 {
+            let (mut c, stop) = (d.client().await, stop.clone());
+            clients.push(tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let i = 300 + ((n * 7 + k * 13) * 37) % 600;
+                    let request = pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", i as i64) };
+                    c.request_frame(request).await.unwrap();
+                    n += 1;
+                }
+            }));
+        }
+        while d.store.stats().frames_decoded < 10 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        SteadyLoad { stop, clients }
+    }
+
+    fn running(&self) -> bool {
+        !self.clients.iter().any(|t| t.is_finished())
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.clients {
+            t.await.unwrap();
+        }
+    }
+}
+
 /// A click for a frame a stream has already asked for joins the stream's decode, and that
 /// decode must then run at the click's class. Found by the soak: a slow reader's first frames,
 /// queued at the stream class behind a steady interactive load, starved for 30 minutes, and
 /// every click and storyboard that needed one of them waited with it until its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_click_joining_a_starved_stream_frame_raises_it_to_interactive() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let d = start_with(|c| {
         c.decoder.max_total = 1;
         c.decoder.max_per_video = 1;
         c.decoder.interactive_reserve = 0;
+        // Streams never get a turn by waiting here: only the click can help the stream's frame.
+        c.decoder.stream_max_wait_s = 3600.0;
     })
     .await;
     let long = long_video(&d.media);
-    // A steady interactive load on the one decoder: two clients, each always waiting for a
-    // frame far into the GOP, so an interactive job is always queued.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for k in 0..2u64 {
-        let (mut c, stop) = (d.client().await, stop.clone());
-        load.push(tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let i = 300 + ((n * 7 + k * 13) * 37) % 600;
-                let request = pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", i as i64) };
-                c.request_frame(request).await.unwrap();
-                n += 1;
-            }
-        }));
-    }
-    while d.store.stats().frames_decoded < 10 {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    let load = SteadyLoad::start(&d).await;
     // A stream asks for frame 100: queued at the stream class, behind the load.
     let mut streamer = d.client().await;
     let stream = tokio::spawn(async move {
@@ -302,15 +327,12 @@ async fn a_click_joining_a_starved_stream_frame_raises_it_to_interactive() {
     let mut request = tonic::Request::new(by_index("long.mp4", 100));
     request.set_timeout(std::time::Duration::from_secs(8));
     let answered = c.request_frame(request).await;
-    let still_loaded = !load.iter().any(|t| t.is_finished());
-    stop.store(true, Ordering::Relaxed);
+    let still_loaded = load.running();
+    load.stop().await;
     let frame = answered.expect("the click waited for a starved stream frame").into_inner();
     assert!(still_loaded, "the load stopped first: the test proves nothing");
     assert_eq!(frame.data, reference_frame(&long, 100));
     assert_eq!(stream.await.unwrap().data, frame.data);
-    for t in load {
-        t.await.unwrap();
-    }
     d.stop().await;
 }
 
@@ -320,7 +342,6 @@ async fn a_click_joining_a_starved_stream_frame_raises_it_to_interactive() {
 /// 30 minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_under_a_steady_interactive_load_still_gets_its_frames() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let d = start_with(|c| {
         c.decoder.max_total = 1;
         c.decoder.max_per_video = 1;
@@ -328,23 +349,7 @@ async fn a_stream_under_a_steady_interactive_load_still_gets_its_frames() {
     })
     .await;
     let long = long_video(&d.media);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for k in 0..2u64 {
-        let (mut c, stop) = (d.client().await, stop.clone());
-        load.push(tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let i = 300 + ((n * 7 + k * 13) * 37) % 600;
-                let request = pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", i as i64) };
-                c.request_frame(request).await.unwrap();
-                n += 1;
-            }
-        }));
-    }
-    while d.store.stats().frames_decoded < 10 {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    let load = SteadyLoad::start(&d).await;
     let mut streamer = d.client().await;
     let mut s = streamer.request_frames(batch("long.mp4", range(100, 103, 1))).await.unwrap().into_inner();
     let frames = tokio::time::timeout(std::time::Duration::from_secs(20), async {
@@ -355,15 +360,12 @@ async fn a_stream_under_a_steady_interactive_load_still_gets_its_frames() {
         out
     })
     .await;
-    let still_loaded = !load.iter().any(|t| t.is_finished());
-    stop.store(true, Ordering::Relaxed);
+    let still_loaded = load.running();
+    load.stop().await;
     let frames = frames.expect("the stream starved behind the interactive load");
     assert!(still_loaded, "the load stopped first: the test proves nothing");
     assert_eq!(frames.iter().map(|f| f.index).collect::<Vec<_>>(), vec![100, 101, 102]);
     assert_eq!(frames[0].data, reference_frame(&long, 100));
-    for t in load {
-        t.await.unwrap();
-    }
     d.stop().await;
 }
 

@@ -38,6 +38,9 @@ pub struct PoolConfig {
     pub threads: usize,
     /// Run each class of work at its CPU priority ([`Class::nice`]), where the system allows.
     pub cpu_priorities: bool,
+    /// How long a stream frame may wait for its turn before it is taken as interactive
+    /// ([`aged`]).
+    pub stream_max_wait: Duration,
     pub decode: DecodeOptions,
 }
 
@@ -142,19 +145,16 @@ pub fn pick(queue: &[Candidate]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-/// How long a stream frame may wait for its turn before it competes as interactive.
-pub const STARVATION: Duration = Duration::from_secs(2);
-
 /// The class a queued job competes and runs at after waiting `waited` since it was queued or
-/// last had a turn: a stream frame that has waited [`STARVATION`] is taken as interactive (the
-/// oldest first) and decoded to its end, so under a steady interactive load a stream (and a
-/// storyboard, which is one) still gets a frame every two seconds, at the cost to clicks of
-/// one frame then. Without it, the soak saw storyboards wait past their deadline for 30
+/// last had a turn: a stream frame that has waited `max_wait` (`decoder.stream_max_wait_s`, 2 s)
+/// is taken as interactive (the oldest first) and decoded to its end, so under a steady
+/// interactive load a stream (and a storyboard, which is one) still gets a frame every two
+/// seconds, at the cost to clicks of one frame then. Without it, the soak saw storyboards wait past their deadline for 30
 /// minutes. Bulk passes do not age: one taken as interactive would hold a decoder against
 /// clicks for the whole pass. Speculative work nobody waits for never ages either.
-pub fn aged(class: Class, waited: Duration) -> Class {
+pub fn aged(class: Class, waited: Duration, max_wait: Duration) -> Class {
     match class {
-        Class::Stream if waited >= STARVATION => Class::Interactive,
+        Class::Stream if waited >= max_wait => Class::Interactive,
         class => class,
     }
 }
@@ -242,12 +242,13 @@ mod tests {
 
     #[test]
     fn only_stream_frames_age_into_interactive_and_only_after_the_limit() {
-        let long = STARVATION + Duration::from_millis(1);
-        assert_eq!(aged(Class::Stream, long), Class::Interactive);
-        assert_eq!(aged(Class::Stream, STARVATION - Duration::from_millis(1)), Class::Stream);
-        assert_eq!(aged(Class::Bulk, long * 100), Class::Bulk);
-        assert_eq!(aged(Class::Speculative, long * 100), Class::Speculative);
-        assert_eq!(aged(Class::Interactive, long), Class::Interactive);
+        let limit = Duration::from_secs(2);
+        let long = limit + Duration::from_millis(1);
+        assert_eq!(aged(Class::Stream, long, limit), Class::Interactive);
+        assert_eq!(aged(Class::Stream, limit - Duration::from_millis(1), limit), Class::Stream);
+        assert_eq!(aged(Class::Bulk, long * 100, limit), Class::Bulk);
+        assert_eq!(aged(Class::Speculative, long * 100, limit), Class::Speculative);
+        assert_eq!(aged(Class::Interactive, long, limit), Class::Interactive);
     }
 
     fn job(class: Class, seq: u64, target: u32, gop: usize, reachable: bool) -> Candidate {

@@ -439,7 +439,7 @@ impl WorkerThread {
         };
         while let Some((job, closing)) = self.inbox.take(|q| self.describe(q, Some(&decoder))) {
             // A stream frame that waited too long runs this turn as interactive (see `aged`).
-            let class = schedule::aged(job.class.get(), job.since.elapsed());
+            let class = schedule::aged(job.class.get(), job.since.elapsed(), self.config.stream_max_wait);
             self.inbox.set_priority(class.min(job.cpu));
             let _busy = BusyGuard::enter(&self.busy, class != Class::Speculative);
             decoder.set_threads(self.codec_threads(class != Class::Speculative));
@@ -529,7 +529,8 @@ impl WorkerThread {
         };
         let gop = index.frame(target).map(|f| f.seek).unwrap_or(crate::engine::index::SeekTarget::Start);
         let reachable = plan::plan(index, position, target, self.config.decode.continue_slack) == Plan::Continue;
-        Candidate { class: schedule::aged(job.class.get(), job.since.elapsed()), seq: job.seq, target, gop, reachable }
+        let class = schedule::aged(job.class.get(), job.since.elapsed(), self.config.stream_max_wait);
+        Candidate { class, seq: job.seq, target, gop, reachable }
     }
 
     /// The decoder is wanted for a request: drop the fills nobody waits for yet (their frames
