@@ -123,6 +123,10 @@ pub struct DecoderConfig {
     pub skip_nonref: bool,
     /// Spare pixel buffers kept for reuse (fresh allocations cost page zeroing).
     pub buffer_pool: ByteSize,
+    /// Split a long stream (`RequestFrames`, 32 frames or more over several GOPs) on an idle
+    /// daemon into segments of whole GOPs decoded by parallel decoders, delivered in order; the
+    /// segments decoded ahead take at most half of `limits.inflight_bytes`.
+    pub parallel_streams: bool,
     /// Seconds a stream frame may wait behind interactive work before it is taken as
     /// interactive for one turn (so streams and storyboards progress under any load).
     pub stream_max_wait_s: f64,
@@ -192,6 +196,7 @@ impl Default for DecoderConfig {
             readahead: 8,
             skip_nonref: true,
             buffer_pool: ByteSize::mib(16),
+            parallel_streams: true,
             stream_max_wait_s: 2.0,
         }
     }
@@ -297,6 +302,7 @@ impl Config {
             cache_size: self.cache_size,
             max_open_videos: self.limits.max_open_videos,
             batch_lookahead: self.limits.batch_lookahead,
+            parallel_streams: self.decoder.parallel_streams,
             buffer_pool: self.decoder.buffer_pool,
             decoder_wait: self.request_timeout(),
             inflight: self.limits.inflight_bytes,

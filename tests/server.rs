@@ -975,7 +975,8 @@ async fn a_sequential_reader_is_served_from_readahead_without_seeking() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_a_range_decodes_each_frame_once_on_one_decoder() {
-    let d = start().await;
+    // Parallel segments off: this is the one-decoder path (streams under load, or too large).
+    let d = start_with(|c| c.decoder.parallel_streams = false).await;
     let mut c = d.client().await;
     let mut s = c.request_frames(batch("a.mp4", range(0, 0, 1))).await.unwrap().into_inner();
     let mut n = 0;
@@ -1141,6 +1142,99 @@ async fn requests_whose_clients_have_gone_are_never_decoded() {
     assert_eq!(f.data, reference_frame(&long, stale[0] as usize));
     let stats = c.get_stats(pb::GetStatsRequest {}).await.unwrap().into_inner();
     assert_eq!(stats.abandoned, stale.len() as u64);
+    d.stop().await;
+}
+
+/// Every frame of a stream, in order: (index, data).
+async fn stream_all(c: &mut FrameServerClient<Channel>, req: pb::FramesRequest) -> Vec<(i64, Vec<u8>)> {
+    let mut s = c.request_frames(req).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(f) = s.message().await.unwrap() {
+        out.push((f.index, f.data.to_vec()));
+    }
+    out
+}
+
+const OPEN_GOP: [&str; 6] = [
+    "-c:v",
+    "libx264",
+    "-x264-params",
+    "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0",
+    "-pix_fmt",
+    "yuv420p",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stream_on_an_idle_daemon_is_decoded_in_parallel_segments_exact_and_in_order() {
+    let dir = scratch();
+    let (media, _) = media(dir.path());
+    // Open GOPs: the leading B-frames of a GOP decode from the previous keyframe, so a segment
+    // cut at the wrong place would serve wrong pixels.
+    let open = encode(&media.join("open.mkv"), 120, 25, &OPEN_GOP);
+    let d = Daemon::start(dir, |_| {}).await;
+    let mut c = d.client().await;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    for (name, path) in [("a.mp4", media.join("a.mp4")), ("open.mkv", open)] {
+        let reference = reference_frames(&path);
+        let before = d.store.stats().stream_segments;
+        let whole = stream_all(&mut c, batch(name, range(0, 0, 1))).await;
+        let segments = d.store.stats().stream_segments - before;
+        if cores >= 2 {
+            assert!(segments >= 2, "{name}: an idle daemon splits a whole-video stream ({segments} segments)");
+        }
+        assert_eq!(whole.len(), reference.len(), "{name}");
+        for (k, (index, data)) in whole.iter().enumerate() {
+            assert_eq!(*index, k as i64, "{name}: in order");
+            assert!(data == &reference[k], "{name}: frame {k} differs from the sequential decode");
+        }
+        // Every third frame from 5, as PNG: the segments' frames are encoded like any others.
+        let mut stepped = batch(name, range(5, 0, 3));
+        stepped.output = Some(pb::OutputSpec { encoding: pb::Encoding::Png as i32, ..Default::default() });
+        let frames = stream_all(&mut c, stepped).await;
+        let expected: Vec<usize> = (5..reference.len()).step_by(3).collect();
+        assert_eq!(frames.iter().map(|f| f.0 as usize).collect::<Vec<_>>(), expected, "{name}");
+        for (index, data) in &frames {
+            assert!(decode_png(data) == reference[*index as usize], "{name}: png frame {index} differs");
+        }
+    }
+    assert_eq!(d.store.stats().inflight_bytes, 0, "every segment's payment is returned");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_a_segmented_stream_stops_its_lanes_and_returns_its_budget() {
+    let dir = scratch();
+    let (media, _) = media(dir.path());
+    // 900 frames in GOPs of 60, long enough to keep two decoders busy for seconds.
+    let long = media.join("long.mp4");
+    let args = ["-f", "lavfi", "-i", "testsrc2=size=960x540:rate=30:duration=30", "-c:v", "libx264", "-preset"];
+    ffmpeg(
+        &[&args[..], &["ultrafast", "-g", "60", "-bf", "0", "-pix_fmt", "yuv420p", long.to_str().unwrap()]].concat(),
+    );
+    let d = Daemon::start(dir, |_| {}).await;
+    let mut c = d.client().await;
+    let mut small = batch("long.mp4", range(0, 0, 1));
+    small.output = Some(pb::OutputSpec { max_width: 160, ..Default::default() });
+    let mut s = c.request_frames(small).await.unwrap().into_inner();
+    assert_eq!(s.message().await.unwrap().unwrap().index, 0);
+    assert!(d.store.stats().stream_segments >= 2 || std::thread::available_parallelism().map_or(true, |n| n.get() < 2));
+    drop(s);
+    // The lanes see the client gone at their next frame; then nothing is held.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let stats = d.store.stats();
+        if stats.inflight_bytes == 0 && stats.decoders_busy == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still held: {stats:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let decoded = d.store.stats().frames_decoded;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(d.store.stats().frames_decoded, decoded, "nothing decodes for a client that has gone");
+    // And the daemon still serves the video exactly.
+    let f = c.request_frame(by_index("long.mp4", 450)).await.unwrap().into_inner();
+    assert!(f.data == reference_frame(&long, 450));
     d.stop().await;
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::units::ByteSize;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Budget {
     inner: Arc<Inner>,
 }
@@ -42,6 +42,16 @@ impl Drop for Paid {
     fn drop(&mut self) {
         *self.inner.used.lock() -= self.bytes;
         self.inner.returned.notify_waiters();
+    }
+}
+
+impl Paid {
+    /// `bytes` of this payment (at most what is left of it) as a payment of their own: a
+    /// stream segment is paid for at once, and each of its frames carries its part.
+    pub fn split_off(&mut self, bytes: u64) -> Paid {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        Paid { inner: self.inner.clone(), bytes }
     }
 }
 
@@ -137,6 +147,22 @@ mod tests {
         let second = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
         assert_eq!(budget.in_use(), 4 * UNIT);
         drop(second);
+    }
+
+    #[tokio::test]
+    async fn a_split_payment_is_returned_part_by_part() {
+        let budget = Budget::new(ByteSize(10 * UNIT));
+        let mut segment = budget.pay(6 * UNIT).await;
+        let first = segment.split_off(2 * UNIT);
+        let second = segment.split_off(2 * UNIT);
+        let too_much = segment.split_off(5 * UNIT);
+        assert_eq!(budget.in_use(), 6 * UNIT);
+        drop(first);
+        assert_eq!(budget.in_use(), 4 * UNIT);
+        drop(segment);
+        assert_eq!(budget.in_use(), 4 * UNIT, "what is left of it is all split off");
+        drop((second, too_much));
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[tokio::test]

@@ -61,10 +61,12 @@ pub fn lane_count(cores: usize, max_per_video: usize, frames: usize, gops: usize
 /// Run one lane to its end: submit it (waiting for a decoder slot when there is none), and
 /// submit again from where it stopped whenever its decoder is taken for more urgent work.
 /// `luma` says whether frames carry their luma (see [`Luma`]); `ready` paces the lane to its
-/// consumer (see [`Pass::ready`]).
+/// consumer (see [`Pass::ready`]). Passes are bulk work; a stream's segments run as `class`
+/// [`Class::Stream`].
 pub async fn run_lane(
     pool: Arc<DecoderPool>,
     video: Arc<OpenVideo>,
+    class: Class,
     frames: Vec<FrameIndex>,
     (spec, luma): (OutputSpec, Luma),
     sink: Box<dyn FnMut(crate::engine::decoder::RawFrame) -> bool + Send>,
@@ -80,7 +82,7 @@ pub async fn run_lane(
         let notified = room.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match pool.submit_pass(&video, pass, Class::Bulk, reply) {
+        match pool.submit_pass(&video, pass, class, reply) {
             Ok(()) => {}
             Err(SubmitError::Overloaded(e)) => return Err(e),
             Err(SubmitError::NoRoom((back, _))) => {

@@ -22,6 +22,7 @@ use crate::engine::ffmpeg::{ClipCodec, ClipEncoder};
 use crate::engine::index::FrameIdentity;
 use crate::engine::output::{Encoding, OutputSpec, PixelFormat};
 use crate::engine::pool::{DecoderPool, OpenVideo};
+use crate::engine::schedule::Class;
 use crate::engine::EngineError;
 use crate::units::FrameIndex;
 
@@ -108,7 +109,9 @@ pub fn export(
     let ready_tx = tx.clone();
     let ready = Box::new(move || ready_tx.capacity() > 0 || ready_tx.is_closed());
     tokio::spawn(async move {
-        if let Err(e) = bulk::run_lane(pool, video, frames, (spec, Luma::Off), Box::new(sink), Some(ready)).await {
+        if let Err(e) =
+            bulk::run_lane(pool, video, Class::Bulk, frames, (spec, Luma::Off), Box::new(sink), Some(ready)).await
+        {
             let _ = tx.send(Err(e)).await;
         }
     });

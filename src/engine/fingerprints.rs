@@ -20,6 +20,7 @@ use crate::engine::decoder::{Luma, RawFrame};
 use crate::engine::hashes::{self, Fingerprint, HashTable};
 use crate::engine::output::{OutputSpec, PixelFormat};
 use crate::engine::pool::{DecoderPool, OpenVideo, VideoId};
+use crate::engine::schedule::Class;
 use crate::engine::EngineError;
 use crate::units::FrameIndex;
 
@@ -163,7 +164,7 @@ async fn pass(
             } else {
                 (OutputSpec { pixel_format: PixelFormat::Gray8, ..OutputSpec::default() }, Luma::Only)
             };
-            bulk::run_lane(pool.clone(), video.clone(), lane, (spec, luma), sink, None)
+            bulk::run_lane(pool.clone(), video.clone(), Class::Bulk, lane, (spec, luma), sink, None)
         })
         .collect();
     drop(tx);

@@ -25,6 +25,8 @@
 //! - [`hashes`] (what a fingerprint is, how a table is stored) and [`fingerprints`] (a video's
 //!   table, computed once by a pass, kept in memory and on disk); [`dups`] finds repeated
 //!   frames and loops in tables.
+//! - [`segments`]: a long stream on an idle daemon, in segments of whole GOPs on parallel
+//!   decoders (lanes at the stream class), delivered in order.
 //! - [`storyboard`]: thumbnail grids from keyframes or exact frames.
 //! - [`clip`]: frames encoded into a container in memory and streamed.
 
@@ -46,6 +48,7 @@ pub mod plan;
 pub mod pool;
 mod registry;
 pub mod schedule;
+mod segments;
 pub mod selection;
 pub mod stats;
 pub mod store;

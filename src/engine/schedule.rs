@@ -236,9 +236,116 @@ pub fn fill_window(
     out
 }
 
+/// How a stream over `frames` is split into segments decoded by parallel decoders, or `None` to
+/// decode it on one decoder as usual. The segments are runs of whole GOPs (`gop_of(i)`: the
+/// seek point frame `i` decodes from), in order, so each decoder seeks once and no GOP is
+/// decoded twice. Delivery is in order, so the segments ahead of the one being read are held in
+/// memory whole: `parallel` segments of `frame_bytes` frames must fit in `budget` bytes (0:
+/// unbounded), which sets their length, and fewer decoders are used when a GOP is too long for
+/// that. A selection that is not ascending, that spans fewer than two GOPs or is shorter than
+/// [`MIN_SEGMENTED_FRAMES`], stays on one decoder (a split costs a seek and a decoder).
+pub fn stream_segments(
+    frames: &[FrameIndex],
+    gop_of: impl Fn(FrameIndex) -> SeekTarget,
+    frame_bytes: u64,
+    budget: u64,
+    parallel: usize,
+) -> Option<Vec<Vec<FrameIndex>>> {
+    if parallel < 2 || frames.len() < MIN_SEGMENTED_FRAMES || frames.windows(2).any(|w| w[0] >= w[1]) {
+        return None;
+    }
+    // The selection's frames, grouped by the GOP they decode from.
+    let mut gops: Vec<&[FrameIndex]> = Vec::new();
+    let mut start = 0;
+    for i in 1..=frames.len() {
+        if i == frames.len() || gop_of(frames[i]) != gop_of(frames[i - 1]) {
+            gops.push(&frames[start..i]);
+            start = i;
+        }
+    }
+    if gops.len() < 2 {
+        return None;
+    }
+    let frame_bytes = frame_bytes.max(1);
+    let longest = gops.iter().map(|g| g.len()).max().unwrap_or(1) as u64;
+    let parallel = if budget == 0 { parallel } else { parallel.min((budget / (longest * frame_bytes)) as usize) };
+    if parallel < 2 {
+        return None;
+    }
+    // Frames one segment may hold: the budget shared by the segments decoded at once. Within
+    // that, segments of about equal length, at least one per decoder.
+    let cap = if budget == 0 { frames.len() } else { (budget / (parallel as u64 * frame_bytes)) as usize };
+    let count = parallel.max(frames.len().div_ceil(cap.max(1)));
+    let even = frames.len().div_ceil(count);
+    let mut segments: Vec<Vec<FrameIndex>> = Vec::new();
+    let mut current: Vec<FrameIndex> = Vec::new();
+    for gop in gops {
+        if !current.is_empty() && (current.len() >= even || current.len() + gop.len() > cap) {
+            segments.push(std::mem::take(&mut current));
+        }
+        current.extend_from_slice(gop);
+    }
+    segments.push(current);
+    (segments.len() >= 2).then_some(segments)
+}
+
+/// Streams shorter than this stay on one decoder.
+pub const MIN_SEGMENTED_FRAMES: usize = 32;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gops_of(gop: u32) -> impl Fn(FrameIndex) -> SeekTarget {
+        move |i| SeekTarget::Point((i.0 / gop) as usize)
+    }
+
+    fn range(from: u32, to: u32) -> Vec<FrameIndex> {
+        (from..to).map(FrameIndex).collect()
+    }
+
+    #[test]
+    fn a_long_stream_is_split_into_whole_gops_in_order_covering_every_frame_once() {
+        let frames = range(10, 1000);
+        let segments = stream_segments(&frames, gops_of(50), 100, 0, 2).unwrap();
+        assert_eq!(segments.concat(), frames, "in order, every frame once");
+        assert_eq!(segments.len(), 2, "an even share each when memory is no bound");
+        for s in &segments[1..] {
+            assert_eq!(s[0].0 % 50, 0, "a segment starts on a GOP: {}", s[0].0);
+        }
+        // A sparse selection (a storyboard's frames) splits the same way.
+        let sparse: Vec<FrameIndex> = (0..64).map(|k| FrameIndex(k * 100)).collect();
+        let segments = stream_segments(&sparse, gops_of(50), 100, 0, 4).unwrap();
+        assert_eq!(segments.len(), 4);
+        assert_eq!(segments.concat(), sparse);
+    }
+
+    #[test]
+    fn segments_are_as_long_as_the_memory_budget_allows() {
+        let frames = range(0, 1000);
+        // 2 decoders, 100 bytes a frame, 20,000 bytes: 100 frames a segment, two GOPs.
+        let segments = stream_segments(&frames, gops_of(50), 100, 20_000, 2).unwrap();
+        assert_eq!(segments.len(), 10);
+        assert!(segments.iter().all(|s| s.len() == 100));
+        // A GOP that does not fit with four decoders gets two (each still whole).
+        let segments = stream_segments(&frames, gops_of(50), 100, 10_000, 4).unwrap();
+        assert!(segments.iter().all(|s| s.len() == 50), "{:?}", segments.iter().map(Vec::len).collect::<Vec<_>>());
+        // Not even two GOPs fit: one decoder, frame by frame as before.
+        assert_eq!(stream_segments(&frames, gops_of(50), 100, 9_999, 4), None);
+    }
+
+    #[test]
+    fn short_unordered_single_gop_or_single_decoder_streams_are_not_split() {
+        assert_eq!(stream_segments(&range(0, 1000), gops_of(50), 100, 0, 1), None, "one decoder");
+        assert_eq!(stream_segments(&range(0, 20), gops_of(10), 100, 0, 2), None, "too short");
+        assert_eq!(stream_segments(&range(0, 250), gops_of(250), 100, 0, 2), None, "one GOP");
+        let mut backwards = range(0, 1000);
+        backwards.reverse();
+        assert_eq!(stream_segments(&backwards, gops_of(50), 100, 0, 2), None, "not ascending");
+        let mut repeated = range(0, 1000);
+        repeated[500] = FrameIndex(499);
+        assert_eq!(stream_segments(&repeated, gops_of(50), 100, 0, 2), None, "a frame twice");
+    }
 
     #[test]
     fn only_stream_frames_age_into_interactive_and_only_after_the_limit() {

@@ -37,6 +37,8 @@ pub struct EngineStats {
     pub abandoned: Counter,
     /// Jobs handed back by a decoder closed for more urgent work (and submitted again).
     pub preempted: Counter,
+    /// Segments of streams decoded on parallel decoders ([`segments`](crate::engine::segments)).
+    pub stream_segments: Counter,
     /// Panics caught: in decoder threads, index builds, encoders (bugs, each logged).
     pub panics: Counter,
 }

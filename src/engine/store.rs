@@ -30,7 +30,8 @@ use crate::engine::output::{self, Encoding, OutputSpec};
 use crate::engine::pool::{DecoderPool, OpenVideo, PoolConfig, SubmitError, VideoId};
 pub use crate::engine::registry::{CachedFrame, Frame, FrameMeta};
 use crate::engine::registry::{FrameKey, InFlight, Registry};
-use crate::engine::schedule::{Class, ClassCell};
+use crate::engine::schedule::{self, Class, ClassCell};
+use crate::engine::segments;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
@@ -48,6 +49,9 @@ pub struct StoreConfig {
     pub pool: PoolConfig,
     /// Frames requested ahead of the one being sent in a batch.
     pub batch_lookahead: usize,
+    /// Split a long stream on an idle daemon into segments on parallel decoders
+    /// ([`segments`](crate::engine::segments)).
+    pub parallel_streams: bool,
     /// Spare pixel buffers kept for reuse.
     pub buffer_pool: ByteSize,
     /// Longest a request waits for a decoder slot before RESOURCE_EXHAUSTED.
@@ -68,6 +72,8 @@ pub struct StoreStats {
     pub frames_decoded: u64,
     pub abandoned: u64,
     pub preempted: u64,
+    /// Segments of streams decoded on parallel decoders.
+    pub stream_segments: u64,
     /// Bytes of frames paid for by responses in flight.
     pub inflight_bytes: u64,
     pub videos_indexed: u64,
@@ -177,6 +183,13 @@ pub struct FrameStore {
     budget: Budget,
     fingerprints: Fingerprints,
     state: StateDir,
+}
+
+/// What one frame of `video` in `spec` is paid for: its raw size (an upper bound for PNG and
+/// JPEG).
+fn frame_bytes(video: &OpenVideo, spec: OutputSpec) -> u64 {
+    let raw = spec.raw_spec(video.index.stream.width, video.index.stream.height);
+    u64::from(raw.width) * u64::from(raw.height) * raw.pixel_format.bytes_per_pixel() as u64
 }
 
 /// How a blocking task that did not finish is told to the request: a panic (a bug, logged and
@@ -357,8 +370,7 @@ impl FrameStore {
     /// payment is returned when the transport drops the bytes. Past `limits.inflight_bytes`
     /// stream work waits; a unary request is counted but never waits behind slow stream readers.
     async fn pay(&self, video: &OpenVideo, spec: OutputSpec, class: Class) -> Paid {
-        let raw = spec.raw_spec(video.index.stream.width, video.index.stream.height);
-        let size = u64::from(raw.width) * u64::from(raw.height) * raw.pixel_format.bytes_per_pixel() as u64;
+        let size = frame_bytes(video, spec);
         match class {
             Class::Interactive => self.budget.pay_now(size),
             _ => self.budget.pay(size).await,
@@ -388,6 +400,13 @@ impl FrameStore {
             return Ok(Frame { meta: frame.meta, data: frame.data, cache_hit: hit });
         }
         let (raw, hit) = self.raw(video, index, spec.as_raw(), class, keep_behind).await?;
+        let encoded = self.encode(video, raw, spec).await?;
+        Ok(Frame { meta: encoded.meta, data: encoded.data, cache_hit: hit })
+    }
+
+    /// A raw frame encoded as `spec` asks (PNG or JPEG), on a blocking thread, and cached.
+    async fn encode(&self, video: &OpenVideo, raw: CachedFrame, spec: OutputSpec) -> Result<CachedFrame, EngineError> {
+        let key = FrameKey { video: video.id.clone(), index: raw.meta.index, spec };
         let video_name = video.name.clone();
         let encoded = tokio::task::spawn_blocking(move || {
             let raw_spec =
@@ -399,7 +418,7 @@ impl FrameStore {
         .map_err(joined(&self.stats, &video_name, "the image encoder"))?
         .map_err(|e| EngineError::EncodeFailed { video: video_name, reason: e.to_string() })?;
         self.registry.cache.insert(key, encoded.clone(), Admission::Requested);
-        Ok(Frame { meta: encoded.meta, data: encoded.data, cache_hit: hit })
+        Ok(encoded)
     }
 
     /// Remember the access; when it continues an earlier one (frame i after i-1), ask the pool
@@ -512,6 +531,9 @@ impl FrameStore {
         spec: OutputSpec,
     ) -> impl Stream<Item = Result<Frame, EngineError>> + Send + 'static {
         let lookahead = self.config.batch_lookahead.max(1);
+        if let Some((segments, parallel)) = self.segments(&video, &indices, spec) {
+            return self.segmented(video, segments, parallel, spec).left_stream();
+        }
         let (payer, producer) = (self.clone(), self.clone());
         let paying = video.clone();
         // Frames are paid for one after another, in delivery order, before their decode starts
@@ -528,6 +550,70 @@ impl FrameStore {
                 async move {
                     let frame = store.produce(&video, i, spec, Class::Stream, None).await?;
                     Ok(Frame { data: Budget::hold(frame.data, paid), ..frame })
+                }
+            })
+            .buffered(lookahead)
+            .right_stream()
+    }
+
+    /// How a stream of `indices` is split into segments for parallel decoders, and how many
+    /// decode at once: only when nothing else is decoding (under load, decoders already run in
+    /// parallel, and a stream's frames take turns with everyone else's). Segments decoded ahead
+    /// may take half the in-flight budget.
+    fn segments(
+        &self,
+        video: &OpenVideo,
+        indices: &[FrameIndex],
+        spec: OutputSpec,
+    ) -> Option<(Vec<Vec<FrameIndex>>, usize)> {
+        if !self.config.parallel_streams || indices.len() < schedule::MIN_SEGMENTED_FRAMES {
+            return None;
+        }
+        let (busy, queued) = self.pool.load();
+        if busy > 0 || queued > 0 {
+            return None;
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let parallel = cores.min(self.config.pool.max_per_video);
+        let index = &video.index;
+        let segments = schedule::stream_segments(
+            indices,
+            |i| index.frames[i.get()].seek,
+            frame_bytes(video, spec),
+            self.config.inflight.0 / 2,
+            parallel,
+        )?;
+        let parallel = parallel.min(segments.len());
+        Some((segments, parallel))
+    }
+
+    /// The frames of `segments` decoded on parallel decoders (see
+    /// [`segments`](crate::engine::segments)), encoded as `spec` asks, in order.
+    fn segmented(
+        self: &Arc<Self>,
+        video: Arc<OpenVideo>,
+        segments: Vec<Vec<FrameIndex>>,
+        parallel: usize,
+        spec: OutputSpec,
+    ) -> impl Stream<Item = Result<Frame, EngineError>> + Send + 'static {
+        let engine = segments::Engine {
+            pool: self.pool.clone(),
+            registry: self.registry.clone(),
+            budget: self.budget.clone(),
+            stats: self.stats.clone(),
+        };
+        let bytes = frame_bytes(&video, spec);
+        let lookahead = self.config.batch_lookahead.max(1);
+        let store = self.clone();
+        segments::deliver(engine, video.clone(), segments, parallel, spec.as_raw(), bytes)
+            .map(move |item| {
+                let (store, video) = (store.clone(), video.clone());
+                async move {
+                    let (raw, paid) = item?;
+                    store.stats.requests.inc();
+                    let frame =
+                        if spec.encoding == Encoding::Raw { raw } else { store.encode(&video, raw, spec).await? };
+                    Ok(Frame { meta: frame.meta, data: Budget::hold(frame.data, paid), cache_hit: false })
                 }
             })
             .buffered(lookahead)
@@ -627,6 +713,7 @@ impl FrameStore {
             frames_decoded: self.stats.frames_decoded.get(),
             abandoned: self.stats.abandoned.get(),
             preempted: self.stats.preempted.get(),
+            stream_segments: self.stats.stream_segments.get(),
             inflight_bytes: self.budget.in_use(),
             videos_indexed: self.stats.videos_indexed.get(),
             requests: self.stats.requests.get(),

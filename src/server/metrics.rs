@@ -177,6 +177,7 @@ impl Collector for EngineCollector {
         counter("index_loads", "Indexes read back from the state directory instead of built", s.index_loads)?;
         counter("decodes_abandoned", "Decodes never started because every requester had gone", s.abandoned)?;
         counter("decodes_preempted", "Decodes handed back to make room for more urgent work", s.preempted)?;
+        counter("stream_segments", "Segments of streams decoded on parallel decoders", s.stream_segments)?;
         counter("panics", "Panics caught in decoder threads, index builds and encoders (bugs; each logged)", s.panics)?;
         let seconds = encoder.encode_descriptor(
             "index_build_seconds",

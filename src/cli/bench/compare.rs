@@ -419,7 +419,14 @@ pub(super) struct DaemonProcess {
 }
 
 impl DaemonProcess {
-    fn start(media: &Path, cache: &str, threads: usize, priorities: bool) -> Result<DaemonProcess, String> {
+    /// `decoder`: more `[decoder]` lines of its config.
+    fn start(
+        media: &Path,
+        cache: &str,
+        threads: usize,
+        priorities: bool,
+        decoder: &str,
+    ) -> Result<DaemonProcess, String> {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -428,7 +435,7 @@ impl DaemonProcess {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {:?}\n[decoder]\nthreads = {threads}\ncpu_priorities = {priorities}\n",
+                "state_dir = {:?}\n[decoder]\nthreads = {threads}\ncpu_priorities = {priorities}\n{decoder}\n",
                 state.display().to_string()
             ),
         )
@@ -475,7 +482,19 @@ pub(super) fn on_fresh_daemon<T>(
     args: &CompareArgs,
     measure: impl AsyncFnOnce(&DaemonProcess, Client) -> Result<T, String>,
 ) -> Result<T, String> {
-    let daemon = DaemonProcess::start(media, cache, args.threads, !args.no_cpu_priorities)?;
+    on_fresh_daemon_with(runtime, media, cache, args, "", measure)
+}
+
+/// [`on_fresh_daemon`] with more `[decoder]` config lines.
+pub(super) fn on_fresh_daemon_with<T>(
+    runtime: &tokio::runtime::Runtime,
+    media: &Path,
+    cache: &str,
+    args: &CompareArgs,
+    decoder: &str,
+    measure: impl AsyncFnOnce(&DaemonProcess, Client) -> Result<T, String>,
+) -> Result<T, String> {
+    let daemon = DaemonProcess::start(media, cache, args.threads, !args.no_cpu_priorities, decoder)?;
     runtime.block_on(async {
         let c = daemon.client().await?;
         measure(&daemon, c).await
@@ -527,10 +546,21 @@ fn clip_name(clip: &Clip) -> String {
 
 /// Stream frames `start..stop` of a video (0, 0: all of it); returns how many came.
 async fn stream_range(c: &mut Client, video: &str, start: i64, stop: i64) -> Result<usize, String> {
+    stream_range_as(c, video, start, stop, None).await
+}
+
+/// [`stream_range`] in the given output.
+async fn stream_range_as(
+    c: &mut Client,
+    video: &str,
+    start: i64,
+    stop: i64,
+    output: Option<pb::OutputSpec>,
+) -> Result<usize, String> {
     let req = pb::FramesRequest {
         video: video.into(),
         selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start, stop, step: 1 })),
-        output: None,
+        output,
     };
     let mut s = c.request_frames(req).await.map_err(|s| s.message().to_string())?.into_inner();
     let mut n = 0;
@@ -669,6 +699,36 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
             );
             Ok(())
         })?;
+    }
+    if args.wants("stream") {
+        // A data loader's size: the whole clip fit in 224x224. Its segments fit in the
+        // in-flight budget, so an idle daemon splits the stream over parallel decoders; the same
+        // stream on one decoder (parallel_streams = false, frame threads on every core) and
+        // ffmpeg's all-core decode scaled to the same size are measured beside it.
+        let small = pb::OutputSpec { max_width: 224, max_height: 224, ..Default::default() };
+        let scale = "scale=224:224:force_original_aspect_ratio=decrease";
+        let small_limit =
+            ffmpeg_rate(&g50, 0, &["-vf", scale, "-f", "rawvideo", "-pix_fmt", "rgb24", "-y", "/dev/null"])?;
+        let mut rates = Vec::new();
+        for decoder in ["parallel_streams = true", "parallel_streams = false"] {
+            let fps = on_fresh_daemon_with(runtime, &media, "512MiB", args, decoder, async |_, mut c| {
+                // Opened (indexed) before the clock starts.
+                let info = pb::GetVideoInfoRequest { video: "g50.mp4".into() };
+                c.get_video_info(info).await.map_err(|s| s.message().to_string())?;
+                let t = Instant::now();
+                let n = stream_range_as(&mut c, "g50.mp4", 0, 0, Some(small)).await?;
+                Ok(n as f64 / t.elapsed().as_secs_f64())
+            })?;
+            rates.push(fps);
+        }
+        report.rate(
+            "streaming at 224x224, parallel segments vs all-core limit at 224x224",
+            rates[0],
+            small_limit,
+            None,
+        );
+        report.rate("streaming at 224x224, one decoder vs all-core limit at 224x224", rates[1], small_limit, None);
+        report.rate("streaming at 224x224: parallel segments vs one decoder", rates[0], rates[1], None);
     }
     if args.wants("fbf") {
         on_fresh_daemon(runtime, &media, "512MiB", args, async |_, mut c| {
