@@ -178,16 +178,6 @@ fn h264_with_b_frames_in_mp4_is_frame_exact() {
     assert_eq!(index.keyframe_count, 5);
 }
 
-/// h264 with open GOPs: leading B-frames of each GOP reference the previous GOP.
-const OPEN_GOP_H264: [&str; 6] = [
-    "-c:v",
-    "libx264",
-    "-x264-params",
-    "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0",
-    "-pix_fmt",
-    "yuv420p",
-];
-
 #[test]
 fn h264_open_gop_in_mkv_is_frame_exact() {
     let dir = scratch();

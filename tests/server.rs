@@ -1155,22 +1155,13 @@ async fn stream_all(c: &mut FrameServerClient<Channel>, req: pb::FramesRequest) 
     out
 }
 
-const OPEN_GOP: [&str; 6] = [
-    "-c:v",
-    "libx264",
-    "-x264-params",
-    "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0",
-    "-pix_fmt",
-    "yuv420p",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_stream_on_an_idle_daemon_is_decoded_in_parallel_segments_exact_and_in_order() {
     let dir = scratch();
     let (media, _) = media(dir.path());
     // Open GOPs: the leading B-frames of a GOP decode from the previous keyframe, so a segment
     // cut at the wrong place would serve wrong pixels.
-    let open = encode(&media.join("open.mkv"), 120, 25, &OPEN_GOP);
+    let open = encode(&media.join("open.mkv"), 120, 25, &OPEN_GOP_H264);
     let d = Daemon::start(dir, |_| {}).await;
     let mut c = d.client().await;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

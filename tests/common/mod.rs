@@ -15,6 +15,16 @@ use std::process::{Command, Stdio};
 
 pub const W: u32 = 192;
 pub const H: u32 = 128;
+/// h264 with open GOPs: leading B-frames of each GOP reference the previous GOP.
+pub const OPEN_GOP_H264: [&str; 6] = [
+    "-c:v",
+    "libx264",
+    "-x264-params",
+    "open-gop=1:keyint=12:min-keyint=12:bframes=3:scenecut=0",
+    "-pix_fmt",
+    "yuv420p",
+];
+
 const BITS: u32 = 16;
 const BAR_H: u32 = 56;
 
