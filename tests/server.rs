@@ -257,8 +257,9 @@ async fn at_the_decoder_bound_an_interactive_request_takes_a_decoder_from_a_stre
     d.stop().await;
 }
 
-/// A steady interactive load on long.mp4: two clients, each always waiting for a frame far
-/// into its 900-frame GOP, so that an interactive job is always queued on its decoder.
+/// A steady interactive load on a 900-frame video (long.mp4, or gops.mp4): two clients, each
+/// always waiting for a frame far into the video (far into long.mp4's single GOP), so that an
+/// interactive job is always queued on its decoders.
 struct SteadyLoad {
     stop: Arc<std::sync::atomic::AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<()>>,
@@ -266,6 +267,11 @@ struct SteadyLoad {
 
 impl SteadyLoad {
     async fn start(d: &Daemon) -> SteadyLoad {
+        SteadyLoad::on(d, "long.mp4", std::time::Duration::ZERO).await
+    }
+
+    /// Clicks on `video`, each client pausing `pause` between its clicks.
+    async fn on(d: &Daemon, video: &'static str, pause: std::time::Duration) -> SteadyLoad {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::new();
@@ -275,13 +281,17 @@ impl SteadyLoad {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let i = 300 + ((n * 7 + k * 13) * 37) % 600;
-                    let request = pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", i as i64) };
-                    c.request_frame(request).await.unwrap();
+                    let mut request =
+                        tonic::Request::new(pb::FrameRequest { keep_behind: Some(0), ..by_index(video, i as i64) });
+                    request.set_timeout(std::time::Duration::from_secs(10));
+                    c.request_frame(request).await.expect("a click of the steady load");
+                    tokio::time::sleep(pause).await;
                     n += 1;
                 }
             }));
         }
-        while d.store.stats().frames_decoded < 10 {
+        let decoded = d.store.stats().frames_decoded;
+        while d.store.stats().frames_decoded < decoded + 10 {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         SteadyLoad { stop, clients }
@@ -1196,15 +1206,10 @@ async fn a_long_stream_on_an_idle_daemon_is_decoded_in_parallel_segments_exact_a
 async fn a_client_leaving_a_segmented_stream_stops_its_lanes_and_returns_its_budget() {
     let dir = scratch();
     let (media, _) = media(dir.path());
-    // 900 frames in GOPs of 60, long enough to keep two decoders busy for seconds.
-    let long = media.join("long.mp4");
-    let args = ["-f", "lavfi", "-i", "testsrc2=size=960x540:rate=30:duration=30", "-c:v", "libx264", "-preset"];
-    ffmpeg(
-        &[&args[..], &["ultrafast", "-g", "60", "-bf", "0", "-pix_fmt", "yuv420p", long.to_str().unwrap()]].concat(),
-    );
+    let long = gops_video(&media);
     let d = Daemon::start(dir, |_| {}).await;
     let mut c = d.client().await;
-    let mut small = batch("long.mp4", range(0, 0, 1));
+    let mut small = batch("gops.mp4", range(0, 0, 1));
     small.output = Some(pb::OutputSpec { max_width: 160, ..Default::default() });
     let mut s = c.request_frames(small).await.unwrap().into_inner();
     assert_eq!(s.message().await.unwrap().unwrap().index, 0);
@@ -1224,8 +1229,65 @@ async fn a_client_leaving_a_segmented_stream_stops_its_lanes_and_returns_its_bud
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(d.store.stats().frames_decoded, decoded, "nothing decodes for a client that has gone");
     // And the daemon still serves the video exactly.
-    let f = c.request_frame(by_index("long.mp4", 450)).await.unwrap().into_inner();
+    let f = c.request_frame(by_index("gops.mp4", 450)).await.unwrap().into_inner();
     assert!(f.data == reference_frame(&long, 450));
+    d.stop().await;
+}
+
+/// 900 960x540 frames in GOPs of 60: a whole-video stream keeps two decoders busy for seconds.
+fn gops_video(media: &Path) -> PathBuf {
+    let path = media.join("gops.mp4");
+    let args = ["-f", "lavfi", "-i", "testsrc2=size=960x540:rate=30:duration=30", "-c:v", "libx264", "-preset"];
+    ffmpeg(
+        &[&args[..], &["ultrafast", "-g", "60", "-bf", "0", "-pix_fmt", "yuv420p", path.to_str().unwrap()]].concat(),
+    );
+    path
+}
+
+/// A stream split into segments while the daemon was idle keeps going when clicks keep arriving
+/// on its decoders (its lanes yield to them at frame boundaries and are resubmitted from where
+/// they stopped), and the clicks are answered all along. The clicks pause between them: under
+/// clicks that never pause, a stream gets a frame per decoder every `stream_max_wait_s`, by
+/// design (`a_stream_under_a_steady_interactive_load_still_gets_its_frames`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segmented_stream_and_clicks_on_its_decoders_both_progress() {
+    let d = start_with(|c| {
+        c.decoder.max_total = 2;
+        c.decoder.max_per_video = 2;
+        c.decoder.interactive_reserve = 0;
+        // Segments of two GOPs (160x90 frames), so most of them start while the clicks run.
+        c.limits.inflight_bytes = framesrv::units::ByteSize::mib(20);
+    })
+    .await;
+    let path = gops_video(&d.media);
+    let mut streamer = d.client().await;
+    let mut request = batch("gops.mp4", range(0, 0, 1));
+    request.output = Some(pb::OutputSpec { max_width: 160, ..Default::default() });
+    let mut s = streamer.request_frames(request).await.unwrap().into_inner();
+    let first = s.message().await.unwrap().unwrap();
+    let segmented = d.store.stats().stream_segments >= 2;
+    let before = d.store.stats().stream_segments;
+    let load = SteadyLoad::on(&d, "gops.mp4", std::time::Duration::from_millis(100)).await;
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let mut out = vec![first.index];
+        while let Some(f) = s.message().await.unwrap() {
+            out.push(f.index);
+        }
+        out
+    })
+    .await;
+    let still_loaded = load.running();
+    load.stop().await;
+    let indices = rest.expect("the segmented stream starved behind the clicks");
+    assert!(still_loaded, "the load stopped first (a click failed, or the test proves nothing)");
+    if std::thread::available_parallelism().map_or(false, |n| n.get() >= 2) {
+        assert!(segmented);
+        assert!(d.store.stats().stream_segments > before, "segments started while the clicks ran");
+    }
+    assert_eq!(indices, (0..900).collect::<Vec<i64>>());
+    let mut c = d.client().await;
+    let f = c.request_frame(by_index("gops.mp4", 899)).await.unwrap().into_inner();
+    assert!(f.data == reference_frame(&path, 899));
     d.stop().await;
 }
 

@@ -149,9 +149,11 @@ pub fn pick(queue: &[Candidate]) -> Option<usize> {
 /// last had a turn: a stream frame that has waited `max_wait` (`decoder.stream_max_wait_s`, 2 s)
 /// is taken as interactive (the oldest first) and decoded to its end, so under a steady
 /// interactive load a stream (and a storyboard, which is one) still gets a frame every two
-/// seconds, at the cost to clicks of one frame then. Without it, the soak saw storyboards wait past their deadline for 30
-/// minutes. Bulk passes do not age: one taken as interactive would hold a decoder against
-/// clicks for the whole pass. Speculative work nobody waits for never ages either.
+/// seconds, at the cost to clicks of one frame then. Without it, the soak saw storyboards wait
+/// past their deadline for 30 minutes. A stream segment's lane (a pass at the stream class) ages
+/// the same way and is interactive for one frame of its turn (the worker sees to it). Bulk
+/// passes do not age: one taken as interactive would hold a decoder against clicks for the
+/// whole pass. Speculative work nobody waits for never ages either.
 pub fn aged(class: Class, waited: Duration, max_wait: Duration) -> Class {
     match class {
         Class::Stream if waited >= max_wait => Class::Interactive,

@@ -467,7 +467,7 @@ impl WorkerThread {
                     }
                 }
                 Work::Fill { frames, spec } => self.fill_one(&mut decoder, frames, spec, closing, &cell),
-                Work::Pass(pass, reply) => self.pass_some(&mut decoder, pass, reply, class),
+                Work::Pass(pass, reply) => self.pass_some(&mut decoder, pass, reply, (class, cell.get())),
             });
             let more = match std::panic::catch_unwind(run) {
                 Ok(more) => more,
@@ -570,11 +570,20 @@ impl WorkerThread {
         }
     }
 
-    /// Frames of a bulk pass until it is done or more urgent work waits (the pass then goes
-    /// back in line with its progress). Returns the pass when it yielded.
-    fn pass_some(&self, decoder: &mut FrameDecoder, pass: Pass, reply: PassReplyOnce, class: Class) -> Option<Work> {
+    /// Frames of a pass until it is done or more urgent work waits (the pass then goes back in
+    /// line with its progress). Returns the pass when it yielded. `classes`: the class of this
+    /// turn and the pass's own. They differ for a stream segment's lane that waited long enough
+    /// to be taken as interactive ([`schedule::aged`]): it then decodes one frame as
+    /// interactive, and yields to clicks again from the next one on, as a stream frame would.
+    fn pass_some(
+        &self,
+        decoder: &mut FrameDecoder,
+        pass: Pass,
+        reply: PassReplyOnce,
+        classes: (Class, Class),
+    ) -> Option<Work> {
         decoder.set_luma(pass.luma);
-        let more = self.pass_frames(decoder, pass, reply, class);
+        let more = self.pass_frames(decoder, pass, reply, classes);
         decoder.set_luma(Luma::Off);
         more
     }
@@ -584,7 +593,7 @@ impl WorkerThread {
         decoder: &mut FrameDecoder,
         mut pass: Pass,
         reply: PassReplyOnce,
-        class: Class,
+        (mut class, own): (Class, Class),
     ) -> Option<Work> {
         let inbox = &self.inbox;
         loop {
@@ -606,6 +615,7 @@ impl WorkerThread {
                 Ok(None) => return Some(Work::Pass(pass, reply)),
                 Ok(Some(frame)) => {
                     pass.frames.pop_front();
+                    class = own;
                     if !(pass.sink)(frame) {
                         pass.frames.clear();
                         self.job_done(|| reply.send(pass, Ok(())));
