@@ -1280,7 +1280,7 @@ async fn a_segmented_stream_and_clicks_on_its_decoders_both_progress() {
     load.stop().await;
     let indices = rest.expect("the segmented stream starved behind the clicks");
     assert!(still_loaded, "the load stopped first (a click failed, or the test proves nothing)");
-    if std::thread::available_parallelism().map_or(false, |n| n.get() >= 2) {
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
         assert!(segmented);
         assert!(d.store.stats().stream_segments > before, "segments started while the clicks ran");
     }
