@@ -35,6 +35,7 @@ done
 
 BIN="${FRAMESRV_BIN:-$ROOT/target/release/framesrv}"
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release (or set FRAMESRV_BIN)" >&2; exit 1; }
+BENCH="$(dirname "$BIN")/framesrv-bench"
 command -v haproxy >/dev/null || { echo "haproxy is not installed: bash scripts/dev.sh setup" >&2; exit 1; }
 WORK="${FRAMESRV_REPLICAS_DIR:-$ROOT/target/replicas}"
 mkdir -p "$WORK"
@@ -111,7 +112,7 @@ run_one() {
   echo "== $mode: $n replica(s), cache $cache each, $VIDEOS videos, zipf, $CONCURRENCY clients, $what" >&2
   start_replicas "$n" "$cache"
   start_haproxy "$n" "$mode"
-  "$BIN" bench load --server "http://$LB" --videos "$VIDEO_LIST" --pattern zipf --concurrency "$CONCURRENCY" \
+  "$BENCH" load --server "http://$LB" --videos "$VIDEO_LIST" --pattern zipf --concurrency "$CONCURRENCY" \
     "${amount[@]}" --keep-behind 0 --max-size 480x270 --quiet | tee "$WORK/load-$mode.txt" >&2
   local hits=0 misses=0 decoded=0
   for i in $(seq 1 "$n"); do

@@ -135,19 +135,19 @@ MSG
     cargo build --bins
     cargo test --no-fail-fast 2>&1
     log "a seconds-long pass of the benchmark harness, so it never rots"
-    ./target/debug/framesrv bench compare --smoke --out target/bench-smoke
+    ./target/debug/framesrv-bench compare --smoke --out target/bench-smoke
     log "running the Python client tests against a real daemon"
     FRAMESRV_BIN="$ROOT/target/debug/framesrv" .venv/bin/python -m pytest -q tests/python
     ;;
   bench)
     setup
     cargo build --release
-    exec ./target/release/framesrv bench compare "${@:2}"
+    exec ./target/release/framesrv-bench compare "${@:2}"
     ;;
   smoke)
     setup
     cargo build --release
-    exec ./target/release/framesrv bench compare --smoke "${@:2}"
+    exec ./target/release/framesrv-bench compare --smoke "${@:2}"
     ;;
   *)
     sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'

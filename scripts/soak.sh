@@ -4,7 +4,7 @@
 #   bash scripts/soak.sh [--duration S (1800)] [--cache SIZE (256MiB)] [--out DIR (target/soak)]
 #
 # The load, all at once for the whole run:
-#   framesrv bench load: random (4 clients, native size), sequential (2), backtrack (2), zipf (4,
+#   framesrv-bench load: random (4 clients, native size), sequential (2), backtrack (2), zipf (4,
 #   fit in 640x360), and one slow reader streaming whole videos;
 #   HTTP: frames by URL and storyboards (curl, one at a time);
 #   frame jobs: hashes of a range, a clip export, dups (the CLI, one after another).
@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
 done
 BIN="${FRAMESRV_BIN:-$ROOT/target/release/framesrv}"
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release" >&2; exit 1; }
+BENCH="$(dirname "$BIN")/framesrv-bench"
 MEDIA="$OUT/media"
 mkdir -p "$MEDIA"
 gen() { [ -f "$MEDIA/$1" ] || ffmpeg -v error -y -f lavfi -i "$2" -t "$3" "${@:4}" "$MEDIA/$1"; }
@@ -45,7 +46,7 @@ PIDS+=("$DAEMON")
 for _ in $(seq 100); do curl -sf "$SERVER/readyz" >/dev/null && break; sleep 0.1; done
 echo "soak: $DURATION s against pid $DAEMON, cache $CACHE, out $OUT" >&2
 
-load() { "$BIN" bench load --server "$SERVER" --videos "$VIDEOS" --duration "$DURATION" --quiet "$@"; }
+load() { "$BENCH" load --server "$SERVER" --videos "$VIDEOS" --duration "$DURATION" --quiet "$@"; }
 load --pattern random --concurrency 4 > "$OUT/random.log" 2>&1 & PIDS+=($!)
 load --pattern sequential --concurrency 2 --seed 2 > "$OUT/sequential.log" 2>&1 & PIDS+=($!)
 load --pattern backtrack --concurrency 2 --seed 3 > "$OUT/backtrack.log" 2>&1 & PIDS+=($!)

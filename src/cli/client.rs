@@ -226,7 +226,7 @@ async fn run_async(command: Command) -> Result<(), String> {
         Command::Dups(args) => super::jobs::dups(args).await?,
         Command::Storyboard(args) => super::jobs::storyboard(args).await?,
         Command::Clip(args) => super::jobs::clip(args).await?,
-        Command::Serve(_) | Command::Bench(_) => unreachable!("dispatched in cli::main"),
+        Command::Serve(_) => unreachable!("dispatched in cli::main"),
     }
     Ok(())
 }

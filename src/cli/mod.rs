@@ -1,8 +1,7 @@
 //! The `framesrv` command line: `serve` runs the daemon; `info`, `ls`, `get`, `stats`,
-//! `hashes`, `dups`, `storyboard` and `clip` are a client of a running daemon; `bench` measures
-//! it against the alternatives.
+//! `hashes`, `dups`, `storyboard` and `clip` are a client of a running daemon. The benchmarks
+//! are a binary of their own, `framesrv-bench` (`bench/`).
 
-pub mod bench;
 pub mod client;
 pub mod jobs;
 
@@ -58,9 +57,6 @@ pub enum Command {
     Clip(jobs::ClipArgs),
     /// Make a random bearer token and the line `auth.tokens_file` needs for it.
     Token,
-    /// Benchmarks: the comparison harness and a load generator.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -170,7 +166,8 @@ fn client_tls() -> Result<tonic::transport::ClientTlsConfig, String> {
     Ok(tls)
 }
 
-fn init_tracing(level: &str, json: bool) {
+/// Log to stderr at `level` (or `RUST_LOG`), as text or JSON lines.
+pub fn init_tracing(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -237,10 +234,6 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench(cmd) => {
-            init_tracing("warn", false);
-            bench::run(cmd)
-        }
         other => client::run(other),
     }
 }

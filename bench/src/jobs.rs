@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::compare::{cold_indices, ffmpeg_rate, on_fresh_daemon, timed, timed_requests, Clip, CompareArgs, Report};
 use super::load::{ms, percentile};
-use crate::proto::v1 as pb;
+use framesrv::proto::v1 as pb;
 
-type Client = crate::proto::v1::frame_server_client::FrameServerClient<tonic::transport::Channel>;
+type Client = framesrv::proto::v1::frame_server_client::FrameServerClient<tonic::transport::Channel>;
 
 /// The ffmpeg CLI decoding every frame and throwing it away (`-f null`), frames per second.
 fn null_decode_rate(clip: &Clip, threads: usize) -> Result<f64, String> {

@@ -1,4 +1,4 @@
-//! `framesrv bench compare`: the whole comparison in one command.
+//! `framesrv-bench compare`: the whole comparison in one command.
 //!
 //! It generates its clips (1280x720 h264 30 fps with B-frames, GOP 50 and GOP 250), measures
 //! the references in the same run (the decode limit of the ffmpeg CLI, a per-request
@@ -17,13 +17,13 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::load::{self, ms, percentile, LoadArgs, Pattern};
-use crate::engine::decoder::{DecodeOptions, FrameDecoder};
-use crate::engine::output::OutputSpec;
-use crate::engine::stats::EngineStats;
-use crate::engine::video::build_index;
-use crate::proto::v1 as pb;
-use crate::proto::v1::frame_server_client::FrameServerClient;
-use crate::units::FrameIndex;
+use framesrv::engine::decoder::{DecodeOptions, FrameDecoder};
+use framesrv::engine::output::OutputSpec;
+use framesrv::engine::stats::EngineStats;
+use framesrv::engine::video::build_index;
+use framesrv::proto::v1 as pb;
+use framesrv::proto::v1::frame_server_client::FrameServerClient;
+use framesrv::units::FrameIndex;
 
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
@@ -314,7 +314,7 @@ fn run_python(python: &Path, args: &[&std::ffi::OsStr], who: &str) -> Result<Str
 /// The PyAV reader. `threads`: "1" or "auto" (`thread_type = "AUTO"`).
 fn pyav(out: &Path, clip: &Clip, indices: &[usize], threads: &str) -> Result<Duration, String> {
     let python = bench_python(out)?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pyav_reader.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/pyav_reader.py");
     let indices: Vec<std::ffi::OsString> = indices.iter().map(|i| i.to_string().into()).collect();
     let mut args: Vec<&std::ffi::OsStr> = vec![script.as_os_str(), clip.path.as_os_str(), threads.as_ref()];
     args.extend(indices.iter().map(|i| i.as_os_str()));
@@ -325,7 +325,7 @@ fn pyav(out: &Path, clip: &Clip, indices: &[usize], threads: &str) -> Result<Dur
 fn python_stubs(out: &Path, python: &Path) -> Result<PathBuf, String> {
     let stubs = out.join("py-stubs");
     std::fs::create_dir_all(&stubs).map_err(|e| e.to_string())?;
-    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
     run_quiet(
         Command::new(python)
             .args(["-m", "grpc_tools.protoc"])
@@ -375,8 +375,8 @@ fn engine_figures(clip: &Clip, indices: &[usize], threads: usize) -> Result<Engi
     let stats = Arc::new(EngineStats::default());
     // The daemon's defaults (config.rs), with the thread count under test.
     let options =
-        DecodeOptions { threads: threads.max(1), ..crate::config::Config::default().store_config().pool.decode };
-    let buffers = crate::engine::buffers::BufferPool::new(crate::units::ByteSize::mib(64));
+        DecodeOptions { threads: threads.max(1), ..framesrv::config::Config::default().store_config().pool.decode };
+    let buffers = framesrv::engine::buffers::BufferPool::new(framesrv::units::ByteSize::mib(64));
     let open = || {
         FrameDecoder::open(&clip.path, "bench", index.clone(), options, stats.clone(), buffers.clone())
             .map_err(|e| e.to_string())
@@ -412,6 +412,18 @@ fn engine_figures(clip: &Clip, indices: &[usize], threads: usize) -> Result<Engi
 
 type Client = FrameServerClient<tonic::transport::Channel>;
 
+/// The `framesrv` binary the harness starts: `FRAMESRV_BIN`, else the one built beside this one
+/// (cargo puts both workspace binaries in the same target directory).
+fn daemon_binary() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("FRAMESRV_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    me.ancestors().skip(1).take(2).map(|dir| dir.join("framesrv")).find(|candidate| candidate.is_file()).ok_or_else(
+        || format!("no framesrv binary beside {}: cargo build --release (or set FRAMESRV_BIN)", me.display()),
+    )
+}
+
 /// The daemon as a child process, killed and reaped when dropped.
 pub(super) struct DaemonProcess {
     child: Child,
@@ -429,7 +441,7 @@ impl DaemonProcess {
     ) -> Result<DaemonProcess, String> {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let exe = daemon_binary()?;
         let config = media.join("..").join(format!("bench-{threads}.toml"));
         let state = media.join("..").join("state");
         std::fs::write(
@@ -456,7 +468,7 @@ impl DaemonProcess {
     async fn client(&self) -> Result<Client, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match crate::cli::connect(&self.url).await {
+            match framesrv::cli::connect(&self.url).await {
                 Ok(c) => return Ok(c),
                 Err(e) if Instant::now() > deadline => return Err(format!("daemon did not start: {e}")),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -591,12 +603,12 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
     let g50 = make_clip(&out, scale, 50)?;
     let g250 = make_clip(&out, scale, 250)?;
     let fps = scale.fps as f64;
-    let keep_behind = crate::config::DecoderConfig::default().keep_behind as usize;
+    let keep_behind = framesrv::config::DecoderConfig::default().keep_behind as usize;
     let cold250 = cold_indices(g250.frames, scale.random_samples, keep_behind, 250);
     let cold50 = cold_indices(g50.frames, scale.random_samples, keep_behind, 50);
     let mut report = Report { rows: Vec::new() };
     println!(
-        "framesrv bench compare: {}x{} h264 {} fps, {} s, B-frames; framesrv decoder.threads = {} (0: adaptive)",
+        "framesrv-bench compare: {}x{} h264 {} fps, {} s, B-frames; framesrv decoder.threads = {} (0: adaptive)",
         scale.width, scale.height, scale.fps, scale.seconds, threads
     );
 
@@ -983,7 +995,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         let python_figures = on_fresh_daemon(runtime, &media, "1GiB", args, async |daemon, _| {
             let python = bench_python(&out)?;
             let stubs = python_stubs(&out, &python)?;
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_client.py");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/python_client.py");
             let addr = daemon.url.trim_start_matches("http://").to_string();
             let n = g50.frames.min(150).to_string();
             let base = [script.as_os_str(), addr.as_ref(), stubs.as_os_str()];
@@ -1031,7 +1043,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
     for k in 0..8 {
         link_media(&media, &g50, &format!("load-{k}.mp4"))?;
     }
-    let cache = crate::units::ByteSize::mib(256);
+    let cache = framesrv::units::ByteSize::mib(256);
     if args.wants("jobs") {
         super::jobs::figures(runtime, args, &mut report, &media, (&g50, "g50.mp4"), "g250.mp4", fps)?;
     }

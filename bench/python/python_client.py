@@ -1,5 +1,5 @@
 """framesrv as a Python data loader uses it: grpcio and numpy arrays. A reference client for
-`framesrv bench compare`, which runs it against a fresh daemon. Prints JSON.
+`framesrv-bench compare`, which runs it against a fresh daemon. Prints JSON.
 
     python python_client.py ADDR STUBS VIDEO stream START STOP
         frames/s of RequestFrames over [START, STOP), each frame made an (H, W, 3) array, and

@@ -1,10 +1,10 @@
 //! `cargo bench --bench engine`: the engine alone, in-process, against the ffmpeg CLI's decode
 //! limit and a PyAV reader measured in the same run: index build time per minute of video,
 //! sequential frames/s, median cold random access for GOP 50 and GOP 250, and the backward step
-//! inside a GOP. `framesrv bench compare` runs the same and then the daemon over gRPC.
+//! inside a GOP. `framesrv-bench compare` runs the same and then the daemon over gRPC.
 
 use clap::Parser;
-use framesrv::cli::bench::compare::{run, CompareArgs};
+use framesrv_bench::compare::{run, CompareArgs};
 
 #[derive(Parser)]
 struct Args {

@@ -1,4 +1,4 @@
-//! `framesrv bench load`: a load generator in the spirit of ghz, with access patterns that
+//! `framesrv-bench load`: a load generator in the spirit of ghz, with access patterns that
 //! match framesrv's users (a labelling tool scrubbing back, a data loader pulling random frames,
 //! a player reading forward, a popular subset of videos).
 
@@ -11,8 +11,8 @@ use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::proto::v1 as pb;
-use crate::server::REPLICA_HEADER;
+use framesrv::proto::v1 as pb;
+use framesrv::server::REPLICA_HEADER;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Pattern {
@@ -248,7 +248,7 @@ fn parse_size(s: &Option<String>) -> Result<(u32, u32), String> {
 
 /// Run a load test and return what it measured.
 pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
-    let client = crate::cli::connect(&args.server).await?;
+    let client = framesrv::cli::connect(&args.server).await?;
     let mut counts = Vec::new();
     for v in &args.videos {
         let info = client
@@ -279,7 +279,7 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
     let started = Instant::now();
     let mut slow = Vec::new();
     for k in 0..args.slow_readers {
-        let mut client = crate::cli::connect(&args.server).await?;
+        let mut client = framesrv::cli::connect(&args.server).await?;
         let video = args.videos[k % args.videos.len()].clone();
         let stop = stop.clone();
         slow.push(tokio::spawn(async move {
@@ -289,7 +289,7 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
                 selection: Some(pb::frames_request::Selection::Range(pb::IndexRange { start: 0, stop: 0, step: 1 })),
                 output: None,
             };
-            let request = crate::cli::client::for_video(request, &video_name);
+            let request = framesrv::cli::client::for_video(request, &video_name);
             let Ok(response) = client.request_frames(request).await else { return };
             let mut frames = response.into_inner();
             while !stop.load(Ordering::Relaxed) {
@@ -324,7 +324,7 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
                     clamp: false,
                     keep_behind,
                 };
-                let request = crate::cli::client::for_video(request, &videos[v]);
+                let request = framesrv::cli::client::for_video(request, &videos[v]);
                 let t = Instant::now();
                 let result = client.request_frame(request).await;
                 let took = t.elapsed();

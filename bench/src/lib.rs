@@ -1,4 +1,6 @@
-//! `framesrv bench`: the comparison harness (`compare`) and the load generator (`load`).
+//! `framesrv-bench`: the comparison harness (`compare`) and the load generator (`load`), a
+//! crate of their own so that what only they need (random numbers, progress bars, the PyAV
+//! venv installer) is not part of the daemon.
 //!
 //! Every figure the harness prints is set against a reference measured in the same run on the
 //! same clip, because these machines are shared and noisy: absolute numbers drift, ratios hold.
@@ -24,7 +26,7 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("framesrv bench: {e}");
+            eprintln!("framesrv-bench: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -33,14 +35,14 @@ pub fn run(cmd: BenchCommand) -> ExitCode {
         BenchCommand::Load(args) => runtime.block_on(load::run_load(&args)).map(|r| {
             r.print(&format!("load: {:?} x{} over {} videos", args.pattern, args.concurrency, args.videos.len()));
             if r.errors > 0 {
-                eprintln!("framesrv bench load: {} requests failed", r.errors);
+                eprintln!("framesrv-bench load: {} requests failed", r.errors);
             }
         }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("framesrv bench: {e}");
+            eprintln!("framesrv-bench: {e}");
             ExitCode::FAILURE
         }
     }
