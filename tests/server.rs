@@ -1169,13 +1169,24 @@ async fn stream_all(c: &mut FrameServerClient<Channel>, req: pb::FramesRequest) 
 async fn a_long_stream_on_an_idle_daemon_is_decoded_in_parallel_segments_exact_and_in_order() {
     let dir = scratch();
     let (media, _) = media(dir.path());
-    // Open GOPs: the leading B-frames of a GOP decode from the previous keyframe, so a segment
-    // cut at the wrong place would serve wrong pixels.
+    // Open GOPs: the leading B-frames of a GOP decode from the previous keyframe, so a lane
+    // starting at the wrong place would serve wrong pixels.
     let open = encode(&media.join("open.mkv"), 120, 25, &OPEN_GOP_H264);
+    // VP9 with alternate reference frames (hidden frames that are never shown) and MPEG-TS.
+    let vp9_args = ["-c:v", "libvpx-vp9", "-g", "12", "-deadline", "good", "-cpu-used", "8", "-b:v", "400k"];
+    let vp9 = encode(
+        &media.join("v.webm"),
+        96,
+        25,
+        &[&vp9_args[..], &["-auto-alt-ref", "1", "-lag-in-frames", "16"]].concat(),
+    );
+    let ts_args = ["-c:v", "libx264", "-bf", "3", "-g", "12", "-pix_fmt", "yuv420p", "-f", "mpegts"];
+    let ts = encode(&media.join("t.ts"), 96, 25, &ts_args);
     let d = Daemon::start(dir, |_| {}).await;
     let mut c = d.client().await;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    for (name, path) in [("a.mp4", media.join("a.mp4")), ("open.mkv", open)] {
+    let videos = [("a.mp4", media.join("a.mp4")), ("open.mkv", open), ("v.webm", vp9), ("t.ts", ts)];
+    for (name, path) in videos {
         let reference = reference_frames(&path);
         let before = d.store.stats().stream_segments;
         let whole = stream_all(&mut c, batch(name, range(0, 0, 1))).await;
