@@ -26,7 +26,7 @@ use crate::engine::bulk;
 use crate::engine::decoder::{Luma, RawFrame};
 use crate::engine::output::OutputSpec;
 use crate::engine::pool::{DecoderPool, OpenVideo};
-use crate::engine::registry::{CachedFrame, Registry};
+use crate::engine::registry::{CachedFrame, FrameKey, Registry};
 use crate::engine::schedule::Class;
 use crate::engine::stats::EngineStats;
 use crate::engine::EngineError;
@@ -103,9 +103,9 @@ pub(crate) fn deliver(
                     let item = match segment.frames.recv().await {
                         Some(Ok(frame)) if frame.index == expected => {
                             let cached = Registry::cached_from_raw(&video, &frame);
-                            let key =
-                                crate::engine::registry::FrameKey { video: video.id.clone(), index: expected, spec };
-                            registry.cache.insert(key, cached.clone(), crate::engine::cache::Admission::Requested);
+                            // Cached as any decode is, and handed to whoever waits for the same frame.
+                            let key = FrameKey { video: video.id.clone(), index: expected, spec };
+                            registry.complete(key, Ok(cached.clone()));
                             Ok((cached, segment.paid.split_off(frame_bytes)))
                         }
                         Some(Ok(frame)) => Err(out_of_step(

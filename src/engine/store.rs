@@ -531,8 +531,9 @@ impl FrameStore {
         spec: OutputSpec,
     ) -> impl Stream<Item = Result<Frame, EngineError>> + Send + 'static {
         let lookahead = self.config.batch_lookahead.max(1);
-        if let Some((segments, parallel)) = self.segments(&video, &indices, spec) {
-            return self.segmented(video, segments, parallel, spec).left_stream();
+        let bytes = frame_bytes(&video, spec);
+        if let Some((segments, parallel)) = self.segments(&video, &indices, bytes) {
+            return self.segmented(video, segments, parallel, spec, bytes).left_stream();
         }
         let (payer, producer) = (self.clone(), self.clone());
         let paying = video.clone();
@@ -559,12 +560,12 @@ impl FrameStore {
     /// How a stream of `indices` is split into segments for parallel decoders, and how many
     /// decode at once: only when nothing else is decoding (under load, decoders already run in
     /// parallel, and a stream's frames take turns with everyone else's). Segments decoded ahead
-    /// may take half the in-flight budget.
+    /// may take half the in-flight budget; `frame_bytes` is what one frame is paid for.
     fn segments(
         &self,
         video: &OpenVideo,
         indices: &[FrameIndex],
-        spec: OutputSpec,
+        frame_bytes: u64,
     ) -> Option<(Vec<Vec<FrameIndex>>, usize)> {
         if !self.config.parallel_streams || indices.len() < schedule::MIN_SEGMENTED_FRAMES {
             return None;
@@ -579,7 +580,7 @@ impl FrameStore {
         let segments = schedule::stream_segments(
             indices,
             |i| index.frames[i.get()].seek,
-            frame_bytes(video, spec),
+            frame_bytes,
             self.config.inflight.0 / 2,
             parallel,
         )?;
@@ -588,13 +589,15 @@ impl FrameStore {
     }
 
     /// The frames of `segments` decoded on parallel decoders (see
-    /// [`segments`](crate::engine::segments)), encoded as `spec` asks, in order.
+    /// [`segments`](crate::engine::segments)), encoded as `spec` asks, in order, each paid for
+    /// `bytes`.
     fn segmented(
         self: &Arc<Self>,
         video: Arc<OpenVideo>,
         segments: Vec<Vec<FrameIndex>>,
         parallel: usize,
         spec: OutputSpec,
+        bytes: u64,
     ) -> impl Stream<Item = Result<Frame, EngineError>> + Send + 'static {
         let engine = segments::Engine {
             pool: self.pool.clone(),
@@ -602,7 +605,6 @@ impl FrameStore {
             budget: self.budget.clone(),
             stats: self.stats.clone(),
         };
-        let bytes = frame_bytes(&video, spec);
         let lookahead = self.config.batch_lookahead.max(1);
         let store = self.clone();
         segments::deliver(engine, video.clone(), segments, parallel, spec.as_raw(), bytes)
