@@ -708,7 +708,7 @@ async fn a_client_deadline_and_the_server_limit_both_answer_deadline_exceeded() 
     c.get_video_info(pb::GetVideoInfoRequest { video: "long.mp4".into() }).await.unwrap();
     // The last frame of a 900-frame GOP: a decode of the whole GOP, far longer than either bound.
     let mut request = tonic::Request::new(by_index("long.mp4", 899));
-    request.set_timeout(std::time::Duration::from_millis(120));
+    request.set_timeout(std::time::Duration::from_millis(150));
     let err = c.request_frame(request).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
     assert!(err.message().contains("client's deadline"), "{}", err.message());

@@ -425,15 +425,17 @@ pub(crate) fn report(call: &str, video: &str, target: &str, e: Error) -> Status 
 }
 
 /// The bound of one unary call: the server's `limits.request_timeout_s`, or the client's own
-/// deadline (its `grpc-timeout`) when that comes first. The client's is taken a little early,
-/// so the answer is this service's DEADLINE_EXCEEDED rather than tonic's own timer firing at the
-/// same instant with CANCELLED.
+/// deadline (its `grpc-timeout`) when that comes first. The client's is taken early (a tenth of
+/// it, 5 ms to 250 ms), so the client reads this service's DEADLINE_EXCEEDED rather than its own
+/// timer's error: the client's timer started before the request reached us (tonic's fires with
+/// CANCELLED), and the answer still has to travel back, later still on a loaded machine.
 pub(crate) fn deadline<T>(server: Duration, request: &Request<T>) -> Deadline {
-    /// Answered this much before the client's deadline.
-    const MARGIN: Duration = Duration::from_millis(5);
     let client = request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
     match client {
-        Some(c) if c <= server => Deadline::Client(c, c.saturating_sub(MARGIN)),
+        Some(c) if c <= server => {
+            let margin = (c / 10).clamp(Duration::from_millis(5), Duration::from_millis(250));
+            Deadline::Client(c, c.saturating_sub(margin))
+        }
         _ => Deadline::Server(server),
     }
 }
@@ -694,7 +696,11 @@ mod tests {
         let server = Duration::from_secs(60);
         assert_eq!(deadline(server, &r), Deadline::Server(server));
         r.metadata_mut().insert("grpc-timeout", "100m".parse().unwrap());
-        assert_eq!(deadline(server, &r), Deadline::Client(Duration::from_millis(100), Duration::from_millis(95)));
+        assert_eq!(deadline(server, &r), Deadline::Client(Duration::from_millis(100), Duration::from_millis(90)));
+        r.metadata_mut().insert("grpc-timeout", "20m".parse().unwrap());
+        assert_eq!(deadline(server, &r), Deadline::Client(Duration::from_millis(20), Duration::from_millis(15)));
+        r.metadata_mut().insert("grpc-timeout", "30S".parse().unwrap());
+        assert_eq!(deadline(server, &r), Deadline::Client(Duration::from_secs(30), Duration::from_millis(29_750)));
         r.metadata_mut().insert("grpc-timeout", "2M".parse().unwrap());
         assert_eq!(deadline(server, &r), Deadline::Server(server));
     }
