@@ -76,10 +76,30 @@ pub(super) fn figures(
     println!("  ffmpeg -f null decode: {one:.1} frames/s one thread, {all:.1} all cores");
     let state = media.join("..").join("state");
     let _ = std::fs::remove_dir_all(&state);
+    // The pass is timed on two copies of the clip (each hashed afresh: a copy is another file)
+    // and the faster counts, as the faster of two runs does for the ffmpeg references.
+    let copies: Vec<String> = (1..=2).map(|k| format!("pass-{k}-{name}")).collect();
+    for copy in &copies {
+        std::fs::copy(media.join(name), media.join(copy)).map_err(|e| format!("copying the clip: {e}"))?;
+    }
+    let timed_passes = on_fresh_daemon(runtime, media, "512MiB", args, async |_, mut c| {
+        let mut best = 0f64;
+        for copy in &copies {
+            open(&mut c, copy).await?;
+            let (n, took) = hash_all(&mut c, copy, false).await?;
+            let rate = n as f64 / took.as_secs_f64();
+            println!("  hash pass of {copy}: {rate:.1} frames/s");
+            best = best.max(rate);
+        }
+        let (_, again) = hash_all(&mut c, copies.last().map_or(name, |c| c.as_str()), false).await?;
+        Ok((best, again))
+    });
+    for copy in &copies {
+        let _ = std::fs::remove_file(media.join(copy));
+    }
+    let (rate, again) = timed_passes?;
     on_fresh_daemon(runtime, media, "512MiB", args, async |_, mut c| {
         open(&mut c, name).await?;
-        let (n, took) = hash_all(&mut c, name, false).await?;
-        let rate = n as f64 / took.as_secs_f64();
         report.add(
             "hash pass (aHash+dHash) vs ffmpeg -threads 1 -f null",
             format!("{rate:.1} fps"),
@@ -123,7 +143,6 @@ pub(super) fn figures(
             "",
             None,
         );
-        let (_, again) = hash_all(&mut c, name, false).await?;
         report.add(
             "hashes asked again (memory)",
             ms(again),

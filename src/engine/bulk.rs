@@ -8,6 +8,11 @@
 //! to more urgent work; a lane whose decoder is taken for an interactive request is handed back
 //! with the frames it has not done and submitted again from there, so a pass is slowed by
 //! urgent work, never wrong and never lost.
+//!
+//! A pass whose frames may be taken in any order (hashes) is cut into more chunks than lanes
+//! ([`run_chunks`]): each lane takes the next chunk when it is done with its own, so a lane whose
+//! GOPs were easier to decode takes work from the others instead of leaving its core idle while
+//! they finish, as fixed halves would on a video whose content changes along its length.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -56,6 +61,45 @@ pub fn lane_count(cores: usize, max_per_video: usize, frames: usize, gops: usize
     let by_gops = (gops / MIN_GOPS_PER_LANE).max(1);
     let by_frames = (frames / MIN_FRAMES_PER_LANE).max(1);
     cores.min(max_per_video).min(by_gops).min(by_frames).max(1)
+}
+
+/// How many chunks a pass of `lanes` lanes over `frames` frames is cut into (at GOP starts, by
+/// [`split_lanes`], which may make fewer): a few per lane, and more on long videos so that no
+/// chunk is much longer than `MAX_CHUNK_FRAMES` and the last lane ends soon after the others.
+/// One lane takes its frames in one piece: every chunk costs a seek.
+pub fn chunk_count(lanes: usize, frames: usize) -> usize {
+    const CHUNKS_PER_LANE: usize = 4;
+    const MAX_CHUNK_FRAMES: usize = 600;
+    if lanes <= 1 {
+        return 1;
+    }
+    (lanes * CHUNKS_PER_LANE).max(frames.div_ceil(MAX_CHUNK_FRAMES))
+}
+
+/// Run `chunks` (each ascending, in whole GOPs) on `lanes` lanes of `class`: each lane runs the
+/// next chunk not yet taken (see [`run_lane`]) until none is left. `sink` makes each chunk's
+/// frame sink. The first error ends the pass: the lanes take no more chunks, and it is returned.
+pub async fn run_chunks(
+    pool: Arc<DecoderPool>,
+    video: Arc<OpenVideo>,
+    class: Class,
+    (chunks, lanes): (Vec<Vec<FrameIndex>>, usize),
+    (spec, luma): (OutputSpec, Luma),
+    sink: impl Fn() -> Box<dyn FnMut(crate::engine::decoder::RawFrame) -> bool + Send>,
+) -> Result<(), EngineError> {
+    let queue = parking_lot::Mutex::new(VecDeque::from(chunks));
+    let lane = async || -> Result<(), EngineError> {
+        loop {
+            let Some(chunk) = queue.lock().pop_front() else { return Ok(()) };
+            let run = run_lane(pool.clone(), video.clone(), class, chunk, (spec, luma), sink(), None).await;
+            if run.is_err() {
+                queue.lock().clear();
+                return run;
+            }
+        }
+    };
+    let results = futures::future::join_all((0..lanes.max(1)).map(|_| lane())).await;
+    results.into_iter().collect()
 }
 
 /// Run one lane to its end: submit it (waiting for a decoder slot when there is none), and
@@ -129,6 +173,17 @@ mod tests {
         let all = frames(40);
         assert_eq!(split_lanes(&all, 4, gop_of(48)), vec![all.clone()]);
         assert_eq!(split_lanes(&[], 4, gop_of(48)), Vec::<Vec<FrameIndex>>::new());
+    }
+
+    #[test]
+    fn a_pass_is_cut_into_a_few_chunks_per_lane_and_short_ones_on_long_videos() {
+        assert_eq!(chunk_count(1, 100_000), 1, "one lane: one piece, no seeks");
+        assert_eq!(chunk_count(2, 1_800), 8);
+        assert_eq!(chunk_count(2, 108_000), 180, "an hour at 30 fps: chunks of 600 frames");
+        let all = frames(1_800);
+        let chunks = split_lanes(&all, chunk_count(2, all.len()), gop_of(300));
+        assert_eq!(chunks.len(), 6, "no more chunks than GOPs");
+        assert_eq!(chunks.concat(), all);
     }
 
     #[test]

@@ -131,8 +131,8 @@ async fn compute(
     Ok(table)
 }
 
-/// Fingerprint every frame: lanes over GOPs on several decoders, each frame hashed on its
-/// decoder thread as it comes out.
+/// Fingerprint every frame: lanes taking chunks of GOPs on several decoders, each frame hashed
+/// on its decoder thread as it comes out.
 async fn pass(
     pool: &Arc<DecoderPool>,
     video: &Arc<OpenVideo>,
@@ -143,39 +143,35 @@ async fn pass(
     let frames: Vec<FrameIndex> = (0..index.frame_count() as u32).map(FrameIndex).collect();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let lanes = bulk::lane_count(cores, max_per_video, frames.len(), index.keyframe_count);
-    let lanes = bulk::split_lanes(&frames, lanes, |i| index.frames[i.get()].seek);
+    let chunks = bulk::split_lanes(&frames, bulk::chunk_count(lanes, frames.len()), |i| index.frames[i.get()].seek);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(FrameIndex, Fingerprint)>();
-    let runs: Vec<_> = lanes
-        .into_iter()
-        .map(|lane| {
-            let tx = tx.clone();
-            let sink = Box::new(move |f: RawFrame| {
-                // Native size either way: the luma is the decoded picture's, and the RGB24 frame
-                // is converted at the native size.
-                let Some(luma) = &f.luma else { return false };
-                let fp = hashes::fingerprint(luma, f.spec.width, f.spec.height, md5.then_some(&f.data[..]));
-                tx.send((f.index, fp)).is_ok()
-            });
-            // The luma straight from the decoder (no conversion); RGB24 only for the MD5s. A
-            // luma-only frame is GRAY8 at the native size, and is asked for as such (so frames
-            // a decode step outputs ahead of the next target are recognised as what it wants).
-            let (spec, luma) = if md5 {
-                (OutputSpec::default(), Luma::Also)
-            } else {
-                (OutputSpec { pixel_format: PixelFormat::Gray8, ..OutputSpec::default() }, Luma::Only)
-            };
-            bulk::run_lane(pool.clone(), video.clone(), Class::Bulk, lane, (spec, luma), sink, None)
+    let sink = || -> Box<dyn FnMut(RawFrame) -> bool + Send> {
+        let tx = tx.clone();
+        Box::new(move |f: RawFrame| {
+            // Native size either way: the luma is the decoded picture's, and the RGB24 frame is
+            // converted at the native size.
+            let Some(luma) = &f.luma else { return false };
+            let fp = hashes::fingerprint(luma, f.spec.width, f.spec.height, md5.then_some(&f.data[..]));
+            tx.send((f.index, fp)).is_ok()
         })
-        .collect();
+    };
+    // The luma straight from the decoder (no conversion); RGB24 only for the MD5s. A luma-only
+    // frame is GRAY8 at the native size, and is asked for as such (so frames a decode step
+    // outputs ahead of the next target are recognised as what it wants).
+    let (spec, luma) = if md5 {
+        (OutputSpec::default(), Luma::Also)
+    } else {
+        (OutputSpec { pixel_format: PixelFormat::Gray8, ..OutputSpec::default() }, Luma::Only)
+    };
+    let run = bulk::run_chunks(pool.clone(), video.clone(), Class::Bulk, (chunks, lanes), (spec, luma), sink).await;
     drop(tx);
-    let results = futures::future::join_all(runs).await;
     let mut table: Vec<Option<Fingerprint>> = vec![None; frames.len()];
     while let Ok((i, fp)) = rx.try_recv() {
         if let Some(slot) = table.get_mut(i.get()) {
             *slot = Some(fp);
         }
     }
-    results.into_iter().collect::<Result<Vec<()>, EngineError>>()?;
+    run?;
     let frames: Option<Vec<Fingerprint>> = table.into_iter().collect();
     let frames = frames.ok_or_else(|| EngineError::DecodeFailed {
         video: video.name.clone(),
