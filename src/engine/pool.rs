@@ -30,7 +30,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -52,6 +52,10 @@ use crate::units::FrameIndex;
 /// Packets of decoding one queued job is assumed to cost, when comparing decoders.
 const QUEUE_WEIGHT: u64 = 8;
 
+/// How long a decoder must have been idle for a lane of a bulk pass to close it (see
+/// [`schedule::lane_may_close`]).
+const LANE_MAY_CLOSE_IDLE: Duration = Duration::from_secs(2);
+
 /// The dispatcher's view of one decoder thread.
 struct Worker {
     id: u64,
@@ -65,6 +69,8 @@ struct Worker {
     /// Real position reported by the thread after each job.
     reported: Arc<Mutex<Option<Position>>>,
     last_used: Instant,
+    /// The class of the last job routed here.
+    last_class: Class,
 }
 
 impl Worker {
@@ -256,6 +262,22 @@ impl DecoderPool {
             }
         }
         let cold_cost = plan::cost(index, None, target, slack);
+        // Every decoder of the video runs another lane of this pass and the total bound is
+        // reached: close a decoder a finished pass left, or one left idle a while, and wait for
+        // its slot, rather than queue behind a lane and run the lanes in turn.
+        if lane
+            && best.is_some_and(|(_, score, _)| score == u64::MAX)
+            && same_video < self.config.max_per_video
+            && self.alive.load(Ordering::Acquire) >= self.config.max_total
+        {
+            let now = self.epoch.elapsed().as_nanos() as u64;
+            if let Some(i) =
+                schedule::lane_may_close(&self.occupants(workers), now, LANE_MAY_CLOSE_IDLE.as_nanos() as u64)
+            {
+                workers.swap_remove(i);
+                return Err(SubmitError::NoRoom(()));
+            }
+        }
         let chosen = match best {
             // A video with no decoder gets one as soon as there is room; at the global bound a
             // decoder is closed (idle ones first, then the least urgent work; a busy one stops
@@ -301,6 +323,7 @@ impl DecoderPool {
         }
         w.queued.fetch_add(1, Ordering::AcqRel);
         w.last_used = Instant::now();
+        w.last_class = class;
         w.predicted = Some(Position {
             next_packet: index
                 .frame(until)
@@ -384,17 +407,7 @@ impl DecoderPool {
         if workers.len() < bound {
             return false;
         }
-        let occupants: Vec<Occupant> = workers
-            .iter()
-            .map(|w| Occupant {
-                busy: if w.queued.load(Ordering::Acquire) == 0 {
-                    w.inbox.busy().filter(|c| *c != Class::Speculative)
-                } else {
-                    w.inbox.busy().or(Some(Class::Interactive))
-                },
-                last_used: w.last_used.duration_since(self.epoch).as_nanos() as u64,
-            })
-            .collect();
+        let occupants = self.occupants(workers);
         let victim = match urgent {
             Some(class) => schedule::victim(&occupants, class),
             None => schedule::victim(&occupants, Class::Speculative).filter(|&i| occupants[i].busy.is_none()),
@@ -414,6 +427,23 @@ impl DecoderPool {
             workers.swap_remove(i);
         }
         false
+    }
+
+    /// The decoders as [`schedule::victim`] and [`schedule::lane_may_close`] see them: speculative
+    /// work counts as idle, queued work as busy.
+    fn occupants(&self, workers: &[Worker]) -> Vec<Occupant> {
+        workers
+            .iter()
+            .map(|w| Occupant {
+                busy: if w.queued.load(Ordering::Acquire) == 0 {
+                    w.inbox.busy().filter(|c| *c != Class::Speculative)
+                } else {
+                    w.inbox.busy().or(Some(Class::Interactive))
+                },
+                last_used: w.last_used.duration_since(self.epoch).as_nanos() as u64,
+                last_class: w.last_class,
+            })
+            .collect()
     }
 
     fn bound(&self, class: Option<Class>) -> usize {
@@ -447,7 +477,17 @@ impl DecoderPool {
             alive.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(error = %e, "could not start a decoder thread");
         }
-        Worker { id, video: video.clone(), inbox, queued, predicted: None, reported, last_used: Instant::now() }
+        let last_class = Class::Interactive;
+        Worker {
+            id,
+            video: video.clone(),
+            inbox,
+            queued,
+            predicted: None,
+            reported,
+            last_used: Instant::now(),
+            last_class,
+        }
     }
 
     /// Close every decoder: each thread finishes its queued jobs, frees its FFmpeg state and

@@ -174,6 +174,8 @@ pub struct Occupant {
     pub busy: Option<Class>,
     /// Ordering of last use: smaller is longer ago.
     pub last_used: u64,
+    /// The class of the last work routed to it.
+    pub last_class: Class,
 }
 
 /// The decoder to close so that a request of class `for_class` for a video with no decoder can
@@ -188,6 +190,23 @@ pub fn victim(decoders: &[Occupant], for_class: Class) -> Option<usize> {
         .enumerate()
         .filter(|(_, d)| d.busy.is_none_or(|busy| busy >= for_class))
         .min_by_key(|(_, d)| (d.busy.map(|b| Class::Speculative as u8 + 1 - b as u8).unwrap_or(0), d.last_used))
+        .map(|(i, _)| i)
+}
+
+/// The decoder a lane of a bulk pass may close, at the total bound, to run beside the pass's
+/// other lanes instead of queueing behind one of them: an idle one whose last work was bulk (a
+/// finished pass: nobody reads from where it stands) or that has been unused for at least
+/// `idle_for` (`now` and `idle_for` on the [`Occupant::last_used`] scale), least recently used
+/// first. A stream's decoder between two frames, or a labelling client's between two clicks,
+/// is idle for moments only, and is not closed for bulk work.
+pub fn lane_may_close(decoders: &[Occupant], now: u64, idle_for: u64) -> Option<usize> {
+    decoders
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| {
+            d.busy.is_none() && (d.last_class == Class::Bulk || d.last_used.saturating_add(idle_for) <= now)
+        })
+        .min_by_key(|(_, d)| d.last_used)
         .map(|(i, _)| i)
 }
 
@@ -440,11 +459,12 @@ mod tests {
 
     #[test]
     fn room_is_made_by_closing_idle_decoders_first_then_the_least_urgent_work() {
-        let idle_old = Occupant { busy: None, last_used: 1 };
-        let idle_new = Occupant { busy: None, last_used: 5 };
-        let stream = Occupant { busy: Some(Class::Stream), last_used: 0 };
-        let spec = Occupant { busy: Some(Class::Speculative), last_used: 9 };
-        let inter = Occupant { busy: Some(Class::Interactive), last_used: 0 };
+        let at = |busy, last_used| Occupant { busy, last_used, last_class: Class::Interactive };
+        let idle_old = at(None, 1);
+        let idle_new = at(None, 5);
+        let stream = at(Some(Class::Stream), 0);
+        let spec = at(Some(Class::Speculative), 9);
+        let inter = at(Some(Class::Interactive), 0);
         assert_eq!(victim(&[idle_new, stream, idle_old], Class::Interactive), Some(2));
         assert_eq!(victim(&[stream, spec, inter], Class::Interactive), Some(1), "speculative work first");
         assert_eq!(victim(&[stream, inter], Class::Interactive), Some(0), "then a stream before interactive work");
@@ -452,6 +472,18 @@ mod tests {
         assert_eq!(victim(&[inter, stream], Class::Stream), Some(1));
         assert_eq!(victim(&[inter], Class::Stream), None, "a stream never closes interactive work");
         assert_eq!(victim(&[spec], Class::Bulk), Some(0), "anyone closes speculation");
+    }
+
+    #[test]
+    fn a_lane_closes_only_a_finished_pass_or_a_decoder_idle_for_a_while() {
+        let idle = |last_used| Occupant { busy: None, last_used, last_class: Class::Stream };
+        let pass_done = |last_used| Occupant { busy: None, last_used, last_class: Class::Bulk };
+        let stream = Occupant { busy: Some(Class::Stream), last_used: 0, last_class: Class::Stream };
+        let lane = Occupant { busy: Some(Class::Bulk), last_used: 0, last_class: Class::Bulk };
+        assert_eq!(lane_may_close(&[idle(95), stream, idle(20), idle(10)], 100, 50), Some(3), "the longest idle");
+        assert_eq!(lane_may_close(&[idle(95), stream, lane], 100, 50), None, "just used, or busy");
+        assert_eq!(lane_may_close(&[idle(95), pass_done(99)], 100, 50), Some(1), "a finished pass, at once");
+        assert_eq!(lane_may_close(&[], 100, 50), None);
     }
 
     #[test]
