@@ -262,6 +262,20 @@ impl DecoderPool {
             }
         }
         let cold_cost = plan::cost(index, None, target, slack);
+        // A pass's lane moving on to its next chunk takes an idle decoder a pass's lane of the
+        // video left (its own, usually) rather than open another one that only looks as cheap
+        // on paper.
+        if lane
+            && class == Class::Bulk
+            && best.is_some_and(|(_, score, continues)| !continues && score != u64::MAX && score >= cold_cost)
+        {
+            let left_by_a_lane = workers.iter().find(|w| {
+                w.video.id == video.id && w.last_class == Class::Bulk && w.queued.load(Ordering::Acquire) == 0
+            });
+            if let Some(w) = left_by_a_lane {
+                best = Some((w.id, 0, false));
+            }
+        }
         // Every decoder of the video runs another lane of this pass and the total bound is
         // reached: close a decoder a finished pass left, or one left idle a while, and wait for
         // its slot, rather than queue behind a lane and run the lanes in turn.
