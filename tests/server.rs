@@ -746,6 +746,36 @@ async fn a_panicking_decoder_answers_internal_is_replaced_and_the_others_carry_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decoder_panicking_while_reading_ahead_leaves_no_request_waiting() {
+    let d = start().await;
+    std::fs::copy(d.media.join("a.mp4"), d.media.join("ahead-panic.mp4")).unwrap();
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut c = d.client().await;
+    framesrv::engine::faults::panic_on_frame("ahead-panic.mp4", 24);
+    // A sequential reader: its decoder reads ahead (8 frames) past the frames asked for, into 24.
+    for i in 10..=18 {
+        assert_eq!(
+            c.request_frame(by_index("ahead-panic.mp4", i)).await.unwrap().into_inner().data,
+            reference[i as usize]
+        );
+    }
+    let t = std::time::Instant::now();
+    while d.store.stats().panics == 0 {
+        assert!(t.elapsed().as_secs() < 20, "read-ahead never reached frame 24");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Every frame around it is answered, exact, well within a deadline: none waits on the dead
+    // decoder's read-ahead.
+    for i in 19..=30 {
+        let mut request = tonic::Request::new(by_index("ahead-panic.mp4", i));
+        request.set_timeout(std::time::Duration::from_secs(10));
+        let f = c.request_frame(request).await.unwrap_or_else(|e| panic!("frame {i}: {e:?}")).into_inner();
+        assert_eq!(f.data, reference[i as usize], "frame {i}");
+    }
+    assert_eq!(d.store.stats().panics, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frame_above_the_message_limit_is_resource_exhausted_with_its_size_and_what_to_do() {
     // 192x128 raw RGBA is 98,304 bytes: above a 60 kB limit, while a JPEG of it fits.
     let d = start_with(|c| c.limits.max_message_size = framesrv::units::ByteSize(60_000)).await;

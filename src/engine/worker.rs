@@ -782,6 +782,7 @@ impl WorkerThread {
             return None;
         }
         tracing::trace!(video = %self.video.name, decoder = self.id, next = next.0, "reading ahead");
+        crate::engine::faults::check(&self.video.name, next.0);
         let raw = spec.as_raw();
         let registry = &self.registry;
         let video = &self.video;
