@@ -83,16 +83,17 @@ async fn frame_md5s_are_ffmpegs_rgb24_md5s_and_the_table_survives_a_restart() {
     videos.splice(0..0, [chunks.clone(), dir.path().join("media/chunks-again.mkv")]);
     let d = Daemon::start(dir, |_| {}).await;
     let mut c = d.client().await;
+    // As many lanes as cores, within decoder.max_per_video (3).
+    let lanes = std::thread::available_parallelism().map_or(1, |n| n.get()).min(3);
     for path in &videos {
         let name = path.file_name().unwrap().to_str().unwrap();
         let expected = framemd5(path);
         let seeks = d.store.stats().seeks;
         let hashes = all_hashes(&mut c, name, true).await;
-        // As many lanes as cores, within decoder.max_per_video (3).
-        let lanes = std::thread::available_parallelism().map_or(1, |n| n.get()).min(3);
         if name.starts_with("chunks") && lanes >= 2 {
-            // Eight or more chunks of whole GOPs on two or three lanes: a seek to most chunks' first keyframe (one
-            // behind the other on one decoder, the chunks would follow on with one seek).
+            // Eight or more chunks of whole GOPs on two or three lanes: a seek to most chunks'
+            // first keyframe (one behind the other on one decoder, the chunks would follow on
+            // with one seek).
             let seeks = d.store.stats().seeks - seeks;
             assert!(seeks >= 4, "{name}: {seeks} seeks: the pass was not cut into chunks, or its lanes ran in turn");
             // Each lane moves on to its next chunk on a decoder a lane left: a decoder per lane

@@ -243,12 +243,17 @@ impl DecoderPool {
         // Decoders are named by id: making room below may remove entries from the list.
         let mut best: Option<(u64, u64, bool)> = None;
         let mut same_video = 0;
+        // An idle decoder of the video a pass's lane left (for a pass's lane: see below).
+        let mut left_by_a_lane = None;
         for w in workers.iter() {
             if w.video.id != video.id {
                 continue;
             }
             same_video += 1;
             let queued = w.queued.load(Ordering::Acquire);
+            if lane && class == Class::Bulk && w.last_class == Class::Bulk && queued == 0 {
+                left_by_a_lane.get_or_insert(w.id);
+            }
             let position = w.position();
             let cost = plan::cost(index, position, target, slack);
             // A lane of a pass wants a decoder to itself: one with work queued, even work that
@@ -262,20 +267,6 @@ impl DecoderPool {
             }
         }
         let cold_cost = plan::cost(index, None, target, slack);
-        // A pass's lane moving on to its next chunk takes an idle decoder a pass's lane of the
-        // video left (its own, usually) rather than open another one that only looks as cheap
-        // on paper.
-        if lane
-            && class == Class::Bulk
-            && best.is_some_and(|(_, score, continues)| !continues && score != u64::MAX && score >= cold_cost)
-        {
-            let left_by_a_lane = workers.iter().find(|w| {
-                w.video.id == video.id && w.last_class == Class::Bulk && w.queued.load(Ordering::Acquire) == 0
-            });
-            if let Some(w) = left_by_a_lane {
-                best = Some((w.id, 0, false));
-            }
-        }
         // Every decoder of the video runs another lane of this pass and the total bound is
         // reached: close a decoder a finished pass left, or one left idle a while, and wait for
         // its slot, rather than queue behind a lane and run the lanes in turn.
@@ -307,6 +298,15 @@ impl DecoderPool {
                 }
                 workers.push(self.spawn(video));
                 workers.len() - 1
+            }
+            // A pass's lane moving on to its next chunk, where every decoder would have to seek:
+            // it takes an idle decoder a lane of the pass left (its own, usually) rather than open
+            // another one that only looks as cheap on paper.
+            Some((_, score, false)) if score >= cold_cost && left_by_a_lane.is_some() => {
+                match workers.iter().position(|w| Some(w.id) == left_by_a_lane) {
+                    Some(i) => i,
+                    None => return Err(SubmitError::NoRoom(())),
+                }
             }
             // Every decoder of the video would have to seek, and none does better than a fresh one
             // would: start another (for parallelism, or to keep the others where they are), if
