@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("framesrv_descriptor.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()
+        // prost's codec, reserving each message's length first (src/codec.rs says why).
+        .codec_path("crate::codec::ReservingCodec")
         .bytes(".framesrv.v1.Frame.data")
         .bytes(".framesrv.v1.Storyboard.image")
         .bytes(".framesrv.v1.ClipChunk.data")

@@ -9,10 +9,12 @@
 //! - [`server`]: the gRPC daemon (service, health, reflection) over a [`engine::store::FrameStore`];
 //!   [`error`] maps every error to its gRPC status in one place; [`config`] is the typed config.
 //! - [`cli`]: the `framesrv` command line: `serve`, the client commands and `bench`.
-//! - [`proto`]: generated gRPC code.
+//! - [`proto`]: generated gRPC code; [`codec`]: the gRPC codec it uses (prost's, without a
+//!   second copy of every frame).
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;
