@@ -479,6 +479,33 @@ async fn slow_stream_readers_hold_at_most_the_inflight_budget_and_clicks_still_p
     d.stop().await;
 }
 
+/// The gRPC encoder copies a frame and drops it; HTTP/2 holds the copy until hyper asks the
+/// stream for its next frame. The copy is paid for from the in-flight budget until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_frame_stays_paid_for_until_the_next_is_asked_for() {
+    use framesrv::engine::output::OutputSpec;
+    use framesrv::units::FrameIndex;
+    use futures::StreamExt;
+    let frame = 192 * 128 * 3;
+    let d = start_with(|c| c.limits.inflight_bytes = framesrv::units::ByteSize(frame)).await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let video = d.store.open("a.mp4").await.unwrap();
+    let indices: Vec<FrameIndex> = (0..12).map(FrameIndex).collect();
+    let mut frames = Box::pin(d.store.frames_to_send(video, indices, OutputSpec::default()));
+    let mut i = 0;
+    while let Some(f) = frames.next().await {
+        assert_eq!(f.unwrap().data[..], reference[i][..], "frame {i}");
+        // The frame's own bytes are dropped (what the encoder does after copying them); its
+        // copy is still paid for, until the next `next()` (the look-ahead is not polled meanwhile).
+        assert_eq!(d.store.stats().inflight_bytes, frame, "the transport's copy of frame {i} is paid for");
+        i += 1;
+    }
+    assert_eq!(i, 12);
+    drop(frames);
+    assert_eq!(d.store.stats().inflight_bytes, 0, "every payment is returned");
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_targets_in_one_gop_are_served_by_one_forward_scan() {
     let d = start_with_one_decoder().await;

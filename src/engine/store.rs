@@ -557,6 +557,36 @@ impl FrameStore {
             .right_stream()
     }
 
+    /// [`FrameStore::frames`] for a response stream: each frame delivered also pays for the
+    /// transport's copy of it until the consumer asks for the next one.
+    ///
+    /// The gRPC encoder copies a frame into its response buffer and drops the frame's bytes (so
+    /// their payment returns), while HTTP/2 holds that copy until the client has read most of
+    /// it; hyper asks the stream for the next frame only then. For slow readers those copies
+    /// were memory outside the budget (one frame per stream: 40 MiB for 16 streams of 720p).
+    /// The copy's payment does not wait (the frame is already made, and waiting here while the
+    /// look-ahead holds payments could leave streams waiting on each other); it makes the
+    /// look-ahead of every stream wait instead, which keeps the total within the budget.
+    pub fn frames_to_send(
+        self: &Arc<Self>,
+        video: Arc<OpenVideo>,
+        indices: Vec<FrameIndex>,
+        spec: OutputSpec,
+    ) -> impl Stream<Item = Result<Frame, EngineError>> + Send + 'static {
+        let budget = self.budget.clone();
+        let frames = self.frames(video, indices, spec).boxed();
+        stream::unfold((frames, None::<Paid>), move |(mut frames, sent)| {
+            let budget = budget.clone();
+            async move {
+                // Asked for the next frame: the transport is done with the previous one.
+                drop(sent);
+                let next = frames.next().await?;
+                let copy = next.as_ref().ok().map(|f| budget.pay_now(f.data.len() as u64));
+                Some((next, (frames, copy)))
+            }
+        })
+    }
+
     /// How a stream of `indices` is split into segments for parallel decoders, and how many
     /// decode at once: only when nothing else is decoding (under load, decoders already run in
     /// parallel, and a stream's frames take turns with everyone else's). Segments decoded ahead

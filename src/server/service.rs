@@ -359,7 +359,7 @@ impl FrameService {
         spec: OutputSpec,
     ) -> FrameStream {
         let limit = self.limits.max_message_size.0;
-        Box::pin(self.store.frames(video, indices, spec).map(move |r| {
+        Box::pin(self.store.frames_to_send(video, indices, spec).map(move |r| {
             let _ = &in_flight;
             r.map_err(Error::from).and_then(|f| fits(to_message(f), limit)).map_err(|e| report(call, &name, "", e))
         }))
