@@ -183,6 +183,49 @@ async fn stepping_back_right_after_a_cold_answer_waits_on_the_fill_not_a_second_
     d.stop().await;
 }
 
+/// The fill is a guess: while every core decodes frames clients wait for, a cold answer leaves
+/// none behind (it would take CPU from them and push their frames out of the cache); on an
+/// idle daemon it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_answer_is_filled_behind_only_while_a_core_is_free() {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let d = start_with(|c| c.decoder.max_total = cores + 1).await;
+    let long = long_video(&d.media);
+    let mut streams = Vec::new();
+    for k in 0..cores {
+        let name = format!("long-{k}.mp4");
+        std::fs::copy(&long, d.media.join(&name)).unwrap();
+        let mut c = d.client().await;
+        // Each stream's first frame ends a 900-frame GOP: a job of seconds on a decoder of its own.
+        streams.push(tokio::spawn(async move {
+            let mut s = c.request_frames(batch(&name, range(890, 892, 1))).await.unwrap().into_inner();
+            while s.message().await.unwrap().is_some() {}
+        }));
+    }
+    while (d.store.stats().decoders_busy as usize) < cores {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let mut c = d.client().await;
+    // Default fields: on an idle daemon a fill would decode 36..46 behind 47.
+    c.request_frame(by_index("a.mp4", 47)).await.unwrap();
+    assert_eq!(d.store.stats().decoders_busy as usize, cores, "the streams still decode (the test's premise)");
+    for s in streams {
+        s.await.unwrap();
+    }
+    d.settle().await;
+    let probe = |i| pb::FrameRequest { keep_behind: Some(0), ..by_index("a.mp4", i) };
+    let behind = c.request_frame(probe(46)).await.unwrap().into_inner();
+    assert!(!behind.cache_hit, "no fill ran behind an answer given while every core was busy");
+
+    // Idle now: the same kind of answer is filled behind.
+    c.request_frame(by_index("a.mp4", 59)).await.unwrap();
+    d.settle().await;
+    for i in 48..59 {
+        assert!(c.request_frame(probe(i)).await.unwrap().into_inner().cache_hit, "frame {i} filled behind 59");
+    }
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interactive_request_does_not_wait_behind_a_stream_on_its_decoder() {
     let d = start_with_one_decoder().await;

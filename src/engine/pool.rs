@@ -473,6 +473,7 @@ impl DecoderPool {
         let thread = WorkerThread {
             alive: self.alive.clone(),
             busy: self.busy.clone(),
+            interactive_waiting: self.interactive_waiting.clone(),
             cores: self.cores,
             room: self.room.clone(),
             id,

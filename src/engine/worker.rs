@@ -367,6 +367,8 @@ pub(crate) struct WorkerThread {
     /// The pool's count of live decoder threads; this thread leaves it when it exits.
     pub(crate) alive: Arc<AtomicUsize>,
     pub(crate) busy: Arc<AtomicUsize>,
+    /// The pool's count of interactive requests waiting for a decoder slot.
+    pub(crate) interactive_waiting: Arc<AtomicUsize>,
     pub(crate) cores: usize,
     pub(crate) room: Arc<tokio::sync::Notify>,
     pub(crate) id: u64,
@@ -509,6 +511,14 @@ impl WorkerThread {
 
     /// Codec threads for this decoder now: every core when no other decoder works. `counted`:
     /// this decoder is running a job, so the busy count includes it.
+    /// [`schedule::fill_may_run`] for this decoder (`counted`: it runs a job the busy count
+    /// includes).
+    fn fill_may_run(&self, counted: bool) -> bool {
+        let busy = self.busy.load(Ordering::Acquire);
+        let waiting = self.interactive_waiting.load(Ordering::Acquire);
+        schedule::fill_may_run(if counted { busy.saturating_sub(1) } else { busy }, waiting, self.cores)
+    }
+
     fn codec_threads(&self, counted: bool) -> usize {
         let busy = self.busy.load(Ordering::Acquire);
         let busy_elsewhere = if counted { busy.saturating_sub(1) } else { busy };
@@ -653,10 +663,10 @@ impl WorkerThread {
         // Answer first: a decoder that must seek goes to the target as fast as the reference
         // chain allows (keeping nothing, so non-reference frames before it are skipped); the
         // window behind it is filled afterwards. One already positioned keeps the window on the
-        // way, which costs only conversions.
+        // way, which costs only conversions. Both only while a core is free (`fill_may_run`).
         let continuing = plan::plan(&video.index, decoder.position(), job.target, self.config.decode.continue_slack)
             == Plan::Continue;
-        let keep = if continuing { job.keep_behind } else { 0 };
+        let keep = if continuing && self.fill_may_run(true) { job.keep_behind } else { 0 };
         let inbox = &self.inbox;
         let result =
             decoder.frame_keeping(job.target, &spec, keep, &mut |f| registry.side_frame(video, &spec, f), &mut || {
@@ -669,7 +679,12 @@ impl WorkerThread {
         };
         // The window to fill, registered in flight before the answer leaves, so a client that
         // steps back at once waits for the fill rather than starting a cold decode of its own.
-        let fill = if class == Class::Interactive && job.keep_behind > 0 && result.is_ok() && !closing {
+        let fill = if class == Class::Interactive
+            && job.keep_behind > 0
+            && result.is_ok()
+            && !closing
+            && self.fill_may_run(true)
+        {
             self.reserve_fill(job.target, job.keep_behind, &spec)
         } else {
             None
@@ -725,7 +740,7 @@ impl WorkerThread {
     ) -> Option<Work> {
         let registry = &self.registry;
         let video = &self.video;
-        if closing {
+        if closing || (cell.get() == Class::Speculative && !self.fill_may_run(false)) {
             // Only what somebody waits for is still decoded.
             frames.retain(|&i| registry.release(video, &spec, i));
         }
