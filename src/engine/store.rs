@@ -563,10 +563,11 @@ impl FrameStore {
     /// The gRPC encoder copies a frame into its response buffer and drops the frame's bytes (so
     /// their payment returns), while HTTP/2 holds that copy until the client has read most of
     /// it; hyper asks the stream for the next frame only then. For slow readers those copies
-    /// were memory outside the budget (one frame per stream: 40 MiB for 16 streams of 720p).
+    /// were memory outside the budget (one frame per stream: 43 MiB for 16 streams of 720p).
     /// The copy's payment does not wait (the frame is already made, and waiting here while the
     /// look-ahead holds payments could leave streams waiting on each other); it makes the
-    /// look-ahead of every stream wait instead, which keeps the total within the budget.
+    /// look-ahead of every stream wait instead, so streams hold at most the budget plus one
+    /// frame each.
     pub fn frames_to_send(
         self: &Arc<Self>,
         video: Arc<OpenVideo>,

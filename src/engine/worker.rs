@@ -509,8 +509,6 @@ impl WorkerThread {
         }
     }
 
-    /// Codec threads for this decoder now: every core when no other decoder works. `counted`:
-    /// this decoder is running a job, so the busy count includes it.
     /// [`schedule::fill_may_run`] for this decoder (`counted`: it runs a job the busy count
     /// includes).
     fn fill_may_run(&self, counted: bool) -> bool {
@@ -519,6 +517,8 @@ impl WorkerThread {
         schedule::fill_may_run(if counted { busy.saturating_sub(1) } else { busy }, waiting, self.cores)
     }
 
+    /// Codec threads for this decoder now: every core when no other decoder works. `counted`:
+    /// this decoder is running a job, so the busy count includes it.
     fn codec_threads(&self, counted: bool) -> usize {
         let busy = self.busy.load(Ordering::Acquire);
         let busy_elsewhere = if counted { busy.saturating_sub(1) } else { busy };
