@@ -13,7 +13,7 @@
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::Status;
 
 /// prost's codec with the output reserved up front (see the module docs).
@@ -50,9 +50,5 @@ impl<T: Message> Encoder for ReservingEncoder<T> {
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.reserve(item.encoded_len());
         item.encode(buf).map_err(|e| Status::internal(format!("encoding a message: {e}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
     }
 }

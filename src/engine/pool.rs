@@ -243,16 +243,17 @@ impl DecoderPool {
         // Decoders are named by id: making room below may remove entries from the list.
         let mut best: Option<(u64, u64, bool)> = None;
         let mut same_video = 0;
-        // An idle decoder of the video a pass's lane left (for a pass's lane: see below).
+        // An idle decoder of the video a pass's lane left, by position (for a pass's lane: see
+        // below; `workers` is not changed before it is used).
         let mut left_by_a_lane = None;
-        for w in workers.iter() {
+        for (i, w) in workers.iter().enumerate() {
             if w.video.id != video.id {
                 continue;
             }
             same_video += 1;
             let queued = w.queued.load(Ordering::Acquire);
             if lane && class == Class::Bulk && w.last_class == Class::Bulk && queued == 0 {
-                left_by_a_lane.get_or_insert(w.id);
+                left_by_a_lane.get_or_insert(i);
             }
             let position = w.position();
             let cost = plan::cost(index, position, target, slack);
@@ -302,11 +303,11 @@ impl DecoderPool {
             // A pass's lane moving on to its next chunk, where every decoder would have to seek:
             // it takes an idle decoder a lane of the pass left (its own, usually) rather than open
             // another one that only looks as cheap on paper.
-            Some((_, score, false)) if score >= cold_cost && left_by_a_lane.is_some() => {
-                match workers.iter().position(|w| Some(w.id) == left_by_a_lane) {
-                    Some(i) => i,
-                    None => return Err(SubmitError::NoRoom(())),
-                }
+            Some((_, score, false))
+                if score >= cold_cost
+                    && let Some(i) = left_by_a_lane =>
+            {
+                i
             }
             // Every decoder of the video would have to seek, and none does better than a fresh one
             // would: start another (for parallelism, or to keep the others where they are), if
@@ -492,7 +493,6 @@ impl DecoderPool {
             alive.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(error = %e, "could not start a decoder thread");
         }
-        let last_class = Class::Interactive;
         Worker {
             id,
             video: video.clone(),
@@ -501,7 +501,7 @@ impl DecoderPool {
             predicted: None,
             reported,
             last_used: Instant::now(),
-            last_class,
+            last_class: Class::Interactive,
         }
     }
 

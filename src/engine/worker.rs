@@ -509,20 +509,27 @@ impl WorkerThread {
         }
     }
 
-    /// [`schedule::fill_may_run`] for this decoder (`counted`: it runs a job the busy count
-    /// includes).
-    fn fill_may_run(&self, counted: bool) -> bool {
+    /// Decoders other than this one running work somebody waits for. `counted`: this decoder
+    /// is running such a job, so the busy count includes it.
+    fn busy_elsewhere(&self, counted: bool) -> usize {
         let busy = self.busy.load(Ordering::Acquire);
-        let waiting = self.interactive_waiting.load(Ordering::Acquire);
-        schedule::fill_may_run(if counted { busy.saturating_sub(1) } else { busy }, waiting, self.cores)
+        if counted {
+            busy.saturating_sub(1)
+        } else {
+            busy
+        }
     }
 
-    /// Codec threads for this decoder now: every core when no other decoder works. `counted`:
-    /// this decoder is running a job, so the busy count includes it.
+    /// [`schedule::fill_may_run`] for this decoder (`counted`: see [`Self::busy_elsewhere`]).
+    fn fill_may_run(&self, counted: bool) -> bool {
+        let waiting = self.interactive_waiting.load(Ordering::Acquire);
+        schedule::fill_may_run(self.busy_elsewhere(counted), waiting, self.cores)
+    }
+
+    /// Codec threads for this decoder now: every core when no other decoder works (`counted`:
+    /// see [`Self::busy_elsewhere`]).
     fn codec_threads(&self, counted: bool) -> usize {
-        let busy = self.busy.load(Ordering::Acquire);
-        let busy_elsewhere = if counted { busy.saturating_sub(1) } else { busy };
-        schedule::codec_threads(self.config.threads, busy_elsewhere, self.cores)
+        schedule::codec_threads(self.config.threads, self.busy_elsewhere(counted), self.cores)
     }
 
     /// What the scheduler needs to know of a queued job, given where the decoder stands.
