@@ -208,7 +208,10 @@ async fn a_cold_answer_is_filled_behind_only_while_a_core_is_free() {
     let mut c = d.client().await;
     // Default fields: on an idle daemon a fill would decode 36..46 behind 47.
     c.request_frame(by_index("a.mp4", 47)).await.unwrap();
-    assert_eq!(d.store.stats().decoders_busy as usize, cores, "the streams still decode (the test's premise)");
+    // The test's premise: the streams still decode (the answering decoder may not have counted
+    // itself out yet, so at least `cores` are busy).
+    assert!(streams.iter().all(|s| !s.is_finished()), "a stream finished before the answer");
+    assert!(d.store.stats().decoders_busy as usize >= cores, "the streams still decode");
     for s in streams {
         s.await.unwrap();
     }
