@@ -83,30 +83,6 @@ fn range(start: i64, stop: i64, step: i64) -> pb::frames_request::Selection {
     pb::frames_request::Selection::Range(pb::IndexRange { start, stop, step })
 }
 
-/// One GOP of 900 960x540 P-frames: a request near its end keeps a decoder busy for a second or
-/// so (the small barcode videos decode too fast to hold it).
-fn long_video(media: &Path) -> PathBuf {
-    let long = media.join("long.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=960x540:rate=30:duration=30",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-g",
-        "900",
-        "-bf",
-        "0",
-        "-pix_fmt",
-        "yuv420p",
-        long.to_str().unwrap(),
-    ]);
-    long
-}
-
 fn by_time(video: &str, t: f64) -> pb::FrameRequest {
     pb::FrameRequest {
         video: video.into(),

@@ -22,6 +22,7 @@ use crate::engine::index::{FrameIdentity, SeekTarget, VideoIndex};
 use crate::engine::output::{OutputSpec, PixelFormat, RawSpec};
 use crate::engine::plan::{self, Plan, Position};
 use crate::engine::stats::EngineStats;
+use crate::engine::threads;
 use crate::engine::EngineError;
 use crate::units::{FrameIndex, PacketNo, Pts};
 
@@ -97,6 +98,8 @@ pub struct FrameDecoder {
     /// Codec threads of the open codec context, and the count wanted from the next seek on.
     threads: usize,
     wanted_threads: usize,
+    /// Kernel ids of the codec's threads (see [`threads`]).
+    codec_threads: Vec<i32>,
     /// After a seek: packets before this one are read but not decoded.
     skip_until: Option<PacketNo>,
     /// After a seek: frames presented before the keyframe (leading frames of an open GOP,
@@ -122,7 +125,8 @@ impl FrameDecoder {
         buffers: Arc<BufferPool>,
     ) -> Result<FrameDecoder, EngineError> {
         let file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
-        let decoder = file.new_decoder(options.threads).map_err(|e| EngineError::from_ffmpeg(video, e))?;
+        let (decoder, codec_threads) = threads::started_by(|| file.new_decoder(options.threads));
+        let decoder = decoder.map_err(|e| EngineError::from_ffmpeg(video, e))?;
         Ok(FrameDecoder {
             path: path.to_path_buf(),
             video: video.to_string(),
@@ -138,6 +142,7 @@ impl FrameDecoder {
             position: None,
             threads: options.threads,
             wanted_threads: options.threads,
+            codec_threads,
             skip_until: None,
             trusted_from: None,
             counted: 0,
@@ -163,6 +168,12 @@ impl FrameDecoder {
     /// Codec threads of the codec context now open.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The kernel ids of those threads (none with one thread, or where they cannot be listed),
+    /// for CPU priorities: they do the decoding, not the thread calling into the decoder.
+    pub fn codec_thread_ids(&self) -> &[i32] {
+        &self.codec_threads
     }
 
     /// Hand out each frame's luma from now on (or stop), as [`Luma`] says. Frames already decoded
@@ -275,9 +286,10 @@ impl FrameDecoder {
         self.counted = 0;
         self.ahead.clear();
         if self.wanted_threads != self.threads {
-            self.decoder =
-                self.file.new_decoder(self.wanted_threads).map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+            let (decoder, codec_threads) = threads::started_by(|| self.file.new_decoder(self.wanted_threads));
+            self.decoder = decoder.map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
             self.threads = self.wanted_threads;
+            self.codec_threads = codec_threads;
         }
         match target {
             SeekTarget::Start => {

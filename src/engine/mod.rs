@@ -9,7 +9,8 @@
 //!   decoder threads write to it directly.
 //! - [`pool`]: decoder threads per video, a bounded number of them, each with an inbox of jobs
 //!   by priority class; picks the decoder that reaches the target cheapest.
-//! - [`worker`]: one decoder thread, its inbox and the loop through it.
+//! - [`worker`]: one decoder thread, its inbox and the loop through it; [`threads`]: the kernel
+//!   threads it decodes on (its own and its codec's), which its CPU priority moves together.
 //! - [`schedule`]: the pure decisions: which job next, when to yield, which decoder gives way,
 //!   how many codec threads, the backtrack window to fill.
 //! - [`decoder`]: one decoder's frame-exact loop, following the [`plan`].
@@ -53,6 +54,7 @@ pub mod selection;
 pub mod stats;
 pub mod store;
 pub mod storyboard;
+mod threads;
 pub mod video;
 mod worker;
 

@@ -9,7 +9,7 @@
 //! decoder does next.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use crate::engine::plan::{self, Plan, Position};
 use crate::engine::registry::Registry;
 use crate::engine::schedule::{self, Candidate, Class, ClassCell, PoolConfig};
 use crate::engine::stats::EngineStats;
+use crate::engine::threads::ThreadGroup;
 use crate::engine::video::OpenVideo;
 use crate::engine::EngineError;
 use crate::units::FrameIndex;
@@ -152,9 +153,8 @@ pub(crate) struct Inbox {
     running: AtomicU8,
     /// CPU priorities per class are on.
     priorities: bool,
-    /// The decoder thread's kernel id (0 until it starts) and the nice value it runs at.
-    tid: AtomicI32,
-    nice: AtomicI32,
+    /// The decoder thread and its codec's threads, and the nice value they run at.
+    threads: ThreadGroup,
     /// Closed to make room for more urgent work: stop at the next frame boundary and give every
     /// job not done back to be submitted again, instead of finishing the queue first.
     evicted: AtomicBool,
@@ -179,8 +179,7 @@ impl Inbox {
             urgent: AtomicU8::new(NONE),
             running: AtomicU8::new(NONE),
             priorities,
-            tid: AtomicI32::new(0),
-            nice: AtomicI32::new(0),
+            threads: ThreadGroup::default(),
             evicted: AtomicBool::new(false),
             dead: AtomicBool::new(false),
         }
@@ -207,13 +206,11 @@ impl Inbox {
         schedule::must_yield(running, self.waiting()) || self.evicted()
     }
 
-    /// Run the decoder thread at `class`'s CPU priority (called by the thread at each job).
+    /// Run the decoder thread and its codec threads at `class`'s CPU priority (called by the
+    /// thread at each job).
     fn set_priority(&self, class: Class) {
-        if self.priorities
-            && self.nice.load(Ordering::Acquire) != class.nice()
-            && crate::engine::ffmpeg::set_thread_nice(self.tid.load(Ordering::Acquire), class.nice())
-        {
-            self.nice.store(class.nice(), Ordering::Release);
+        if self.priorities && self.threads.nice() != class.nice() {
+            self.threads.set_nice(class.nice());
         }
     }
 
@@ -221,7 +218,7 @@ impl Inbox {
     /// speculative work, say), raise it now, so the frame boundary where the running job yields
     /// is not itself slowed down by the low priority (an inversion otherwise).
     fn prioritise(&self, class: Class) {
-        if self.priorities && self.nice.load(Ordering::Acquire) > class.nice() {
+        if self.priorities && self.threads.nice() > class.nice() {
             self.set_priority(class);
         }
     }
@@ -412,7 +409,7 @@ impl WorkerThread {
             self.alive.fetch_sub(1, Ordering::AcqRel);
             self.room.notify_waiters();
         });
-        self.inbox.tid.store(crate::engine::ffmpeg::current_thread_id(), Ordering::Release);
+        self.inbox.threads.enter();
         // Codec threads inherit the nice value of the thread that opens the codec: open it at
         // the priority of the first job's class.
         if let Some(class) = self.inbox.waiting() {
@@ -439,6 +436,7 @@ impl WorkerThread {
                 return;
             }
         };
+        self.inbox.threads.set_codec_threads(decoder.codec_thread_ids());
         while let Some((job, closing)) = self.inbox.take(|q| self.describe(q, Some(&decoder))) {
             // A stream frame that waited too long runs this turn as interactive (see `aged`).
             let class = schedule::aged(job.class.get(), job.since.elapsed(), self.config.stream_max_wait);
@@ -479,6 +477,8 @@ impl WorkerThread {
                 }
             };
             *self.reported.lock() = decoder.position();
+            // A seek may have opened the codec again, on new threads.
+            self.inbox.threads.set_codec_threads(decoder.codec_thread_ids());
             if let Some(work) = more {
                 self.inbox.requeue(Queued { seq, class: cell, cpu, work, since: Instant::now() });
             }

@@ -170,3 +170,27 @@ pub fn vfr_video(out: &Path, frames: u32) -> PathBuf {
         ],
     )
 }
+
+/// One GOP of 900 960x540 P-frames: a request near its end keeps a decoder busy for a second or
+/// so (the small barcode videos decode too fast to hold it).
+pub fn long_video(media: &Path) -> PathBuf {
+    let long = media.join("long.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=960x540:rate=30:duration=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "900",
+        "-bf",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        long.to_str().unwrap(),
+    ]);
+    long
+}

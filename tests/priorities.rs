@@ -1,0 +1,61 @@
+//! CPU priorities reach the threads that decode. In a binary of its own: it reads the nice value
+//! of every decoder thread of the process, and other tests' daemons name theirs alike.
+
+mod common;
+
+use common::daemon::Daemon;
+use common::*;
+use framesrv::proto::v1 as pb;
+
+/// Nice values of this process's threads named `name` (decoder threads, and the codec threads
+/// they started, which inherit the name).
+fn nice_of_threads_named(name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let open = stat.find('(').unwrap();
+        let close = stat.rfind(')').unwrap();
+        if &stat[open + 1..close] == name {
+            // Field 19 (nice), the 17th after the name.
+            out.push(stat[close + 2..].split(' ').nth(16).unwrap().parse().unwrap());
+        }
+    }
+    out
+}
+
+/// Lowering a nice value again needs root (or CAP_SYS_NICE); without it the daemon runs without
+/// CPU priorities and there is nothing to see.
+fn may_lower_nice() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_runs_at_the_speculative_priority_on_its_codec_threads_too() {
+    if !cfg!(target_os = "linux") || !may_lower_nice() {
+        eprintln!("skipped: CPU priorities need Linux and root (or CAP_SYS_NICE)");
+        return;
+    }
+    let dir = scratch();
+    std::fs::create_dir_all(dir.path().join("media")).unwrap();
+    // Two codec threads whatever the machine, opened by the click at the interactive priority.
+    let d = Daemon::start(dir, |c| c.decoder.threads = 2).await;
+    long_video(&d.media);
+    let mut c = d.client().await;
+    // A cold click: the fill behind it (frames 0..199 of the GOP) runs on the same decoder.
+    let click = pb::FrameRequest {
+        video: "long.mp4".into(),
+        target: Some(pb::frame_request::Target::Index(200)),
+        output: None,
+        clamp: false,
+        keep_behind: Some(200),
+    };
+    c.request_frame(click).await.unwrap();
+    // The fill moved every thread of the decoder (its own and its two codec threads, started at
+    // nice 0 by the click) to nice 19, where they stay once it is done: nothing else runs.
+    d.settle().await;
+    assert!(d.store.stats().frames_decoded >= 400, "the click decoded 0..=200, the fill 0..200 again");
+    assert_eq!(nice_of_threads_named("framesrv-dec-0"), [19, 19, 19], "the decoder thread and its two codec threads");
+    d.stop().await;
+}
