@@ -206,6 +206,28 @@ async fn a_cold_answer_is_filled_behind_only_while_a_core_is_free() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_stops_when_a_click_elsewhere_runs_on_every_core() {
+    // Every decoder runs on as many codec threads as there are cores, as one does on an idle
+    // daemon: a second decoder at work leaves no core free, though it is only one decoder.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let d = start_with(|c| c.decoder.threads = cores).await;
+    let long = long_video(&d.media);
+    std::fs::copy(&long, d.media.join("long-2.mp4")).unwrap();
+    let mut c = d.client().await;
+    // The window behind 200 is frames 0..199 of the GOP: a fill of a few hundred milliseconds.
+    let click = pb::FrameRequest { keep_behind: Some(200), ..by_index("long.mp4", 200) };
+    c.request_frame(click).await.unwrap();
+    // At once, a click on another video at the end of its 900-frame GOP: a second of decoding.
+    let far = pb::FrameRequest { keep_behind: Some(0), ..by_index("long-2.mp4", 890) };
+    c.request_frame(far).await.unwrap();
+    d.settle().await;
+    let probe = pb::FrameRequest { keep_behind: Some(0), ..by_index("long.mp4", 199) };
+    let last = c.request_frame(probe).await.unwrap().into_inner();
+    assert!(!last.cache_hit, "the fill went on (its last frame was cached) while the other click had every core");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interactive_request_does_not_wait_behind_a_stream_on_its_decoder() {
     let d = start_with_one_decoder().await;
     let long = long_video(&d.media);

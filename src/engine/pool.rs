@@ -43,7 +43,7 @@ use crate::engine::schedule::{self, Class, ClassCell, Occupant};
 use crate::engine::stats::EngineStats;
 pub use crate::engine::video::{OpenVideo, VideoId};
 use crate::engine::worker::{
-    cpu_priorities_work, scopeguard, Inbox, Job, PassReplyOnce, ReplyOnce, Work, WorkerThread,
+    cpu_priorities_work, scopeguard, Busy, Inbox, Job, PassReplyOnce, ReplyOnce, Work, WorkerThread,
 };
 pub use crate::engine::worker::{Pass, PassReply, Reply};
 use crate::engine::EngineError;
@@ -106,8 +106,8 @@ pub struct DecoderPool {
     config: PoolConfig,
     /// Decoder threads alive, routable or draining: the global bound applies to these.
     alive: Arc<AtomicUsize>,
-    /// Decoder threads running a job of a class above speculative (for adaptive codec threads).
-    busy: Arc<AtomicUsize>,
+    /// Decoders running a job of a class above speculative, and their codec threads.
+    busy: Arc<Busy>,
     cores: usize,
     /// Signalled whenever a decoder thread exits or goes idle.
     room: Arc<tokio::sync::Notify>,
@@ -139,7 +139,7 @@ impl DecoderPool {
         DecoderPool {
             config,
             alive: Arc::new(AtomicUsize::new(0)),
-            busy: Arc::new(AtomicUsize::new(0)),
+            busy: Arc::new(Busy::default()),
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             room: Arc::new(tokio::sync::Notify::new()),
             interactive_waiting: Arc::new(AtomicUsize::new(0)),
@@ -474,6 +474,7 @@ impl DecoderPool {
         let thread = WorkerThread {
             alive: self.alive.clone(),
             busy: self.busy.clone(),
+            busy_threads: std::cell::Cell::new(0),
             interactive_waiting: self.interactive_waiting.clone(),
             cores: self.cores,
             room: self.room.clone(),
@@ -518,6 +519,6 @@ impl DecoderPool {
     /// Decoders running non-speculative work, and jobs queued on all decoders.
     pub fn load(&self) -> (u64, u64) {
         let queued = self.workers.lock().iter().map(|w| w.queued.load(Ordering::Acquire) as u64).sum();
-        (self.busy.load(Ordering::Acquire) as u64, queued)
+        (self.busy.decoders() as u64, queued)
     }
 }

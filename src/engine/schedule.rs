@@ -237,13 +237,15 @@ pub fn codec_threads(fixed: usize, busy_elsewhere: usize, cores: usize) -> usize
 }
 
 /// Whether the backtrack window behind a cold answer may be decoded (a fill nobody waits for
-/// yet, started or going on) or kept on the way: only while a core is free, that is while fewer
-/// decoders than cores run work somebody waits for and no click waits for a decoder. The window
-/// is a guess; under a load it took CPU from the requests queued behind it and pushed the
-/// frames they asked for out of the cache (64 clients, zipf over 8 videos: 46 req/s with the
-/// window, 57 without). A fill somebody started waiting for is no longer a guess.
-pub fn fill_may_run(busy_elsewhere: usize, clicks_waiting: usize, cores: usize) -> bool {
-    clicks_waiting == 0 && busy_elsewhere < cores.max(1)
+/// yet, started or going on) or kept on the way: only while a core is free, that is while the
+/// decoders elsewhere running work somebody waits for use fewer codec threads (`threads_elsewhere`)
+/// than there are cores, and no click waits for a decoder. A decoder working alone runs on every
+/// core, so one click elsewhere stops a fill. The window is a guess; under a load it took CPU
+/// from the requests queued behind it and pushed the frames they asked for out of the cache
+/// (64 clients, zipf over 8 videos: 46 req/s with the window, 57 without). A fill somebody
+/// started waiting for is no longer a guess.
+pub fn fill_may_run(threads_elsewhere: usize, clicks_waiting: usize, cores: usize) -> bool {
+    clicks_waiting == 0 && threads_elsewhere < cores.max(1)
 }
 
 /// The frames of the backtrack window behind `target` that a fill should decode: up to
@@ -515,8 +517,8 @@ mod tests {
     #[test]
     fn a_fill_runs_only_while_a_core_is_free() {
         assert!(fill_may_run(0, 0, 2));
-        assert!(fill_may_run(1, 0, 2), "one request elsewhere leaves the second core");
-        assert!(!fill_may_run(2, 0, 2));
+        assert!(fill_may_run(1, 0, 2), "a one-thread decoder elsewhere leaves the second core");
+        assert!(!fill_may_run(2, 0, 2), "one decoder on two codec threads, or two on one");
         assert!(!fill_may_run(5, 0, 2));
         assert!(!fill_may_run(0, 1, 2), "a click waits for a decoder");
         assert!(fill_may_run(0, 0, 1));

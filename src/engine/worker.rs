@@ -363,7 +363,9 @@ pub(crate) fn cpu_priorities_work() -> bool {
 pub(crate) struct WorkerThread {
     /// The pool's count of live decoder threads; this thread leaves it when it exits.
     pub(crate) alive: Arc<AtomicUsize>,
-    pub(crate) busy: Arc<AtomicUsize>,
+    pub(crate) busy: Arc<Busy>,
+    /// Codec threads this decoder counts in `busy` while its job runs (0 between jobs).
+    pub(crate) busy_threads: std::cell::Cell<usize>,
     /// The pool's count of interactive requests waiting for a decoder slot.
     pub(crate) interactive_waiting: Arc<AtomicUsize>,
     pub(crate) cores: usize,
@@ -379,23 +381,45 @@ pub(crate) struct WorkerThread {
     pub(crate) buffers: Arc<BufferPool>,
 }
 
-/// Counts a decoder as busy (for adaptive codec threads) while a non-speculative job runs.
-struct BusyGuard(Option<Arc<AtomicUsize>>);
+/// Decoders running work somebody waits for (a class above speculative), and the codec threads
+/// they run on: adaptive codec threads ask whether any other decoder works, a fill whether a
+/// core is free (a decoder working alone runs on every core).
+#[derive(Debug, Default)]
+pub(crate) struct Busy {
+    decoders: AtomicUsize,
+    threads: AtomicUsize,
+}
 
-impl BusyGuard {
-    fn enter(busy: &Arc<AtomicUsize>, counts: bool) -> BusyGuard {
-        BusyGuard(counts.then(|| {
-            busy.fetch_add(1, Ordering::AcqRel);
-            busy.clone()
-        }))
+impl Busy {
+    pub(crate) fn decoders(&self) -> usize {
+        self.decoders.load(Ordering::Acquire)
+    }
+
+    fn threads(&self) -> usize {
+        self.threads.load(Ordering::Acquire)
     }
 }
 
-impl Drop for BusyGuard {
+/// Counts a decoder and its codec threads as busy while a non-speculative job runs.
+struct BusyGuard<'a> {
+    busy: &'a Busy,
+    threads: usize,
+}
+
+impl<'a> BusyGuard<'a> {
+    fn enter(busy: &'a Busy, counts: bool, threads: usize) -> Option<BusyGuard<'a>> {
+        counts.then(|| {
+            busy.decoders.fetch_add(1, Ordering::AcqRel);
+            busy.threads.fetch_add(threads, Ordering::AcqRel);
+            BusyGuard { busy, threads }
+        })
+    }
+}
+
+impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
-        if let Some(busy) = &self.0 {
-            busy.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.busy.decoders.fetch_sub(1, Ordering::AcqRel);
+        self.busy.threads.fetch_sub(self.threads, Ordering::AcqRel);
     }
 }
 
@@ -415,7 +439,7 @@ impl WorkerThread {
         if let Some(class) = self.inbox.waiting() {
             self.inbox.set_priority(class);
         }
-        let threads = self.codec_threads(false);
+        let threads = self.codec_threads();
         let decoder = FrameDecoder::open(
             &self.video.id.path,
             &self.video.name,
@@ -441,8 +465,11 @@ impl WorkerThread {
             // A stream frame that waited too long runs this turn as interactive (see `aged`).
             let class = schedule::aged(job.class.get(), job.since.elapsed(), self.config.stream_max_wait);
             self.inbox.set_priority(class.min(job.cpu));
-            let _busy = BusyGuard::enter(&self.busy, class != Class::Speculative);
-            decoder.set_threads(self.codec_threads(class != Class::Speculative));
+            let threads = self.codec_threads();
+            decoder.set_threads(threads);
+            // The job runs on the threads open now, or on the new count from its seek.
+            let busy = BusyGuard::enter(&self.busy, class != Class::Speculative, threads.max(decoder.threads()));
+            self.busy_threads.set(busy.as_ref().map_or(0, |b| b.threads));
             let Queued { seq, class: cell, cpu, work, .. } = job;
             if closing && self.inbox.evicted() {
                 self.give_back(work);
@@ -509,27 +536,19 @@ impl WorkerThread {
         }
     }
 
-    /// Decoders other than this one running work somebody waits for. `counted`: this decoder
-    /// is running such a job, so the busy count includes it.
-    fn busy_elsewhere(&self, counted: bool) -> usize {
-        let busy = self.busy.load(Ordering::Acquire);
-        if counted {
-            busy.saturating_sub(1)
-        } else {
-            busy
-        }
-    }
-
-    /// [`schedule::fill_may_run`] for this decoder (`counted`: see [`Self::busy_elsewhere`]).
+    /// [`schedule::fill_may_run`] for this decoder. `counted`: this decoder is running work
+    /// somebody waits for, so the busy count includes its codec threads; the cores taken are
+    /// those of the decoders busy elsewhere.
     fn fill_may_run(&self, counted: bool) -> bool {
         let waiting = self.interactive_waiting.load(Ordering::Acquire);
-        schedule::fill_may_run(self.busy_elsewhere(counted), waiting, self.cores)
+        let mine = if counted { self.busy_threads.get() } else { 0 };
+        schedule::fill_may_run(self.busy.threads().saturating_sub(mine), waiting, self.cores)
     }
 
-    /// Codec threads for this decoder now: every core when no other decoder works (`counted`:
-    /// see [`Self::busy_elsewhere`]).
-    fn codec_threads(&self, counted: bool) -> usize {
-        schedule::codec_threads(self.config.threads, self.busy_elsewhere(counted), self.cores)
+    /// Codec threads for this decoder's next job: every core when no other decoder works.
+    /// Asked before the job counts this decoder as busy.
+    fn codec_threads(&self) -> usize {
+        schedule::codec_threads(self.config.threads, self.busy.decoders(), self.cores)
     }
 
     /// What the scheduler needs to know of a queued job, given where the decoder stands.
@@ -758,8 +777,10 @@ impl WorkerThread {
         let next = *frames.front()?;
         let class = cell.get();
         let inbox = &self.inbox;
+        // A fill nobody waits for also stops at its next decode step when a core stops being
+        // free (a click on another decoder), and is dropped on its next turn above.
         let result = decoder.frame_keeping(next, &spec, 0, &mut |f| registry.side_frame(video, &spec, f), &mut || {
-            inbox.must_yield(class)
+            inbox.must_yield(class) || (cell.get() == Class::Speculative && !self.fill_may_run(false))
         });
         match result {
             Ok(None) => {}
