@@ -112,6 +112,17 @@ pub struct FrameDecoder {
     ahead: std::collections::VecDeque<RawFrame>,
 }
 
+/// A codec context for `file` on `threads` codec threads, with the kernel ids of the threads it
+/// started (for CPU priorities). One thread starts none, so only frame threading looks for them.
+fn open_codec(file: &MediaFile, threads: usize, video: &str) -> Result<(VideoDecoder, Vec<i32>), EngineError> {
+    let (decoder, started) = if threads > 1 {
+        threads::started_by(|| file.new_decoder(threads))
+    } else {
+        (file.new_decoder(threads), Vec::new())
+    };
+    Ok((decoder.map_err(|e| EngineError::from_ffmpeg(video, e))?, started))
+}
+
 /// At most this many frames are kept ahead of the last target.
 const MAX_AHEAD: usize = 16;
 
@@ -125,8 +136,7 @@ impl FrameDecoder {
         buffers: Arc<BufferPool>,
     ) -> Result<FrameDecoder, EngineError> {
         let file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
-        let (decoder, codec_threads) = threads::started_by(|| file.new_decoder(options.threads));
-        let decoder = decoder.map_err(|e| EngineError::from_ffmpeg(video, e))?;
+        let (decoder, codec_threads) = open_codec(&file, options.threads, video)?;
         Ok(FrameDecoder {
             path: path.to_path_buf(),
             video: video.to_string(),
@@ -286,10 +296,8 @@ impl FrameDecoder {
         self.counted = 0;
         self.ahead.clear();
         if self.wanted_threads != self.threads {
-            let (decoder, codec_threads) = threads::started_by(|| self.file.new_decoder(self.wanted_threads));
-            self.decoder = decoder.map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+            (self.decoder, self.codec_threads) = open_codec(&self.file, self.wanted_threads, &self.video)?;
             self.threads = self.wanted_threads;
-            self.codec_threads = codec_threads;
         }
         match target {
             SeekTarget::Start => {

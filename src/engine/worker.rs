@@ -364,7 +364,7 @@ pub(crate) struct WorkerThread {
     /// The pool's count of live decoder threads; this thread leaves it when it exits.
     pub(crate) alive: Arc<AtomicUsize>,
     pub(crate) busy: Arc<Busy>,
-    /// Codec threads this decoder counts in `busy` while its job runs (0 between jobs).
+    /// Codec threads this decoder counts in `busy` for the job it runs (0 for speculative work).
     pub(crate) busy_threads: std::cell::Cell<usize>,
     /// The pool's count of interactive requests waiting for a decoder slot.
     pub(crate) interactive_waiting: Arc<AtomicUsize>,
