@@ -20,10 +20,24 @@ pub struct Daemon {
     pub media: PathBuf,
 }
 
+/// With `FRAMESRV_TEST_LOG` set (a `RUST_LOG`-style filter, e.g. `framesrv::engine=trace`), the
+/// daemons of the test binary log to stderr, uncaptured: for chasing a failure that only the
+/// whole suite shows. The daemons of all tests running at once share the output.
+fn trace_if_asked() {
+    if let Ok(filter) = std::env::var("FRAMESRV_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_thread_names(true)
+            .try_init();
+    }
+}
+
 impl Daemon {
     /// Serve `dir`/media (made by the caller), with `configure` applied to the defaults (the
     /// state directory is `dir`/state unless `configure` says otherwise).
     pub async fn start(dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> Daemon {
+        trace_if_asked();
         let media = dir.path().join("media");
         let mut config = Config {
             media_roots: vec![media.clone()],
