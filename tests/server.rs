@@ -473,6 +473,71 @@ async fn streams_on_as_many_videos_as_decoders_keep_their_decoders() {
     d.stop().await;
 }
 
+/// Frames of a stream that wait for a decoder slot retry in whatever order the runtime polls
+/// them, so the decoder opened for them may start on a later one (under load, before the
+/// earlier ones are queued on it). The earlier frames are in flight already: the decoder keeps
+/// them on its way instead of seeking back for each afterwards. The hook holds back the first
+/// seven frames of each stream (whichever stream has to wait), so that frame 7 comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoder_opened_for_a_later_frame_of_a_waiting_stream_answers_the_earlier_ones_on_its_way() {
+    let d = start_with(|c| {
+        c.decoder.max_total = 2;
+        c.decoder.interactive_reserve = 0;
+    })
+    .await;
+    let long = long_video(&d.media);
+    let videos = ["late1.mp4", "late2.mp4"];
+    for v in videos {
+        std::fs::copy(&long, d.media.join(v)).unwrap();
+        framesrv::engine::faults::delay_waiting_below(v, 7, std::time::Duration::from_millis(40));
+    }
+    // The first 30 frames of the sequential decode (960x540 rgb24).
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-i",
+            long.to_str().unwrap(),
+            "-frames:v",
+            "30",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    let reference: Vec<Vec<u8>> = out.stdout.chunks(960 * 540 * 3).map(|c| c.to_vec()).collect();
+    assert_eq!(reference.len(), 30);
+    let mut c = d.client().await;
+    c.request_frame(pb::FrameRequest { keep_behind: Some(0), ..by_index("a.mp4", 3) }).await.unwrap();
+    d.settle().await;
+    let before = d.store.stats();
+    let mut streams = Vec::new();
+    for v in videos {
+        let mut c = c.clone();
+        let reference = reference.clone();
+        streams.push(tokio::spawn(async move {
+            let mut s = c.request_frames(batch(v, range(0, 30, 1))).await.unwrap().into_inner();
+            let mut n = 0;
+            while let Some(f) = s.message().await.unwrap() {
+                assert_eq!(f.index, n as i64, "{v}: in order");
+                assert!(f.data == reference[n], "{v}: frame {n} exact");
+                n += 1;
+            }
+            n
+        }));
+    }
+    for s in streams {
+        assert_eq!(s.await.unwrap(), 30);
+    }
+    let s = d.store.stats();
+    assert_eq!(s.seeks - before.seeks, 2, "one seek per stream, none back for the frames that waited");
+    assert_eq!(s.frames_decoded - before.frames_decoded, 60, "no frame decoded twice");
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_stream_readers_hold_at_most_the_inflight_budget_and_clicks_still_pass() {
     let frame = 192 * 128 * 3;

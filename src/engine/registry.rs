@@ -145,6 +145,32 @@ impl Registry {
         gone
     }
 
+    /// The earliest frame of `video` in `spec` before `before` that a request waits for
+    /// (registered in flight by a request, not a fill, with a waiter still listening), among
+    /// those `passed` accepts: what a decode on its way to `before` should keep, so that those
+    /// requests are answered on the way rather than by a seek back afterwards.
+    pub fn earliest_waited(
+        &self,
+        video: &OpenVideo,
+        spec: &OutputSpec,
+        before: FrameIndex,
+        passed: impl Fn(FrameIndex) -> bool,
+    ) -> Option<FrameIndex> {
+        self.inflight
+            .lock()
+            .iter()
+            .filter(|(k, f)| {
+                k.index < before
+                    && k.video == video.id
+                    && k.spec == *spec
+                    && !f.fill
+                    && f.waiters.iter().any(|w| !w.is_closed())
+            })
+            .map(|(k, _)| k.index)
+            .filter(|&i| passed(i))
+            .min()
+    }
+
     pub fn has_frame(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
         let key = FrameKey { video: video.id.clone(), index, spec: *spec };
         self.cache.contains(&key) || self.inflight.lock().contains_key(&key)
@@ -201,5 +227,59 @@ impl Registry {
             data: hit.data,
             luma: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ffmpeg::{PacketMeta, StreamInfo};
+    use crate::engine::index::VideoIndex;
+    use crate::engine::index_store::ContentKey;
+
+    fn video(name: &str) -> OpenVideo {
+        let packets: Vec<PacketMeta> = (0..10)
+            .map(|i| PacketMeta { pts: Some(i), dts: Some(i), duration: 1, key: i == 0, discard: false })
+            .collect();
+        let index = VideoIndex::from_packets(StreamInfo::for_tests(64, 25), &packets).unwrap();
+        let id = VideoId { path: name.into(), device: 0, inode: 0, size: 0, modified_ns: 0 };
+        OpenVideo { id, name: name.into(), index: Arc::new(index), content_key: ContentKey([0; 16]) }
+    }
+
+    /// Registers `index` as a request would; the receiver is the request listening.
+    fn request(
+        r: &Registry,
+        v: &OpenVideo,
+        spec: OutputSpec,
+        index: u32,
+    ) -> oneshot::Receiver<Result<CachedFrame, EngineError>> {
+        let (tx, rx) = oneshot::channel();
+        let key = FrameKey { video: v.id.clone(), index: FrameIndex(index), spec };
+        r.inflight.lock().insert(key, InFlight { waiters: vec![tx], promote: None, fill: false });
+        rx
+    }
+
+    #[test]
+    fn the_earliest_waited_frame_is_a_listened_request_of_the_same_video_and_spec_before_the_target() {
+        let r = Registry::new(ByteSize(1 << 20));
+        let (v, other) = (video("v.mp4"), video("w.mp4"));
+        let spec = OutputSpec::default();
+        let gray = OutputSpec { pixel_format: PixelFormat::Gray8, ..spec };
+        let all = |_: FrameIndex| true;
+        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), None);
+        let _w = request(&r, &other, spec, 1);
+        let _g = request(&r, &v, gray, 2);
+        let _after = request(&r, &v, spec, 8);
+        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), None, "other video, other spec, after");
+        let gone = request(&r, &v, spec, 3);
+        drop(gone);
+        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), None, "nobody listens any more");
+        r.reserve(&v, &spec, &[FrameIndex(4)], Arc::new(|_| {}));
+        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), None, "a fill produces its own frames");
+        let _five = request(&r, &v, spec, 5);
+        let _six = request(&r, &v, spec, 6);
+        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), Some(FrameIndex(5)));
+        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), |i| i > FrameIndex(5)), Some(FrameIndex(6)));
+        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(5), all), None, "the target itself is not behind it");
     }
 }

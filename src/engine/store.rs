@@ -129,8 +129,12 @@ impl Submission {
     }
 
     /// One attempt: sent, or refused as overload (which answers the waiters), or no room yet
-    /// (the reply comes back to try again).
+    /// (the reply comes back to try again); nothing to do once the frame is answered.
     fn try_submit(&self, reply: crate::engine::pool::Reply) -> Option<crate::engine::pool::Reply> {
+        // Answered while it waited (a decoder passing it on the way to another frame kept it).
+        if !self.registry.inflight.lock().contains_key(&self.key) {
+            return None;
+        }
         let (index, spec) = (self.key.index, self.key.spec);
         match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class.clone(), reply) {
             Ok(()) => None,
@@ -143,6 +147,9 @@ impl Submission {
     }
 
     async fn wait_for_room(self, mut reply: crate::engine::pool::Reply) {
+        if let Some(delay) = crate::engine::faults::waiting_delay(&self.video.name, self.key.index.0) {
+            tokio::time::sleep(delay).await;
+        }
         let _waiting = self.pool.waiting_for_room(self.class.get());
         let room = self.pool.room();
         let deadline = tokio::time::Instant::now() + self.patience;

@@ -693,6 +693,7 @@ impl WorkerThread {
         let continuing = plan::plan(&video.index, decoder.position(), job.target, self.config.decode.continue_slack)
             == Plan::Continue;
         let keep = if continuing && self.fill_may_run(true) { job.keep_behind } else { 0 };
+        let keep = keep.max(self.waited_on_the_way(decoder, job.target, &spec, continuing));
         let inbox = &self.inbox;
         let result =
             decoder.frame_keeping(job.target, &spec, keep, &mut |f| registry.side_frame(video, &spec, f), &mut || {
@@ -721,6 +722,28 @@ impl WorkerThread {
             self.inbox.push(cell, Work::Fill { frames: frames.into(), spec });
         }
         None
+    }
+
+    /// How many frames behind `target` to keep so that the frames before it that requests wait
+    /// for, and that the decode to `target` passes, come out with it: requests not queued on
+    /// this decoder yet, such as the earlier frames of a stream that waited for a decoder slot
+    /// (they retry in no particular order, and a decoder opened for a later one would otherwise
+    /// seek back for each earlier one afterwards). A continuing decode passes the frames after
+    /// the last one output; a seek, those that decode from the same seek point as `target`.
+    fn waited_on_the_way(
+        &self,
+        decoder: &FrameDecoder,
+        target: FrameIndex,
+        spec: &OutputSpec,
+        continuing: bool,
+    ) -> u32 {
+        let frames = &self.video.index.frames;
+        let last = decoder.position().and_then(|p| p.last_output);
+        let passed = |i: FrameIndex| match (continuing, last) {
+            (true, Some(last)) => i > last,
+            _ => frames[i.get()].seek == frames[target.get()].seek,
+        };
+        self.registry.earliest_waited(&self.video, spec, target, passed).map_or(0, |first| target.0 - first.0)
     }
 
     /// Register the frames of the backtrack window behind `target` that are missing, for a fill.
