@@ -83,9 +83,14 @@ pub(crate) fn deliver(
                 sink,
                 None,
             );
+            // A lane whose stream is gone stops: one waiting for a decoder slot or for its turn
+            // is not submitted again (one already running sees it at its next frame).
             tokio::spawn(async move {
-                if let Err(e) = lane.await {
-                    let _ = failed.send(Err(e));
+                tokio::select! {
+                    result = lane => if let Err(e) = result {
+                        let _ = failed.send(Err(e));
+                    },
+                    _ = failed.closed() => {}
                 }
             });
             slot.send(Segment { expected: frames.into_iter(), frames: rx, paid });
