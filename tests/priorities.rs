@@ -56,6 +56,6 @@ async fn a_fill_runs_at_the_speculative_priority_on_its_codec_threads_too() {
     // nice 0 by the click) to nice 19, where they stay once it is done: nothing else runs.
     d.settle().await;
     assert!(d.store.stats().frames_decoded >= 400, "the click decoded 0..=200, the fill 0..200 again");
-    assert_eq!(nice_of_threads_named("framesrv-dec-0"), [19, 19, 19], "the decoder thread and its two codec threads");
+    assert_eq!(nice_of_threads_named("fsrv-dec-0"), [19, 19, 19], "the decoder thread and its two codec threads");
     d.stop().await;
 }

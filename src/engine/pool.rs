@@ -488,7 +488,10 @@ impl DecoderPool {
             registry: self.registry.clone(),
             buffers: self.buffers.clone(),
         };
-        let name = format!("framesrv-dec-{id}");
+        // The kernel keeps 15 bytes of a thread's name, and codec threads are told from others
+        // by the name they inherit (see `threads::started_by`): six digits stay distinct among
+        // the decoders alive at once ("framesrv-dec-10" and "-100" did not).
+        let name = format!("fsrv-dec-{}", id % 1_000_000);
         let alive = self.alive.clone();
         if let Err(e) = std::thread::Builder::new().name(name).spawn(move || thread.run()) {
             alive.fetch_sub(1, Ordering::AcqRel);
