@@ -8,7 +8,9 @@
 //! freshly allocated buffer twice the size. In a profile of a daemon streaming cached 720p frames
 //! those two copies were a quarter of its CPU, half of it the regrowth. Reserving the length
 //! first leaves the one copy prost cannot avoid (tonic's codec API has no way to pass the
-//! frame's `Bytes` to HTTP/2 without copying it).
+//! frame's `Bytes` to HTTP/2 without copying it). That copy is left only where frames go
+//! through tonic: the frame methods over plain gRPC are answered by
+//! [`crate::server::grpc_frames`], which sends the pixels uncopied.
 
 use std::marker::PhantomData;
 

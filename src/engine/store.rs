@@ -567,10 +567,10 @@ impl FrameStore {
     /// [`FrameStore::frames`] for a response stream: each frame delivered also pays for the
     /// transport's copy of it until the consumer asks for the next one.
     ///
-    /// The gRPC encoder copies a frame into its response buffer and drops the frame's bytes (so
-    /// their payment returns), while HTTP/2 holds that copy until the client has read most of
-    /// it; hyper asks the stream for the next frame only then. For slow readers those copies
-    /// were memory outside the budget (one frame per stream: 43 MiB for 16 streams of 720p).
+    /// HTTP/2 holds a sent frame (its bytes, or for gRPC-web tonic's copy of them, whose
+    /// original is dropped and its payment returned) until the client has read most of it;
+    /// hyper asks the stream for the next frame only then. For slow readers that memory was
+    /// outside the budget (one frame per stream: 43 MiB for 16 streams of 720p).
     /// The copy's payment does not wait (the frame is already made, and waiting here while the
     /// look-ahead holds payments could leave streams waiting on each other); it makes the
     /// look-ahead of every stream wait instead, so streams hold at most the budget plus one

@@ -12,6 +12,7 @@
 //! lets the integration tests run the real server on `127.0.0.1:0` and stop it at will.
 
 pub mod auth;
+pub mod grpc_frames;
 pub mod http;
 pub mod metrics;
 pub mod service;
@@ -67,7 +68,7 @@ pub async fn run_with_store(
     let in_flight = service::InFlight::default();
     let service = Arc::new(FrameService::new(store.clone(), config.limits.clone(), in_flight.clone()));
     let frames = FrameServerServer::from_arc(service.clone())
-        .max_decoding_message_size(4 << 20)
+        .max_decoding_message_size(grpc_frames::MAX_REQUEST)
         .max_encoding_message_size(max_message);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -90,7 +91,13 @@ pub async fn run_with_store(
     grpc.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha).add_service(frames);
     // gRPC-web is translated on the gRPC routes only: tonic-web refuses every other HTTP/1.1
     // request, and the HTTP routes are HTTP/1.1 for most clients.
-    let mut router = grpc.routes().into_axum_router().layer(tonic_web::GrpcWebLayer::new());
+    // The frame methods in the plain case are answered without copying the pixels (see
+    // `grpc_frames`); gRPC-web, compressed and HTTP/1.1 calls go on to tonic.
+    let mut router = grpc
+        .routes()
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(axum::middleware::from_fn_with_state(service.clone(), grpc_frames::answer));
     if config.http.enabled {
         router = router.merge(http::router(http::HttpState {
             service: service.clone(),

@@ -347,8 +347,35 @@ impl FrameService {
 }
 
 impl FrameService {
+    /// `RequestFrames` for a transport that sends frames as `transport` says (see
+    /// [`Transport`]): tonic's trait method, and the plain-gRPC path of [`super::grpc_frames`].
+    pub async fn frames_sent_by(
+        &self,
+        request: Request<pb::FramesRequest>,
+        transport: Transport,
+    ) -> Result<FrameStream, Status> {
+        let in_flight = self.in_flight.enter();
+        let req = request.into_inner();
+        let name = req.video.clone();
+        let setup = async {
+            let spec = self.output_spec(req.output.as_ref())?;
+            let video = self.open(&req.video).await?;
+            let selection = req.selection.map(|s| match s {
+                pb::frames_request::Selection::Range(r) => range(r),
+                pb::frames_request::Selection::TimeRange(t) => time_range(t),
+                pb::frames_request::Selection::Indices(l) => Selection::Indices(l.indices),
+            });
+            let indices = self.selection(&video, selection)?;
+            Ok::<_, Error>((video, indices, spec))
+        };
+        let (video, indices, spec) = setup.await.map_err(|e| report("RequestFrames", &name, "", e))?;
+        tracing::debug!(video = %name, frames = indices.len(), "RequestFrames");
+        Ok(self.frame_stream("RequestFrames", name, in_flight, video, indices, spec, transport))
+    }
+
     /// The frames `indices` of `video` as a response stream of call `call`; the in-flight guard
     /// lives as long as the stream, so shutdown waits for its last frame.
+    #[allow(clippy::too_many_arguments)]
     fn frame_stream(
         &self,
         call: &'static str,
@@ -357,9 +384,14 @@ impl FrameService {
         video: Arc<OpenVideo>,
         indices: Vec<FrameIndex>,
         spec: OutputSpec,
+        transport: Transport,
     ) -> FrameStream {
         let limit = self.limits.max_message_size.0;
-        Box::pin(self.store.frames_to_send(video, indices, spec).map(move |r| {
+        let frames = match transport {
+            Transport::Copying => self.store.frames_to_send(video, indices, spec).boxed(),
+            Transport::Uncopied => self.store.frames(video, indices, spec).boxed(),
+        };
+        Box::pin(frames.map(move |r| {
             let _ = &in_flight;
             r.map_err(Error::from).and_then(|f| fits(to_message(f), limit)).map_err(|e| report(call, &name, "", e))
         }))
@@ -488,7 +520,19 @@ pub(crate) async fn with_timeout<T>(
     }
 }
 
-type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::Frame, Status>> + Send + 'static>>;
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::Frame, Status>> + Send + 'static>>;
+
+/// How the transport sends a streamed frame, which decides what the frame stays paid for (see
+/// [`FrameStore::frames_to_send`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// tonic's codec copies the frame into a buffer of its own and drops the frame: the copy
+    /// is paid for until the next frame is asked for.
+    Copying,
+    /// The frame's own bytes go to HTTP/2 ([`super::grpc_frames`]): its payment travels with
+    /// them until HTTP/2 has written them.
+    Uncopied,
+}
 type HashStream = Pin<Box<dyn Stream<Item = Result<pb::FrameHash, Status>> + Send + 'static>>;
 type ClipStream = Pin<Box<dyn Stream<Item = Result<pb::ClipChunk, Status>> + Send + 'static>>;
 
@@ -538,23 +582,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
     type RequestFramesStream = FrameStream;
 
     async fn request_frames(&self, request: Request<pb::FramesRequest>) -> Result<Response<FrameStream>, Status> {
-        let in_flight = self.in_flight.enter();
-        let req = request.into_inner();
-        let name = req.video.clone();
-        let setup = async {
-            let spec = self.output_spec(req.output.as_ref())?;
-            let video = self.open(&req.video).await?;
-            let selection = req.selection.map(|s| match s {
-                pb::frames_request::Selection::Range(r) => range(r),
-                pb::frames_request::Selection::TimeRange(t) => time_range(t),
-                pb::frames_request::Selection::Indices(l) => Selection::Indices(l.indices),
-            });
-            let indices = self.selection(&video, selection)?;
-            Ok::<_, Error>((video, indices, spec))
-        };
-        let (video, indices, spec) = setup.await.map_err(|e| report("RequestFrames", &name, "", e))?;
-        tracing::debug!(video = %name, frames = indices.len(), "RequestFrames");
-        Ok(Response::new(self.frame_stream("RequestFrames", name, in_flight, video, indices, spec)))
+        self.frames_sent_by(request, Transport::Copying).await.map(Response::new)
     }
 
     type GetFrameHashesStream = HashStream;
@@ -621,7 +649,15 @@ impl pb::frame_server_server::FrameServer for FrameService {
             Ok::<_, Error>((video, indices, spec))
         };
         let (video, indices, spec) = setup.await.map_err(|e| report("RequestKeyframes", &name, "", e))?;
-        Ok(Response::new(self.frame_stream("RequestKeyframes", name, in_flight, video, indices, spec)))
+        Ok(Response::new(self.frame_stream(
+            "RequestKeyframes",
+            name,
+            in_flight,
+            video,
+            indices,
+            spec,
+            Transport::Copying,
+        )))
     }
 
     async fn get_storyboard(

@@ -192,6 +192,36 @@ def test_grpc_web_reaches_the_typed_api_over_http1(base, stubs):
     assert "grpc-status" in missing.headers and missing.headers["grpc-status"] == "5"
 
 
+def grpc_web_messages(content: bytes):
+    """The data messages of a gRPC-web response body, and its trailer frame."""
+    messages, at = [], 0
+    while at < len(content):
+        flag, length = content[at], struct.unpack(">I", content[at + 1:at + 5])[0]
+        body = content[at + 5:at + 5 + length]
+        at += 5 + length
+        if flag & 0x80:
+            return messages, body
+        messages.append(body)
+    return messages, b""
+
+
+def test_grpc_web_frame_methods_give_the_exact_frames(base, stubs, reference):
+    """gRPC-web calls of RequestFrame and RequestFrames are not the plain gRPC calls the daemon
+    answers without copying (grpc_frames.rs): tonic answers them, exactly all the same."""
+    pb, _ = stubs
+    r = grpc_web_call(base, "RequestFrame", pb.FrameRequest(video="clip.mp4", index=41).SerializeToString())
+    messages, trailers = grpc_web_messages(r.content)
+    assert b"grpc-status:0" in trailers
+    frame = pb.Frame.FromString(messages[0])
+    assert frame.index == 41 and frame.data == reference[41]
+    request = pb.FramesRequest(video="clip.mp4", range=pb.IndexRange(start=10, stop=14))
+    messages, trailers = grpc_web_messages(grpc_web_call(base, "RequestFrames", request.SerializeToString()).content)
+    assert b"grpc-status:0" in trailers
+    frames = [pb.Frame.FromString(m) for m in messages]
+    assert [f.index for f in frames] == [10, 11, 12, 13]
+    assert all(f.data == reference[f.index] for f in frames)
+
+
 def test_cors_is_off_by_default(base):
     r = requests.get(f"{base}/v1/videos/clip.mp4", headers={"Origin": "https://labels.example"})
     assert "access-control-allow-origin" not in r.headers
