@@ -162,7 +162,7 @@ impl DecoderPool {
         keep_behind: Option<u32>,
         class: Arc<ClassCell>,
         reply: Reply,
-    ) -> Result<(), SubmitError> {
+    ) -> Result<u64, SubmitError> {
         let mut workers = self.workers.lock();
         let w = match self.route(&mut workers, video, target, target, class.get(), false) {
             Ok(w) => w,
@@ -172,7 +172,7 @@ impl DecoderPool {
         let keep_behind = keep_behind.unwrap_or(self.config.decode.keep_behind);
         let job = Job { target, spec, keep_behind, reply: ReplyOnce::new(reply, video) };
         w.inbox.push(class, Work::Frame(job));
-        Ok(())
+        Ok(w.id)
     }
 
     /// What a request that joins a frame job calls to raise it to its own class: the job's

@@ -74,6 +74,9 @@ pub(crate) struct InFlight {
     pub(crate) promote: Option<Arc<dyn Fn(Class) + Send + Sync>>,
     /// A speculative fill, not a request, registered the frame.
     pub(crate) fill: bool,
+    /// The decoder the request's job is queued on (`None`: waiting for a decoder slot, or not
+    /// submitted yet).
+    pub(crate) decoder: Option<u64>,
 }
 
 /// The cache and the frames in flight, shared by the store (requests) and the decoder threads.
@@ -146,14 +149,16 @@ impl Registry {
     }
 
     /// The earliest frame of `video` in `spec` before `before` that a request waits for
-    /// (registered in flight by a request, not a fill, with a waiter still listening), among
-    /// those `passed` accepts: what a decode on its way to `before` should keep, so that those
-    /// requests are answered on the way rather than by a seek back afterwards.
+    /// (registered in flight by a request, not a fill, with a waiter still listening) and that
+    /// no decoder but `decoder` has queued, among those `passed` accepts: what a decode on
+    /// `decoder` on its way to `before` should keep, so that those requests are answered on the
+    /// way rather than by a seek back afterwards (a frame another decoder works on is left to
+    /// it: keeping it here would make this answer wait for conversions done twice).
     pub fn earliest_waited(
         &self,
         video: &OpenVideo,
         spec: &OutputSpec,
-        before: FrameIndex,
+        (before, decoder): (FrameIndex, u64),
         passed: impl Fn(FrameIndex) -> bool,
     ) -> Option<FrameIndex> {
         self.inflight
@@ -164,11 +169,19 @@ impl Registry {
                     && k.video == video.id
                     && k.spec == *spec
                     && !f.fill
+                    && f.decoder.is_none_or(|d| d == decoder)
                     && f.waiters.iter().any(|w| !w.is_closed())
             })
             .map(|(k, _)| k.index)
             .filter(|&i| passed(i))
             .min()
+    }
+
+    /// The request for `key` is queued on `decoder` (`None`: it waits for a slot again).
+    pub(crate) fn routed(&self, key: &FrameKey, decoder: Option<u64>) {
+        if let Some(f) = self.inflight.lock().get_mut(key) {
+            f.decoder = decoder;
+        }
     }
 
     pub fn has_frame(&self, video: &OpenVideo, spec: &OutputSpec, index: FrameIndex) -> bool {
@@ -192,7 +205,10 @@ impl Registry {
                 if self.cache.contains(&key) || inflight.contains_key(&key) {
                     return false;
                 }
-                inflight.insert(key, InFlight { waiters: Vec::new(), promote: Some(promote.clone()), fill: true });
+                inflight.insert(
+                    key,
+                    InFlight { waiters: Vec::new(), promote: Some(promote.clone()), fill: true, decoder: None },
+                );
                 true
             })
             .collect()
@@ -255,31 +271,40 @@ mod tests {
     ) -> oneshot::Receiver<Result<CachedFrame, EngineError>> {
         let (tx, rx) = oneshot::channel();
         let key = FrameKey { video: v.id.clone(), index: FrameIndex(index), spec };
-        r.inflight.lock().insert(key, InFlight { waiters: vec![tx], promote: None, fill: false });
+        r.inflight.lock().insert(key, InFlight { waiters: vec![tx], promote: None, fill: false, decoder: None });
         rx
     }
 
     #[test]
-    fn the_earliest_waited_frame_is_a_listened_request_of_the_same_video_and_spec_before_the_target() {
+    fn the_earliest_waited_frame_is_a_listened_request_before_the_target_no_other_decoder_has() {
         let r = Registry::new(ByteSize(1 << 20));
         let (v, other) = (video("v.mp4"), video("w.mp4"));
         let spec = OutputSpec::default();
         let gray = OutputSpec { pixel_format: PixelFormat::Gray8, ..spec };
         let all = |_: FrameIndex| true;
-        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), None);
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(7), 1), all), None);
         let _w = request(&r, &other, spec, 1);
         let _g = request(&r, &v, gray, 2);
         let _after = request(&r, &v, spec, 8);
-        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), None, "other video, other spec, after");
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(7), 1), all), None, "other video, other spec, after");
         let gone = request(&r, &v, spec, 3);
         drop(gone);
-        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), None, "nobody listens any more");
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(7), 1), all), None, "nobody listens any more");
         r.reserve(&v, &spec, &[FrameIndex(4)], Arc::new(|_| {}));
-        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), None, "a fill produces its own frames");
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(7), 1), all), None, "a fill produces its own frames");
         let _five = request(&r, &v, spec, 5);
         let _six = request(&r, &v, spec, 6);
-        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), all), Some(FrameIndex(5)));
-        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(7), |i| i > FrameIndex(5)), Some(FrameIndex(6)));
-        assert_eq!(r.earliest_waited(&v, &spec, FrameIndex(5), all), None, "the target itself is not behind it");
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(7), 1), all), Some(FrameIndex(5)));
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(7), 1), |i| i > FrameIndex(5)), Some(FrameIndex(6)));
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(5), 1), all), None, "the target itself is not behind it");
+        // Frame 5 queued on decoder 1 (the one asking) still counts; on decoder 2 it is left to
+        // that decoder; waiting for a slot again, it counts.
+        let five = FrameKey { video: v.id.clone(), index: FrameIndex(5), spec };
+        r.routed(&five, Some(1));
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(7), 1), all), Some(FrameIndex(5)));
+        r.routed(&five, Some(2));
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(7), 1), all), Some(FrameIndex(6)));
+        r.routed(&five, None);
+        assert_eq!(r.earliest_waited(&v, &spec, (FrameIndex(7), 1), all), Some(FrameIndex(5)));
     }
 }

@@ -137,12 +137,18 @@ impl Submission {
         }
         let (index, spec) = (self.key.index, self.key.spec);
         match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class.clone(), reply) {
-            Ok(()) => None,
+            Ok(decoder) => {
+                self.registry.routed(&self.key, Some(decoder));
+                None
+            }
             Err(SubmitError::Overloaded(e)) => {
                 self.registry.complete(self.key.clone(), Err(e));
                 None
             }
-            Err(SubmitError::NoRoom(back)) => Some(back),
+            Err(SubmitError::NoRoom(back)) => {
+                self.registry.routed(&self.key, None);
+                Some(back)
+            }
         }
     }
 
@@ -500,7 +506,7 @@ impl FrameStore {
                 }
                 std::collections::hash_map::Entry::Vacant(new) => {
                     let promote = self.pool.promoter(video, cell.clone());
-                    new.insert(InFlight { waiters: vec![tx], promote: Some(promote), fill: false });
+                    new.insert(InFlight { waiters: vec![tx], promote: Some(promote), fill: false, decoder: None });
                     (true, None)
                 }
             }

@@ -725,8 +725,9 @@ impl WorkerThread {
     }
 
     /// How many frames behind `target` to keep so that the frames before it that requests wait
-    /// for, and that the decode to `target` passes, come out with it: requests not queued on
-    /// this decoder yet, such as the earlier frames of a stream that waited for a decoder slot
+    /// for, and that the decode to `target` passes, come out with it: requests queued here
+    /// behind it or on no decoder yet, such as the earlier frames of a stream that waited for a
+    /// decoder slot
     /// (they retry in no particular order, and a decoder opened for a later one would otherwise
     /// seek back for each earlier one afterwards). A continuing decode passes the frames after
     /// the last one output; a seek, those that decode from the same seek point as `target`.
@@ -743,7 +744,9 @@ impl WorkerThread {
             (true, Some(last)) => i > last,
             _ => frames[i.get()].seek == frames[target.get()].seek,
         };
-        self.registry.earliest_waited(&self.video, spec, target, passed).map_or(0, |first| target.0 - first.0)
+        self.registry
+            .earliest_waited(&self.video, spec, (target, self.id), passed)
+            .map_or(0, |first| target.0 - first.0)
     }
 
     /// Register the frames of the backtrack window behind `target` that are missing, for a fill.
