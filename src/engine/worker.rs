@@ -740,6 +740,11 @@ impl WorkerThread {
     ) -> u32 {
         let frames = &self.video.index.frames;
         let last = decoder.position().and_then(|p| p.last_output);
+        // A sequential reader's next frame (a stream's every frame): nothing lies between, so
+        // the in-flight map is not scanned.
+        if continuing && last.is_some_and(|l| l.0 + 1 >= target.0) {
+            return 0;
+        }
         let passed = |i: FrameIndex| match (continuing, last) {
             (true, Some(last)) => i > last,
             _ => frames[i.get()].seek == frames[target.get()].seek,
