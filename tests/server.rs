@@ -1219,6 +1219,35 @@ async fn readahead_survives_a_full_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_and_the_backtrack_window_stay_within_what_the_cache_holds() {
+    // 640 KiB: the speculative share (a quarter) holds two 192x128 frames, as a 512 MiB cache
+    // holds five 4K ones. Reading 8 frames ahead, or keeping 32 behind a cold answer, would
+    // evict their first frames before anyone asked for them: a seek back at every step.
+    let d = start_with(|c| c.cache_size = framesrv::units::ByteSize(640 << 10)).await;
+    // One GOP, so the window behind a late frame could be 32 frames long.
+    let video = encode(&d.media.join("g60.mp4"), 60, 25, &["-c:v", "libx264", "-g", "60", "-pix_fmt", "yuv420p"]);
+    let reference = reference_frames(&video);
+    let mut c = d.client().await;
+    assert!(!c.request_frame(by_index("g60.mp4", 50)).await.unwrap().into_inner().cache_hit);
+    d.settle().await;
+    assert_eq!(d.store.stats().cache.evictions, 0, "the window behind 50 is what fits");
+    for i in [49, 48] {
+        assert!(c.request_frame(by_index("g60.mp4", i)).await.unwrap().into_inner().cache_hit, "frame {i} kept");
+    }
+    let seeks = d.store.stats().seeks;
+    let mut hits = 0;
+    for (i, expected) in reference.iter().enumerate().take(30) {
+        let f = c.request_frame(by_index("g60.mp4", i as i64)).await.unwrap().into_inner();
+        assert_eq!(f.data[..], expected[..], "frame {i}");
+        hits += f.cache_hit as usize;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(d.store.stats().seeks - seeks, 1, "reading forward never seeks back");
+    assert!(hits >= 25, "frames 2.. were read ahead and still there: {hits} of 30 were cache hits");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decoder_bound_holds_under_load_on_more_videos_than_decoders() {
     let d = start_with(|c| {
         c.decoder.max_total = 2;

@@ -209,6 +209,11 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
         true
     }
 
+    /// How many entries of `payload` bytes the speculative share holds at most.
+    pub fn speculative_room(&self, payload: u64) -> u64 {
+        self.inner.lock().speculative_cap / (payload + ENTRY_OVERHEAD)
+    }
+
     pub fn stats(&self) -> CacheStats {
         self.inner.lock().stats
     }

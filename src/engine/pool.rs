@@ -352,14 +352,15 @@ impl DecoderPool {
     }
 
     /// A client (whose requests are of class `reader`) read `index` right after `index - 1`:
-    /// ask the decoder that can continue from there to decode the next `readahead` frames into
-    /// the cache before they are requested.
+    /// ask the decoder that can continue from there to decode the next frames into the cache
+    /// before they are requested ([`schedule::readahead_depth`] of them).
     pub fn read_ahead(&self, video: &Arc<OpenVideo>, index: FrameIndex, spec: OutputSpec, reader: Class) {
-        if self.config.readahead == 0 {
+        let depth = schedule::readahead_depth(self.config.readahead, self.registry.speculative_room(video, spec));
+        if depth == 0 {
             return;
         }
         let count = video.index.frame_count() as u32;
-        let until = FrameIndex((index.0 + self.config.readahead).min(count.saturating_sub(1)));
+        let until = FrameIndex((index.0 + depth).min(count.saturating_sub(1)));
         if until <= index {
             return;
         }

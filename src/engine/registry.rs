@@ -108,6 +108,14 @@ impl Registry {
         }
     }
 
+    /// How many frames of `video` in `spec` the cache's speculative share holds: the bound on
+    /// read-ahead and on the backtrack window
+    /// ([`readahead_depth`](crate::engine::schedule::readahead_depth),
+    /// [`window_depth`](crate::engine::schedule::window_depth)).
+    pub(crate) fn speculative_room(&self, video: &OpenVideo, spec: OutputSpec) -> u32 {
+        u32::try_from(self.cache.speculative_room(video.frame_bytes(spec))).unwrap_or(u32::MAX)
+    }
+
     /// A decode finished: cache it and wake everyone waiting for it.
     pub(crate) fn complete(&self, key: FrameKey, result: Result<CachedFrame, EngineError>) {
         if let Ok(frame) = &result {

@@ -248,6 +248,24 @@ pub fn fill_may_run(threads_elsewhere: usize, clicks_waiting: usize, cores: usiz
     clicks_waiting == 0 && threads_elsewhere < cores.max(1)
 }
 
+/// How many frames to read ahead of a sequential reader: `readahead`, but no more than half of
+/// the `room` frames the cache's speculative share holds. Frames read ahead are speculative
+/// entries, and more of them than the share holds push each other out before the reader gets
+/// to them: its next frame is then a miss and a seek back, every step (large frames in a small
+/// cache: a 4K rgb24 frame is 25 MB, and a 512 MiB cache's share holds five). Half leaves the
+/// rest to other readers and to the frames kept on the way to a target.
+pub fn readahead_depth(readahead: u32, room: u32) -> u32 {
+    readahead.min(room / 2)
+}
+
+/// How many frames behind a cold answer to keep or fill: `keep_behind`, but no more than the
+/// `room` frames the cache's speculative share holds. A larger window evicts its own first
+/// frames (and frames clients asked for) before anyone steps back to them, and each of its
+/// frames costs a conversion.
+pub fn window_depth(keep_behind: u32, room: u32) -> u32 {
+    keep_behind.min(room)
+}
+
 /// The frames of the backtrack window behind `target` that a fill should decode: up to
 /// `keep_behind` frames before it, within the target's GOP (`gop_of(i)` gives the seek point
 /// frame `i` decodes from; stepping back past the keyframe is a cold request of its own, and
@@ -538,5 +556,23 @@ mod tests {
         assert!(fill_window(FrameIndex(50), 32, gop, none).is_empty(), "a keyframe has nothing behind it");
         assert!(fill_window(FrameIndex(3), 0, gop, none).is_empty());
         assert_eq!(fill_window(FrameIndex(2), 32, gop, none), [0, 1].map(FrameIndex).to_vec());
+    }
+
+    #[test]
+    fn speculation_is_bounded_by_what_the_cache_share_holds() {
+        // 720p rgb24 in a 512 MiB cache: the share holds 46 frames; the configured depths stand.
+        assert_eq!(readahead_depth(8, 46), 8);
+        assert_eq!(window_depth(32, 46), 32);
+        // 4K rgb24 in the same cache: 5 frames. Read-ahead takes half, the window all of it.
+        assert_eq!(readahead_depth(8, 5), 2);
+        assert_eq!(window_depth(32, 5), 5);
+        // A share that holds one frame (or a cache of 0) leaves nothing to read ahead: the
+        // frame would be evicted by the next one before the reader asked for it.
+        assert_eq!(readahead_depth(8, 1), 0);
+        assert_eq!(readahead_depth(8, 0), 0);
+        assert_eq!(window_depth(32, 0), 0);
+        // What the client asked for is never raised.
+        assert_eq!(readahead_depth(0, 100), 0);
+        assert_eq!(window_depth(3, 100), 3);
     }
 }

@@ -198,13 +198,6 @@ pub struct FrameStore {
     state: StateDir,
 }
 
-/// What one frame of `video` in `spec` is paid for: its raw size (an upper bound for PNG and
-/// JPEG).
-fn frame_bytes(video: &OpenVideo, spec: OutputSpec) -> u64 {
-    let raw = spec.raw_spec(video.index.stream.width, video.index.stream.height);
-    u64::from(raw.width) * u64::from(raw.height) * raw.pixel_format.bytes_per_pixel() as u64
-}
-
 /// How a blocking task that did not finish is told to the request: a panic (a bug, logged and
 /// counted) is [`EngineError::Panicked`]; a task cancelled by the runtime shutting down is
 /// [`EngineError::ShuttingDown`].
@@ -383,7 +376,7 @@ impl FrameStore {
     /// payment is returned when the transport drops the bytes. Past `limits.inflight_bytes`
     /// stream work waits; a unary request is counted but never waits behind slow stream readers.
     async fn pay(&self, video: &OpenVideo, spec: OutputSpec, class: Class) -> Paid {
-        let size = frame_bytes(video, spec);
+        let size = video.frame_bytes(spec);
         match class {
             Class::Interactive => self.budget.pay_now(size),
             _ => self.budget.pay(size).await,
@@ -544,7 +537,7 @@ impl FrameStore {
         spec: OutputSpec,
     ) -> impl Stream<Item = Result<Frame, EngineError>> + Send + 'static {
         let lookahead = self.config.batch_lookahead.max(1);
-        let bytes = frame_bytes(&video, spec);
+        let bytes = video.frame_bytes(spec);
         if let Some((segments, parallel)) = self.segments(&video, &indices, bytes) {
             return self.segmented(video, segments, parallel, spec, bytes).left_stream();
         }

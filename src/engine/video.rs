@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::engine::ffmpeg::{FfmpegError, MediaFile};
 use crate::engine::index::{DecodedFrameMeta, VideoIndex};
 use crate::engine::index_store::ContentKey;
+use crate::engine::output::OutputSpec;
 use crate::engine::EngineError;
 
 /// Identity of a video file's content as far as caching goes: a replaced file (another inode,
@@ -36,6 +37,14 @@ pub struct OpenVideo {
     /// Names the file's bytes (identity plus a digest of both ends): keys the stored index
     /// and the HTTP ETags.
     pub content_key: ContentKey,
+}
+
+impl OpenVideo {
+    /// The raw size of one frame of this video in `spec` (an upper bound for PNG and JPEG).
+    pub fn frame_bytes(&self, spec: OutputSpec) -> u64 {
+        let raw = spec.raw_spec(self.index.stream.width, self.index.stream.height);
+        u64::from(raw.width) * u64::from(raw.height) * raw.pixel_format.bytes_per_pixel() as u64
+    }
 }
 
 /// Build a video's index: one demux pass without decoding, or, for files whose packets carry

@@ -692,7 +692,8 @@ impl WorkerThread {
         // way, which costs only conversions. Both only while a core is free (`fill_may_run`).
         let continuing = plan::plan(&video.index, decoder.position(), job.target, self.config.decode.continue_slack)
             == Plan::Continue;
-        let keep = if continuing && self.fill_may_run(true) { job.keep_behind } else { 0 };
+        let window = schedule::window_depth(job.keep_behind, registry.speculative_room(video, spec));
+        let keep = if continuing && self.fill_may_run(true) { window } else { 0 };
         let keep = keep.max(self.waited_on_the_way(decoder, job.target, &spec, continuing));
         let inbox = &self.inbox;
         let result =
@@ -706,13 +707,9 @@ impl WorkerThread {
         };
         // The window to fill, registered in flight before the answer leaves, so a client that
         // steps back at once waits for the fill rather than starting a cold decode of its own.
-        let fill = if class == Class::Interactive
-            && job.keep_behind > 0
-            && result.is_ok()
-            && !closing
-            && self.fill_may_run(true)
+        let fill = if class == Class::Interactive && window > 0 && result.is_ok() && !closing && self.fill_may_run(true)
         {
-            self.reserve_fill(job.target, job.keep_behind, &spec)
+            self.reserve_fill(job.target, window, &spec)
         } else {
             None
         };
