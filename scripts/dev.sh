@@ -13,7 +13,7 @@ ROOT="$PWD"
 
 APT_PACKAGES=(
   build-essential pkg-config clang libclang-dev
-  ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
+  ffmpeg libavcodec-dev libavformat-dev libavfilter-dev libavutil-dev libswscale-dev
   python3 python3-venv python3-pip ca-certificates curl
   chromium chromium-driver haproxy
 )

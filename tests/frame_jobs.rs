@@ -354,6 +354,7 @@ async fn storyboards_show_the_frames_their_tiles_name() {
         columns: 4,
         exact,
         jpeg_quality: 95,
+        upright: false,
     };
     for exact in [false, true] {
         let board = c.get_storyboard(req(12, W, exact)).await.unwrap().into_inner();

@@ -1248,6 +1248,64 @@ async fn read_ahead_and_the_backtrack_window_stay_within_what_the_cache_holds() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_videos_are_served_as_coded_or_upright_exactly() {
+    let d = start().await;
+    // The `rotate` tag phones write, on 8-bit and 10-bit (how phones record HDR) video.
+    let ten = encode(&d.media.join("ten.mp4"), 24, 25, &["-c:v", "libx264", "-g", "12", "-pix_fmt", "yuv420p10le"]);
+    let mut c = d.client().await;
+    for (name, source, tag) in [
+        ("r90.mp4", d.media.join("a.mp4"), 90),
+        ("r180.mp4", d.media.join("a.mp4"), 180),
+        ("r270.mp4", d.media.join("a.mp4"), 270),
+        ("r90-10bit.mp4", ten.clone(), 90),
+    ] {
+        let path = d.media.join(name);
+        let rotate = format!("rotate={tag}");
+        ffmpeg(&["-i", source.to_str().unwrap(), "-c", "copy", "-metadata:s:v", &rotate, path.to_str().unwrap()]);
+        // What the CLI reads of the matrix: ffprobe prints its counter-clockwise angle.
+        let probed = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream_side_data=rotation", "-of"])
+            .args(["csv=p=0", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let counter_clockwise: f64 = String::from_utf8_lossy(&probed.stdout).trim().parse().unwrap();
+        let clockwise = (360.0 - counter_clockwise).rem_euclid(360.0);
+        let info = c.get_video_info(pb::GetVideoInfoRequest { video: name.into() }).await.unwrap().into_inner();
+        assert_eq!(info.display_rotation, clockwise, "{name}");
+        assert_eq!((info.width, info.height), (W, H), "{name}: the size is as coded");
+        let quarter = clockwise == 90.0 || clockwise == 270.0;
+        // Upright: bit-identical to the CLI, which turns pictures by default.
+        let upright = reference_frames(&path);
+        let coded = reference_frames_with(&path, &["-noautorotate"], "rgb24", 3);
+        assert_ne!(upright[3], coded[3], "{name}: the CLI turned the pictures");
+        for i in shuffled(upright.len(), 6, tag) {
+            let spec = pb::OutputSpec { upright: true, ..Default::default() };
+            let r = pb::FrameRequest { output: Some(spec), ..by_index(name, i as i64) };
+            let f = c.request_frame(r).await.unwrap().into_inner();
+            assert_eq!(f.data[..], upright[i][..], "{name}: upright frame {i}");
+            assert_eq!((f.width, f.height), if quarter { (H, W) } else { (W, H) }, "{name}");
+            let f = c.request_frame(by_index(name, i as i64)).await.unwrap().into_inner();
+            assert_eq!(f.data[..], coded[i][..], "{name}: frame {i} as coded");
+            assert_eq!((f.width, f.height), (W, H));
+        }
+        // Another pixel format goes through the same turn.
+        let gray = reference_frames_as(&path, "gray", 1);
+        let spec = pb::OutputSpec { upright: true, pixel_format: pb::PixelFormat::Gray8 as i32, ..Default::default() };
+        let r = pb::FrameRequest { output: Some(spec), ..by_index(name, 5) };
+        assert_eq!(c.request_frame(r).await.unwrap().into_inner().data[..], gray[5][..], "{name}: gray upright");
+        // Storyboards too: tiles of the turned size.
+        for upright in [false, true] {
+            let req =
+                pb::StoryboardRequest { video: name.into(), tiles: 2, exact: true, upright, ..Default::default() };
+            let board = c.get_storyboard(req).await.unwrap().into_inner();
+            let tile = &board.tiles[0];
+            assert_eq!(tile.width > tile.height, !(upright && quarter), "{name}: storyboard upright={upright}");
+        }
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decoder_bound_holds_under_load_on_more_videos_than_decoders() {
     let d = start_with(|c| {
         c.decoder.max_total = 2;

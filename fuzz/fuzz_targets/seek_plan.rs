@@ -34,6 +34,7 @@ fn run(data: &[u8]) -> Result<()> {
             (num, den) if num > 0 && den > 0 => f64::from(num) / f64::from(den),
             _ => 0.0,
         },
+        orientation: Default::default(),
     };
     let count = u.int_in_range(0..=400usize)?;
     let mut packets = Vec::with_capacity(count);

@@ -47,6 +47,9 @@ pub struct GetArgs {
     /// Out of range gives the nearest frame instead of an error.
     #[arg(long)]
     pub clamp: bool,
+    /// Turned as the video's display matrix says (phones' rotate tag), as players show it.
+    #[arg(long)]
+    pub upright: bool,
     /// Where to write the frame.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
@@ -118,6 +121,12 @@ async fn run_async(command: Command) -> Result<(), String> {
             println!("video:               {}", info.video);
             println!("frames:              {}", info.frame_count);
             println!("size:                {}x{}", info.width, info.height);
+            if info.display_rotation != 0.0 {
+                println!(
+                    "display rotation:    {} degrees clockwise (--upright turns frames so)",
+                    info.display_rotation
+                );
+            }
             println!("duration:            {:.3} s", info.duration_s);
             println!("average fps:         {:.3}", info.avg_fps);
             println!("variable frame rate: {}", info.variable_frame_rate);
@@ -193,6 +202,7 @@ async fn run_async(command: Command) -> Result<(), String> {
                     max_width,
                     max_height,
                     jpeg_quality: args.quality,
+                    upright: args.upright,
                 }),
                 clamp: args.clamp,
                 keep_behind: None,

@@ -52,6 +52,9 @@ pub struct StoryboardArgs {
     /// The exact frame at each evenly spaced time instead of the nearest keyframe.
     #[arg(long)]
     pub exact: bool,
+    /// Tiles turned as the video's display matrix says (phones' rotate tag), as players show it.
+    #[arg(long)]
+    pub upright: bool,
     /// Where to write the JPEG.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
@@ -181,6 +184,7 @@ pub async fn storyboard(args: StoryboardArgs) -> Result<(), String> {
         columns: args.columns,
         exact: args.exact,
         jpeg_quality: 0,
+        upright: args.upright,
     };
     let board = connect(&args.server.server)
         .await?

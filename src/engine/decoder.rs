@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::engine::buffers::BufferPool;
-use crate::engine::ffmpeg::{output_capacity, Converter, DecodedFrame, MediaFile, VideoDecoder, VideoPacket};
+use crate::engine::ffmpeg::{output_capacity, Converter, DecodedFrame, MediaFile, Turner, VideoDecoder, VideoPacket};
 use crate::engine::index::{FrameIdentity, SeekTarget, VideoIndex};
 use crate::engine::output::{OutputSpec, PixelFormat, RawSpec};
 use crate::engine::plan::{self, Plan, Position};
@@ -86,6 +86,8 @@ pub struct FrameDecoder {
     file: MediaFile,
     decoder: VideoDecoder,
     converter: Converter,
+    /// Turns and converts frames asked for upright whose video is not.
+    turner: Turner,
     /// Whether frames also (or only) carry their luma; see [`FrameDecoder::set_luma`].
     luma: Luma,
     luma_converter: Converter,
@@ -143,6 +145,7 @@ impl FrameDecoder {
             file,
             decoder,
             converter: Converter::default(),
+            turner: Turner::default(),
             luma: Luma::Off,
             luma_converter: Converter::default(),
             index,
@@ -234,7 +237,8 @@ impl FrameDecoder {
                 count: self.index.frame_count(),
             });
         }
-        let raw_spec = spec.raw_spec(self.index.stream.width, self.index.stream.height);
+        let (width, height) = self.index.stream.shown_size(spec.upright);
+        let raw_spec = spec.raw_spec(width, height);
         while let Some(front) = self.ahead.front() {
             if front.index < target {
                 self.ahead.pop_front();
@@ -447,12 +451,20 @@ impl FrameDecoder {
             let spec = RawSpec { pixel_format: PixelFormat::Gray8, width: frame.width(), height: frame.height() };
             return Ok(RawFrame { index: idx, spec, key, data: data.clone(), luma });
         }
-        let raw = spec.raw_spec(frame.width(), frame.height());
+        let orientation = &self.index.stream.orientation;
+        let turn = spec.upright && !orientation.is_upright();
+        let raw = if turn && orientation.swaps_sides() {
+            spec.raw_spec(frame.height(), frame.width())
+        } else {
+            spec.raw_spec(frame.width(), frame.height())
+        };
         let buffer = self.buffers.take(output_capacity(raw.pixel_format, raw.width, raw.height));
-        let data = self
-            .converter
-            .convert(frame, raw.pixel_format, raw.width, raw.height, buffer)
-            .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+        let data = if turn {
+            self.turner.convert(frame, orientation, raw.pixel_format, (raw.width, raw.height), buffer)
+        } else {
+            self.converter.convert(frame, raw.pixel_format, raw.width, raw.height, buffer)
+        }
+        .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
         Ok(RawFrame { index: idx, spec: raw, key, data: self.buffers.share(data), luma })
     }
 

@@ -6,9 +6,9 @@
 //! Everything FFmpeg-shaped lives here: opening a file (locked down to plain local files and a
 //! list of video demuxers), reading the video stream's packets, seeking one stream in its own
 //! time base, decoding with the send/receive API, and converting decoded pictures to tightly
-//! packed pixels. The rest of the crate is safe Rust and sees only [`MediaFile`],
-//! [`VideoDecoder`], [`DecodedFrame`] and [`Converter`], whose methods cannot be misused to
-//! break memory safety.
+//! packed pixels (turned upright first where asked: [`Turner`]). The rest of the crate is safe
+//! Rust and sees only [`MediaFile`], [`VideoDecoder`], [`DecodedFrame`], [`Converter`] and
+//! [`Turner`], whose methods cannot be misused to break memory safety.
 //!
 //! Why the lock-down: a client names a video, and FFmpeg will happily treat a name as a URL
 //! (`http:`, `concat:`, `pipe:`), or a probed file as a playlist (ffconcat, HLS) that points at
@@ -26,8 +26,10 @@ use ffmpeg_next as ff;
 use crate::engine::output::PixelFormat;
 
 mod encode;
+mod orient;
 use crate::units::{Pts, TimeBase};
 pub use encode::{ClipCodec, ClipEncoder};
+pub use orient::{Orientation, Turner};
 
 /// Demuxers a request may reach. Each reads one self-contained file; playlist and
 /// concatenation demuxers (hls, dash, concat, image2 patterns) are deliberately absent.
@@ -179,6 +181,19 @@ pub struct StreamInfo {
     pub time_base: TimeBase,
     /// The stream's average frame rate as the container states it (0/0 when unknown).
     pub header_fps: f64,
+    /// How its pictures are to be shown (its display matrix).
+    pub orientation: Orientation,
+}
+
+impl StreamInfo {
+    /// The size of a picture as served: turned upright (`upright`) or as coded.
+    pub fn shown_size(&self, upright: bool) -> (u32, u32) {
+        if upright && self.orientation.swaps_sides() {
+            (self.height, self.width)
+        } else {
+            (self.width, self.height)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +209,7 @@ impl StreamInfo {
             height: size,
             time_base: crate::units::TimeBase { num: 1, den: fps },
             header_fps: fps as f64,
+            orientation: Orientation::default(),
         }
     }
 }
@@ -292,7 +308,16 @@ impl MediaFile {
             {
                 return Err(FfmpegError::NoVideoStream);
             }
+            let display_matrix = stream
+                .side_data()
+                .find(|d| d.kind() == ff::codec::packet::side_data::Type::DisplayMatrix)
+                .and_then(|d| {
+                    let words: Vec<i32> =
+                        d.data().chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    <[i32; 9]>::try_from(words.get(..9)?).ok()
+                });
             StreamInfo {
+                orientation: Orientation::from_display_matrix(display_matrix.as_ref()),
                 codec: codec_id.name().to_string(),
                 container: input.format().name().to_string(),
                 pixel_format,
@@ -520,7 +545,7 @@ struct ScalerKey {
 // thread and only used through `&mut self`.
 unsafe impl Send for Converter {}
 
-fn av_pixel_format(format: PixelFormat) -> ff::format::Pixel {
+pub(crate) fn av_pixel_format(format: PixelFormat) -> ff::format::Pixel {
     match format {
         PixelFormat::Rgb24 => ff::format::Pixel::RGB24,
         PixelFormat::Bgr24 => ff::format::Pixel::BGR24,

@@ -21,13 +21,13 @@ use std::time::SystemTime;
 
 use md5::{Digest, Md5};
 
-use crate::engine::ffmpeg::StreamInfo;
+use crate::engine::ffmpeg::{Orientation, StreamInfo};
 use crate::engine::index::{FrameEntry, FrameIdentity, SeekPoint, SeekTarget, VideoIndex};
 use crate::units::{PacketNo, Pts, TimeBase};
 
 const MAGIC: &[u8; 8] = b"FSRVIDX\0";
 /// Bump on any change to the layout below: entries of other versions are rebuilt.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// Magic, version, checksum.
 const HEAD: usize = 16;
 /// Bytes hashed at each end of the file.
@@ -139,9 +139,10 @@ pub fn encode(index: &VideoIndex, key: &ContentKey) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(64 + index.frames.len() * 37 + index.packet_pts_list().len() * 8));
     w.0.extend_from_slice(&key.0);
     let s = &index.stream;
-    for text in [&s.codec, &s.container, &s.pixel_format] {
+    for text in [&s.codec, &s.container, &s.pixel_format, &s.orientation.filters] {
         w.bytes(text.as_bytes());
     }
+    w.f64(s.orientation.degrees);
     w.u32(s.width);
     w.u32(s.height);
     w.u32(s.time_base.num as u32);
@@ -208,8 +209,10 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
         return None;
     }
     let mut text = || String::from_utf8(r.bytes()?.to_vec()).ok();
-    let (codec, container, pixel_format) = (text()?, text()?, text()?);
+    let (codec, container, pixel_format, filters) = (text()?, text()?, text()?, text()?);
+    let orientation = Orientation { filters, degrees: r.f64()? };
     let stream = StreamInfo {
+        orientation,
         codec,
         container,
         pixel_format,

@@ -54,6 +54,9 @@ pub struct OutputSpec {
     pub max_height: u32,
     /// 1..=100; 0 means the default (90). Only used for JPEG.
     pub jpeg_quality: u8,
+    /// Turned as the video's display matrix says (as players and the ffmpeg CLI show it),
+    /// rather than as coded ([`crate::engine::ffmpeg::Orientation`]).
+    pub upright: bool,
 }
 
 /// The pixels a decoder thread produces for a spec: format and exact size. PNG and JPEG

@@ -698,13 +698,15 @@ impl FrameStore {
     }
 
     /// A storyboard of `layout.tiles` tiles (keyframes nearest evenly spaced times, or with
-    /// `exact` the frames at those times), as one JPEG grid.
+    /// `exact` the frames at those times), as one JPEG grid; turned as the video is shown with
+    /// `upright` (the layout must be of the turned size then).
     pub async fn storyboard(
         self: &Arc<Self>,
         video: &Arc<OpenVideo>,
         layout: Layout,
         exact: bool,
         jpeg_quality: u8,
+        upright: bool,
     ) -> Result<StoryboardImage, EngineError> {
         let chosen = storyboard::frames(&video.index, layout.tiles, exact);
         let mut unique = chosen.clone();
@@ -716,6 +718,7 @@ impl FrameStore {
             max_width: layout.tile_width,
             max_height: layout.tile_height,
             jpeg_quality: 0,
+            upright,
         };
         let fetched: Vec<Frame> = self.frames(video.clone(), unique.clone(), spec).try_collect().await?;
         let name = video.name.clone();

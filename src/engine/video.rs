@@ -42,7 +42,8 @@ pub struct OpenVideo {
 impl OpenVideo {
     /// The raw size of one frame of this video in `spec` (an upper bound for PNG and JPEG).
     pub fn frame_bytes(&self, spec: OutputSpec) -> u64 {
-        let raw = spec.raw_spec(self.index.stream.width, self.index.stream.height);
+        let (width, height) = self.index.stream.shown_size(spec.upright);
+        let raw = spec.raw_spec(width, height);
         u64::from(raw.width) * u64::from(raw.height) * raw.pixel_format.bytes_per_pixel() as u64
     }
 }

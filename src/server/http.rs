@@ -177,11 +177,12 @@ pub fn info_json(i: &pb::VideoInfo) -> serde_json::Value {
         "start_time_s": i.start_time_s,
         "frame_identity": i.frame_identity,
         "content_key": i.content_key,
+        "display_rotation": i.display_rotation,
     })
 }
 
 /// The output a frame URL asks for: `?format=` (jpeg, png, raw) or else the `Accept` header,
-/// `?max_width=&max_height=&quality=&pixel_format=`.
+/// `?max_width=&max_height=&quality=&pixel_format=&upright=`.
 pub fn output_from_query(q: &HashMap<String, String>, accept: Option<&str>) -> Result<pb::OutputSpec, RequestError> {
     const FORMATS: &str = "jpeg, png, raw";
     const PIXELS: &str = "rgb24, bgr24, rgba, gray8";
@@ -210,6 +211,7 @@ pub fn output_from_query(q: &HashMap<String, String>, accept: Option<&str>) -> R
         max_width: number(q, "max_width")?.unwrap_or(0),
         max_height: number(q, "max_height")?.unwrap_or(0),
         jpeg_quality: number(q, "quality")?.unwrap_or(0),
+        upright: flag(q, "upright")?,
     })
 }
 
@@ -253,13 +255,14 @@ pub fn etag(content_key: &str, index: FrameIndex, spec: &OutputSpec) -> String {
         Encoding::Jpeg => "jpeg",
     };
     format!(
-        "\"{}-{}-{encoding}-{}-{}x{}-q{}\"",
+        "\"{}-{}-{encoding}-{}-{}x{}-q{}{}\"",
         &content_key[..content_key.len().min(20)],
         index.0,
         spec.pixel_format.name(),
         spec.max_width,
         spec.max_height,
-        spec.jpeg_quality
+        spec.jpeg_quality,
+        if spec.upright { "-upright" } else { "" }
     )
 }
 
@@ -350,7 +353,7 @@ fn with_headers(body: impl Into<Body>, headers: impl IntoIterator<Item = (&'stat
     response
 }
 
-/// `GET /v1/videos/{video}/storyboard?tiles=&tile_width=&tile_height=&columns=&exact=`: the
+/// `GET /v1/videos/{video}/storyboard?tiles=&tile_width=&tile_height=&columns=&exact=&upright=`: the
 /// storyboard JPEG, with its layout and each tile's frame in headers.
 async fn storyboard(state: &HttpState, video: String, q: &HashMap<String, String>) -> Result<Response, HttpError> {
     if state.draining.load(Ordering::Relaxed) {
@@ -365,6 +368,7 @@ async fn storyboard(state: &HttpState, video: String, q: &HashMap<String, String
         columns: number(q, "columns")?.unwrap_or(0),
         exact: flag(q, "exact")?,
         jpeg_quality: number(q, "quality")?.unwrap_or(0),
+        upright: flag(q, "upright")?,
     };
     let board =
         with_timeout(state.service.request_timeout(), state.service.storyboard_inner(req)).await.map_err(|e| {
@@ -431,6 +435,7 @@ mod tests {
         assert_ne!(a, etag("00aa", FrameIndex(6), &spec));
         assert_ne!(a, etag("00aa", FrameIndex(5), &OutputSpec { max_width: 64, ..spec }));
         assert_ne!(a, etag("00aa", FrameIndex(5), &OutputSpec { pixel_format: PixelFormat::Gray8, ..spec }));
+        assert_ne!(a, etag("00aa", FrameIndex(5), &OutputSpec { upright: true, ..spec }));
         assert!(a.starts_with('"') && a.ends_with('"'));
         assert!(none_match(Some(&a), &a));
         assert!(none_match(Some(&format!("\"x\", {a}")), &a));

@@ -101,6 +101,7 @@ impl FrameService {
             max_width: spec.max_width,
             max_height: spec.max_height,
             jpeg_quality: spec.jpeg_quality as u8,
+            upright: spec.upright,
         })
     }
 
@@ -170,6 +171,7 @@ impl FrameService {
             }
             .into(),
             content_key: video.content_key.hex(),
+            display_rotation: idx.stream.orientation.degrees,
         })
     }
 
@@ -269,12 +271,12 @@ impl FrameService {
         let tiles = req.tiles;
         let tile_width = if req.tile_width == 0 && req.tile_height == 0 { 160 } else { req.tile_width };
         let video = self.open(&req.video).await?;
-        let (w, h) = (video.index.stream.width, video.index.stream.height);
+        let (w, h) = video.index.stream.shown_size(req.upright);
         let layout = Layout::new(w, h, tiles, tile_width, req.tile_height, req.columns);
         too_large("the storyboard's width (columns x tile width)", layout.width(), MAX_SIDE)?;
         too_large("the storyboard's height (rows x tile height)", layout.height(), MAX_SIDE)?;
         let quality = if req.jpeg_quality == 0 { 80 } else { req.jpeg_quality as u8 };
-        let board = self.store.storyboard(&video, layout, req.exact, quality).await?;
+        let board = self.store.storyboard(&video, layout, req.exact, quality, req.upright).await?;
         Ok(pb::Storyboard {
             image: board.jpeg,
             width: layout.width(),

@@ -121,8 +121,16 @@ pub fn reference_frames(path: &Path) -> Vec<Vec<u8>> {
 }
 
 pub fn reference_frames_as(path: &Path, pix_fmt: &str, bpp: usize) -> Vec<Vec<u8>> {
+    reference_frames_with(path, &[], pix_fmt, bpp)
+}
+
+/// [`reference_frames_as`] with options before the input (`-noautorotate`: as coded, where the
+/// CLI would turn the pictures as the display matrix says).
+pub fn reference_frames_with(path: &Path, input_options: &[&str], pix_fmt: &str, bpp: usize) -> Vec<Vec<u8>> {
     let output = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
+        .args(["-v", "error"])
+        .args(input_options)
+        .arg("-i")
         .arg(path)
         .args(["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
         .output()

@@ -228,3 +228,44 @@ def test_cors_is_off_by_default(base):
     pre = requests.options(f"{base}/v1/videos/clip.mp4/frames/1",
                            headers={"Origin": "https://labels.example", "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in pre.headers
+
+
+def test_a_phone_video_comes_upright_on_request_as_the_ffmpeg_cli_shows_it(base, daemon, media):
+    """The `rotate` tag phones write: frames come as coded unless asked for upright, over HTTP
+    (`?upright=1`) and through the Python package (`upright=True`), bit-identical to the CLI,
+    which turns them by default."""
+    import subprocess
+
+    import numpy as np
+
+    from framesrv import Client
+
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(media / "clip.mp4"), "-c", "copy",
+                    "-metadata:s:v", "rotate=90", str(media / "phone.mp4")], check=True)
+
+    def decode(*input_options):
+        raw = subprocess.run(["ffmpeg", "-v", "error", *input_options, "-i", str(media / "phone.mp4"),
+                              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+        return [raw[i:i + W * H * 3] for i in range(0, len(raw), W * H * 3)]
+
+    upright, coded = decode(), decode("-noautorotate")
+    assert upright[7] != coded[7]
+    info = requests.get(f"{base}/v1/videos/phone.mp4").json()
+    assert info["display_rotation"] in (90, 270) and (info["width"], info["height"]) == (W, H)
+    for i in [7, 30]:
+        r = requests.get(f"{base}/v1/videos/phone.mp4/frames/{i}", params={"format": "raw", "upright": "1"})
+        assert r.status_code == 200, r.text
+        assert (r.headers["x-frame-width"], r.headers["x-frame-height"]) == (str(H), str(W))
+        assert r.content == upright[i], f"frame {i} upright"
+        r = requests.get(f"{base}/v1/videos/phone.mp4/frames/{i}", params={"format": "raw"})
+        assert r.content == coded[i], f"frame {i} as coded"
+        assert r.headers["etag"] != requests.get(
+            f"{base}/v1/videos/phone.mp4/frames/{i}", params={"format": "raw", "upright": "1"}).headers["etag"]
+    with Client(daemon) as client:
+        assert client.info("phone.mp4").display_rotation == info["display_rotation"]
+        frame = client.frame("phone.mp4", index=12, upright=True)
+        assert frame.shape == (W, H, 3) and frame.tobytes() == upright[12]
+        frames = list(client.frames("phone.mp4", range(3, 6), upright=True))
+        assert [f.tobytes() for f in frames] == upright[3:6]
+        assert np.array_equal(client.frame("phone.mp4", index=12), np.frombuffer(coded[12], np.uint8).reshape(H, W, 3))
+    assert requests.get(f"{base}/v1/videos/phone.mp4/frames/1", params={"upright": "sideways"}).status_code == 400

@@ -106,3 +106,21 @@ def test_step_five_frames_and_the_page_shows_the_servers_frame_5(browser, daemon
     out.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(out / "viewer.png"))
     print(f"viewer screenshot: {out / 'viewer.png'}")
+
+
+def test_a_phone_video_is_shown_upright(browser, daemon, media):
+    """A video with the `rotate` tag phones write is shown turned, as a player shows it."""
+    import subprocess
+
+    from selenium.webdriver.support.ui import Select
+
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(media / "clip.mp4"), "-c", "copy",
+                    "-metadata:s:v", "rotate=90", str(media / "held-upright.mp4")], check=True)
+    browser.get(f"http://{daemon}/")
+    wait_for(browser, lambda d: "held-upright.mp4" in d.find_element("id", "video").text, "the video list")
+    Select(browser.find_element("id", "video")).select_by_visible_text("held-upright.mp4")
+    img = browser.find_element("id", "frame")
+    wait_for(browser, lambda d: "held-upright.mp4" in (img.get_attribute("data-url") or "") and d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", img), "the phone video's frame")
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img)
+    assert size == [H, W], f"the {W}x{H} pictures are shown turned, not {size}"

@@ -83,14 +83,15 @@ def _error(e: grpc.RpcError) -> FramesrvError:
     return _BY_CODE.get(code, FramesrvError)(code, details or "")
 
 
-def _output(max_size: MaxSize, gray: bool = False) -> pb.OutputSpec:
+def _output(max_size: MaxSize, gray: bool = False, upright: bool = False) -> pb.OutputSpec:
     if max_size is None:
         w = h = 0
     elif isinstance(max_size, int):
         w = h = max_size
     else:
         w, h = max_size
-    return pb.OutputSpec(encoding=pb.RAW, pixel_format=pb.GRAY8 if gray else pb.RGB24, max_width=w, max_height=h)
+    return pb.OutputSpec(encoding=pb.RAW, pixel_format=pb.GRAY8 if gray else pb.RGB24, max_width=w, max_height=h,
+                         upright=upright)
 
 
 def _array(frame: pb.Frame) -> np.ndarray:
@@ -166,20 +167,24 @@ class Client:
     # Frames ---------------------------------------------------------------------------------
 
     def frame(self, video: str, index: Optional[int] = None, time: Optional[float] = None,
-              max_size: MaxSize = None, clamp: bool = False, gray: bool = False) -> np.ndarray:
+              max_size: MaxSize = None, clamp: bool = False, gray: bool = False,
+              upright: bool = False) -> np.ndarray:
         """One frame as a uint8 array (height, width, 3), RGB; (height, width) with `gray`.
 
         Exactly one of `index` (negative counts from the end) or `time` (seconds from the first
         frame). `max_size` fits the frame inside (width, height), or a square of that side.
+        `upright` turns it as the video's display matrix says (phone videos: `info().
+        display_rotation`), as players and the ffmpeg CLI show it; by default it is as coded.
         """
-        return _array(self.frame_message(video, index, time, max_size, clamp, gray))
+        return _array(self.frame_message(video, index, time, max_size, clamp, gray, upright))
 
     def frame_message(self, video: str, index: Optional[int] = None, time: Optional[float] = None,
-                      max_size: MaxSize = None, clamp: bool = False, gray: bool = False) -> pb.Frame:
+                      max_size: MaxSize = None, clamp: bool = False, gray: bool = False,
+                      upright: bool = False) -> pb.Frame:
         """The frame with its metadata (index, pts, time_s, key_frame, ...) and raw bytes."""
         if (index is None) == (time is None):
             raise ValueError("give exactly one of index= or time=")
-        request = pb.FrameRequest(video=video, output=_output(max_size, gray), clamp=clamp)
+        request = pb.FrameRequest(video=video, output=_output(max_size, gray, upright), clamp=clamp)
         if index is not None:
             request.index = int(index)
         else:
@@ -188,19 +193,19 @@ class Client:
 
     def frames(self, video: str, indices: Union[Sequence[int], range, None] = None,
                time_range: Optional[Tuple[float, float]] = None, max_size: MaxSize = None,
-               gray: bool = False, with_meta: bool = False) -> Iterator:
+               gray: bool = False, with_meta: bool = False, upright: bool = False) -> Iterator:
         """Frames streamed in the order asked: a `range` (sent as a range), any list of indices
         (repeats allowed), or a `time_range` (start_s, stop_s). Yields arrays, or
         (pb.Frame, array) pairs with `with_meta`."""
-        request = pb.FramesRequest(video=video, output=_output(max_size, gray))
+        request = pb.FramesRequest(video=video, output=_output(max_size, gray, upright))
         _select(request, indices, time_range)
         for frame in self._stream(self._stub.RequestFrames, request, video):
             yield (frame, _array(frame)) if with_meta else _array(frame)
 
     def keyframes(self, video: str, every: int = 1, time_range: Optional[Tuple[float, float]] = None,
-                  max_size: MaxSize = None) -> Iterator[Tuple[pb.Frame, np.ndarray]]:
+                  max_size: MaxSize = None, upright: bool = False) -> Iterator[Tuple[pb.Frame, np.ndarray]]:
         """Every `every`-th keyframe (within `time_range`), decoding keyframes only."""
-        request = pb.KeyframesRequest(video=video, every=every, output=_output(max_size))
+        request = pb.KeyframesRequest(video=video, every=every, output=_output(max_size, upright=upright))
         if time_range is not None:
             request.time_range.CopyFrom(pb.TimeRange(start_s=time_range[0], stop_s=time_range[1]))
         for frame in self._stream(self._stub.RequestKeyframes, request, video):
@@ -226,16 +231,18 @@ class Client:
         return self._call(self._stub.FindDuplicates, request, video, timeout)
 
     def storyboard(self, video: str, tiles: int = 50, tile_width: int = 0, tile_height: int = 0,
-                   columns: int = 0, exact: bool = False) -> pb.Storyboard:
-        """A grid of thumbnails as one JPEG (`.image`) and where each tile's frame is."""
+                   columns: int = 0, exact: bool = False, upright: bool = False) -> pb.Storyboard:
+        """A grid of thumbnails as one JPEG (`.image`) and where each tile's frame is; tiles
+        turned as the video is shown with `upright`."""
         request = pb.StoryboardRequest(video=video, tiles=tiles, tile_width=tile_width,
-                                       tile_height=tile_height, columns=columns, exact=exact)
+                                       tile_height=tile_height, columns=columns, exact=exact,
+                                       upright=upright)
         return self._call(self._stub.GetStoryboard, request, video)
 
     def clip(self, video: str, start: int, stop: int, lossless: bool = False,
-             max_size: MaxSize = None, crf: int = 0, preset: str = "") -> bytes:
+             max_size: MaxSize = None, crf: int = 0, preset: str = "", upright: bool = False) -> bytes:
         """Frames start..stop encoded as H.264 in MP4 (or FFV1 in Matroska, `lossless`)."""
-        output = _output(max_size)
+        output = _output(max_size, upright=upright)
         request = pb.ClipRequest(video=video, range=pb.IndexRange(start=start, stop=stop),
                                  format=pb.MKV_FFV1 if lossless else pb.MP4_H264, output=output,
                                  crf=crf, preset=preset)
