@@ -258,4 +258,39 @@ mod tests {
         // A matrix that scales nothing (all zero) says nothing.
         assert!(Orientation::from_display_matrix(Some(&[0; 9])).is_upright());
     }
+
+    /// Every kind of turn the matrix can ask for builds a graph that gives the size the rest of
+    /// the engine expects (a quarter turn swaps the sides, the others keep them), in each
+    /// output format and at a smaller size; the exact pixels are checked against the CLI in
+    /// tests/server.rs.
+    #[test]
+    fn every_turn_gives_the_size_expected() {
+        super::super::init();
+        let mut picture = ff::frame::Video::new(ff::format::Pixel::YUV420P, 64, 48);
+        for plane in 0..3 {
+            picture.data_mut(plane).fill(100);
+        }
+        let frame = DecodedFrame { frame: picture };
+        let mut turner = Turner::default();
+        for degrees in [90.0, 180.0, 270.0, 30.0] {
+            for flip in [false, true] {
+                let mut m = matrix(degrees);
+                if flip {
+                    // av_display_matrix_flip(m, 1, 0): mirrored horizontally.
+                    m[0] = -m[0];
+                    m[3] = -m[3];
+                    m[6] = -m[6];
+                }
+                let o = Orientation::from_display_matrix(Some(&m));
+                assert!(!o.is_upright(), "{degrees} {flip}");
+                let (w, h) = if o.swaps_sides() { (48, 64) } else { (64, 48) };
+                for format in [PixelFormat::Rgb24, PixelFormat::Gray8, PixelFormat::Rgba] {
+                    let out = turner.convert(&frame, &o, format, (w, h), Vec::new()).unwrap();
+                    assert_eq!(out.len(), (w * h) as usize * format.bytes_per_pixel(), "{} {format:?}", o.filters);
+                    let out = turner.convert(&frame, &o, format, (w / 2, h / 2), Vec::new()).unwrap();
+                    assert_eq!(out.len(), (w * h / 4) as usize * format.bytes_per_pixel(), "{} smaller", o.filters);
+                }
+            }
+        }
+    }
 }
