@@ -139,10 +139,14 @@ pub fn encode(index: &VideoIndex, key: &ContentKey) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(64 + index.frames.len() * 37 + index.packet_pts_list().len() * 8));
     w.0.extend_from_slice(&key.0);
     let s = &index.stream;
-    for text in [&s.codec, &s.container, &s.pixel_format, &s.orientation.filters] {
+    for text in [&s.codec, &s.container, &s.pixel_format] {
         w.bytes(text.as_bytes());
     }
-    w.f64(s.orientation.degrees);
+    // The display matrix, read again on load (never a filter description from disk).
+    w.u8(s.orientation.display_matrix.is_some() as u8);
+    for v in s.orientation.display_matrix.unwrap_or_default() {
+        w.u32(v as u32);
+    }
     w.u32(s.width);
     w.u32(s.height);
     w.u32(s.time_base.num as u32);
@@ -209,8 +213,13 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
         return None;
     }
     let mut text = || String::from_utf8(r.bytes()?.to_vec()).ok();
-    let (codec, container, pixel_format, filters) = (text()?, text()?, text()?, text()?);
-    let orientation = Orientation { filters, degrees: r.f64()? };
+    let (codec, container, pixel_format) = (text()?, text()?, text()?);
+    let has_matrix = r.u8()? != 0;
+    let mut matrix = [0i32; 9];
+    for v in &mut matrix {
+        *v = r.u32()? as i32;
+    }
+    let orientation = Orientation::from_display_matrix(has_matrix.then_some(&matrix));
     let stream = StreamInfo {
         orientation,
         codec,
@@ -372,6 +381,7 @@ mod tests {
         assert_eq!((a.packet_count, a.keyframe_count, a.identity), (b.packet_count, b.keyframe_count, b.identity));
         assert_eq!((a.duration_s, a.avg_fps, a.start_time_s), (b.duration_s, b.avg_fps, b.start_time_s));
         assert_eq!(a.stream.codec, b.stream.codec);
+        assert_eq!(a.stream.orientation, b.stream.orientation);
         assert_eq!(a.packet_by_pts(5), b.packet_by_pts(5));
     }
 
@@ -380,6 +390,12 @@ mod tests {
         let key = ContentKey([7; 16]);
         let index = index();
         same(&index, &decode(&encode(&index, &key), &key).unwrap());
+        // A phone video's display matrix (a quarter turn) is kept, and read again on load.
+        let mut turned = self::index();
+        let quarter = [0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30];
+        turned.stream.orientation = crate::engine::ffmpeg::Orientation::from_display_matrix(Some(&quarter));
+        assert!(turned.stream.orientation.swaps_sides());
+        same(&turned, &decode(&encode(&turned, &key), &key).unwrap());
     }
 
     #[test]

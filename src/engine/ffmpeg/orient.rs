@@ -27,6 +27,9 @@ pub struct Orientation {
     pub degrees: f64,
     /// The libavfilter chain that turns a decoded picture upright ("" when it already is).
     pub filters: String,
+    /// The matrix it was read from: what a stored index keeps, so that no filter description is
+    /// ever read back from disk.
+    pub display_matrix: Option<[i32; 9]>,
 }
 
 impl Orientation {
@@ -62,7 +65,7 @@ impl Orientation {
         } else {
             String::new()
         };
-        Orientation { degrees: theta, filters }
+        Orientation { degrees: theta, filters, display_matrix: Some(*m) }
     }
 
     pub fn is_upright(&self) -> bool {
