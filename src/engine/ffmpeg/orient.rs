@@ -12,6 +12,10 @@
 //! picture in the decoder's pixel format, and where `transpose` cannot take that format, the
 //! graph's format negotiation picks a conversion first; running the same graph makes the same
 //! choices.
+//!
+//! Filter descriptions are made here from the display matrix alone (`transpose`, `hflip`,
+//! `vflip`, `rotate` with a number) and from sizes and formats, never from a request or from
+//! disk (a stored index keeps the matrix): libavfilter has filters that open files (`movie`).
 
 use ff::ffi;
 use ffmpeg_next as ff;
