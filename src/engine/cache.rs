@@ -115,6 +115,8 @@ impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
 /// an await or a decode.
 pub struct ByteLru<K: Hash + Eq, V> {
     inner: Mutex<Inner<K, V>>,
+    /// The speculative share in bytes, fixed at creation (read without the lock).
+    speculative_cap: u64,
 }
 
 fn weight<V: Weigh>(v: &V) -> u64 {
@@ -126,14 +128,16 @@ pub const SPECULATIVE_SHARE: f64 = 0.25;
 
 impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
     pub fn new(capacity: ByteSize) -> Self {
+        let speculative_cap = (capacity.0 as f64 * SPECULATIVE_SHARE) as u64;
         ByteLru {
             inner: Mutex::new(Inner {
                 main: LruCache::unbounded(),
                 probation: LruCache::unbounded(),
                 stats: CacheStats { capacity: capacity.0, ..Default::default() },
-                speculative_cap: (capacity.0 as f64 * SPECULATIVE_SHARE) as u64,
+                speculative_cap,
                 tick: 0,
             }),
+            speculative_cap,
         }
     }
 
@@ -211,7 +215,7 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
 
     /// How many entries of `payload` bytes the speculative share holds at most.
     pub fn speculative_room(&self, payload: u64) -> u64 {
-        self.inner.lock().speculative_cap / (payload + ENTRY_OVERHEAD)
+        self.speculative_cap / (payload + ENTRY_OVERHEAD)
     }
 
     pub fn stats(&self) -> CacheStats {
