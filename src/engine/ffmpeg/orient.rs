@@ -2,7 +2,7 @@
 //! landscape pictures and a matrix that turns them a quarter), and turning decoded pictures
 //! that way.
 //!
-//! Frames are served as coded unless a request asks for them upright (`OutputSpec.rotate`);
+//! Frames are served as coded unless a request asks for them upright (`OutputSpec.upright`);
 //! a decoder's output is what PyAV, decord and torchvision give, and what every frame-exact
 //! test compares against. Upright frames are what players and the ffmpeg CLI show: the CLI
 //! rotates by default (`-autorotate`), so an upright frame is bit-identical to
