@@ -1306,6 +1306,23 @@ async fn phone_videos_are_served_as_coded_or_upright_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anamorphic_video_reports_its_pixel_shape_and_serves_its_pixels_as_stored() {
+    let d = start().await;
+    let path = encode(&d.media.join("dvd.mp4"), 12, 25, &["-vf", "setsar=64/45", "-c:v", "libx264", "-pix_fmt", "yuv420p"]);
+    let mut c = d.client().await;
+    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "dvd.mp4".into() }).await.unwrap().into_inner();
+    assert_eq!(info.sample_aspect_ratio, "64:45");
+    let square = c.get_video_info(pb::GetVideoInfoRequest { video: "a.mp4".into() }).await.unwrap().into_inner();
+    assert_eq!(square.sample_aspect_ratio, "1:1");
+    // As stored, as the CLI decodes it: the pixel shape is for the viewer to apply.
+    let reference = reference_frames(&path);
+    let f = c.request_frame(by_index("dvd.mp4", 7)).await.unwrap().into_inner();
+    assert_eq!((f.width, f.height), (W, H));
+    assert_eq!(f.data[..], reference[7][..]);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decoder_bound_holds_under_load_on_more_videos_than_decoders() {
     let d = start_with(|c| {
         c.decoder.max_total = 2;

@@ -35,6 +35,7 @@ fn run(data: &[u8]) -> Result<()> {
             _ => 0.0,
         },
         orientation: Default::default(),
+        sample_aspect_ratio: (1, 1),
     };
     let count = u.int_in_range(0..=400usize)?;
     let mut packets = Vec::with_capacity(count);

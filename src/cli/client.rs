@@ -121,6 +121,9 @@ async fn run_async(command: Command) -> Result<(), String> {
             println!("video:               {}", info.video);
             println!("frames:              {}", info.frame_count);
             println!("size:                {}x{}", info.width, info.height);
+            if info.sample_aspect_ratio != "1:1" {
+                println!("pixel shape:         {} (shown {} wide)", info.sample_aspect_ratio, shown_width(&info));
+            }
             if info.display_rotation != 0.0 {
                 println!(
                     "display rotation:    {} degrees clockwise (--upright turns frames so)",
@@ -255,5 +258,17 @@ pub fn run(command: Command) -> ExitCode {
             eprintln!("framesrv: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The width a player shows a video of non-square pixels at (`sample_aspect_ratio` "num:den").
+fn shown_width(info: &pb::VideoInfo) -> u64 {
+    let ratio = info
+        .sample_aspect_ratio
+        .split_once(':')
+        .and_then(|(n, d)| Some((n.parse::<u64>().ok()?, d.parse::<u64>().ok()?)));
+    match ratio {
+        Some((n, d)) if d > 0 => (u64::from(info.width) * n + d / 2) / d,
+        _ => u64::from(info.width),
     }
 }

@@ -183,6 +183,9 @@ pub struct StreamInfo {
     pub header_fps: f64,
     /// How its pictures are to be shown (its display matrix).
     pub orientation: Orientation,
+    /// The shape of a pixel, width:height (1:1 when square or not stated): anamorphic video
+    /// (DVD, broadcast) is shown `width * num / den` wide. As ffprobe reports it.
+    pub sample_aspect_ratio: (i32, i32),
 }
 
 impl StreamInfo {
@@ -210,6 +213,7 @@ impl StreamInfo {
             time_base: crate::units::TimeBase { num: 1, den: fps },
             header_fps: fps as f64,
             orientation: Orientation::default(),
+            sample_aspect_ratio: (1, 1),
         }
     }
 }
@@ -275,6 +279,12 @@ impl MediaFile {
                 }
             }
         }
+        // SAFETY: `stream_index` is the index of one of the context's streams (found above);
+        // av_guess_sample_aspect_ratio only reads the context, the stream and its parameters.
+        let sar = unsafe {
+            let ctx = input.as_mut_ptr();
+            ffi::av_guess_sample_aspect_ratio(ctx, *(*ctx).streams.add(stream_index), std::ptr::null_mut())
+        };
         let info = {
             let stream = input.stream(stream_index).ok_or(FfmpegError::NoVideoStream)?;
             let params = stream.parameters();
@@ -318,6 +328,7 @@ impl MediaFile {
                 });
             StreamInfo {
                 orientation: Orientation::from_display_matrix(display_matrix.as_ref()),
+                sample_aspect_ratio: if sar.num > 0 && sar.den > 0 { (sar.num, sar.den) } else { (1, 1) },
                 codec: codec_id.name().to_string(),
                 container: input.format().name().to_string(),
                 pixel_format,

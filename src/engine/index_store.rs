@@ -27,7 +27,7 @@ use crate::units::{PacketNo, Pts, TimeBase};
 
 const MAGIC: &[u8; 8] = b"FSRVIDX\0";
 /// Bump on any change to the layout below: entries of other versions are rebuilt.
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 /// Magic, version, checksum.
 const HEAD: usize = 16;
 /// Bytes hashed at each end of the file.
@@ -147,6 +147,8 @@ pub fn encode(index: &VideoIndex, key: &ContentKey) -> Vec<u8> {
     for v in s.orientation.display_matrix.unwrap_or_default() {
         w.u32(v as u32);
     }
+    w.u32(s.sample_aspect_ratio.0 as u32);
+    w.u32(s.sample_aspect_ratio.1 as u32);
     w.u32(s.width);
     w.u32(s.height);
     w.u32(s.time_base.num as u32);
@@ -220,8 +222,10 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
         *v = r.u32()? as i32;
     }
     let orientation = Orientation::from_display_matrix(has_matrix.then_some(&matrix));
+    let sample_aspect_ratio = (r.u32()? as i32, r.u32()? as i32);
     let stream = StreamInfo {
         orientation,
+        sample_aspect_ratio,
         codec,
         container,
         pixel_format,
@@ -382,6 +386,7 @@ mod tests {
         assert_eq!((a.duration_s, a.avg_fps, a.start_time_s), (b.duration_s, b.avg_fps, b.start_time_s));
         assert_eq!(a.stream.codec, b.stream.codec);
         assert_eq!(a.stream.orientation, b.stream.orientation);
+        assert_eq!(a.stream.sample_aspect_ratio, b.stream.sample_aspect_ratio);
         assert_eq!(a.packet_by_pts(5), b.packet_by_pts(5));
     }
 
@@ -394,6 +399,7 @@ mod tests {
         let mut turned = self::index();
         let quarter = [0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30];
         turned.stream.orientation = crate::engine::ffmpeg::Orientation::from_display_matrix(Some(&quarter));
+        turned.stream.sample_aspect_ratio = (64, 45);
         assert!(turned.stream.orientation.swaps_sides());
         same(&turned, &decode(&encode(&turned, &key), &key).unwrap());
     }

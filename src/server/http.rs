@@ -178,6 +178,7 @@ pub fn info_json(i: &pb::VideoInfo) -> serde_json::Value {
         "frame_identity": i.frame_identity,
         "content_key": i.content_key,
         "display_rotation": i.display_rotation,
+        "sample_aspect_ratio": i.sample_aspect_ratio,
     })
 }
 

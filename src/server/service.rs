@@ -172,6 +172,7 @@ impl FrameService {
             .into(),
             content_key: video.content_key.hex(),
             display_rotation: idx.stream.orientation.degrees,
+            sample_aspect_ratio: format!("{}:{}", idx.stream.sample_aspect_ratio.0, idx.stream.sample_aspect_ratio.1),
         })
     }
 
