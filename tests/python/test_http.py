@@ -28,6 +28,7 @@ def test_list_and_info_are_json_with_the_proto_field_names(base, reference):
     assert info["frame_count"] == len(reference)
     assert (info["width"], info["height"]) == (W, H)
     assert info["codec"] == "h264" and info["frame_identity"] == "pts"
+    assert info["display_rotation"] == 0 and info["sample_aspect_ratio"] == "1:1"
     assert len(info["content_key"]) == 32
 
 
