@@ -1308,7 +1308,8 @@ async fn phone_videos_are_served_as_coded_or_upright_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anamorphic_video_reports_its_pixel_shape_and_serves_its_pixels_as_stored() {
     let d = start().await;
-    let path = encode(&d.media.join("dvd.mp4"), 12, 25, &["-vf", "setsar=64/45", "-c:v", "libx264", "-pix_fmt", "yuv420p"]);
+    let path =
+        encode(&d.media.join("dvd.mp4"), 12, 25, &["-vf", "setsar=64/45", "-c:v", "libx264", "-pix_fmt", "yuv420p"]);
     let mut c = d.client().await;
     let info = c.get_video_info(pb::GetVideoInfoRequest { video: "dvd.mp4".into() }).await.unwrap().into_inner();
     assert_eq!(info.sample_aspect_ratio, "64:45");
