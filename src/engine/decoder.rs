@@ -453,11 +453,9 @@ impl FrameDecoder {
         }
         let orientation = &self.index.stream.orientation;
         let turn = spec.upright && !orientation.is_upright();
-        let raw = if turn && orientation.swaps_sides() {
-            spec.raw_spec(frame.height(), frame.width())
-        } else {
-            spec.raw_spec(frame.width(), frame.height())
-        };
+        let coded = (frame.width(), frame.height());
+        let (width, height) = if turn { orientation.turned_size(coded) } else { coded };
+        let raw = spec.raw_spec(width, height);
         let buffer = self.buffers.take(output_capacity(raw.pixel_format, raw.width, raw.height));
         let data = if turn {
             self.turner.convert(frame, orientation, raw.pixel_format, (raw.width, raw.height), buffer)

@@ -191,8 +191,8 @@ pub struct StreamInfo {
 impl StreamInfo {
     /// The size of a picture as served: turned upright (`upright`) or as coded.
     pub fn shown_size(&self, upright: bool) -> (u32, u32) {
-        if upright && self.orientation.swaps_sides() {
-            (self.height, self.width)
+        if upright {
+            self.orientation.turned_size((self.width, self.height))
         } else {
             (self.width, self.height)
         }

@@ -76,10 +76,19 @@ impl Orientation {
         self.filters.is_empty()
     }
 
-    /// Whether turning the picture upright swaps its width and height (a quarter turn; the
-    /// `rotate` filter of other angles keeps the frame's size).
-    pub fn swaps_sides(&self) -> bool {
-        self.filters.starts_with("transpose")
+    /// The size of a `width`x`height` picture once turned upright.
+    pub fn turned_size(&self, size: (u32, u32)) -> (u32, u32) {
+        turned_size(&self.filters, size)
+    }
+}
+
+/// The size of a `width`x`height` picture turned by `filters`: a quarter turn (`transpose`)
+/// swaps the sides; flips and the `rotate` filter of other angles keep the frame's size.
+fn turned_size(filters: &str, (width, height): (u32, u32)) -> (u32, u32) {
+    if filters.starts_with("transpose") {
+        (height, width)
+    } else {
+        (width, height)
     }
 }
 
@@ -193,9 +202,7 @@ fn build(key: &GraphKey) -> Result<ff::filter::Graph, ff::Error> {
         (*g).nb_threads = 1;
         (*g).scale_sws_opts = ffi::av_strdup(c"flags=bicubic".as_ptr());
     }
-    let (turned_w, turned_h) =
-        if key.filters.starts_with("transpose") { (key.src_h, key.src_w) } else { (key.src_w, key.src_h) };
-    let mut chain = if (key.dst_w, key.dst_h) == (turned_w, turned_h) {
+    let mut chain = if (key.dst_w, key.dst_h) == turned_size(&key.filters, (key.src_w, key.src_h)) {
         graph.add(&find("null")?, "chain", "")?
     } else {
         graph.add(&find("scale")?, "chain", &format!("{}:{}", key.dst_w, key.dst_h))?
@@ -253,15 +260,16 @@ mod tests {
         assert!(Orientation::from_display_matrix(Some(&matrix(0.0))).is_upright());
         let quarter = Orientation::from_display_matrix(Some(&matrix(90.0)));
         assert_eq!((quarter.degrees, quarter.filters.as_str()), (90.0, "transpose=clock"));
-        assert!(quarter.swaps_sides());
+        assert_eq!(quarter.turned_size((64, 48)), (48, 64));
         let half = Orientation::from_display_matrix(Some(&matrix(180.0)));
         assert_eq!((half.degrees, half.filters.as_str()), (180.0, "hflip,vflip"));
-        assert!(!half.swaps_sides());
+        assert_eq!(half.turned_size((64, 48)), (64, 48));
         let three = Orientation::from_display_matrix(Some(&matrix(270.0)));
         assert_eq!((three.degrees, three.filters.as_str()), (270.0, "transpose=cclock"));
         let odd = Orientation::from_display_matrix(Some(&matrix(30.0)));
         assert_eq!(odd.degrees, 30.0);
-        assert!(odd.filters.starts_with("rotate=30.000000") && !odd.swaps_sides());
+        assert!(odd.filters.starts_with("rotate=30.000000"));
+        assert_eq!(odd.turned_size((64, 48)), (64, 48));
         // A matrix that scales nothing (all zero) says nothing.
         assert!(Orientation::from_display_matrix(Some(&[0; 9])).is_upright());
     }
@@ -290,7 +298,7 @@ mod tests {
                 }
                 let o = Orientation::from_display_matrix(Some(&m));
                 assert!(!o.is_upright(), "{degrees} {flip}");
-                let (w, h) = if o.swaps_sides() { (48, 64) } else { (64, 48) };
+                let (w, h) = o.turned_size((64, 48));
                 for format in [PixelFormat::Rgb24, PixelFormat::Gray8, PixelFormat::Rgba] {
                     let out = turner.convert(&frame, &o, format, (w, h), Vec::new()).unwrap();
                     assert_eq!(out.len(), (w * h) as usize * format.bytes_per_pixel(), "{} {format:?}", o.filters);
