@@ -91,11 +91,12 @@ async fn frame_md5s_are_ffmpegs_rgb24_md5s_and_the_table_survives_a_restart() {
         let seeks = d.store.stats().seeks;
         let hashes = all_hashes(&mut c, name, true).await;
         if name.starts_with("chunks") && lanes >= 2 {
-            // Eight or more chunks of whole GOPs on two or three lanes: a seek to most chunks'
-            // first keyframe (one behind the other on one decoder, the chunks would follow on
-            // with one seek).
+            // Eight or more chunks of whole GOPs on two or three lanes, each lane's first chunk
+            // on a decoder of its own: a seek each (one behind the other on one decoder, the
+            // chunks would follow on with one seek). How many later chunks also cost a seek
+            // depends on which lane is free first, so that is not asserted.
             let seeks = d.store.stats().seeks - seeks;
-            assert!(seeks >= 4, "{name}: {seeks} seeks: the pass was not cut into chunks, or its lanes ran in turn");
+            assert!(seeks >= 2, "{name}: {seeks} seeks: the pass was not cut into chunks, or its lanes ran in turn");
             // Each lane moves on to its next chunk on a decoder a lane left: a decoder per lane
             // (on a fresh daemon).
             let open = d.store.stats().open_decoders;
