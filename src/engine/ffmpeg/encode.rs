@@ -55,7 +55,32 @@ pub struct ClipEncoder {
 // `&mut self`; none is tied to the thread that created it.
 unsafe impl Send for ClipEncoder {}
 
-unsafe extern "C" fn write_to_vec(opaque: *mut libc::c_void, buf: *mut u8, size: libc::c_int) -> libc::c_int {
+/// The I/O context's write callback. FFmpeg 7 made its buffer `const` (5.1 and 6 pass it `mut`);
+/// this picks the one the bindings at hand want, so the crate builds against either.
+trait WriteCallback {
+    fn get() -> Self;
+}
+
+type WriteMut = unsafe extern "C" fn(*mut libc::c_void, *mut u8, libc::c_int) -> libc::c_int;
+type WriteConst = unsafe extern "C" fn(*mut libc::c_void, *const u8, libc::c_int) -> libc::c_int;
+
+impl WriteCallback for WriteMut {
+    fn get() -> Self {
+        unsafe extern "C" fn write(opaque: *mut libc::c_void, buf: *mut u8, size: libc::c_int) -> libc::c_int {
+            // SAFETY: the same call, the buffer only read.
+            unsafe { write_to_vec(opaque, buf, size) }
+        }
+        write
+    }
+}
+
+impl WriteCallback for WriteConst {
+    fn get() -> Self {
+        write_to_vec
+    }
+}
+
+unsafe extern "C" fn write_to_vec(opaque: *mut libc::c_void, buf: *const u8, size: libc::c_int) -> libc::c_int {
     if opaque.is_null() || buf.is_null() || size < 0 {
         return ffi::AVERROR(libc::EINVAL);
     }
@@ -165,7 +190,8 @@ impl ClipEncoder {
                 return Err(FfmpegError::Encode("out of memory".into()));
             }
             let opaque = &mut *this.sink as *mut Vec<u8> as *mut libc::c_void;
-            let io = ffi::avio_alloc_context(buffer, IO_BUFFER as i32, 1, opaque, None, Some(write_to_vec), None);
+            let io =
+                ffi::avio_alloc_context(buffer, IO_BUFFER as i32, 1, opaque, None, Some(WriteCallback::get()), None);
             if io.is_null() {
                 ffi::av_free(buffer as *mut libc::c_void);
                 return Err(FfmpegError::Encode("out of memory".into()));
