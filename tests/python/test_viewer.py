@@ -124,3 +124,35 @@ def test_a_phone_video_is_shown_upright(browser, daemon, media):
         "return arguments[0].complete && arguments[0].naturalWidth", img), "the phone video's frame")
     size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img)
     assert size == [H, W], f"the {W}x{H} pictures are shown turned, not {size}"
+
+
+def test_an_anamorphic_video_is_shown_in_the_shape_a_player_shows(browser, daemon, media):
+    """Pixels stored 64:45 wide (DVD, broadcast) are shown stretched to the display aspect ratio,
+    as players show them; square-pixel video keeps its own shape."""
+    import subprocess
+
+    from selenium.webdriver.support.ui import Select
+
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(media / "clip.mp4"), "-vf", "setsar=64/45",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(media / "anamorphic.mp4")], check=True)
+    browser.get(f"http://{daemon}/")
+    wait_for(browser, lambda d: "anamorphic.mp4" in d.find_element("id", "video").text, "the video list")
+
+    def shown_shape(name):
+        Select(browser.find_element("id", "video")).select_by_visible_text(name)
+        img = browser.find_element("id", "frame")
+        wait_for(browser, lambda d: f"/{name}/" in (img.get_attribute("data-url") or "") and d.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img), f"{name}'s frame")
+        size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img)
+        assert size == [W, H], f"the frame is served as stored, not {size}"
+        # The shape of the picture on screen: the element's box, or the part of it that
+        # object-fit: contain fills.
+        return browser.execute_script("""
+            const img = arguments[0], r = img.getBoundingClientRect();
+            if (getComputedStyle(img).objectFit === 'fill') return r.width / r.height;
+            const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+            return (img.naturalWidth * s) / (img.naturalHeight * s);""", img)
+
+    shape = shown_shape("anamorphic.mp4")
+    assert abs(shape - W * 64 / 45 / H) < 0.02, f"shown {shape:.3f} wide per unit of height"
+    assert abs(shown_shape("clip.mp4") - W / H) < 0.02
