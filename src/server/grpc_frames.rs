@@ -9,13 +9,17 @@
 //! small chunk, then the pixels (field 10, written last: protobuf parsers take fields in any
 //! order) as the cache holds them.
 //!
-//! Only the plain case: gRPC over HTTP/2, `application/grpc` or `application/grpc+proto`, the
-//! request uncompressed. Anything else (gRPC-web, a compressed request, HTTP/1.1) goes on to
-//! tonic, which answers it as before. The requests run through the service's own methods, with
-//! the request's metadata (its `grpc-timeout`), so errors, deadlines and limits are the
-//! service's; this layer only frames messages and statuses as tonic would. A streamed frame's
-//! in-flight payment rides on its bytes until HTTP/2 has written them
-//! ([`Transport::Uncopied`]), where tonic's path pays for its copy instead.
+//! Two wires, requests uncompressed: gRPC over HTTP/2 (`application/grpc`, `+proto`), and
+//! binary gRPC-web (`application/grpc-web`, `+proto`; HTTP/1.1 or 2), what browser clients such
+//! as Connect's send: the same messages, the status written as a last message flagged 0x80
+//! instead of HTTP trailers, which browsers cannot read. Anything else (gRPC-web-text, a
+//! compressed request, gRPC over HTTP/1.1) goes on to tonic, which answers it as before. The
+//! requests run through the service's own methods, with the request's metadata (its
+//! `grpc-timeout`), so errors, deadlines and limits are the service's; this layer only frames
+//! messages and statuses as tonic and tonic-web would. A frame's in-flight payment rides on its
+//! bytes until the connection has written them ([`Transport::Uncopied`]), so a slow reader's
+//! unary frame is paid for too, where tonic's path pays for a streamed frame's copy only until
+//! the next is asked for, and for a unary one's not at all.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -43,8 +47,8 @@ pub const MAX_REQUEST: usize = 4 << 20;
 /// `Frame.data`'s field number.
 const DATA_FIELD: u32 = 10;
 
-/// The middleware: answers the two frame methods when the request is the plain case (see the
-/// module docs), and passes every other request on.
+/// The middleware: answers the two frame methods when the request comes on a wire it writes
+/// (see the module docs), and passes every other request on.
 pub async fn answer(State(service): State<Arc<FrameService>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let unary = match path {
@@ -52,48 +56,88 @@ pub async fn answer(State(service): State<Arc<FrameService>>, request: Request, 
         REQUEST_FRAMES => false,
         _ => return next.run(request).await,
     };
-    if !plain(&request) {
+    let Some(wire) = Wire::of(&request) else {
         return next.run(request).await;
-    }
+    };
     let (parts, body) = request.into_parts();
     let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers);
     let message = match axum::body::to_bytes(body, MAX_REQUEST + 5).await {
         Ok(bytes) => bytes,
-        Err(e) => return Status::resource_exhausted(format!("reading the request: {e}")).into_http(),
+        Err(e) => return wire.status(Status::resource_exhausted(format!("reading the request: {e}"))),
     };
-    if unary {
-        let result = match request_message::<pb::FrameRequest>(&message) {
-            Ok(req) => service.request_frame(tonic::Request::from_parts(metadata, parts.extensions, req)).await,
+    let frames = if unary {
+        match request_message::<pb::FrameRequest>(&message) {
+            Ok(req) => service
+                .request_frame(tonic::Request::from_parts(metadata, parts.extensions, req))
+                .await
+                .map(|frame| futures::stream::iter([Ok(frame.into_inner())]).boxed()),
             Err(status) => Err(status),
-        };
-        match result {
-            Ok(frame) => respond(futures::stream::iter([Ok(frame.into_inner())]).boxed()),
-            Err(status) => status.into_http(),
         }
     } else {
-        let result = match request_message::<pb::FramesRequest>(&message) {
+        match request_message::<pb::FramesRequest>(&message) {
             Ok(req) => {
                 let request = tonic::Request::from_parts(metadata, parts.extensions, req);
                 service.frames_sent_by(request, Transport::Uncopied).await
             }
             Err(status) => Err(status),
-        };
-        match result {
-            Ok(frames) => respond(frames),
-            Err(status) => status.into_http(),
         }
+    };
+    match frames {
+        Ok(frames) => wire.respond(frames),
+        Err(status) => wire.status(status),
     }
 }
 
-/// gRPC over HTTP/2, protobuf, uncompressed: what this layer answers.
-fn plain(request: &Request) -> bool {
-    let headers = request.headers();
-    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let identity = headers.get("grpc-encoding").is_none_or(|v| v.as_bytes() == b"identity");
-    request.method() == http::Method::POST
-        && request.version() == http::Version::HTTP_2
-        && matches!(content_type, Some("application/grpc" | "application/grpc+proto"))
-        && identity
+/// The wires this layer writes: protobuf, the request uncompressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Wire {
+    /// gRPC over HTTP/2: the status in the HTTP trailers.
+    Grpc,
+    /// Binary gRPC-web, over HTTP/1.1 or 2: the status in a last message flagged 0x80; the
+    /// response's content type is the request's.
+    GrpcWeb(HeaderValue),
+}
+
+impl Wire {
+    fn of(request: &Request) -> Option<Wire> {
+        let headers = request.headers();
+        let content_type = headers.get(http::header::CONTENT_TYPE)?;
+        let identity = headers.get("grpc-encoding").is_none_or(|v| v.as_bytes() == b"identity");
+        if request.method() != http::Method::POST || !identity {
+            return None;
+        }
+        match content_type.as_bytes() {
+            b"application/grpc" | b"application/grpc+proto" if request.version() == http::Version::HTTP_2 => {
+                Some(Wire::Grpc)
+            }
+            b"application/grpc-web" | b"application/grpc-web+proto" => Some(Wire::GrpcWeb(content_type.clone())),
+            _ => None,
+        }
+    }
+
+    /// A response: headers now, then the messages, then the status.
+    fn respond(&self, frames: FrameStream) -> Response {
+        let web = matches!(self, Wire::GrpcWeb(_));
+        let mut response = Response::new(Body::new(Messages { frames, pixels: None, web, done: false }));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, self.content_type());
+        *response.status_mut() = StatusCode::OK;
+        response
+    }
+
+    /// A response of a status alone (an error before any message), in the headers: gRPC's
+    /// trailers-only response, which gRPC-web clients read the same way.
+    fn status(&self, status: Status) -> Response {
+        let mut response: Response = status.into_http();
+        response.headers_mut().insert(http::header::CONTENT_TYPE, self.content_type());
+        response
+    }
+
+    fn content_type(&self) -> HeaderValue {
+        match self {
+            Wire::Grpc => HeaderValue::from_static("application/grpc"),
+            Wire::GrpcWeb(content_type) => content_type.clone(),
+        }
+    }
 }
 
 /// The one message of a request body (the 5-byte gRPC prefix, then the message).
@@ -121,14 +165,6 @@ fn request_message<T: Message + Default>(body: &[u8]) -> Result<T, Status> {
     T::decode(message).map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))
 }
 
-/// A gRPC response: headers now, then the messages, then the status in the trailers.
-fn respond(frames: FrameStream) -> Response {
-    let mut response = Response::new(Body::new(Messages { frames, pixels: None, done: false }));
-    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    *response.status_mut() = StatusCode::OK;
-    response
-}
-
 /// One gRPC message for `frame`, in two chunks: the prefix with every field but `data`, and
 /// `data` itself, not copied (`None` when it is empty).
 pub fn encode(mut frame: pb::Frame) -> (Bytes, Option<Bytes>) {
@@ -151,13 +187,31 @@ pub fn encode(mut frame: pb::Frame) -> (Bytes, Option<Bytes>) {
     (head.freeze(), Some(data))
 }
 
-/// The response body: each frame as [`encode`] makes it, then the trailers (`grpc-status` 0,
-/// or the stream's error, after which nothing more is sent).
+/// The response body: each frame as [`encode`] makes it, then the status (`grpc-status` 0, or
+/// the stream's error, after which nothing more is sent): HTTP trailers, or for gRPC-web the
+/// message [`web_trailers`] makes.
 struct Messages {
     frames: FrameStream,
     /// The pixels of the message whose head went out last.
     pixels: Option<Bytes>,
+    web: bool,
     done: bool,
+}
+
+/// gRPC-web's trailers: a message flagged 0x80 of `name:value` lines, as tonic-web writes them.
+fn web_trailers(trailers: &HeaderMap) -> Bytes {
+    let mut lines = BytesMut::new();
+    for (name, value) in trailers {
+        lines.put_slice(name.as_str().as_bytes());
+        lines.put_u8(b':');
+        lines.put_slice(value.as_bytes());
+        lines.put_slice(b"\r\n");
+    }
+    let mut message = BytesMut::with_capacity(5 + lines.len());
+    message.put_u8(0x80);
+    message.put_u32(lines.len() as u32);
+    message.put_slice(&lines);
+    message.freeze()
 }
 
 impl http_body::Body for Messages {
@@ -187,6 +241,9 @@ impl http_body::Body for Messages {
         let mut trailers = HeaderMap::new();
         if status.add_header(&mut trailers).is_err() {
             trailers.insert("grpc-status", HeaderValue::from(tonic::Code::Internal as i32));
+        }
+        if self.web {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(web_trailers(&trailers)))));
         }
         Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
     }
@@ -241,6 +298,19 @@ mod tests {
         let (head, data) = encode(f.clone());
         assert!(data.is_none());
         assert_eq!(read(&head, &data), f);
+    }
+
+    #[test]
+    fn grpc_web_trailers_are_a_message_flagged_0x80_of_header_lines() {
+        let mut trailers = HeaderMap::new();
+        Status::not_found("no video a b.mp4").add_header(&mut trailers).unwrap();
+        let message = web_trailers(&trailers);
+        assert_eq!(message[0], 0x80);
+        let length = u32::from_be_bytes([message[1], message[2], message[3], message[4]]) as usize;
+        assert_eq!(length, message.len() - 5);
+        let text = std::str::from_utf8(&message[5..]).unwrap();
+        assert!(text.starts_with("grpc-status:5\r\n"), "{text}");
+        assert!(text.contains("grpc-message:no%20video%20a%20b.mp4\r\n"), "{text}");
     }
 
     #[test]

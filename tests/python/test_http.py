@@ -207,8 +207,9 @@ def grpc_web_messages(content: bytes):
 
 
 def test_grpc_web_frame_methods_give_the_exact_frames(base, stubs, reference):
-    """gRPC-web calls of RequestFrame and RequestFrames are not the plain gRPC calls the daemon
-    answers without copying (grpc_frames.rs): tonic answers them, exactly all the same."""
+    """gRPC-web calls of RequestFrame and RequestFrames (HTTP/1.1, binary), answered like plain
+    gRPC without copying the pixels (grpc_frames.rs): exact frames, the status in the trailer
+    message, and an error as a trailers-only response."""
     pb, _ = stubs
     r = grpc_web_call(base, "RequestFrame", pb.FrameRequest(video="clip.mp4", index=41).SerializeToString())
     messages, trailers = grpc_web_messages(r.content)
@@ -221,6 +222,80 @@ def test_grpc_web_frame_methods_give_the_exact_frames(base, stubs, reference):
     frames = [pb.Frame.FromString(m) for m in messages]
     assert [f.index for f in frames] == [10, 11, 12, 13]
     assert all(f.data == reference[f.index] for f in frames)
+    for method, message in [("RequestFrame", pb.FrameRequest(video="nope.mp4", index=1)),
+                            ("RequestFrames", pb.FramesRequest(video="clip.mp4", indices=pb.IndexList(indices=[3, 75])))]:
+        r = grpc_web_call(base, method, message.SerializeToString())
+        assert r.status_code == 200 and r.headers["content-type"] == "application/grpc-web+proto"
+        assert r.headers.get("grpc-status") in ("5", "11"), (method, r.headers)
+        assert r.headers.get("grpc-message"), "a readable message"
+
+
+def read_http_response(sock):
+    """Status line, headers and the de-chunked body of an HTTP/1.1 response read to its end."""
+    raw = b""
+    while chunk := sock.recv(1 << 20):
+        raw += chunk
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":
+        out = b""
+        while True:
+            size_line, body = body.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            out, body = out + body[:size], body[size + 2:]
+        body = out
+    return lines[0], headers, body
+
+
+def test_a_grpc_web_frame_a_client_has_not_read_stays_paid_for(daemon, media, stubs):
+    """A browser tab that asked for a 1080p frame and reads slowly: the frame waiting in the
+    connection counts against limits.inflight_bytes until it is written (the budget that keeps
+    slow readers from growing memory), and arrives exact."""
+    import socket
+    import subprocess
+    import time
+
+    import grpc
+
+    pb, pb_grpc = stubs
+    video = media / "wide.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=25",
+                    "-frames:v", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video)], check=True)
+    expected = subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                              check=True, capture_output=True).stdout[1920 * 1080 * 3:2 * 1920 * 1080 * 3]
+    stats = pb_grpc.FrameServerStub(grpc.insecure_channel(daemon)).GetStats
+    before = stats(pb.GetStatsRequest()).inflight_bytes
+    message = pb.FrameRequest(video="wide.mp4", index=1).SerializeToString()
+    body = b"\x00" + struct.pack(">I", len(message)) + message
+    host, port = daemon.rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.connect((host, int(port)))
+    sock.sendall(b"POST /framesrv.v1.FrameServer/RequestFrame HTTP/1.1\r\nhost: framesrv\r\n"
+                 b"content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nconnection: close\r\n"
+                 + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+    deadline = time.monotonic() + 20
+    while stats(pb.GetStatsRequest()).inflight_bytes - before < len(expected) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Still held a while later: the frame sits in the connection, not in an encoder for a moment.
+    time.sleep(0.5)
+    held = stats(pb.GetStatsRequest()).inflight_bytes - before
+    assert held >= len(expected), f"{held} bytes paid for while a {len(expected)}-byte frame waits for its reader"
+    status, headers, content = read_http_response(sock)
+    sock.close()
+    assert status.endswith("200 OK") and headers["content-type"] == "application/grpc-web+proto"
+    messages, trailers = grpc_web_messages(content)
+    assert b"grpc-status:0" in trailers
+    frame = pb.Frame.FromString(messages[0])
+    assert (frame.index, frame.width, frame.height) == (1, 1920, 1080)
+    assert frame.data == expected, "the frame as the ffmpeg CLI decodes it"
+    deadline = time.monotonic() + 5
+    while stats(pb.GetStatsRequest()).inflight_bytes > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats(pb.GetStatsRequest()).inflight_bytes <= before, "the payment is returned once written"
 
 
 def test_cors_is_off_by_default(base):
