@@ -1248,6 +1248,43 @@ async fn read_ahead_and_the_backtrack_window_stay_within_what_the_cache_holds() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_clients_keep_asking_for_stay_cached_while_a_stream_passes_through() {
+    // A cache of twelve 192x128 frames; a labeller's three frames, asked for again and again,
+    // then someone streams the whole 60-frame video through it. Least-recently-used alone
+    // would keep the stream's last twelve frames and none of the three.
+    let frame = 192 * 128 * 3 + 192;
+    let d = start_with(|c| c.cache_size = framesrv::units::ByteSize(frame * 12)).await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut c = d.client().await;
+    let hot = [5, 20, 40];
+    for _ in 0..3 {
+        for i in hot {
+            c.request_frame(by_index("a.mp4", i)).await.unwrap();
+        }
+    }
+    d.settle().await;
+    let mut s = c.request_frames(batch("a.mp4", range(0, 60, 1))).await.unwrap().into_inner();
+    let mut streamed = 0;
+    while let Some(f) = s.message().await.unwrap() {
+        assert_eq!(f.data[..], reference[streamed][..], "frame {streamed}");
+        streamed += 1;
+    }
+    assert_eq!(streamed, 60);
+    d.settle().await;
+    for i in hot {
+        let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
+        assert!(f.cache_hit, "frame {i}, used four times, was pushed out by frames used once");
+        assert_eq!(f.data[..], reference[i as usize][..]);
+    }
+    let stats = d.store.stats().cache;
+    assert!(stats.bytes <= stats.capacity);
+    // Frames used as often as each other still come and go least recently used first: the
+    // stream's last frames are there.
+    assert!(c.request_frame(by_index("a.mp4", 59)).await.unwrap().into_inner().cache_hit);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_videos_are_served_as_coded_or_upright_exactly() {
     let d = start().await;
     // The `rotate` tag phones write, on 8-bit and 10-bit (how phones record HDR) video.

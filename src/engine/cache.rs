@@ -5,12 +5,21 @@
 //! plus a fixed per-entry overhead, and is never exceeded, not even for a moment. Inserting
 //! evicts least-recently-used entries first; an entry larger than the whole bound is not
 //! cached. Values are `Bytes`, so a hit hands out the cached pixels without copying them.
+//!
+//! Making room never evicts a requested entry used more often lately than the new one
+//! (frequencies as TinyLFU keeps them, [`crate::engine::frequency`]; uses are hits and decodes):
+//! such an entry is passed over, moved to the recent end, and the next oldest looked at; when
+//! several in a row are all used more often, the new entry is not cached. Among entries used
+//! equally often, which is every entry under uniform or sequential access, the order is LRU
+//! as before; under skewed access the hot frames stay while one-off frames and the frames a
+//! stream passes through come and go among themselves.
 
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::engine::frequency::Frequency;
 use crate::units::ByteSize;
 
 /// Bytes charged per entry on top of its payload: the key, the LRU links and the frame's
@@ -56,12 +65,61 @@ struct Inner<K: Hash + Eq, V> {
     speculative_cap: u64,
     /// A logical clock: entries are evicted oldest first across both segments.
     tick: u64,
+    /// How often keys were used lately (hits and inserts of requested entries).
+    used: Frequency,
 }
+
+/// Uses recorded before the frequencies are halved, per entry held (TinyLFU's sample of ten
+/// times the cache's size), with a floor for nearly empty caches.
+const SAMPLE_PER_ENTRY: u64 = 10;
+const MIN_SAMPLE: u64 = 1024;
+/// Requested entries used more often than a new one that making room for it may pass over
+/// before the new one is turned away.
+const MAX_PASSED_OVER: usize = 8;
 
 impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
     fn next_tick(&mut self) -> u64 {
         self.tick += 1;
         self.tick
+    }
+
+    fn record_use(&mut self, hash: u64) {
+        let sample = (self.stats.entries * SAMPLE_PER_ENTRY).max(MIN_SAMPLE);
+        self.used.record(hash, sample);
+    }
+
+    /// How to make room for an entry of weight `w` used `uses` times lately, looking at the
+    /// entries [`Inner::evict_oldest`] would take, in its order: a requested entry used more
+    /// often than the new one is passed over (at most [`MAX_PASSED_OVER`] of them) and the
+    /// next one looked at. `Some(passed over)` when what is left to evict makes room (the
+    /// caller moves those to the recent end, so that eviction takes the others), `None` when
+    /// the new entry should not come in.
+    fn room_for(&self, w: u64, uses: u8, hash_of: impl Fn(&K) -> u64) -> Option<Vec<K>>
+    where
+        K: Clone,
+    {
+        let mut excess = (self.stats.bytes + w).saturating_sub(self.stats.capacity);
+        let mut passed_over = Vec::new();
+        let mut main = self.main.iter().rev().peekable();
+        let mut probation = self.probation.iter().rev().peekable();
+        while excess > 0 {
+            let from_main = match (main.peek(), probation.peek()) {
+                (Some((_, (_, m))), Some((_, (_, p)))) => m <= p,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let Some((key, (value, _))) = (if from_main { main.next() } else { probation.next() }) else { break };
+            if from_main && self.used.estimate(hash_of(key)) > uses {
+                if passed_over.len() == MAX_PASSED_OVER {
+                    return None;
+                }
+                passed_over.push(key.clone());
+                continue;
+            }
+            excess = excess.saturating_sub(weight(value));
+        }
+        (excess == 0).then_some(passed_over)
     }
 
     /// Account for an entry that left a segment.
@@ -117,6 +175,8 @@ pub struct ByteLru<K: Hash + Eq, V> {
     inner: Mutex<Inner<K, V>>,
     /// The speculative share in bytes, fixed at creation (read without the lock).
     speculative_cap: u64,
+    /// Hashes keys for the frequency sketch.
+    hasher: std::collections::hash_map::RandomState,
 }
 
 fn weight<V: Weigh>(v: &V) -> u64 {
@@ -136,8 +196,10 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
                 stats: CacheStats { capacity: capacity.0, ..Default::default() },
                 speculative_cap,
                 tick: 0,
+                used: Frequency::default(),
             }),
             speculative_cap,
+            hasher: Default::default(),
         }
     }
 
@@ -145,17 +207,20 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
     /// miss with [`ByteLru::record_miss`], once per request however often it looked). A
     /// speculative entry that is hit becomes a requested one.
     pub fn get(&self, key: &K) -> Option<V> {
+        let hash = self.hasher.hash_one(key);
         let mut inner = self.inner.lock();
         let now = inner.next_tick();
         if let Some((v, t)) = inner.main.get_mut(key) {
             *t = now;
             let v = v.clone();
             inner.stats.hits += 1;
+            inner.record_use(hash);
             return Some(v);
         }
         match inner.probation.pop(key) {
             Some((v, _)) => {
                 inner.stats.hits += 1;
+                inner.record_use(hash);
                 inner.stats.speculative_bytes -= weight(&v);
                 inner.main.put(key.clone(), (v.clone(), now));
                 Some(v)
@@ -177,9 +242,12 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
 
     /// Insert, evicting the least recently used entries (of either segment) until it fits; a
     /// speculative insert first evicts older speculation to stay within the speculative
-    /// share. Returns false, caching nothing, when the entry cannot fit.
+    /// share. Returns false, caching nothing, when the entry cannot fit, or when it is
+    /// requested and fitting it would evict a requested entry used more often (see the module
+    /// docs; the insert counts as a use of the key).
     pub fn insert(&self, key: K, value: V, admission: Admission) -> bool {
         let w = weight(&value);
+        let hash = self.hasher.hash_one(&key);
         let mut inner = self.inner.lock();
         let fits = match admission {
             Admission::Requested => w <= inner.stats.capacity,
@@ -191,6 +259,23 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> ByteLru<K, V> {
         }
         if admission == Admission::Speculative && inner.main.contains(&key) {
             return true;
+        }
+        if admission == Admission::Requested {
+            inner.record_use(hash);
+            let present = inner.main.contains(&key) || inner.probation.contains(&key);
+            if !present {
+                let uses = inner.used.estimate(hash);
+                let Some(passed_over) = inner.room_for(w, uses, |k| self.hasher.hash_one(k)) else {
+                    inner.stats.rejected += 1;
+                    return false;
+                };
+                for hot in passed_over {
+                    let now = inner.next_tick();
+                    if let Some((_, t)) = inner.main.get_mut(&hot) {
+                        *t = now;
+                    }
+                }
+            }
         }
         inner.remove(&key);
         if admission == Admission::Speculative {
@@ -338,6 +423,58 @@ mod tests {
             c.insert(k + 200, Blob(1000), Admission::Speculative);
         }
         assert!(c.contains(&100), "promoted entries are not in the speculative segment");
+    }
+
+    #[test]
+    fn a_one_off_entry_does_not_push_out_one_used_more() {
+        let c = ByteLru::new(cap(3));
+        for k in 0..3 {
+            c.insert(k, Blob(1000), Admission::Requested);
+        }
+        // 0 is hot: used again and again; then it becomes the least recently used.
+        for _ in 0..5 {
+            c.get(&0);
+        }
+        c.get(&1);
+        c.get(&2);
+        // Frames asked for once each (a stream passing through, the tail of the load).
+        for k in 10..20 {
+            c.insert(k, Blob(1000), Admission::Requested);
+        }
+        assert!(c.contains(&0), "the hot entry stays");
+        assert!(c.stats().rejected > 0);
+        assert!(c.stats().bytes <= c.stats().capacity);
+        // A frame asked for again is counted again, and comes in over entries used as often.
+        for _ in 0..2 {
+            c.insert(30, Blob(1000), Admission::Requested);
+        }
+        assert!(c.contains(&30), "the frame used twice came in");
+        assert!(c.contains(&0), "over one used once, not over the hot one");
+    }
+
+    #[test]
+    fn entries_used_equally_often_are_evicted_in_lru_order() {
+        let c = ByteLru::new(cap(3));
+        for k in 0..20 {
+            assert!(c.insert(k, Blob(1000), Admission::Requested), "a sequential reader's frame {k} is cached");
+        }
+        assert!((17..20).all(|k| c.contains(&k)));
+        assert_eq!(c.stats().rejected, 0);
+    }
+
+    #[test]
+    fn speculation_never_stops_a_requested_entry() {
+        let c = ByteLru::new(cap(4));
+        c.insert(100, Blob(1000), Admission::Speculative);
+        for _ in 0..5 {
+            c.get(&100); // promoted, and hot
+        }
+        c.insert(101, Blob(1000), Admission::Speculative);
+        for k in 0..2 {
+            c.insert(k, Blob(1000), Admission::Requested);
+        }
+        assert!(c.insert(2, Blob(1000), Admission::Requested), "room is made from the speculative entry");
+        assert!(!c.contains(&101) && c.contains(&100));
     }
 
     #[test]

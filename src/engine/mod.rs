@@ -41,6 +41,7 @@ mod dups;
 pub mod faults;
 pub mod ffmpeg;
 mod fingerprints;
+mod frequency;
 mod hashes;
 pub mod index;
 pub mod index_store;
