@@ -8,14 +8,16 @@ use common::*;
 use framesrv::proto::v1 as pb;
 
 /// Nice values of this process's threads named `name` (decoder threads, and the codec threads
-/// they started, which inherit the name).
-fn nice_of_threads_named(name: &str) -> Vec<i32> {
+/// they started, which inherit the name up to FFmpeg 6.0) or named by FFmpeg (6.1 and later
+/// name their frame threads `av:h264:df0`; the test's daemon runs one decoder).
+fn nice_of_decoder_threads(name: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
         let open = stat.find('(').unwrap();
         let close = stat.rfind(')').unwrap();
-        if &stat[open + 1..close] == name {
+        let thread = &stat[open + 1..close];
+        if thread == name || thread.starts_with("av:") {
             // Field 19 (nice), the 17th after the name.
             out.push(stat[close + 2..].split(' ').nth(16).unwrap().parse().unwrap());
         }
@@ -56,6 +58,6 @@ async fn a_fill_runs_at_the_speculative_priority_on_its_codec_threads_too() {
     // nice 0 by the click) to nice 19, where they stay once it is done: nothing else runs.
     d.settle().await;
     assert!(d.store.stats().frames_decoded >= 400, "the click decoded 0..=200, the fill 0..200 again");
-    assert_eq!(nice_of_threads_named("fsrv-dec-0"), [19, 19, 19], "the decoder thread and its two codec threads");
+    assert_eq!(nice_of_decoder_threads("fsrv-dec-0"), [19, 19, 19], "the decoder thread and its two codec threads");
     d.stop().await;
 }

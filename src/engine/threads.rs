@@ -16,21 +16,27 @@ use parking_lot::Mutex;
 use crate::engine::ffmpeg::{current_thread_id, set_thread_nice};
 
 /// Run `f` (which opens a codec) and return, with its result, the threads it started: threads
-/// that did not exist before and carry the calling thread's name (a new thread inherits its
-/// creator's name, so threads other decoders or the runtime start meanwhile are not taken).
+/// that did not exist before and carry either the calling thread's name (a new thread inherits
+/// its creator's name; FFmpeg up to 6.0 leaves it so) or the name FFmpeg gives its frame
+/// threads from 6.1 on (`av:h264:df0`, set by the thread itself, so either may be seen). Codec
+/// opens that look for their threads take turns, so no other decoder's codec threads appear
+/// meanwhile; threads the runtime or the pool start carry names of their own.
 pub fn started_by<T>(f: impl FnOnce() -> T) -> (T, Vec<i32>) {
-    let me = name_of(current_thread_id());
+    static OPENING: Mutex<()> = Mutex::new(());
+    let Some(me) = name_of(current_thread_id()) else { return (f(), Vec::new()) };
+    let _turn = OPENING.lock();
     let before = task_ids();
     let out = f();
-    let started = match me {
-        Some(me) => task_ids()
-            .into_iter()
-            .filter(|t| !before.contains(t) && name_of(*t).as_deref() == Some(me.as_str()))
-            .collect(),
-        None => Vec::new(),
-    };
+    let started = task_ids()
+        .into_iter()
+        .filter(|t| !before.contains(t))
+        .filter(|t| name_of(*t).is_some_and(|name| name == me || name.starts_with(FFMPEG_THREAD_PREFIX)))
+        .collect();
     (out, started)
 }
+
+/// How FFmpeg (6.1 and later) names the frame threads it starts.
+const FFMPEG_THREAD_PREFIX: &str = "av:";
 
 fn task_ids() -> Vec<i32> {
     match std::fs::read_dir("/proc/self/task") {
@@ -119,12 +125,18 @@ mod tests {
 
     /// Starts `n` threads named like the caller (as FFmpeg's do) that live until `stop`.
     fn start_like_codec(n: usize, stop: &std::sync::Arc<std::sync::Barrier>) -> Vec<std::thread::JoinHandle<()>> {
+        // The first keeps the name it inherits (FFmpeg up to 6.0), the others name themselves
+        // as FFmpeg 6.1 and later do.
         (0..n)
-            .map(|_| {
+            .map(|i| {
                 let stop = stop.clone();
-                std::thread::spawn(move || {
-                    stop.wait();
-                })
+                let named = std::thread::Builder::new();
+                let named = if i == 0 { named } else { named.name(format!("av:h264:df{i}")) };
+                named
+                    .spawn(move || {
+                        stop.wait();
+                    })
+                    .unwrap()
             })
             .collect()
     }
@@ -149,7 +161,7 @@ mod tests {
                     start_like_codec(2, &stop)
                 });
                 // Rust names unnamed threads nothing, so the kernel keeps the creator's name.
-                assert_eq!(started.len(), 2, "the two threads started by the open: {started:?}");
+                assert_eq!(started.len(), 2, "the two threads started by the open, either name: {started:?}");
                 let group = ThreadGroup::default();
                 group.enter();
                 group.set_codec_threads(&started);
