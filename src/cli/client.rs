@@ -163,6 +163,7 @@ async fn run_async(command: Command) -> Result<(), String> {
             );
             println!("hits / misses:  {} / {}", s.cache_hits, s.cache_misses);
             println!("evictions:      {}", s.cache_evictions);
+            println!("not cached:     {}", s.cache_rejected);
             println!("open decoders:  {}", s.open_decoders);
             println!("seeks:          {}", s.seeks);
             println!("frames decoded: {}", s.frames_decoded);

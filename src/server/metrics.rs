@@ -171,6 +171,11 @@ impl Collector for EngineCollector {
         counter("cache_hits", "Frame requests answered from the cache", s.cache.hits)?;
         counter("cache_misses", "Frame requests that needed a decode", s.cache.misses)?;
         counter("cache_evictions", "Frames evicted from the cache to stay within its bound", s.cache.evictions)?;
+        counter(
+            "cache_rejected",
+            "Frames not cached: larger than the cache, or used less often than what they would evict",
+            s.cache.rejected,
+        )?;
         counter("frames_decoded", "Frames decoded", s.frames_decoded)?;
         counter("seeks", "Decoder seeks", s.seeks)?;
         counter("index_builds", "Indexes built (a demux or decode pass over a file)", s.videos_indexed)?;

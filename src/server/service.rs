@@ -706,6 +706,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
             cache_hits: s.cache.hits,
             cache_misses: s.cache.misses,
             cache_evictions: s.cache.evictions,
+            cache_rejected: s.cache.rejected,
             open_decoders: s.open_decoders,
             seeks: s.seeks,
             frames_decoded: s.frames_decoded,
