@@ -155,4 +155,15 @@ def test_an_anamorphic_video_is_shown_in_the_shape_a_player_shows(browser, daemo
 
     shape = shown_shape("anamorphic.mp4")
     assert abs(shape - W * 64 / 45 / H) < 0.02, f"shown {shape:.3f} wide per unit of height"
+    # The storyboard strip's tiles likewise: one row of tiles, each shown 64:45 wider than stored.
+    strip = browser.find_element("id", "strip")
+    wait_for(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('storyboard'); return i && i.complete && i.naturalWidth", strip),
+        "the storyboard")
+    def stretch(d):
+        return d.execute_script("""
+            const i = document.getElementById('storyboard'), r = i.getBoundingClientRect();
+            return (r.width / r.height) / (i.naturalWidth / i.naturalHeight);""")
+
+    wait_for(browser, lambda d: abs(stretch(d) - 64 / 45) < 0.03, "storyboard tiles stretched 64:45", timeout=10)
     assert abs(shown_shape("clip.mp4") - W / H) < 0.02
