@@ -161,10 +161,16 @@ def test_a_stopped_replica_hands_over_only_its_videos_and_gets_them_back(cluster
     assert moved == theirs, f"moved {sorted(moved - theirs)} that were not on {victim}"
     assert len(moved) <= len(VIDEOS) // REPLICAS + len(VIDEOS) // 10
     # Unary calls are reads; the balancer retries what never got an answer. Only calls in flight
-    # at the kill may fail (UNAVAILABLE), at most one per client.
+    # at the kill may fail, at most one per client: UNAVAILABLE, or, when SIGKILL lands after the
+    # replica began its answer (HAProxy cannot retry half an answer, so it resets the stream),
+    # the reset as grpcio reports it. A replica stopped with SIGTERM finishes what it began.
+    def expected(code, details):
+        cut = sig == signal.SIGKILL and code == grpc.StatusCode.UNKNOWN and details == "Stream removed"
+        return code == grpc.StatusCode.UNAVAILABLE or cut
+
     print(f"{sig!r}: {load.calls} calls, errors {load.errors}, moved {len(moved)} of {len(VIDEOS)}")
     assert load.calls > 50
-    assert len(load.errors) <= 4 and all(code == grpc.StatusCode.UNAVAILABLE for code, _ in load.errors), load.errors
+    assert len(load.errors) <= 4 and all(expected(*e) for e in load.errors), load.errors
 
     cluster.start(victim)
     cluster.wait_until(lambda: cluster.owners() == before, f"{victim}'s videos returning")
