@@ -103,11 +103,10 @@ impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
         let mut main = self.main.iter().rev().peekable();
         let mut probation = self.probation.iter().rev().peekable();
         while excess > 0 {
-            let from_main = match (main.peek(), probation.peek()) {
-                (Some((_, (_, m))), Some((_, (_, p)))) => m <= p,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
+            let tick = |entry: Option<&(&K, &(V, u64))>| entry.map(|(_, (_, t))| *t);
+            let from_main = match oldest_segment(tick(main.peek()), tick(probation.peek())) {
+                Some(segment) => segment == Segment::Main,
+                None => break,
             };
             let Some((key, (value, _))) = (if from_main { main.next() } else { probation.next() }) else { break };
             if from_main && self.used.estimate(hash_of(key)) > uses {
@@ -150,11 +149,10 @@ impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
     fn evict_oldest(&mut self) -> bool {
         let main = self.main.peek_lru().map(|(_, (_, t))| *t);
         let probation = self.probation.peek_lru().map(|(_, (_, t))| *t);
-        match (main, probation) {
-            (Some(m), Some(p)) if p < m => self.evict_probation(),
-            (Some(_), _) => self.evict_main(),
-            (None, Some(_)) => self.evict_probation(),
-            (None, None) => false,
+        match oldest_segment(main, probation) {
+            Some(Segment::Main) => self.evict_main(),
+            Some(Segment::Probation) => self.evict_probation(),
+            None => false,
         }
     }
 
@@ -165,6 +163,23 @@ impl<K: Hash + Eq, V: Weigh> Inner<K, V> {
         if let Some((old, _)) = self.probation.pop(key) {
             self.forget(&old, Admission::Speculative);
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Segment {
+    Main,
+    Probation,
+}
+
+/// Which segment's least recently used entry goes first, given the ticks of the two (`None`:
+/// the segment is empty): the older one, the main segment's on a tie.
+fn oldest_segment(main: Option<u64>, probation: Option<u64>) -> Option<Segment> {
+    match (main, probation) {
+        (Some(m), Some(p)) if p < m => Some(Segment::Probation),
+        (Some(_), _) => Some(Segment::Main),
+        (None, Some(_)) => Some(Segment::Probation),
+        (None, None) => None,
     }
 }
 
