@@ -162,6 +162,7 @@ async fn run_async(command: Command) -> Result<(), String> {
                 s.cache_bytes, s.cache_capacity_bytes, s.cache_entries
             );
             println!("hits / misses:  {} / {}", s.cache_hits, s.cache_misses);
+            println!("joined:         {} (misses that waited on a decode already under way)", s.joined);
             println!("evictions:      {}", s.cache_evictions);
             println!("not cached:     {}", s.cache_rejected);
             println!("open decoders:  {}", s.open_decoders);

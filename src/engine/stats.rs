@@ -33,6 +33,9 @@ pub struct EngineStats {
     /// Indexes read back from the state directory instead of built.
     pub index_loads: Counter,
     pub requests: Counter,
+    /// Requests that missed the cache and waited on a decode of the same frame already under
+    /// way (another request's, or a backtrack fill's) instead of starting one: single-flight.
+    pub joined: Counter,
     /// Decoder jobs dropped unstarted because every request for the frame had gone.
     pub abandoned: Counter,
     /// Jobs handed back by a decoder closed for more urgent work (and submitted again).

@@ -72,6 +72,8 @@ pub struct StoreStats {
     pub frames_decoded: u64,
     pub abandoned: u64,
     pub preempted: u64,
+    /// Requests that waited on a decode already under way (counted among the misses too).
+    pub joined: u64,
     /// Segments of streams decoded on parallel decoders.
     pub stream_segments: u64,
     /// Bytes of frames paid for by responses in flight.
@@ -495,6 +497,7 @@ impl FrameStore {
             match inflight.entry(key.clone()) {
                 std::collections::hash_map::Entry::Occupied(mut joined) => {
                     joined.get_mut().waiters.push(tx);
+                    self.stats.joined.inc();
                     (false, joined.get().promote.clone())
                 }
                 std::collections::hash_map::Entry::Vacant(new) => {
@@ -755,6 +758,7 @@ impl FrameStore {
             frames_decoded: self.stats.frames_decoded.get(),
             abandoned: self.stats.abandoned.get(),
             preempted: self.stats.preempted.get(),
+            joined: self.stats.joined.get(),
             stream_segments: self.stats.stream_segments.get(),
             inflight_bytes: self.budget.in_use(),
             videos_indexed: self.stats.videos_indexed.get(),

@@ -169,7 +169,7 @@ impl Collector for EngineCollector {
             ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
         };
         counter("cache_hits", "Frame requests answered from the cache", s.cache.hits)?;
-        counter("cache_misses", "Frame requests that needed a decode", s.cache.misses)?;
+        counter("cache_misses", "Frame requests the cache could not answer", s.cache.misses)?;
         counter("cache_evictions", "Frames evicted from the cache to stay within its bound", s.cache.evictions)?;
         counter(
             "cache_rejected",
@@ -182,6 +182,11 @@ impl Collector for EngineCollector {
         counter("index_loads", "Indexes read back from the state directory instead of built", s.index_loads)?;
         counter("decodes_abandoned", "Decodes never started because every requester had gone", s.abandoned)?;
         counter("decodes_preempted", "Decodes handed back to make room for more urgent work", s.preempted)?;
+        counter(
+            "requests_joined",
+            "Frame requests that waited on a decode of the same frame already under way (also cache misses)",
+            s.joined,
+        )?;
         counter("stream_segments", "Segments of streams decoded on parallel decoders", s.stream_segments)?;
         counter("panics", "Panics caught in decoder threads, index builds and encoders (bugs; each logged)", s.panics)?;
         let seconds = encoder.encode_descriptor(

@@ -712,6 +712,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
             frames_decoded: s.frames_decoded,
             abandoned: s.abandoned,
             preempted: s.preempted,
+            joined: s.joined,
             stream_segments: s.stream_segments,
             inflight_bytes: s.inflight_bytes,
             videos_indexed: s.videos_indexed,

@@ -160,7 +160,8 @@ def test_metrics_parse_and_count_what_was_asked(base):
     assert frame_requests(after, "200") - frame_requests(before, "200") == 3
     assert frame_requests(after, "416") - frame_requests(before, "416") == 1
     for name in ["framesrv_cache_bytes", "framesrv_cache_entries", "framesrv_cache_hits_total",
-                 "framesrv_cache_misses_total", "framesrv_cache_evictions_total", "framesrv_cache_rejected_total", "framesrv_decoders_open",
+                 "framesrv_cache_misses_total", "framesrv_cache_evictions_total", "framesrv_cache_rejected_total", "framesrv_requests_joined_total",
+                 "framesrv_decoders_open",
                  "framesrv_decoders_busy", "framesrv_decode_queue_depth", "framesrv_frames_decoded_total",
                  "framesrv_seeks_total", "framesrv_index_builds_total", "framesrv_index_build_seconds_total",
                  "framesrv_inflight_bytes", "framesrv_process_resident_memory_bytes"]:
