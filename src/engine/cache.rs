@@ -553,7 +553,7 @@ mod tests {
             let moves_every = load.moves_every;
             (0..load.requests).map(move |i| {
                 let (video, rank) = (draw(&videos), draw(&frames));
-                let epoch = if moves_every > 0 { i / moves_every } else { 0 };
+                let epoch = i.checked_div(moves_every).unwrap_or(0);
                 (video, (rank * 7 + epoch * 1000) % FRAMES, epoch)
             })
         }
