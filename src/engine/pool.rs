@@ -39,7 +39,7 @@ use crate::engine::output::OutputSpec;
 use crate::engine::plan::{self, Plan, Position};
 use crate::engine::registry::Registry;
 pub use crate::engine::schedule::PoolConfig;
-use crate::engine::schedule::{self, Class, ClassCell, Occupant};
+use crate::engine::schedule::{self, Class, ClassCell, Occupant, SlotTicket};
 use crate::engine::stats::EngineStats;
 pub use crate::engine::video::{OpenVideo, VideoId};
 use crate::engine::worker::{
@@ -111,9 +111,13 @@ pub struct DecoderPool {
     cores: usize,
     /// Signalled whenever a decoder thread exits or goes idle.
     room: Arc<tokio::sync::Notify>,
-    /// Interactive requests waiting for a decoder slot: while there are any, less urgent
-    /// requests do not take a slot that frees up.
+    /// Interactive requests waiting for a decoder slot: while there are any, no backtrack fill
+    /// starts or goes on (a fill is a guess; the click is not).
     interactive_waiting: Arc<AtomicUsize>,
+    /// Requests waiting for a decoder slot, by class and arrival: a slot that frees up goes to
+    /// the first of them ([`schedule::may_take_slot`]).
+    slot_queue: Arc<Mutex<std::collections::BTreeSet<SlotTicket>>>,
+    next_ticket: std::sync::atomic::AtomicU64,
     buffers: Arc<BufferPool>,
     workers: Mutex<Vec<Worker>>,
     next_id: AtomicUsize,
@@ -143,6 +147,8 @@ impl DecoderPool {
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             room: Arc::new(tokio::sync::Notify::new()),
             interactive_waiting: Arc::new(AtomicUsize::new(0)),
+            slot_queue: Arc::default(),
+            next_ticket: Default::default(),
             buffers,
             workers: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(0),
@@ -152,19 +158,20 @@ impl DecoderPool {
         }
     }
 
-    /// Send a request of class `class` for `target` of `video` to the best decoder. `reply` is
-    /// called on the decoder's thread with the outcome.
+    /// Send a request of class `class` for `target` of `video` to the best decoder; `ticket` is
+    /// its place in line if it waits for a decoder slot ([`DecoderPool::waiting_for_room`]).
+    /// `reply` is called on the decoder's thread with the outcome.
     pub fn submit(
         &self,
         video: &Arc<OpenVideo>,
         target: FrameIndex,
         spec: OutputSpec,
         keep_behind: Option<u32>,
-        class: Arc<ClassCell>,
+        (class, ticket): (Arc<ClassCell>, Option<SlotTicket>),
         reply: Reply,
     ) -> Result<u64, SubmitError> {
         let mut workers = self.workers.lock();
-        let w = match self.route(&mut workers, video, target, target, class.get(), false) {
+        let w = match self.route(&mut workers, video, target, target, class.get(), (false, ticket)) {
             Ok(w) => w,
             Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom(reply)),
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
@@ -211,7 +218,7 @@ impl DecoderPool {
         };
         let last = pass.frames.back().copied().unwrap_or(first);
         let mut workers = self.workers.lock();
-        let w = match self.route(&mut workers, video, first, last, class, true) {
+        let w = match self.route(&mut workers, video, first, last, class, (true, None)) {
             Ok(w) => w,
             Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom((pass, reply))),
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
@@ -231,8 +238,10 @@ impl DecoderPool {
         target: FrameIndex,
         until: FrameIndex,
         class: Class,
-        lane: bool,
+        (lane, ticket): (bool, Option<SlotTicket>),
     ) -> Result<&'a mut Worker, SubmitError<()>> {
+        let first_waiting = self.slot_queue.lock().first().copied();
+        let may_take_slot = schedule::may_take_slot(class, ticket, first_waiting);
         // A decoder whose thread is gone (it panicked, or could not open) takes no more work.
         workers.retain(|w| !w.inbox.is_dead());
         let slack = self.config.decode.continue_slack;
@@ -290,8 +299,7 @@ impl DecoderPool {
             // taking work, finishes its queue, then exits) and the request waits for its thread
             // to go.
             None => {
-                let at_bound = self.alive.load(Ordering::Acquire) >= self.bound(Some(class));
-                if at_bound && class != Class::Interactive && self.interactive_waiting.load(Ordering::Acquire) > 0 {
+                if !may_take_slot {
                     return Err(SubmitError::NoRoom(()));
                 }
                 if !self.make_room(workers, Some(class)) {
@@ -318,6 +326,7 @@ impl DecoderPool {
             Some((_, score, false))
                 if score >= cold_cost
                     && same_video < self.config.max_per_video
+                    && may_take_slot
                     && self.alive.load(Ordering::Acquire) < self.config.max_total =>
             {
                 workers.push(self.spawn(video));
@@ -393,18 +402,24 @@ impl DecoderPool {
         self.room.clone()
     }
 
-    /// A request of `class` waits for a decoder slot until the returned guard is dropped;
-    /// interactive ones get slots before anyone else.
-    pub fn waiting_for_room(&self, class: Class) -> impl Drop {
+    /// A request of `class` waits for a decoder slot, in line, until the returned guard is
+    /// dropped: slots go to the most urgent class first, and within it to the request that has
+    /// waited longest ([`schedule::may_take_slot`]). Pass the ticket to [`DecoderPool::submit`].
+    pub fn waiting_for_room(&self, class: Class) -> (SlotTicket, impl Drop) {
+        let ticket = SlotTicket { class, arrival: self.next_ticket.fetch_add(1, Ordering::Relaxed) };
+        self.slot_queue.lock().insert(ticket);
         let counter = (class == Class::Interactive).then(|| self.interactive_waiting.clone());
         if let Some(c) = &counter {
             c.fetch_add(1, Ordering::AcqRel);
         }
-        scopeguard(move || {
+        let queue = self.slot_queue.clone();
+        let guard = scopeguard(move || {
+            queue.lock().remove(&ticket);
             if let Some(c) = &counter {
                 c.fetch_sub(1, Ordering::AcqRel);
             }
-        })
+        });
+        (ticket, guard)
     }
 
     /// Whether a new decoder thread fits under the global bound. At the bound, close the decoder

@@ -145,6 +145,24 @@ pub fn pick(queue: &[Candidate]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// A request's place in line for a decoder slot: its class, then its arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SlotTicket {
+    pub class: Class,
+    pub arrival: u64,
+}
+
+/// Whether a request of `class` (waiting in line with `ticket`, or not yet) may take a decoder
+/// slot that is free, given the first request in line (`first_waiting`): only when nobody more
+/// urgent, or as urgent and waiting longer, is in line. A slot frees up when a decoder exits or
+/// goes idle; every waiting request is woken and tries again, and so does any request that
+/// arrives meanwhile: without a line, whoever tries first takes it, and under a load over more
+/// videos than decoders a request could wait seconds while later ones went ahead.
+pub fn may_take_slot(class: Class, ticket: Option<SlotTicket>, first_waiting: Option<SlotTicket>) -> bool {
+    let me = ticket.unwrap_or(SlotTicket { class, arrival: u64::MAX });
+    first_waiting.is_none_or(|first| me <= first)
+}
+
 /// The class a queued job competes and runs at after waiting `waited` since it was queued or
 /// last had a turn: a stream frame that has waited `max_wait` (`decoder.stream_max_wait_s`, 2 s)
 /// is taken as interactive (the oldest first) and decoded to its end, so under a steady
@@ -574,5 +592,34 @@ mod tests {
         // What the client asked for is never raised.
         assert_eq!(readahead_depth(0, 100), 0);
         assert_eq!(window_depth(3, 100), 3);
+    }
+
+    #[test]
+    fn a_free_slot_goes_to_the_most_urgent_request_that_has_waited_longest() {
+        let ticket = |class, arrival| SlotTicket { class, arrival };
+        let first = Some(ticket(Class::Stream, 7));
+        // Nobody in line: anyone takes it.
+        assert!(may_take_slot(Class::Bulk, None, None));
+        // The first in line takes it; those behind it, and requests arriving now, wait their turn.
+        assert!(may_take_slot(Class::Stream, Some(ticket(Class::Stream, 7)), first));
+        assert!(!may_take_slot(Class::Stream, Some(ticket(Class::Stream, 9)), first));
+        assert!(!may_take_slot(Class::Stream, None, first));
+        assert!(!may_take_slot(Class::Bulk, None, first));
+        // A more urgent request goes ahead of less urgent ones, however long they have waited,
+        // and waits behind a more urgent one that came later.
+        assert!(may_take_slot(Class::Interactive, None, first));
+        assert!(may_take_slot(Class::Interactive, Some(ticket(Class::Interactive, 12)), first));
+        assert!(!may_take_slot(Class::Stream, Some(ticket(Class::Stream, 7)), Some(ticket(Class::Interactive, 12))));
+    }
+
+    #[test]
+    fn the_line_for_slots_orders_by_class_then_arrival() {
+        let mut line = std::collections::BTreeSet::new();
+        for (class, arrival) in [(Class::Stream, 1), (Class::Interactive, 5), (Class::Bulk, 0), (Class::Interactive, 3)]
+        {
+            line.insert(SlotTicket { class, arrival });
+        }
+        let order: Vec<_> = line.iter().map(|t| (t.class, t.arrival)).collect();
+        assert_eq!(order, [(Class::Interactive, 3), (Class::Interactive, 5), (Class::Stream, 1), (Class::Bulk, 0)]);
     }
 }

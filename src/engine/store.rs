@@ -30,7 +30,7 @@ use crate::engine::output::{self, Encoding, OutputSpec};
 use crate::engine::pool::{DecoderPool, OpenVideo, PoolConfig, SubmitError, VideoId};
 pub use crate::engine::registry::{CachedFrame, Frame, FrameMeta};
 use crate::engine::registry::{FrameKey, InFlight, Registry};
-use crate::engine::schedule::{self, Class, ClassCell};
+use crate::engine::schedule::{self, Class, ClassCell, SlotTicket};
 use crate::engine::segments;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
@@ -124,7 +124,7 @@ impl Submission {
     }
 
     fn submit(self) {
-        if let Some(reply) = self.try_submit(self.reply()) {
+        if let Some(reply) = self.try_submit(self.reply(), None) {
             let runtime = self.runtime.clone();
             runtime.spawn(self.wait_for_room(reply));
         }
@@ -132,13 +132,17 @@ impl Submission {
 
     /// One attempt: sent, or refused as overload (which answers the waiters), or no room yet
     /// (the reply comes back to try again); nothing to do once the frame is answered.
-    fn try_submit(&self, reply: crate::engine::pool::Reply) -> Option<crate::engine::pool::Reply> {
+    fn try_submit(
+        &self,
+        reply: crate::engine::pool::Reply,
+        ticket: Option<SlotTicket>,
+    ) -> Option<crate::engine::pool::Reply> {
         // Answered while it waited (a decoder passing it on the way to another frame kept it).
         if !self.registry.inflight.lock().contains_key(&self.key) {
             return None;
         }
         let (index, spec) = (self.key.index, self.key.spec);
-        match self.pool.submit(&self.video, index, spec, self.keep_behind, self.class.clone(), reply) {
+        match self.pool.submit(&self.video, index, spec, self.keep_behind, (self.class.clone(), ticket), reply) {
             Ok(decoder) => {
                 self.registry.routed(&self.key, Some(decoder));
                 None
@@ -158,15 +162,20 @@ impl Submission {
         if let Some(delay) = crate::engine::faults::waiting_delay(&self.video.name, self.key.index.0) {
             tokio::time::sleep(delay).await;
         }
-        let _waiting = self.pool.waiting_for_room(self.class.get());
+        let (ticket, _waiting) = self.pool.waiting_for_room(self.class.get());
         let room = self.pool.room();
-        let deadline = tokio::time::Instant::now() + self.patience;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.patience;
         loop {
             let notified = room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_submit(reply) {
-                None => return,
+            match self.try_submit(reply, Some(ticket)) {
+                None => {
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    tracing::debug!(video = %self.video.name, index = self.key.index.0, waited_ms, "had a decoder slot");
+                    return;
+                }
                 Some(back) => reply = back,
             }
             let now = tokio::time::Instant::now();
