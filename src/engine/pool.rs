@@ -43,7 +43,7 @@ use crate::engine::schedule::{self, Class, ClassCell, Occupant, SlotTicket};
 use crate::engine::stats::EngineStats;
 pub use crate::engine::video::{OpenVideo, VideoId};
 use crate::engine::worker::{
-    cpu_priorities_work, scopeguard, Busy, Inbox, Job, PassReplyOnce, ReplyOnce, Work, WorkerThread,
+    cpu_priorities_work, Busy, Inbox, Job, PassReplyOnce, ReplyOnce, SlotLine, Work, WorkerThread,
 };
 pub use crate::engine::worker::{Pass, PassReply, Reply};
 use crate::engine::EngineError;
@@ -111,13 +111,8 @@ pub struct DecoderPool {
     cores: usize,
     /// Signalled whenever a decoder thread exits or goes idle.
     room: Arc<tokio::sync::Notify>,
-    /// Interactive requests waiting for a decoder slot: while there are any, no backtrack fill
-    /// starts or goes on (a fill is a guess; the click is not).
-    interactive_waiting: Arc<AtomicUsize>,
-    /// Requests waiting for a decoder slot, by class and arrival: a slot that frees up goes to
-    /// the first of them ([`schedule::may_take_slot`]).
-    slot_queue: Arc<Mutex<std::collections::BTreeSet<SlotTicket>>>,
-    next_ticket: std::sync::atomic::AtomicU64,
+    /// Requests waiting for a decoder slot.
+    slots: Arc<SlotLine>,
     buffers: Arc<BufferPool>,
     workers: Mutex<Vec<Worker>>,
     next_id: AtomicUsize,
@@ -146,9 +141,7 @@ impl DecoderPool {
             busy: Arc::new(Busy::default()),
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             room: Arc::new(tokio::sync::Notify::new()),
-            interactive_waiting: Arc::new(AtomicUsize::new(0)),
-            slot_queue: Arc::default(),
-            next_ticket: Default::default(),
+            slots: Arc::default(),
             buffers,
             workers: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(0),
@@ -240,8 +233,7 @@ impl DecoderPool {
         class: Class,
         (lane, ticket): (bool, Option<SlotTicket>),
     ) -> Result<&'a mut Worker, SubmitError<()>> {
-        let first_waiting = self.slot_queue.lock().first().copied();
-        let may_take_slot = schedule::may_take_slot(class, ticket, first_waiting);
+        let may_take_slot = schedule::may_take_slot(class, ticket, self.slots.first());
         // A decoder whose thread is gone (it panicked, or could not open) takes no more work.
         workers.retain(|w| !w.inbox.is_dead());
         let slack = self.config.decode.continue_slack;
@@ -406,20 +398,7 @@ impl DecoderPool {
     /// dropped: slots go to the most urgent class first, and within it to the request that has
     /// waited longest ([`schedule::may_take_slot`]). Pass the ticket to [`DecoderPool::submit`].
     pub fn waiting_for_room(&self, class: Class) -> (SlotTicket, impl Drop) {
-        let ticket = SlotTicket { class, arrival: self.next_ticket.fetch_add(1, Ordering::Relaxed) };
-        self.slot_queue.lock().insert(ticket);
-        let counter = (class == Class::Interactive).then(|| self.interactive_waiting.clone());
-        if let Some(c) = &counter {
-            c.fetch_add(1, Ordering::AcqRel);
-        }
-        let queue = self.slot_queue.clone();
-        let guard = scopeguard(move || {
-            queue.lock().remove(&ticket);
-            if let Some(c) = &counter {
-                c.fetch_sub(1, Ordering::AcqRel);
-            }
-        });
-        (ticket, guard)
+        self.slots.join(class)
     }
 
     /// Whether a new decoder thread fits under the global bound. At the bound, close the decoder
@@ -491,7 +470,7 @@ impl DecoderPool {
             alive: self.alive.clone(),
             busy: self.busy.clone(),
             busy_threads: std::cell::Cell::new(0),
-            interactive_waiting: self.interactive_waiting.clone(),
+            slots: self.slots.clone(),
             cores: self.cores,
             room: self.room.clone(),
             id,

@@ -20,7 +20,7 @@ use crate::engine::decoder::{DecodeOptions, FrameDecoder, Luma, RawFrame};
 use crate::engine::output::OutputSpec;
 use crate::engine::plan::{self, Plan, Position};
 use crate::engine::registry::Registry;
-use crate::engine::schedule::{self, Candidate, Class, ClassCell, PoolConfig};
+use crate::engine::schedule::{self, Candidate, Class, ClassCell, PoolConfig, SlotTicket};
 use crate::engine::stats::EngineStats;
 use crate::engine::threads::ThreadGroup;
 use crate::engine::video::OpenVideo;
@@ -366,8 +366,8 @@ pub(crate) struct WorkerThread {
     pub(crate) busy: Arc<Busy>,
     /// Codec threads this decoder counts in `busy` for the job it runs (0 for speculative work).
     pub(crate) busy_threads: std::cell::Cell<usize>,
-    /// The pool's count of interactive requests waiting for a decoder slot.
-    pub(crate) interactive_waiting: Arc<AtomicUsize>,
+    /// The pool's requests waiting for a decoder slot.
+    pub(crate) slots: Arc<SlotLine>,
     pub(crate) cores: usize,
     pub(crate) room: Arc<tokio::sync::Notify>,
     pub(crate) id: u64,
@@ -379,6 +379,38 @@ pub(crate) struct WorkerThread {
     pub(crate) stats: Arc<EngineStats>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) buffers: Arc<BufferPool>,
+}
+
+/// Requests waiting for a decoder slot, in line by class and arrival: a slot that frees up goes
+/// to the first of them ([`schedule::may_take_slot`]); while a click is among them, no backtrack
+/// fill starts or goes on (a fill is a guess; the click is not).
+#[derive(Debug, Default)]
+pub(crate) struct SlotLine {
+    tickets: Mutex<std::collections::BTreeSet<SlotTicket>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl SlotLine {
+    /// Stand in line with a request of `class` until the returned guard is dropped.
+    pub(crate) fn join(self: &Arc<Self>, class: Class) -> (SlotTicket, impl Drop) {
+        let ticket = SlotTicket { class, arrival: self.next.fetch_add(1, Ordering::Relaxed) };
+        self.tickets.lock().insert(ticket);
+        let line = self.clone();
+        let guard = scopeguard(move || {
+            line.tickets.lock().remove(&ticket);
+        });
+        (ticket, guard)
+    }
+
+    /// The first in line: the most urgent class, the longest waiting within it.
+    pub(crate) fn first(&self) -> Option<SlotTicket> {
+        self.tickets.lock().first().copied()
+    }
+
+    /// Interactive requests in line (they come first).
+    fn clicks(&self) -> usize {
+        self.tickets.lock().iter().take_while(|t| t.class == Class::Interactive).count()
+    }
 }
 
 /// Decoders running work somebody waits for (a class above speculative), and the codec threads
@@ -540,7 +572,7 @@ impl WorkerThread {
     /// somebody waits for, so the busy count includes its codec threads; the cores taken are
     /// those of the decoders busy elsewhere.
     fn fill_may_run(&self, counted: bool) -> bool {
-        let waiting = self.interactive_waiting.load(Ordering::Acquire);
+        let waiting = self.slots.clicks();
         let mine = if counted { self.busy_threads.get() } else { 0 };
         schedule::fill_may_run(self.busy.threads().saturating_sub(mine), waiting, self.cores)
     }
