@@ -13,7 +13,7 @@ use common::*;
 use framesrv::engine::buffers::BufferPool;
 use framesrv::engine::decoder::{DecodeOptions, FrameDecoder, RawFrame};
 use framesrv::engine::index::{FrameIdentity, VideoIndex};
-use framesrv::engine::output::OutputSpec;
+use framesrv::engine::output::{OutputSpec, PixelFormat};
 use framesrv::engine::stats::EngineStats;
 use framesrv::engine::video::build_index;
 use framesrv::engine::EngineError;
@@ -176,6 +176,48 @@ fn h264_with_b_frames_in_mp4_is_frame_exact() {
     let index = check_exact(&p);
     assert_eq!(index.identity, FrameIdentity::ByPts);
     assert_eq!(index.keyframe_count, 5);
+}
+
+/// Widths that are not a multiple of eight (854x480 is a common one): swscale's SIMD converts
+/// rows eight pixels at a time, and into rows packed tightly it left the last pixels of each
+/// row unwritten (stale memory served as pixels). Every output format and every access order
+/// must give the CLI's bytes at such sizes too.
+#[test]
+fn widths_not_a_multiple_of_eight_are_frame_exact() {
+    let dir = scratch();
+    for (size, codec, pix_fmt) in
+        [("854x480", "libx264", "yuv420p"), ("643x361", "ffv1", "yuv420p"), ("643x361", "ffv1", "yuv422p")]
+    {
+        let p = dir.path().join(format!("{codec}-{pix_fmt}-{size}.mkv"));
+        let source = format!("testsrc2=size={size}:rate=25");
+        ffmpeg(
+            &["-f", "lavfi", "-i", &source, "-frames:v", "24", "-c:v", codec, "-g", "8", "-pix_fmt", pix_fmt]
+                .into_iter()
+                .chain([p.to_str().unwrap()])
+                .collect::<Vec<_>>(),
+        );
+        let index = Arc::new(build_index(&p, "test").expect("index builds"));
+        let (w, h) = index.stream.shown_size(false);
+        for (format, name) in [
+            (PixelFormat::Rgb24, "rgb24"),
+            (PixelFormat::Bgr24, "bgr24"),
+            (PixelFormat::Rgba, "rgba"),
+            (PixelFormat::Gray8, "gray"),
+        ] {
+            let len = w as usize * h as usize * format.bytes_per_pixel();
+            let reference = reference_frames_sized(&p, &[], name, len);
+            assert_eq!(reference.len(), index.frame_count());
+            let spec = OutputSpec { pixel_format: format, ..OutputSpec::default() };
+            let stats = Arc::new(EngineStats::default());
+            let mut d = decoder(&p, &index, &stats);
+            let order = (0..reference.len()).chain(shuffled(reference.len(), 24, 5));
+            for i in order {
+                let what = format!("{codec} {pix_fmt} {size} as {name}, frame {i}");
+                let f = d.frame(FrameIndex(i as u32), &spec, &mut |_| {}).expect("decodes");
+                assert!(f.data[..] == reference[i][..], "{what} differs from the CLI's");
+            }
+        }
+    }
 }
 
 #[test]

@@ -569,9 +569,20 @@ pub(crate) fn av_pixel_format(format: PixelFormat) -> ff::format::Pixel {
 /// a row.
 const OUTPUT_SLACK: usize = 64;
 
-/// The capacity a buffer for [`Converter::convert`] needs: tightly packed rows plus slack.
+/// The capacity a buffer for [`Converter::convert`] needs: rows as swscale writes them
+/// ([`scaled_stride`]) plus slack.
 pub fn output_capacity(format: PixelFormat, width: u32, height: u32) -> usize {
-    width as usize * format.bytes_per_pixel() * height as usize + OUTPUT_SLACK
+    scaled_stride(format, width) * height as usize + OUTPUT_SLACK
+}
+
+/// Bytes per row swscale converts into. swscale's SIMD converters work in steps of 8 pixels,
+/// and where a row has no room for a last whole step they leave the pixels past the last one
+/// unwritten (FFmpeg 5.1's x86 yuv2rgb into tightly packed rows of 854 pixels left the last 6
+/// of each row as whatever the memory held). The CLI converts into padded frames, so rows
+/// padded to whole steps (16 pixels, 64 bytes) also give exactly its bytes; they are packed
+/// tightly afterwards. Widths of 16 pixels and 64 bytes (640, 1280, 1920) need no padding.
+fn scaled_stride(format: PixelFormat, width: u32) -> usize {
+    ((width as usize).next_multiple_of(16) * format.bytes_per_pixel()).next_multiple_of(64)
 }
 
 impl Converter {
@@ -611,18 +622,25 @@ impl Converter {
         let Some(ctx) = self.context.as_mut() else {
             return Err(FfmpegError::Convert("no scaler".into()));
         };
-        let stride = width as usize * format.bytes_per_pixel();
-        let len = stride * height as usize;
-        // Not zeroed: sws_scale writes every output pixel, and zeroing megabytes per frame
-        // showed up in profiles.
+        let packed = width as usize * format.bytes_per_pixel();
+        let stride = scaled_stride(format, width);
+        let len = packed * height as usize;
         out.clear();
         out.reserve_exact(output_capacity(format, width, height));
+        if stride != packed {
+            // Padded rows: swscale leaves the padding unwritten; zeroed, so that every byte
+            // of the buffer is initialised.
+            out.resize(stride * height as usize, 0);
+        }
+        // Otherwise not zeroed: sws_scale writes every pixel of whole-step rows, and zeroing
+        // megabytes per frame showed up in profiles.
         let dst_ptrs: [*mut u8; 4] =
             [out.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()];
         let dst_strides: [i32; 4] = [stride as i32, 0, 0, 0];
         // SAFETY: the source planes and strides come from a decoded AVFrame of the size and
         // format the context was built for (checked through `key`); the destination is one
-        // plane of `stride * height` bytes plus slack, matching the context's output.
+        // plane of `stride * height` bytes plus slack (reserved above), rows of `stride` bytes
+        // holding at least `width` pixels of the context's output format.
         let ret = unsafe {
             let src = frame.frame.as_ptr();
             ffi::sws_scale(
@@ -638,9 +656,16 @@ impl Converter {
         if ret != key.dst_h as i32 {
             return Err(FfmpegError::Convert(format!("sws_scale wrote {ret} of {} rows", key.dst_h)));
         }
-        // SAFETY: sws_scale returned the full output height, so all `len` bytes (every row of
-        // `stride` bytes) are initialised; capacity is `len + OUTPUT_SLACK`.
-        unsafe { out.set_len(len) };
+        if stride == packed {
+            // SAFETY: sws_scale returned the full output height, and rows of whole steps are
+            // written whole, so all `len` bytes are initialised; capacity is `len + OUTPUT_SLACK`.
+            unsafe { out.set_len(len) };
+        } else {
+            for row in 1..height as usize {
+                out.copy_within(row * stride..row * stride + packed, row * packed);
+            }
+            out.truncate(len);
+        }
         Ok(out)
     }
 }

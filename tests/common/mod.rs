@@ -127,6 +127,11 @@ pub fn reference_frames_as(path: &Path, pix_fmt: &str, bpp: usize) -> Vec<Vec<u8
 /// [`reference_frames_as`] with options before the input (`-noautorotate`: as coded, where the
 /// CLI would turn the pictures as the display matrix says).
 pub fn reference_frames_with(path: &Path, input_options: &[&str], pix_fmt: &str, bpp: usize) -> Vec<Vec<u8>> {
+    reference_frames_sized(path, input_options, pix_fmt, W as usize * H as usize * bpp)
+}
+
+/// [`reference_frames_with`] for a video of another size: `frame` bytes per frame.
+pub fn reference_frames_sized(path: &Path, input_options: &[&str], pix_fmt: &str, frame: usize) -> Vec<Vec<u8>> {
     let output = Command::new("ffmpeg")
         .args(["-v", "error"])
         .args(input_options)
@@ -135,7 +140,6 @@ pub fn reference_frames_with(path: &Path, input_options: &[&str], pix_fmt: &str,
         .args(["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
         .output()
         .unwrap();
-    let frame = W as usize * H as usize * bpp;
     assert!(output.stdout.len().is_multiple_of(frame), "reference decode of {} is not whole frames", path.display());
     output.stdout.chunks(frame).map(|c| c.to_vec()).collect()
 }
