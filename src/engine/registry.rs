@@ -119,7 +119,13 @@ impl Registry {
     /// A decode finished: cache it and wake everyone waiting for it.
     pub(crate) fn complete(&self, key: FrameKey, result: Result<CachedFrame, EngineError>) {
         if let Ok(frame) = &result {
-            self.cache.insert(key.clone(), frame.clone(), Admission::Requested);
+            // A frame a fill produced that nobody has asked for yet is speculation, cached as
+            // such: counted as a use it would look used twice once a stream passes through it,
+            // and a window's frames would then keep out the stream's frames clients ask for.
+            let asked =
+                self.inflight.lock().get(&key).is_none_or(|f| !f.fill || f.waiters.iter().any(|w| !w.is_closed()));
+            let admission = if asked { Admission::Requested } else { Admission::Speculative };
+            self.cache.insert(key.clone(), frame.clone(), admission);
         }
         let waiters = self.inflight.lock().remove(&key).unwrap_or_default().waiters;
         for w in waiters {
@@ -281,6 +287,40 @@ mod tests {
         let key = FrameKey { video: v.id.clone(), index: FrameIndex(index), spec };
         r.inflight.lock().insert(key, InFlight { waiters: vec![tx], promote: None, fill: false, decoder: None });
         rx
+    }
+
+    fn frame(v: &OpenVideo, index: u32) -> CachedFrame {
+        let raw = RawFrame {
+            index: FrameIndex(index),
+            spec: output::RawSpec { pixel_format: PixelFormat::Rgb24, width: 4, height: 4 },
+            key: false,
+            data: Bytes::from(vec![index as u8; 48]),
+            luma: None,
+        };
+        Registry::cached_from_raw(v, &raw)
+    }
+
+    #[test]
+    fn a_fills_frames_nobody_asked_for_are_cached_as_speculation() {
+        let r = Registry::new(ByteSize(1 << 20));
+        let v = video("v.mp4");
+        let spec = OutputSpec::default();
+        let key = |i| FrameKey { video: v.id.clone(), index: FrameIndex(i), spec };
+        assert_eq!(r.reserve(&v, &spec, &[FrameIndex(1), FrameIndex(2)], Arc::new(|_| {})).len(), 2);
+        r.complete(key(1), Ok(frame(&v, 1)));
+        let speculative = r.cache.stats().speculative_bytes;
+        assert!(speculative > 0, "nobody waited for frame 1: speculation");
+        // A client stepping back waits on the fill's frame 2: it was asked for.
+        let (tx, rx) = oneshot::channel();
+        r.inflight.lock().get_mut(&key(2)).unwrap().waiters.push(tx);
+        r.complete(key(2), Ok(frame(&v, 2)));
+        assert!(rx.blocking_recv().unwrap().is_ok());
+        assert_eq!(r.cache.stats().speculative_bytes, speculative, "frame 2 was requested");
+        assert_eq!(r.cache.stats().entries, 2);
+        // A request's own decode is requested, whoever else waits.
+        let _three = request(&r, &v, spec, 3);
+        r.complete(key(3), Ok(frame(&v, 3)));
+        assert_eq!(r.cache.stats().speculative_bytes, speculative);
     }
 
     #[test]
