@@ -37,7 +37,27 @@ fn decoder_with(path: &Path, index: &Arc<VideoIndex>, stats: &Arc<EngineStats>, 
 /// the result must not change by a byte.
 const THREAD_COUNTS: [usize; 2] = [1, 3];
 
-/// Decode `i` and compare it, and every frame decoded on the way, with the reference.
+thread_local! {
+    /// Frames whose planes (what the cache keeps of them) were checked on this test's thread.
+    static PLANES_CHECKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The planes the cache would keep of `f`, converted as a cache hit converts them, must give
+/// the reference's bytes too.
+fn check_planes(f: &RawFrame, reference: &[Vec<u8>], pattern: &str) {
+    if let Some(planes) = &f.planes {
+        let hit = planes.convert(f.spec.pixel_format, f.spec.width, f.spec.height, Vec::new()).expect("converts");
+        assert!(
+            hit[..] == reference[f.index.get()][..],
+            "{pattern}: frame {} converted from the cached planes differs from the reference",
+            f.index
+        );
+        PLANES_CHECKED.with(|c| c.set(c.get() + 1));
+    }
+}
+
+/// Decode `i` and compare it, and every frame decoded on the way, with the reference (also as
+/// the cache would give it back).
 fn expect_frame(d: &mut FrameDecoder, i: usize, reference: &[Vec<u8>], pattern: &str) {
     let mut check_side = |f: RawFrame| {
         assert!(
@@ -45,6 +65,7 @@ fn expect_frame(d: &mut FrameDecoder, i: usize, reference: &[Vec<u8>], pattern: 
             "{pattern}: frame {} decoded on the way to {i} differs from the reference",
             f.index
         );
+        check_planes(&f, reference, pattern);
     };
     let f = d
         .frame(FrameIndex(i as u32), &OutputSpec::default(), &mut check_side)
@@ -56,6 +77,7 @@ fn expect_frame(d: &mut FrameDecoder, i: usize, reference: &[Vec<u8>], pattern: 
         barcode(&f.data),
         barcode(&reference[i])
     );
+    check_planes(&f, reference, pattern);
 }
 
 /// The whole battery on one file. Returns the index for case-specific checks.
@@ -176,12 +198,13 @@ fn h264_with_b_frames_in_mp4_is_frame_exact() {
     let index = check_exact(&p);
     assert_eq!(index.identity, FrameIdentity::ByPts);
     assert_eq!(index.keyframe_count, 5);
+    assert!(PLANES_CHECKED.with(|c| c.get()) > 100, "4:2:0 frames keep their planes for the cache");
 }
 
 /// Widths that are not a multiple of eight (854x480 is a common one): swscale's SIMD converts
 /// rows eight pixels at a time, and into rows packed tightly it left the last pixels of each
-/// row unwritten (stale memory served as pixels). Every output format and every access order
-/// must give the CLI's bytes at such sizes too.
+/// row unwritten (stale memory served as pixels). Every output format, every access order, and
+/// the planes the cache keeps must give the CLI's bytes at such sizes too.
 #[test]
 fn widths_not_a_multiple_of_eight_are_frame_exact() {
     let dir = scratch();
@@ -215,6 +238,62 @@ fn widths_not_a_multiple_of_eight_are_frame_exact() {
                 let what = format!("{codec} {pix_fmt} {size} as {name}, frame {i}");
                 let f = d.frame(FrameIndex(i as u32), &spec, &mut |_| {}).expect("decodes");
                 assert!(f.data[..] == reference[i][..], "{what} differs from the CLI's");
+                if let Some(planes) = &f.planes {
+                    let hit = planes.convert(format, w, h, Vec::new()).unwrap();
+                    assert!(hit[..] == reference[i][..], "{what} from the cached planes differs from the CLI's");
+                }
+            }
+        }
+    }
+}
+
+/// What the cache keeps of a frame is the decoder's planes wherever they are smaller than the
+/// output (see `Stored` in the registry), converted again on each hit: at odd sizes (chroma
+/// rows and columns rounded up) and in every subsampling, that conversion gives the bytes the
+/// decoder's own gave, and planes no smaller than the RGB keep nothing.
+#[test]
+fn cached_planes_convert_to_the_decoders_own_bytes() {
+    let dir = scratch();
+    // Whether the planes are kept for rgb24 and for rgba output.
+    for (size, pix_fmt, kept) in [
+        ("643x361", "yuv420p", [true, true]),
+        ("643x361", "yuv422p", [true, true]),
+        ("643x361", "yuv410p", [true, true]),
+        ("643x361", "gray", [true, true]),
+        ("643x361", "yuv444p", [false, true]),
+        // Row padding dominates a tiny picture: its planes are no smaller than its RGB (but
+        // smaller than its RGBA).
+        ("67x39", "yuv420p", [false, true]),
+    ] {
+        let p = dir.path().join(format!("{pix_fmt}-{size}.mkv"));
+        let source = format!("testsrc2=size={size}:rate=25");
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            &source,
+            "-frames:v",
+            "12",
+            "-c:v",
+            "ffv1",
+            "-pix_fmt",
+            pix_fmt,
+            p.to_str().unwrap(),
+        ]);
+        let index = Arc::new(build_index(&p, "test").expect("index builds"));
+        let stats = Arc::new(EngineStats::default());
+        let mut d = decoder(&p, &index, &stats);
+        for (format, kept) in [PixelFormat::Rgb24, PixelFormat::Rgba].into_iter().zip(kept) {
+            let spec = OutputSpec { pixel_format: format, ..OutputSpec::default() };
+            for i in 0..index.frame_count() {
+                let f = d.frame(FrameIndex(i as u32), &spec, &mut |_| {}).expect("decodes");
+                assert_eq!(f.planes.is_some(), kept, "{pix_fmt} {size} as {format:?}: planes kept");
+                if let Some(planes) = &f.planes {
+                    assert!(planes.len() < f.data.len(), "{pix_fmt} {size}: planes are kept only when smaller");
+                    let hit = planes.convert(f.spec.pixel_format, f.spec.width, f.spec.height, Vec::new()).unwrap();
+                    let what = format!("{pix_fmt} {size} {:?}: frame {i}", spec.pixel_format);
+                    assert!(hit == f.data[..], "{what} from the planes differs from the decoder's");
+                }
             }
         }
     }

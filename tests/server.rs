@@ -1202,9 +1202,9 @@ async fn keep_behind_chooses_how_much_of_the_scan_is_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readahead_survives_a_full_cache() {
-    // 4 MiB hold about 50 frames of 192x128: reading 60 frames fills it, and the frames read
-    // ahead must not be evicted by the frames just served.
-    let d = start_with(|c| c.cache_size = framesrv::units::ByteSize::mib(4)).await;
+    // 2 MiB hold about 55 frames of 192x128 (as the decoder's 4:2:0 planes): reading 60 frames
+    // fills it, and the frames read ahead must not be evicted by the frames just served.
+    let d = start_with(|c| c.cache_size = framesrv::units::ByteSize::mib(2)).await;
     let mut c = d.client().await;
     let mut late_hits = 0;
     for i in 0..60usize {
@@ -1222,8 +1222,8 @@ async fn readahead_survives_a_full_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_ahead_and_the_backtrack_window_stay_within_what_the_cache_holds() {
-    // 640 KiB: the speculative share (a quarter) holds two 192x128 frames, as a 512 MiB cache
-    // holds five 4K ones. Reading 8 frames ahead, or keeping 32 behind a cold answer, would
+    // 640 KiB: the speculative share (a quarter) holds four 192x128 frames (as 4:2:0 planes),
+    // as a 512 MiB cache holds ten 4K ones. Reading 8 frames ahead, or keeping 32 behind a cold answer, would
     // evict their first frames before anyone asked for them: a seek back at every step.
     let d = start_with(|c| c.cache_size = framesrv::units::ByteSize(640 << 10)).await;
     // One GOP, so the window behind a late frame could be 32 frames long.
@@ -1251,9 +1251,10 @@ async fn read_ahead_and_the_backtrack_window_stay_within_what_the_cache_holds() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_clients_keep_asking_for_stay_cached_while_a_stream_passes_through() {
-    // A cache of twelve 192x128 frames; a labeller's three frames, asked for again and again,
-    // then someone streams the whole 60-frame video through it. Least-recently-used alone
-    // would keep the stream's last twelve frames and none of the three.
+    // A cache the size of twelve 192x128 RGB frames (seventeen as the decoder's planes); a
+    // labeller's three frames, asked for again and again, then someone streams the whole
+    // 60-frame video through it. Least-recently-used alone would keep the stream's last
+    // frames and none of the three.
     let frame = 192 * 128 * 3 + 192;
     let d = start_with(|c| c.cache_size = framesrv::units::ByteSize(frame * 12)).await;
     let reference = reference_frames(&d.media.join("a.mp4"));

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::engine::buffers::BufferPool;
-use crate::engine::ffmpeg::{output_capacity, Converter, DecodedFrame, MediaFile, Turner, VideoDecoder, VideoPacket};
+use crate::engine::ffmpeg::{
+    output_capacity, Converter, DecodedFrame, MediaFile, Planes, Turner, VideoDecoder, VideoPacket,
+};
 use crate::engine::index::{FrameIdentity, SeekTarget, VideoIndex};
 use crate::engine::output::{OutputSpec, PixelFormat, RawSpec};
 use crate::engine::plan::{self, Plan, Position};
@@ -33,6 +35,9 @@ pub struct RawFrame {
     pub spec: RawSpec,
     pub key: bool,
     pub data: Bytes,
+    /// The decoder's planes, when they are smaller than `data` and convert to it (the frame
+    /// at its own size, not turned): what the cache keeps instead (see [`Planes`]).
+    pub planes: Option<Arc<Planes>>,
     /// The frame's luma at its native size, one byte per pixel, when the decoder was asked for
     /// it (see [`Luma`]).
     pub luma: Option<Bytes>,
@@ -449,7 +454,7 @@ impl FrameDecoder {
         };
         if let (Luma::Only, Some(data)) = (self.luma, &luma) {
             let spec = RawSpec { pixel_format: PixelFormat::Gray8, width: frame.width(), height: frame.height() };
-            return Ok(RawFrame { index: idx, spec, key, data: data.clone(), luma });
+            return Ok(RawFrame { index: idx, spec, key, data: data.clone(), planes: None, luma });
         }
         let orientation = &self.index.stream.orientation;
         let turn = spec.upright && !orientation.is_upright();
@@ -463,7 +468,13 @@ impl FrameDecoder {
             self.converter.convert(frame, raw.pixel_format, raw.width, raw.height, buffer)
         }
         .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
-        Ok(RawFrame { index: idx, spec: raw, key, data: self.buffers.share(data), luma })
+        let planes = match frame.planes_len() {
+            Some(len) if !turn && (raw.width, raw.height) == coded && len < data.len() => {
+                frame.copy_planes(self.buffers.take(len), |b| self.buffers.share(b)).map(Arc::new)
+            }
+            _ => None,
+        };
+        Ok(RawFrame { index: idx, spec: raw, key, data: self.buffers.share(data), planes, luma })
     }
 
     /// The frame's luma plane, or the frame converted to GRAY8 where it has none to copy.

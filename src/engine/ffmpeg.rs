@@ -475,6 +475,157 @@ impl DecodedFrame {
     }
 }
 
+/// Pixel formats whose planes the cache may keep instead of converted pixels: planar or
+/// semi-planar 8-bit YUV and gray, all of them plain memory (no palette, no hardware surface).
+fn plain_planes(format: ff::format::Pixel) -> bool {
+    use ff::format::Pixel as P;
+    matches!(
+        format,
+        P::YUV420P
+            | P::YUVJ420P
+            | P::YUV422P
+            | P::YUVJ422P
+            | P::YUV444P
+            | P::YUVJ444P
+            | P::YUV440P
+            | P::YUVJ440P
+            | P::YUV411P
+            | P::YUV410P
+            | P::YUVA420P
+            | P::NV12
+            | P::NV21
+            | P::GRAY8
+    )
+}
+
+/// Bytes past the end of each copied plane, zeroed: SIMD readers load whole vectors.
+const PLANE_SLACK: usize = 64;
+/// Copied planes start at the same offset from a 64-byte boundary as the decoder's did.
+const PLANE_ALIGN: usize = 64;
+
+impl DecodedFrame {
+    /// The bytes [`DecodedFrame::copy_planes`] would use, or `None` for pixel formats whose
+    /// planes are not kept (see `plain_planes`).
+    pub fn planes_len(&self) -> Option<usize> {
+        if !plain_planes(self.frame.format()) || self.width() == 0 || self.height() == 0 {
+            return None;
+        }
+        let n = self.frame.planes();
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0;
+        for i in 0..n {
+            // A negative stride (bottom-up rows) reads back as a huge usize: not kept.
+            if self.frame.stride(i) == 0 || self.frame.stride(i) > i32::MAX as usize {
+                return None;
+            }
+            len += PLANE_ALIGN + self.frame.data(i).len() + PLANE_SLACK;
+        }
+        Some(len)
+    }
+
+    /// The picture's planes copied into `buf` (its allocation reused) and wrapped by `share`:
+    /// the decoder's pixel format, size and row strides, each plane at the decoder's alignment,
+    /// so that converting them ([`Planes::convert`]) gives the bytes converting this frame does.
+    /// `None` where [`DecodedFrame::planes_len`] is, or if `share` moved the bytes.
+    pub fn copy_planes(&self, mut buf: Vec<u8>, share: impl FnOnce(Vec<u8>) -> bytes::Bytes) -> Option<Planes> {
+        let len = self.planes_len()?;
+        buf.clear();
+        buf.reserve_exact(len);
+        let base = buf.as_ptr() as usize;
+        let mut offsets = [0usize; 4];
+        let mut strides = [0i32; 4];
+        for (i, (offset, stride)) in offsets.iter_mut().zip(strides.iter_mut()).enumerate().take(self.frame.planes()) {
+            let plane = self.frame.data(i);
+            let want = plane.as_ptr() as usize % PLANE_ALIGN;
+            let have = (base + buf.len()) % PLANE_ALIGN;
+            buf.resize(buf.len() + (want + PLANE_ALIGN - have) % PLANE_ALIGN, 0);
+            *offset = buf.len();
+            *stride = self.frame.stride(i) as i32;
+            buf.extend_from_slice(plane);
+            buf.resize(buf.len() + PLANE_SLACK, 0);
+        }
+        let planes = self.frame.planes();
+        let data = share(buf);
+        if data.as_ptr() as usize != base || data.len() > len {
+            return None;
+        }
+        // Every plane and its slack must lie inside `data` (they do by construction; checked
+        // because `convert` hands these offsets to C).
+        for i in 0..planes {
+            let rows = self.frame.plane_height(i) as usize;
+            if offsets[i] + strides[i] as usize * rows + PLANE_SLACK > data.len() {
+                return None;
+            }
+        }
+        Some(Planes {
+            data,
+            offsets,
+            strides,
+            planes,
+            format: self.frame.format(),
+            width: self.width(),
+            height: self.height(),
+        })
+    }
+}
+
+/// A decoded picture's planes, copied out of the decoder: what the cache keeps instead of
+/// converted pixels when they are smaller (4:2:0 is half of RGB), converted again on each hit.
+/// Only [`DecodedFrame::copy_planes`] makes one, so the layout always matches the bytes.
+pub struct Planes {
+    data: bytes::Bytes,
+    offsets: [usize; 4],
+    strides: [i32; 4],
+    planes: usize,
+    format: ff::format::Pixel,
+    width: u32,
+    height: u32,
+}
+
+impl std::fmt::Debug for Planes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Planes({:?} {}x{}, {} bytes)", self.format, self.width, self.height, self.data.len())
+    }
+}
+
+impl Planes {
+    /// The memory they hold.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Convert to `format` at `width`x`height` as [`Converter::convert`] does, on this thread
+    /// (with a converter kept per thread: hits of one video reuse its swscale context).
+    pub fn convert(&self, format: PixelFormat, width: u32, height: u32, out: Vec<u8>) -> Result<Vec<u8>, FfmpegError> {
+        thread_local! {
+            static CONVERTER: std::cell::RefCell<Converter> = std::cell::RefCell::new(Converter::default());
+        }
+        let mut src = [std::ptr::null::<u8>(); 4];
+        let mut strides = [0i32; 4];
+        for i in 0..self.planes {
+            src[i] = self.data[self.offsets[i]..].as_ptr();
+            strides[i] = self.strides[i];
+        }
+        let source = Source { format: self.format, width: self.width, height: self.height, data: src, strides };
+        CONVERTER.with(|c| c.borrow_mut().scale(&source, format, width, height, out))
+    }
+}
+
+/// A picture for swscale: pointers to planes of `strides[i]` bytes per row.
+struct Source {
+    format: ff::format::Pixel,
+    width: u32,
+    height: u32,
+    data: [*const u8; 4],
+    strides: [i32; 4],
+}
+
 /// A video decoder driven with the send/receive API.
 pub struct VideoDecoder {
     decoder: ff::decoder::Video,
@@ -594,20 +745,40 @@ impl Converter {
         format: PixelFormat,
         width: u32,
         height: u32,
+        out: Vec<u8>,
+    ) -> Result<Vec<u8>, FfmpegError> {
+        // SAFETY: reading the frame's plane pointers and strides; the frame outlives the call.
+        let (all_data, all_strides) = unsafe {
+            let src = frame.frame.as_ptr();
+            ((*src).data, (*src).linesize)
+        };
+        let data: [*const u8; 4] = std::array::from_fn(|i| all_data[i] as *const u8);
+        let strides: [i32; 4] = std::array::from_fn(|i| all_strides[i]);
+        let source =
+            Source { format: frame.frame.format(), width: frame.width(), height: frame.height(), data, strides };
+        self.scale(&source, format, width, height, out)
+    }
+
+    /// Convert `src` (a decoded frame's planes, or their copy in [`Planes`]).
+    fn scale(
+        &mut self,
+        src: &Source,
+        format: PixelFormat,
+        width: u32,
+        height: u32,
         mut out: Vec<u8>,
     ) -> Result<Vec<u8>, FfmpegError> {
-        let src_fmt: ffi::AVPixelFormat = frame.frame.format().into();
         let key = ScalerKey {
-            src: src_fmt,
-            src_w: frame.width(),
-            src_h: frame.height(),
+            src: src.format.into(),
+            src_w: src.width,
+            src_h: src.height,
             dst: format,
             dst_w: width,
             dst_h: height,
         };
         if self.scaler != Some(key) {
             let ctx = ff::software::scaling::Context::get(
-                frame.frame.format(),
+                src.format,
                 key.src_w,
                 key.src_h,
                 av_pixel_format(format),
@@ -637,16 +808,16 @@ impl Converter {
         let dst_ptrs: [*mut u8; 4] =
             [out.as_mut_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()];
         let dst_strides: [i32; 4] = [stride as i32, 0, 0, 0];
-        // SAFETY: the source planes and strides come from a decoded AVFrame of the size and
+        // SAFETY: the source planes and strides are a decoded AVFrame's, or their copy in
+        // `Planes` (same strides, every plane plus slack inside its buffer), of the size and
         // format the context was built for (checked through `key`); the destination is one
         // plane of `stride * height` bytes plus slack (reserved above), rows of `stride` bytes
         // holding at least `width` pixels of the context's output format.
         let ret = unsafe {
-            let src = frame.frame.as_ptr();
             ffi::sws_scale(
                 ctx.as_mut_ptr(),
-                (*src).data.as_ptr() as *const *const u8,
-                (*src).linesize.as_ptr(),
+                src.data.as_ptr(),
+                src.strides.as_ptr(),
                 0,
                 key.src_h as i32,
                 dst_ptrs.as_ptr(),

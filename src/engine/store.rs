@@ -29,7 +29,7 @@ use crate::engine::index_store::{self, ContentKey, StateDir};
 use crate::engine::output::{self, Encoding, OutputSpec};
 use crate::engine::pool::{DecoderPool, OpenVideo, PoolConfig, SubmitError, VideoId};
 pub use crate::engine::registry::{CachedFrame, Frame, FrameMeta};
-use crate::engine::registry::{FrameKey, InFlight, Registry};
+use crate::engine::registry::{FrameKey, InFlight, Registry, Stored};
 use crate::engine::schedule::{self, Class, ClassCell, SlotTicket};
 use crate::engine::segments;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
@@ -241,8 +241,8 @@ impl FrameStore {
     pub fn new(roots: MediaRoots, config: StoreConfig) -> FrameStore {
         crate::engine::ffmpeg::init();
         let stats = Arc::new(EngineStats::default());
-        let registry = Arc::new(Registry::new(config.cache_size));
         let buffers = BufferPool::new(config.buffer_pool);
+        let registry = Arc::new(Registry::new(config.cache_size, buffers.clone()));
         let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), registry.clone(), buffers));
         let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         let fingerprints = Fingerprints::new(pool.clone(), config.state_dir.clone(), config.pool.max_per_video);
@@ -410,6 +410,7 @@ impl FrameStore {
         }
         let key = FrameKey { video: video.id.clone(), index, spec };
         if let Some(hit) = self.registry.cache.get(&key) {
+            let hit = self.unpack(video, hit).await?;
             return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
         }
         if spec.encoding == Encoding::Raw {
@@ -421,6 +422,20 @@ impl FrameStore {
         Ok(Frame { meta: encoded.meta, data: encoded.data, cache_hit: hit })
     }
 
+    /// A cached frame as clients get it: planes the cache keeps are converted on a blocking
+    /// thread (a fraction of a millisecond per frame, CPU work all the same).
+    async fn unpack(&self, video: &OpenVideo, hit: Stored) -> Result<CachedFrame, EngineError> {
+        if !hit.converts() {
+            return hit.unpack(&video.name, &self.registry.buffers);
+        }
+        let (name, buffers) = (video.name.clone(), self.registry.buffers.clone());
+        tokio::task::spawn_blocking(move || hit.unpack(&name, &buffers)).await.map_err(joined(
+            &self.stats,
+            &video.name,
+            "the pixel converter",
+        ))?
+    }
+
     /// A raw frame encoded as `spec` asks (PNG or JPEG), on a blocking thread, and cached.
     async fn encode(&self, video: &OpenVideo, raw: CachedFrame, spec: OutputSpec) -> Result<CachedFrame, EngineError> {
         let key = FrameKey { video: video.id.clone(), index: raw.meta.index, spec };
@@ -428,13 +443,16 @@ impl FrameStore {
         let encoded = tokio::task::spawn_blocking(move || {
             let raw_spec =
                 output::RawSpec { pixel_format: raw.meta.pixel_format, width: raw.meta.width, height: raw.meta.height };
-            output::encode(&raw.data, raw_spec, spec.encoding, spec.jpeg_quality)
-                .map(|data| CachedFrame { meta: FrameMeta { encoding: spec.encoding, ..raw.meta }, data })
+            output::encode(&raw.data, raw_spec, spec.encoding, spec.jpeg_quality).map(|data| CachedFrame {
+                meta: FrameMeta { encoding: spec.encoding, ..raw.meta },
+                data,
+                planes: None,
+            })
         })
         .await
         .map_err(joined(&self.stats, &video_name, "the image encoder"))?
         .map_err(|e| EngineError::EncodeFailed { video: video_name, reason: e.to_string() })?;
-        self.registry.cache.insert(key, encoded.clone(), Admission::Requested);
+        self.registry.cache.insert(key, Stored::from(&encoded), Admission::Requested);
         Ok(encoded)
     }
 
@@ -493,7 +511,7 @@ impl FrameStore {
     ) -> Result<(CachedFrame, bool), EngineError> {
         let key = FrameKey { video: video.id.clone(), index, spec };
         if let Some(hit) = self.registry.cache.get(&key) {
-            return Ok((hit, true));
+            return Ok((self.unpack(video, hit).await?, true));
         }
         let (tx, rx) = oneshot::channel();
         let cell = Arc::new(ClassCell::new(class));
@@ -501,7 +519,8 @@ impl FrameStore {
             let mut inflight = self.registry.inflight.lock();
             // Checked again under the lock: a decoder may have completed it in between.
             if let Some(hit) = self.registry.cache.get(&key) {
-                return Ok((hit, true));
+                drop(inflight);
+                return Ok((self.unpack(video, hit).await?, true));
             }
             match inflight.entry(key.clone()) {
                 std::collections::hash_map::Entry::Occupied(mut joined) => {

@@ -709,7 +709,7 @@ impl WorkerThread {
         let spec = job.spec.as_raw();
         crate::engine::faults::check(&video.name, job.target.0);
         if let Some(frame) = registry.cached(video, &spec, job.target) {
-            self.job_done(|| job.reply.send(Ok(frame)));
+            self.job_done(|| job.reply.send(frame));
             return None;
         }
         if registry.abandoned(video, &spec, job.target) {
@@ -831,7 +831,7 @@ impl WorkerThread {
             frames.retain(|&i| registry.release(video, &spec, i));
         }
         // Frames that came out on the way (a decode step outputs several) are done.
-        while frames.front().is_some_and(|&i| registry.cached(video, &spec, i).is_some()) {
+        while frames.front().is_some_and(|&i| registry.is_cached(video, &spec, i)) {
             frames.pop_front();
         }
         let next = *frames.front()?;
