@@ -296,6 +296,9 @@ fn cached_planes_convert_to_the_decoders_own_bytes() {
                 }
             }
         }
+        // Passes whose frames are never cached (hashes, clips) copy no planes.
+        d.set_planes(false);
+        assert!(d.frame(FrameIndex(3), &OutputSpec::default(), &mut |_| {}).unwrap().planes.is_none());
     }
 }
 

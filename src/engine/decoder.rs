@@ -95,6 +95,8 @@ pub struct FrameDecoder {
     turner: Turner,
     /// Whether frames also (or only) carry their luma; see [`FrameDecoder::set_luma`].
     luma: Luma,
+    /// Whether frames carry the planes the cache keeps; see [`FrameDecoder::set_planes`].
+    planes: bool,
     luma_converter: Converter,
     index: Arc<VideoIndex>,
     options: DecodeOptions,
@@ -153,6 +155,7 @@ impl FrameDecoder {
             turner: Turner::default(),
             luma: Luma::Off,
             luma_converter: Converter::default(),
+            planes: true,
             index,
             options,
             stats,
@@ -202,6 +205,13 @@ impl FrameDecoder {
             self.luma = luma;
             self.ahead.clear();
         }
+    }
+
+    /// Whether frames carry a copy of the decoder's planes (where smaller than the converted
+    /// frame): what the cache keeps of them. On by default; off for passes whose frames are
+    /// never cached (hashes, clips), which would copy them for nothing.
+    pub fn set_planes(&mut self, planes: bool) {
+        self.planes = planes;
     }
 
     /// Decode `target` converted to `spec`. Frames met on the way that lie within the
@@ -469,7 +479,7 @@ impl FrameDecoder {
         }
         .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
         let planes = match frame.planes_len() {
-            Some(len) if !turn && (raw.width, raw.height) == coded && len < data.len() => {
+            Some(len) if self.planes && !turn && (raw.width, raw.height) == coded && len < data.len() => {
                 frame.copy_planes(self.buffers.take(len), |b| self.buffers.share(b)).map(Arc::new)
             }
             _ => None,

@@ -651,8 +651,12 @@ impl WorkerThread {
         classes: (Class, Class),
     ) -> Option<Work> {
         decoder.set_luma(pass.luma);
+        // A stream segment's frames go to the cache (`segments`), with the planes it keeps; a
+        // bulk pass's (hashes, clips) are never cached.
+        decoder.set_planes(classes.1 == Class::Stream);
         let more = self.pass_frames(decoder, pass, reply, classes);
         decoder.set_luma(Luma::Off);
+        decoder.set_planes(true);
         more
     }
 
