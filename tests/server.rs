@@ -897,9 +897,11 @@ async fn a_decoder_panicking_while_reading_ahead_leaves_no_request_waiting() {
             reference[i as usize]
         );
     }
+    // Read-ahead is speculative work at nice 19: it runs when a core is free, which under a
+    // whole test suite's load can take a while.
     let t = std::time::Instant::now();
     while d.store.stats().panics == 0 {
-        assert!(t.elapsed().as_secs() < 20, "read-ahead never reached frame 24");
+        assert!(t.elapsed().as_secs() < 60, "read-ahead never reached frame 24");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     // Every frame around it is answered, exact, well within a deadline: none waits on the dead
@@ -1191,8 +1193,13 @@ async fn keep_behind_chooses_how_much_of_the_scan_is_cached() {
     let cold = pb::FrameRequest { keep_behind: Some(5), ..by_index("a.mp4", 20) };
     c.request_frame(cold).await.unwrap();
     d.settle().await;
+    // Kept: cached by the fill behind the answer, or, when the fill (speculative work, run
+    // while a core is free) has not run yet under a busy machine, produced by it while the
+    // request waits on it; never a decode of the request's own.
     for i in 15..20 {
-        assert!(c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner().cache_hit, "frame {i} kept");
+        let joined = d.store.stats().joined;
+        let hit = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner().cache_hit;
+        assert!(hit || d.store.stats().joined > joined, "frame {i} kept");
     }
     assert!(!c.request_frame(by_index("a.mp4", 14)).await.unwrap().into_inner().cache_hit, "only five kept");
     let absurd = pb::FrameRequest { keep_behind: Some(51), ..by_index("a.mp4", 3) };
@@ -1233,8 +1240,11 @@ async fn read_ahead_and_the_backtrack_window_stay_within_what_the_cache_holds() 
     assert!(!c.request_frame(by_index("g60.mp4", 50)).await.unwrap().into_inner().cache_hit);
     d.settle().await;
     assert_eq!(d.store.stats().cache.evictions, 0, "the window behind 50 is what fits");
+    // Kept by the fill: cached, or (the fill not run yet on a busy machine) waited on.
     for i in [49, 48] {
-        assert!(c.request_frame(by_index("g60.mp4", i)).await.unwrap().into_inner().cache_hit, "frame {i} kept");
+        let joined = d.store.stats().joined;
+        let hit = c.request_frame(by_index("g60.mp4", i)).await.unwrap().into_inner().cache_hit;
+        assert!(hit || d.store.stats().joined > joined, "frame {i} kept");
     }
     let seeks = d.store.stats().seeks;
     let mut hits = 0;
