@@ -1209,8 +1209,9 @@ async fn keep_behind_chooses_how_much_of_the_scan_is_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readahead_survives_a_full_cache() {
-    // 2 MiB hold about 55 frames of 192x128 (as the decoder's 4:2:0 planes): reading 60 frames
-    // fills it, and the frames read ahead must not be evicted by the frames just served.
+    // 2 MiB hold about 40 frames of 192x128 asked for (kept as the decoder's 4:2:0 planes,
+    // rows of 256 bytes): reading 60 frames fills it, and the frames read ahead must not be
+    // evicted by the frames just served.
     let d = start_with(|c| c.cache_size = framesrv::units::ByteSize::mib(2)).await;
     let mut c = d.client().await;
     let mut late_hits = 0;
@@ -1228,9 +1229,44 @@ async fn readahead_survives_a_full_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_cached_as_planes_and_frames_read_ahead_as_served() {
+    let d = start().await;
+    let reference = reference_frames(&d.media.join("a.mp4"));
+    let mut c = d.client().await;
+    // A sequential reader: three frames asked for, and read-ahead past them (no backtrack
+    // window: its frames are kept as planes, as speculation a reader steps back into).
+    for i in 10..13 {
+        let f = c
+            .request_frame(pb::FrameRequest { keep_behind: Some(0), ..by_index("a.mp4", i) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(f.data[..], reference[i as usize][..]);
+    }
+    d.settle().await;
+    // Bytes charged per entry: the frame plus 192 of bookkeeping (`cache::ENTRY_OVERHEAD`).
+    let rgb = 192 * 128 * 3 + 192;
+    let s = d.store.stats().cache;
+    assert!(s.speculative_bytes > 0, "frames were read ahead");
+    assert_eq!(s.speculative_bytes % rgb, 0, "read-ahead is kept as converted: {s:?}");
+    // Frames asked for and decoded for the request are kept as planes; one asked for while it
+    // was held as read-ahead (a hit) stays as it was.
+    let decoded = s.entries - s.speculative_bytes / rgb - s.hits;
+    let planes = (s.bytes - s.speculative_bytes - s.hits * rgb) / decoded.max(1);
+    assert!(decoded >= 1 && planes < rgb * 3 / 4, "frames asked for are kept as 4:2:0 planes: {planes} bytes, {s:?}");
+    // Both give the decoder's bytes back: the planes converted again, the frames read ahead.
+    for i in 10..20 {
+        let f = c.request_frame(by_index("a.mp4", i)).await.unwrap().into_inner();
+        assert!(f.cache_hit, "frame {i}");
+        assert_eq!(f.data[..], reference[i as usize][..], "frame {i}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_ahead_and_the_backtrack_window_stay_within_what_the_cache_holds() {
-    // 640 KiB: the speculative share (a quarter) holds four 192x128 frames (as 4:2:0 planes),
-    // as a 512 MiB cache holds ten 4K ones. Reading 8 frames ahead, or keeping 32 behind a cold answer, would
+    // 640 KiB: the speculative share (a quarter) holds two 192x128 frames, as a 512 MiB cache
+    // holds five 4K ones. Reading 8 frames ahead, or keeping 32 behind a cold answer, would
     // evict their first frames before anyone asked for them: a seek back at every step.
     let d = start_with(|c| c.cache_size = framesrv::units::ByteSize(640 << 10)).await;
     // One GOP, so the window behind a late frame could be 32 frames long.

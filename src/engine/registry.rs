@@ -48,10 +48,13 @@ pub struct CachedFrame {
     pub planes: Option<Arc<Planes>>,
 }
 
-/// A frame as the cache holds it: its output bytes, or, where they are smaller, the decoder's
-/// planes, converted again on each hit (a 720p 4:2:0 frame is half its RGB, so the same bytes
-/// hold twice the frames; converting one costs about 0.3 ms of a core). Converting the planes
-/// gives exactly the bytes the decode gave ([`Planes`]).
+/// A frame as the cache holds it: its output bytes, or, where the decoder handed its planes
+/// along (smaller than the output), those planes (a 720p 4:2:0 frame is half its RGB, so the
+/// same bytes hold twice the frames), converted again on each hit (about 0.3 ms of a core at
+/// 720p). Converting the planes gives exactly the bytes the decode gave ([`Planes`]). Frames
+/// read ahead of a sequential reader come without planes (the worker's choice): the decoder
+/// converted them already, and the reader's next step should not pay a conversion again
+/// (frame by frame reading lost a fifth of its speed when they were kept as planes).
 #[derive(Debug, Clone)]
 pub(crate) enum Stored {
     Packed(FrameMeta, Bytes),
@@ -67,16 +70,15 @@ impl Weigh for Stored {
     }
 }
 
-impl From<&CachedFrame> for Stored {
-    fn from(frame: &CachedFrame) -> Stored {
+impl Stored {
+    /// What the cache keeps of `frame`: its planes where it carries them.
+    pub(crate) fn new(frame: &CachedFrame) -> Stored {
         match &frame.planes {
             Some(planes) => Stored::Planes(frame.meta, planes.clone()),
             None => Stored::Packed(frame.meta, frame.data.clone()),
         }
     }
-}
 
-impl Stored {
     /// Whether [`Stored::unpack`] converts (CPU work, for a blocking thread).
     pub(crate) fn converts(&self) -> bool {
         matches!(self, Stored::Planes(..))
@@ -163,7 +165,7 @@ impl Registry {
     /// ([`readahead_depth`](crate::engine::schedule::readahead_depth),
     /// [`window_depth`](crate::engine::schedule::window_depth)).
     pub(crate) fn speculative_room(&self, video: &OpenVideo, spec: OutputSpec) -> u32 {
-        u32::try_from(self.cache.speculative_room(video.cached_bytes(spec))).unwrap_or(u32::MAX)
+        u32::try_from(self.cache.speculative_room(video.frame_bytes(spec))).unwrap_or(u32::MAX)
     }
 
     /// A decode finished: cache it and wake everyone waiting for it.
@@ -175,7 +177,7 @@ impl Registry {
             let asked =
                 self.inflight.lock().get(&key).is_none_or(|f| !f.fill || f.waiters.iter().any(|w| !w.is_closed()));
             let admission = if asked { Admission::Requested } else { Admission::Speculative };
-            self.cache.insert(key.clone(), Stored::from(frame), admission);
+            self.cache.insert(key.clone(), Stored::new(frame), admission);
         }
         let waiters = self.inflight.lock().remove(&key).unwrap_or_default().waiters;
         for w in waiters {
@@ -196,7 +198,7 @@ impl Registry {
             drop(inflight);
             self.complete(key, Ok(cached));
         } else if !self.cache.contains(&key) {
-            self.cache.insert(key, Stored::from(&cached), Admission::Speculative);
+            self.cache.insert(key, Stored::new(&cached), Admission::Speculative);
         }
     }
 

@@ -452,7 +452,7 @@ impl FrameStore {
         .await
         .map_err(joined(&self.stats, &video_name, "the image encoder"))?
         .map_err(|e| EngineError::EncodeFailed { video: video_name, reason: e.to_string() })?;
-        self.registry.cache.insert(key, Stored::from(&encoded), Admission::Requested);
+        self.registry.cache.insert(key, Stored::new(&encoded), Admission::Requested);
         Ok(encoded)
     }
 

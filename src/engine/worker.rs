@@ -732,10 +732,14 @@ impl WorkerThread {
         let keep = if continuing && self.fill_may_run(true) { window } else { 0 };
         let keep = keep.max(self.waited_on_the_way(decoder, job.target, &spec, continuing));
         let inbox = &self.inbox;
-        let result =
-            decoder.frame_keeping(job.target, &spec, keep, &mut |f| registry.side_frame(video, &spec, f), &mut || {
-                inbox.must_yield(class)
-            });
+        // Frames after the target (several come out of one decode step) are what a sequential
+        // reader asks for next: cached as converted, so its next step costs no conversion.
+        let target = job.target;
+        let side = &mut |f: RawFrame| {
+            let f = if f.index > target { RawFrame { planes: None, ..f } } else { f };
+            registry.side_frame(video, &spec, f)
+        };
+        let result = decoder.frame_keeping(job.target, &spec, keep, side, &mut || inbox.must_yield(class));
         let result = match result {
             Ok(None) => return Some(Work::Frame(job)),
             Ok(Some(frame)) => Ok(frame),
@@ -894,9 +898,14 @@ impl WorkerThread {
         let registry = &self.registry;
         let video = &self.video;
         let inbox = &self.inbox;
-        match decoder
-            .frame_keeping(next, &raw, 0, &mut |f| registry.side_frame(video, &raw, f), &mut || inbox.must_yield(class))
-        {
+        // Read ahead for a sequential reader, whose next step should cost no conversion: the
+        // frames are cached as converted, not as planes.
+        decoder.set_planes(false);
+        let result = decoder.frame_keeping(next, &raw, 0, &mut |f| registry.side_frame(video, &raw, f), &mut || {
+            inbox.must_yield(class)
+        });
+        decoder.set_planes(true);
+        match result {
             Ok(Some(f)) => registry.side_frame(video, &raw, f),
             Ok(None) => {}
             Err(_) => return None,
