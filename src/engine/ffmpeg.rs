@@ -440,24 +440,7 @@ impl DecodedFrame {
     /// tightly packed), copied into `out`; false for pixel formats without one (RGB, more than
     /// 8 bits, paletted), which need a conversion instead.
     pub fn luma_plane(&self, out: &mut Vec<u8>) -> bool {
-        use ff::format::Pixel as P;
-        let eight_bit_luma = matches!(
-            self.frame.format(),
-            P::YUV420P
-                | P::YUVJ420P
-                | P::YUV422P
-                | P::YUVJ422P
-                | P::YUV444P
-                | P::YUVJ444P
-                | P::YUV440P
-                | P::YUVJ440P
-                | P::YUV411P
-                | P::YUV410P
-                | P::YUVA420P
-                | P::NV12
-                | P::NV21
-                | P::GRAY8
-        );
+        let eight_bit_luma = plain_planes(self.frame.format());
         let (w, h) = (self.width() as usize, self.height() as usize);
         if !eight_bit_luma || w == 0 || h == 0 {
             return false;
@@ -475,8 +458,9 @@ impl DecodedFrame {
     }
 }
 
-/// Pixel formats whose planes the cache may keep instead of converted pixels: planar or
-/// semi-planar 8-bit YUV and gray, all of them plain memory (no palette, no hardware surface).
+/// Planar or semi-planar 8-bit YUV and gray, all of them plain memory (no palette, no hardware
+/// surface): the formats whose luma plane is handed out as it is, and whose planes the cache
+/// may keep instead of converted pixels.
 fn plain_planes(format: ff::format::Pixel) -> bool {
     use ff::format::Pixel as P;
     matches!(
