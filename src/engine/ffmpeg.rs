@@ -7,8 +7,10 @@
 //! list of video demuxers), reading the video stream's packets, seeking one stream in its own
 //! time base, decoding with the send/receive API, and converting decoded pictures to tightly
 //! packed pixels (turned upright first where asked: [`Turner`]). The rest of the crate is safe
-//! Rust and sees only [`MediaFile`], [`VideoDecoder`], [`DecodedFrame`], [`Converter`] and
-//! [`Turner`], whose methods cannot be misused to break memory safety.
+//! Rust and sees only [`MediaFile`], [`VideoDecoder`], [`DecodedFrame`], [`Converter`],
+//! [`Turner`] and [`Planes`] (a decoded picture's planes copied out for the cache, made only
+//! here so that their layout always matches their bytes), whose methods cannot be misused to
+//! break memory safety.
 //!
 //! Why the lock-down: a client names a video, and FFmpeg will happily treat a name as a URL
 //! (`http:`, `concat:`, `pipe:`), or a probed file as a playlist (ffconcat, HLS) that points at
