@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use common::*;
@@ -219,31 +220,72 @@ fn widths_not_a_multiple_of_eight_are_frame_exact() {
                 .chain([p.to_str().unwrap()])
                 .collect::<Vec<_>>(),
         );
-        let index = Arc::new(build_index(&p, "test").expect("index builds"));
-        let (w, h) = index.stream.shown_size(false);
-        for (format, name) in [
-            (PixelFormat::Rgb24, "rgb24"),
-            (PixelFormat::Bgr24, "bgr24"),
-            (PixelFormat::Rgba, "rgba"),
-            (PixelFormat::Gray8, "gray"),
-        ] {
-            let len = w as usize * h as usize * format.bytes_per_pixel();
-            let reference = reference_frames_sized(&p, &[], name, len);
-            assert_eq!(reference.len(), index.frame_count());
-            let spec = OutputSpec { pixel_format: format, ..OutputSpec::default() };
-            let stats = Arc::new(EngineStats::default());
-            let mut d = decoder(&p, &index, &stats);
-            let order = (0..reference.len()).chain(shuffled(reference.len(), 24, 5));
-            for i in order {
-                let what = format!("{codec} {pix_fmt} {size} as {name}, frame {i}");
-                let f = d.frame(FrameIndex(i as u32), &spec, &mut |_| {}).expect("decodes");
-                assert!(f.data[..] == reference[i][..], "{what} differs from the CLI's");
-                if let Some(planes) = &f.planes {
-                    let hit = planes.convert(format, w, h, Vec::new()).unwrap();
-                    assert!(hit[..] == reference[i][..], "{what} from the cached planes differs from the CLI's");
-                }
+        check_formats(&p, &format!("{codec} {pix_fmt} {size}"));
+    }
+}
+
+/// Every output format of every frame of `p`, in order and in random order, and from the planes
+/// the cache keeps, against the CLI's conversion to the same format.
+fn check_formats(p: &Path, what: &str) {
+    let index = Arc::new(build_index(p, "test").expect("index builds"));
+    let (w, h) = index.stream.shown_size(false);
+    for (format, name) in [
+        (PixelFormat::Rgb24, "rgb24"),
+        (PixelFormat::Bgr24, "bgr24"),
+        (PixelFormat::Rgba, "rgba"),
+        (PixelFormat::Gray8, "gray"),
+    ] {
+        let len = w as usize * h as usize * format.bytes_per_pixel();
+        let reference = reference_frames_sized(p, &[], name, len);
+        assert_eq!(reference.len(), index.frame_count());
+        let spec = OutputSpec { pixel_format: format, ..OutputSpec::default() };
+        let stats = Arc::new(EngineStats::default());
+        let mut d = decoder(p, &index, &stats);
+        let order = (0..reference.len()).chain(shuffled(reference.len(), 24, 5));
+        for i in order {
+            let what = format!("{what} as {name}, frame {i}");
+            let f = d.frame(FrameIndex(i as u32), &spec, &mut |_| {}).expect("decodes");
+            assert!(f.data[..] == reference[i][..], "{what} differs from the CLI's");
+            if let Some(planes) = &f.planes {
+                let hit = planes.convert(format, w, h, Vec::new()).unwrap();
+                assert!(hit[..] == reference[i][..], "{what} from the cached planes differs from the CLI's");
             }
         }
+    }
+}
+
+/// The CLI converts each frame with the YCbCr matrix and the range the frame is tagged with
+/// (FFmpeg 5.1's scale filter reads both from the frame), and almost every HD camera and phone
+/// video is tagged BT.709. Converted with swscale's defaults (BT.601, limited range), every
+/// frame of such a video was served with other colours than the CLI's.
+#[test]
+fn colour_tagged_videos_are_converted_with_their_own_matrix_and_range() {
+    let dir = scratch();
+    for (name, tags) in [
+        ("bt709", &["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"][..]),
+        ("bt709-full-range", &["-colorspace", "bt709", "-color_range", "pc"]),
+        ("bt2020", &["-colorspace", "bt2020nc", "-color_primaries", "bt2020", "-color_trc", "smpte2084"]),
+        ("smpte240m", &["-colorspace", "smpte240m"]),
+        // A matrix swscale has no table for: the scale filter falls back to BT.601.
+        ("ycgco", &["-colorspace", "ycgco"]),
+    ] {
+        let p = dir.path().join(format!("{name}.mkv"));
+        let source = format!("testsrc2=size={W}x{H}:rate=25");
+        let mut args = vec!["-f", "lavfi", "-i", &source, "-frames:v", "24", "-c:v", "libx264", "-g", "8"];
+        args.extend(["-pix_fmt", "yuv420p"]);
+        args.extend(tags);
+        args.push(p.to_str().unwrap());
+        ffmpeg(&args);
+        // The tags change the CLI's pixels (so this test can fail), but for the fallback.
+        let untagged = Command::new("ffmpeg")
+            .args(["-v", "error", "-i", p.to_str().unwrap(), "-frames:v", "1"])
+            .args(["-vf", "scale=in_color_matrix=bt601:in_range=tv", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+            .output()
+            .unwrap()
+            .stdout;
+        let tagged = &reference_frames(&p)[0];
+        assert_eq!(untagged[..] == tagged[..], name == "ycgco", "{name}: the tags matter to the CLI");
+        check_formats(&p, name);
     }
 }
 

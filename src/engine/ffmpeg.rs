@@ -18,6 +18,7 @@
 //! `file` protocol, and allow only demuxers that read a single self-contained video file.
 #![allow(unsafe_code)]
 
+use std::os::raw::c_int;
 use std::path::Path;
 use std::sync::Once;
 
@@ -553,6 +554,7 @@ impl DecodedFrame {
             format: self.frame.format(),
             width: self.width(),
             height: self.height(),
+            colors: Colors::of(&self.frame),
         })
     }
 }
@@ -568,6 +570,7 @@ pub struct Planes {
     format: ff::format::Pixel,
     width: u32,
     height: u32,
+    colors: Colors,
 }
 
 impl std::fmt::Debug for Planes {
@@ -598,7 +601,14 @@ impl Planes {
             src[i] = self.data[self.offsets[i]..].as_ptr();
             strides[i] = self.strides[i];
         }
-        let source = Source { format: self.format, width: self.width, height: self.height, data: src, strides };
+        let source = Source {
+            format: self.format,
+            width: self.width,
+            height: self.height,
+            colors: self.colors,
+            data: src,
+            strides,
+        };
         CONVERTER.with(|c| c.borrow_mut().scale(&source, format, width, height, out))
     }
 }
@@ -608,8 +618,78 @@ struct Source {
     format: ff::format::Pixel,
     width: u32,
     height: u32,
+    colors: Colors,
     data: [*const u8; 4],
     strides: [i32; 4],
+}
+
+/// What a decoded picture says about its colours: the YCbCr matrix and the range of its values.
+/// The CLI's conversion reads both from every frame (FFmpeg 5.1's scale filter, whose
+/// `in_color_matrix` and `in_range` default to "auto"), so ours must: a BT.709 video (almost
+/// every HD camera and phone video is tagged so) converted with swscale's default BT.601 matrix
+/// gives other RGB values than the CLI's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Colors {
+    space: ffi::AVColorSpace,
+    range: ffi::AVColorRange,
+}
+
+impl Colors {
+    fn of(frame: &ff::frame::Video) -> Colors {
+        Colors { space: frame.color_space().into(), range: frame.color_range().into() }
+    }
+
+    /// The swscale coefficient table the scale filter picks for `space` ("auto": the frame's
+    /// matrix where swscale knows it, BT.601 otherwise).
+    fn matrix(self) -> c_int {
+        let space = self.space as c_int;
+        if !(1..=10).contains(&space) || space == ffi::AVColorSpace::AVCOL_SPC_YCGCO as c_int {
+            ffi::AVColorSpace::AVCOL_SPC_BT470BG as c_int
+        } else {
+            space
+        }
+    }
+
+    /// Set `context`'s input matrix and range as the scale filter does for a frame of these
+    /// colours: the output matrix follows the input's, the output range stays swscale's.
+    fn apply(self, context: &mut ff::software::scaling::Context) {
+        let (mut inv_table, mut table) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let (mut src_range, mut dst_range, mut brightness, mut contrast, mut saturation) = (0, 0, 0, 0, 0);
+        // SAFETY: the context is valid and ours; the out-pointers are locals. The coefficient
+        // table swscale returns is static.
+        unsafe {
+            let ctx = context.as_mut_ptr();
+            if ffi::sws_getColorspaceDetails(
+                ctx,
+                &mut inv_table,
+                &mut src_range,
+                &mut table,
+                &mut dst_range,
+                &mut brightness,
+                &mut contrast,
+                &mut saturation,
+            ) < 0
+            {
+                return;
+            }
+            let coefficients = ffi::sws_getCoefficients(self.matrix());
+            if self.range != ffi::AVColorRange::AVCOL_RANGE_UNSPECIFIED {
+                src_range = (self.range == ffi::AVColorRange::AVCOL_RANGE_JPEG) as c_int;
+            }
+            // Like the scale filter, the answer is not checked: swscale refuses details it
+            // has no use for (no YCbCr on either side), and the conversion is then its default.
+            ffi::sws_setColorspaceDetails(
+                ctx,
+                coefficients,
+                src_range,
+                coefficients,
+                dst_range,
+                brightness,
+                contrast,
+                saturation,
+            );
+        }
+    }
 }
 
 /// A video decoder driven with the send/receive API.
@@ -684,6 +764,7 @@ struct ScalerKey {
     src: ffi::AVPixelFormat,
     src_w: u32,
     src_h: u32,
+    colors: Colors,
     dst: PixelFormat,
     dst_w: u32,
     dst_h: u32,
@@ -740,8 +821,14 @@ impl Converter {
         };
         let data: [*const u8; 4] = std::array::from_fn(|i| all_data[i] as *const u8);
         let strides: [i32; 4] = std::array::from_fn(|i| all_strides[i]);
-        let source =
-            Source { format: frame.frame.format(), width: frame.width(), height: frame.height(), data, strides };
+        let source = Source {
+            format: frame.frame.format(),
+            width: frame.width(),
+            height: frame.height(),
+            colors: Colors::of(&frame.frame),
+            data,
+            strides,
+        };
         self.scale(&source, format, width, height, out)
     }
 
@@ -758,12 +845,13 @@ impl Converter {
             src: src.format.into(),
             src_w: src.width,
             src_h: src.height,
+            colors: src.colors,
             dst: format,
             dst_w: width,
             dst_h: height,
         };
         if self.scaler != Some(key) {
-            let ctx = ff::software::scaling::Context::get(
+            let mut ctx = ff::software::scaling::Context::get(
                 src.format,
                 key.src_w,
                 key.src_h,
@@ -773,6 +861,7 @@ impl Converter {
                 ff::software::scaling::Flags::BICUBIC,
             )
             .map_err(|e| FfmpegError::Convert(e.to_string()))?;
+            src.colors.apply(&mut ctx);
             self.context = Some(ctx);
             self.scaler = Some(key);
         }
