@@ -344,6 +344,26 @@ fn cached_planes_convert_to_the_decoders_own_bytes() {
     }
 }
 
+/// A raw H.264 stream with B-frames remuxed into mp4 without timestamps: ffmpeg stamps each
+/// packet as it reads it, so every pts equals its dts, and sorted, the pts are the decode order,
+/// not the order the decoder shows the pictures in. Indexed by those pts, frame 2 was the
+/// picture shown fourth, and some frames were "never produced" (data loss). Such files are
+/// indexed by decoding.
+#[test]
+fn a_raw_stream_remuxed_without_timestamps_is_frame_exact() {
+    let dir = scratch();
+    let raw = encode(
+        &dir.path().join("b-frames.h264"),
+        60,
+        25,
+        &["-c:v", "libx264", "-x264-params", "keyint=12:bframes=3:scenecut=0", "-pix_fmt", "yuv420p"],
+    );
+    let mp4 = dir.path().join("remuxed.mp4");
+    ffmpeg(&["-r", "25", "-f", "h264", "-i", raw.to_str().unwrap(), "-c", "copy", mp4.to_str().unwrap()]);
+    let index = check_exact(&mp4);
+    assert_eq!(index.identity, FrameIdentity::ByCount, "indexed by decoding");
+}
+
 #[test]
 fn h264_open_gop_in_mkv_is_frame_exact() {
     let dir = scratch();

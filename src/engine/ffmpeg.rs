@@ -348,6 +348,15 @@ impl MediaFile {
         &self.info
     }
 
+    /// Whether the codec may show pictures in another order than it decodes them (B-frames), as
+    /// probing found (the stream's `video_delay`, ffprobe's `has_b_frames`).
+    pub fn reorders(&self) -> bool {
+        let Some(stream) = self.input.stream(self.stream_index) else { return false };
+        // SAFETY: the parameters are borrowed from the stream, valid while the input lives; a
+        // plain integer field is read.
+        unsafe { (*stream.parameters().as_ptr()).video_delay > 0 }
+    }
+
     /// The next packet of the video stream, or `None` at the end of the file. A read error in
     /// the middle of a file (truncation, corruption) also ends the stream: what was read before
     /// it is served, nothing after it is guessed.

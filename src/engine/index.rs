@@ -299,6 +299,17 @@ impl VideoIndex {
 /// order and is not presented after it. A frame presented before the keyframe that precedes it
 /// in decode order is a leading frame of an open GOP; it needs the previous GOP's references,
 /// so it is decoded from the previous keyframe.
+/// Whether the packets' pts are stamps in decode order rather than presentation times: the
+/// codec reorders pictures (`reorders`: B-frames, as the stream's parameters say), yet every
+/// packet that has a dts has its pts equal to it. A remux of a raw H.264 stream into mp4 without
+/// timestamps gives exactly this (ffmpeg stamps each packet as it reads it). Sorted, such pts
+/// are the decode order, not the order the decoder shows the pictures in, so frames indexed by
+/// them would be the wrong ones; those files are indexed by a decode pass instead. Files with
+/// real B-frames and real timestamps have some packets whose pts is later than their dts.
+pub fn pts_in_decode_order(packets: &[PacketMeta], reorders: bool) -> bool {
+    reorders && packets.iter().any(|p| p.dts.is_some()) && packets.iter().all(|p| p.dts.is_none() || p.dts == p.pts)
+}
+
 fn seek_target_for(points: &[SeekPoint], packet: PacketNo, pts: i64) -> SeekTarget {
     let mut i = points.partition_point(|s| s.packet <= packet);
     while i > 0 {
@@ -384,6 +395,20 @@ mod tests {
             pkt(5, 5, false), // B5 leading
             pkt(7, 6, false), // P7
         ]
+    }
+
+    #[test]
+    fn pts_equal_to_dts_in_a_stream_that_reorders_are_decode_order_stamps() {
+        // Real B-frames and real timestamps: some pts after their dts.
+        assert!(!pts_in_decode_order(&open_gop(), true));
+        // The same packets stamped as read (a raw stream remuxed without timestamps).
+        let stamped: Vec<PacketMeta> = open_gop().into_iter().map(|p| PacketMeta { pts: p.dts, ..p }).collect();
+        assert!(pts_in_decode_order(&stamped, true));
+        // No reordering: pts equal to dts is what every packet has.
+        assert!(!pts_in_decode_order(&stamped, false));
+        // No dts at all is no evidence either way.
+        let no_dts: Vec<PacketMeta> = open_gop().into_iter().map(|p| PacketMeta { dts: None, ..p }).collect();
+        assert!(!pts_in_decode_order(&no_dts, true));
     }
 
     #[test]

@@ -26,8 +26,10 @@ use crate::engine::index::{FrameEntry, FrameIdentity, SeekPoint, SeekTarget, Vid
 use crate::units::{PacketNo, Pts, TimeBase};
 
 const MAGIC: &[u8; 8] = b"FSRVIDX\0";
-/// Bump on any change to the layout below: entries of other versions are rebuilt.
-const VERSION: u32 = 5;
+/// Bump on any change to the layout below, or to what an index of the same file holds: entries
+/// of other versions are rebuilt. 6: files whose pts follow decode order are indexed by decoding
+/// (`index::pts_in_decode_order`); version 5 had indexed them, wrongly, by their pts.
+const VERSION: u32 = 6;
 /// Magic, version, checksum.
 const HEAD: usize = 16;
 /// Bytes hashed at each end of the file.

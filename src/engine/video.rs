@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::engine::ffmpeg::{FfmpegError, MediaFile};
-use crate::engine::index::{DecodedFrameMeta, VideoIndex};
+use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, VideoIndex};
 use crate::engine::index_store::ContentKey;
 use crate::engine::output::OutputSpec;
 use crate::engine::EngineError;
@@ -57,7 +57,13 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
         packets.push(p.meta);
     }
     let stream = file.info().clone();
-    let index = match VideoIndex::from_packets(stream.clone(), &packets) {
+    let by_packets = if pts_in_decode_order(&packets, file.reorders()) {
+        tracing::warn!(video, "packet timestamps follow decode order, not presentation order: indexing by decoding");
+        None
+    } else {
+        VideoIndex::from_packets(stream.clone(), &packets)
+    };
+    let index = match by_packets {
         Some(index) => index,
         None => decode_pass(path, video, stream, packets.len())?,
     };
