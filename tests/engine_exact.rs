@@ -364,6 +364,41 @@ fn a_raw_stream_remuxed_without_timestamps_is_frame_exact() {
     assert_eq!(index.identity, FrameIdentity::ByCount, "indexed by decoding");
 }
 
+/// A picture size that changes mid-stream: each frame is served at its own size, with the bytes
+/// the CLI decodes when it is told not to scale frames to the first one's size
+/// (`-autoscale 0`; by default it scales them, because its raw output has one size).
+#[test]
+fn a_picture_size_change_mid_stream_serves_each_frame_at_its_own_size() {
+    let dir = scratch();
+    let p = size_change_video(&dir.path().join("changes.ts"), 24);
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", p.to_str().unwrap(), "-autoscale", "0", "-fps_mode", "passthrough"])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    let (first, second) = ((W * H * 3) as usize, (CHANGED.0 * CHANGED.1 * 3) as usize);
+    assert_eq!(output.stdout.len(), 24 * first + 24 * second, "the CLI's frames at their own sizes");
+    let (a, b) = output.stdout.split_at(24 * first);
+    let reference: Vec<Vec<u8>> = a.chunks(first).chain(b.chunks(second)).map(|c| c.to_vec()).collect();
+    let index = Arc::new(build_index(&p, "test").expect("index builds"));
+    assert_eq!(index.frame_count(), 48);
+    assert_eq!(index.identity, FrameIdentity::ByPts);
+    for threads in THREAD_COUNTS {
+        let stats = Arc::new(EngineStats::default());
+        let mut d = decoder_with(&p, &index, &stats, threads);
+        for (k, i) in (0..48).chain(shuffled(48, 40, 7)).enumerate() {
+            if k == 48 {
+                assert_eq!(stats.seeks.get(), 1, "reading in order across the change seeks once");
+            }
+            let f = d.frame(FrameIndex(i as u32), &OutputSpec::default(), &mut |_| {}).expect("decodes");
+            let size = if i < 24 { (W, H) } else { CHANGED };
+            assert_eq!((f.spec.width, f.spec.height), size, "frame {i}: its own size");
+            assert!(f.data[..] == reference[i][..], "frame {i} ({threads} threads) differs from the CLI's");
+            check_planes(&f, &reference, "size change");
+        }
+    }
+}
+
 #[test]
 fn h264_open_gop_in_mkv_is_frame_exact() {
     let dir = scratch();

@@ -91,7 +91,8 @@ pub fn export(
                     encoder.insert(ClipEncoder::new(&codec, input, even_for(&codec, input), time_base).map_err(fail)?)
                 }
             };
-            enc.push(&frame.data, pts.get(k).copied().unwrap_or(k as i64)).map_err(fail)?;
+            enc.push(&frame.data, (frame.spec.width, frame.spec.height), pts.get(k).copied().unwrap_or(k as i64))
+                .map_err(fail)?;
             let mut out = enc.take_output();
             if frame.index == last {
                 out.extend(enc.finish().map_err(fail)?);

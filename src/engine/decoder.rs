@@ -117,8 +117,10 @@ pub struct FrameDecoder {
     /// ByCount identity: frames output since the start of the file.
     counted: u32,
     /// Frames already decoded past the last target (several come out of one decode step, and
-    /// all the last ones at the drain): the next sequential request takes them from here.
-    ahead: std::collections::VecDeque<RawFrame>,
+    /// all the last ones at the drain): the next sequential request takes them from here. With
+    /// the output they were asked in (as raw): a frame's size is its own, which is not the
+    /// stream's when the picture size changes mid-stream.
+    ahead: std::collections::VecDeque<(OutputSpec, RawFrame)>,
 }
 
 /// A codec context for `file` on `threads` codec threads, with the kernel ids of the threads it
@@ -252,18 +254,16 @@ impl FrameDecoder {
                 count: self.index.frame_count(),
             });
         }
-        let (width, height) = self.index.stream.shown_size(spec.upright);
-        let raw_spec = spec.raw_spec(width, height);
-        while let Some(front) = self.ahead.front() {
+        while let Some((_, front)) = self.ahead.front() {
             if front.index < target {
                 self.ahead.pop_front();
             } else {
                 break;
             }
         }
-        if let Some(front) = self.ahead.front() {
-            if front.index == target && front.spec == raw_spec {
-                return Ok(self.ahead.pop_front());
+        if let Some((asked, front)) = self.ahead.front() {
+            if front.index == target && *asked == spec.as_raw() {
+                return Ok(self.ahead.pop_front().map(|(_, frame)| frame));
             }
         }
         self.ahead.clear();
@@ -408,7 +408,7 @@ impl FrameDecoder {
                     found = Some(converted);
                 } else {
                     if idx > target && self.ahead.len() < MAX_AHEAD {
-                        self.ahead.push_back(converted.clone());
+                        self.ahead.push_back((spec.as_raw(), converted.clone()));
                     }
                     side(converted);
                 }

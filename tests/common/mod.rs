@@ -183,6 +183,30 @@ pub fn vfr_video(out: &Path, frames: u32) -> PathBuf {
     )
 }
 
+/// The size of the second half of [`size_change_video`].
+pub const CHANGED: (u32, u32) = (288, 192);
+
+/// An MPEG-TS whose picture size changes mid-stream, as in a broadcast capture or files
+/// concatenated as bytes: `frames` barcode frames at W x H, then `frames` more (barcodes
+/// `frames..2 * frames`) at [`CHANGED`], with timestamps that go on.
+pub fn size_change_video(out: &Path, frames: u32) -> PathBuf {
+    let dir = out.parent().unwrap();
+    let h264 = ["-c:v", "libx264", "-bf", "2", "-g", "8", "-pix_fmt", "yuv420p", "-f", "mpegts"];
+    let first = encode(&dir.join("first-half.ts"), frames, 25, &h264);
+    let scale = format!("select=gte(n\\,{frames}),setpts=N/25/TB,scale={}:{}", CHANGED.0, CHANGED.1);
+    // Past the first half's last pts (B-frames delay it by two frames).
+    let offset = format!("{}", frames as f64 / 25.0 + 0.5);
+    let mut second_args = vec!["-vf", &scale, "-output_ts_offset", &offset];
+    second_args.extend(h264);
+    let second = encode(&dir.join("second-half.ts"), 2 * frames, 25, &second_args);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes.extend(std::fs::read(&second).unwrap());
+    std::fs::write(out, bytes).unwrap();
+    std::fs::remove_file(first).unwrap();
+    std::fs::remove_file(second).unwrap();
+    out.to_path_buf()
+}
+
 /// One GOP of 900 960x540 P-frames: a request near its end keeps a decoder busy for a second or
 /// so (the small barcode videos decode too fast to hold it).
 pub fn long_video(media: &Path) -> PathBuf {

@@ -221,28 +221,56 @@ impl ClipEncoder {
             if ret < 0 {
                 return Err(error("frame buffer", ret));
             }
-            this.scaler = ffi::sws_getContext(
+        }
+        this.scale_from(input)?;
+        Ok(this)
+    }
+
+    /// Convert pushed frames of `input` size from now on (to the clip's size, in the encoder's
+    /// pixel format). A video whose picture size changes mid-stream gives frames of another size
+    /// than the first; like the CLI, the clip keeps the first one and scales the others to it.
+    fn scale_from(&mut self, input: (u32, u32)) -> Result<(), FfmpegError> {
+        if !self.scaler.is_null() && input == (self.width, self.height) {
+            return Ok(());
+        }
+        if input.0 == 0 || input.1 == 0 || input.0 > 16384 || input.1 > 16384 {
+            return Err(FfmpegError::Encode(format!("cannot encode a {}x{} picture", input.0, input.1)));
+        }
+        // SAFETY: the frame was allocated in `new` (its format and size are the encoder's); the
+        // old converter, if any, is ours and replaced here.
+        unsafe {
+            let out = &*self.frame;
+            let scaler = ffi::sws_getContext(
                 input.0 as i32,
                 input.1 as i32,
                 ffi::AVPixelFormat::AV_PIX_FMT_RGB24,
-                width as i32,
-                height as i32,
-                pix_fmt,
+                out.width,
+                out.height,
+                std::mem::transmute::<i32, ffi::AVPixelFormat>(out.format),
                 ffi::SWS_BICUBIC | ffi::SWS_ACCURATE_RND | ffi::SWS_BITEXACT,
                 ptr::null_mut(),
                 ptr::null_mut(),
                 ptr::null(),
             );
-            if this.scaler.is_null() {
+            if scaler.is_null() {
                 return Err(FfmpegError::Encode("no pixel converter".into()));
             }
+            if !self.scaler.is_null() {
+                ffi::sws_freeContext(self.scaler);
+            }
+            self.scaler = scaler;
         }
-        Ok(this)
+        (self.width, self.height) = input;
+        Ok(())
     }
 
-    /// Encode one frame: `rgb` holds `height` rows of `width * 3` bytes; `pts` counts in the
-    /// time base given at creation and must increase from frame to frame.
-    pub fn push(&mut self, rgb: &[u8], pts: i64) -> Result<(), FfmpegError> {
+    /// Encode one frame: `rgb` holds `size.1` rows of `size.0 * 3` bytes (any size: it is
+    /// scaled to the clip's); `pts` counts in the time base given at creation and must increase
+    /// from frame to frame.
+    pub fn push(&mut self, rgb: &[u8], size: (u32, u32), pts: i64) -> Result<(), FfmpegError> {
+        if !self.finished {
+            self.scale_from(size)?;
+        }
         let stride = self.width as usize * 3;
         if self.finished || rgb.len() != stride * self.height as usize {
             return Err(FfmpegError::Encode(format!(
@@ -379,7 +407,7 @@ mod tests {
         let mut enc = ClipEncoder::new(codec, size, out, (1, 1000)).unwrap();
         let mut bytes = Vec::new();
         for (k, f) in frames(size.0, size.1, 5).iter().enumerate() {
-            enc.push(f, k as i64 * 40).unwrap();
+            enc.push(f, size, k as i64 * 40).unwrap();
             bytes.extend(enc.take_output());
         }
         bytes.extend(enc.finish().unwrap());
@@ -400,6 +428,8 @@ mod tests {
     fn wrong_sizes_are_errors() {
         assert!(ClipEncoder::new(&ClipCodec::Ffv1Mkv, (0, 48), (64, 48), (1, 1000)).is_err());
         let mut enc = ClipEncoder::new(&ClipCodec::Ffv1Mkv, (64, 48), (64, 48), (1, 1000)).unwrap();
-        assert!(enc.push(&[0; 10], 0).is_err());
+        assert!(enc.push(&[0; 10], (64, 48), 0).is_err());
+        assert!(enc.push(&[0; 12], (2, 2), 0).is_ok(), "a frame of another size is scaled to the clip's");
+        assert!(enc.push(&[0; 12], (0, 2), 40).is_err());
     }
 }
