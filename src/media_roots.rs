@@ -26,7 +26,7 @@ pub enum RootsError {
 /// File name endings listed by `ListVideos`.
 const VIDEO_EXTENSIONS: &[&str] = &[
     "mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "m2ts", "mts", "mpg", "mpeg", "flv", "ogv", "h264", "264", "hevc",
-    "265", "ivf", "obu", "mxf", "nut", "wmv", "asf", "3gp",
+    "265", "ivf", "obu", "mxf", "nut", "wmv", "asf", "3gp", "gif", "apng", "y4m", "dv", "mjpeg", "mjpg",
 ];
 
 /// At most this many names in one listing, and this deep, so a huge tree cannot stall it.

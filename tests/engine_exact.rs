@@ -491,6 +491,18 @@ fn intra_only_mjpeg_and_ffv1_are_frame_exact() {
     check_exact(&p);
 }
 
+/// Animated GIF and APNG (each frame drawn over the last: only the first is a keyframe) and
+/// YUV4MPEG (raw frames, what video research datasets ship).
+#[test]
+fn animated_gif_apng_and_y4m_are_frame_exact() {
+    let dir = scratch();
+    let gif = encode(&dir.path().join("a.gif"), 30, 10, &[]);
+    let index = check_exact(&gif);
+    assert_eq!(index.keyframe_count, 1, "GIF frames are drawn over the previous ones");
+    check_exact(&encode(&dir.path().join("a.apng"), 30, 10, &["-plays", "0", "-f", "apng"]));
+    check_exact(&encode(&dir.path().join("a.y4m"), 30, 25, &["-pix_fmt", "yuv420p"]));
+}
+
 #[test]
 fn mpeg_ts_is_frame_exact() {
     let dir = scratch();

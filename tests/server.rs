@@ -28,6 +28,7 @@ fn media(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(media.join("garbage.mkv"), (0..20000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>())
         .unwrap();
     ffmpeg(&["-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", media.join("audio.mp4").to_str().unwrap()]);
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1", media.join("still.png").to_str().unwrap()]);
     std::os::unix::fs::symlink(outside.join("secret.mp4"), media.join("escape.mp4")).unwrap();
     // Playlists that would make FFmpeg open a file outside the root.
     std::fs::write(
@@ -786,8 +787,10 @@ async fn every_bad_input_gets_its_status_and_the_daemon_keeps_serving() {
     for url in ["http://127.0.0.1:9/a.mp4", "concat:a.mp4|a.mp4", "pipe:0", "file:a.mp4"] {
         expect_code(&mut c, by_index(url, 0), Code::PermissionDenied, "protocol").await;
     }
-    expect_code(&mut c, by_index("list.mp4", 0), Code::InvalidArgument, "list.mp4").await;
-    expect_code(&mut c, by_index("play.m3u8", 0), Code::InvalidArgument, "play.m3u8").await;
+    // Formats framesrv does not read are named (FFmpeg itself only says "Invalid argument").
+    expect_code(&mut c, by_index("list.mp4", 0), Code::InvalidArgument, "format (concat) is not one").await;
+    expect_code(&mut c, by_index("play.m3u8", 0), Code::InvalidArgument, "format (hls) is not one").await;
+    expect_code(&mut c, by_index("still.png", 0), Code::InvalidArgument, "format (png_pipe) is not one").await;
     expect_code(&mut c, by_index("notes.mp4", 0), Code::InvalidArgument, "not a readable video").await;
     expect_code(&mut c, by_index("garbage.mkv", 0), Code::InvalidArgument, "garbage.mkv").await;
     expect_code(&mut c, by_index("audio.mp4", 0), Code::InvalidArgument, "no video stream").await;

@@ -37,7 +37,7 @@ pub use orient::{Orientation, Turner};
 /// Demuxers a request may reach. Each reads one self-contained file; playlist and
 /// concatenation demuxers (hls, dash, concat, image2 patterns) are deliberately absent.
 const FORMAT_WHITELIST: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,h264,hevc,\
-flv,ogg,mpeg,m4v,ivf,obu,asf,nut,mxf,mjpeg";
+flv,ogg,mpeg,m4v,ivf,obu,asf,nut,mxf,mjpeg,gif,apng,yuv4mpegpipe,dv";
 
 /// The largest picture framesrv decodes, in pixels: 8192x8192 (8K UHD is 7680x4320).
 pub const MAX_PIXELS: u64 = 8192 * 8192;
@@ -94,6 +94,49 @@ fn open_input(url: &str, opts: ff::Dictionary) -> Result<ff::format::context::In
         }
         Ok(input)
     }
+}
+
+/// Why `path` did not open, when it is a format framesrv does not read (an image, audio, a
+/// playlist): FFmpeg only says "Invalid argument" when the format it probed is not allowed.
+/// Probed from the file's first bytes alone, without opening it as media (some demuxers open
+/// other files). `None` when the format is one framesrv reads, or cannot be told.
+fn not_read(path: &Path) -> Option<FfmpegError> {
+    use std::io::Read;
+    const PROBE_BYTES: usize = 64 << 10;
+    let mut head = vec![0u8; PROBE_BYTES + ffi::AVPROBE_PADDING_SIZE as usize];
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = 0;
+    while len < PROBE_BYTES {
+        match file.read(&mut head[len..PROBE_BYTES]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    let name = std::ffi::CString::new(path.file_name()?.as_encoded_bytes()).ok()?;
+    let probe = ffi::AVProbeData {
+        filename: name.as_ptr(),
+        buf: head.as_mut_ptr(),
+        buf_size: len as c_int,
+        mime_type: std::ptr::null(),
+    };
+    let mut score = 0;
+    // SAFETY: `probe` points at a live name and a buffer of `len` bytes followed by the zeroed
+    // padding FFmpeg requires; the returned format, if any, is static.
+    let format = unsafe {
+        let format = ffi::av_probe_input_format2(&probe, 1, &mut score);
+        if format.is_null() || (*format).name.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr((*format).name).to_string_lossy().into_owned()
+    };
+    let allowed: Vec<&str> = FORMAT_WHITELIST.split(',').collect();
+    if format.split(',').any(|f| allowed.contains(&f)) {
+        return None;
+    }
+    Some(FfmpegError::Open(format!(
+        "its format ({format}) is not one framesrv reads; it reads {}",
+        FORMAT_WHITELIST.replace(',', ", ")
+    )))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +310,7 @@ impl MediaFile {
         opts.set("format_whitelist", FORMAT_WHITELIST);
         // mov: never follow data references to other files.
         opts.set("enable_drefs", "0");
-        let mut input = open_input(&url, opts)?;
+        let mut input = open_input(&url, opts).map_err(|e| not_read(path).unwrap_or(e))?;
         let stream_index =
             input.streams().best(ff::media::Type::Video).map(|s| s.index()).ok_or(FfmpegError::NoVideoStream)?;
         let nb_streams = input.nb_streams() as usize;
