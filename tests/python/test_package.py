@@ -2,6 +2,8 @@
 a real daemon: arrays that are ffmpeg's exact pixels, iterators, hashes, and errors as
 exceptions carrying the gRPC code."""
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -38,6 +40,18 @@ def test_frames_are_numpy_arrays_of_the_exact_pixels(client, reference):
     assert gray.shape == (H, W)
     meta = client.frame_message("clip.mp4", index=25)
     assert meta.key_frame and meta.index == 25
+
+
+def test_keep_behind_zero_keeps_nothing_behind_a_cold_frame(client, reference):
+    assert np.array_equal(client.frame("clip.mp4", index=62, keep_behind=0), ref(reference, 62))
+    # In a size no other test asks for (frames are cached per output): frame 62 is decoded from
+    # keyframe 50, and with keep_behind=0 none of the frames before it is kept or filled in.
+    size = (96, 96)
+    client.frame("clip.mp4", index=62, max_size=size, keep_behind=0)
+    time.sleep(0.5)
+    assert not client.frame_message("clip.mp4", index=61, max_size=size).cache_hit
+    with pytest.raises(ValueError):
+        client.frame("clip.mp4", index=3, keep_behind=-1)
 
 
 def test_frames_iterate_in_the_order_asked(client, reference):

@@ -168,19 +168,22 @@ class Client:
 
     def frame(self, video: str, index: Optional[int] = None, time: Optional[float] = None,
               max_size: MaxSize = None, clamp: bool = False, gray: bool = False,
-              upright: bool = False) -> np.ndarray:
+              upright: bool = False, keep_behind: Optional[int] = None) -> np.ndarray:
         """One frame as a uint8 array (height, width, 3), RGB; (height, width) with `gray`.
 
         Exactly one of `index` (negative counts from the end) or `time` (seconds from the first
         frame). `max_size` fits the frame inside (width, height), or a square of that side.
         `upright` turns it as the video's display matrix says (phone videos: `info().
         display_rotation`), as players and the ffmpeg CLI show it; by default it is as coded.
+        `keep_behind`: how many frames before a cold frame the daemon decodes and caches after
+        answering, for a client that steps back (None: the daemon's default, 32); a reader that
+        never steps back saves that work with 0.
         """
-        return _array(self.frame_message(video, index, time, max_size, clamp, gray, upright))
+        return _array(self.frame_message(video, index, time, max_size, clamp, gray, upright, keep_behind))
 
     def frame_message(self, video: str, index: Optional[int] = None, time: Optional[float] = None,
                       max_size: MaxSize = None, clamp: bool = False, gray: bool = False,
-                      upright: bool = False) -> pb.Frame:
+                      upright: bool = False, keep_behind: Optional[int] = None) -> pb.Frame:
         """The frame with its metadata (index, pts, time_s, key_frame, ...) and raw bytes."""
         if (index is None) == (time is None):
             raise ValueError("give exactly one of index= or time=")
@@ -189,6 +192,10 @@ class Client:
             request.index = int(index)
         else:
             request.time_s = float(time)
+        if keep_behind is not None:
+            if int(keep_behind) < 0:
+                raise ValueError("keep_behind is a number of frames, 0 or more")
+            request.keep_behind = int(keep_behind)
         return self._call(self._stub.RequestFrame, request, video)
 
     def frames(self, video: str, indices: Union[Sequence[int], range, None] = None,

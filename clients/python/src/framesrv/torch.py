@@ -20,9 +20,12 @@ from framesrv.client import Client, MaxSize
 
 class FrameDataset(Dataset):
     def __init__(self, addr: str, video: str, indices: Optional[Sequence[int]] = None,
-                 max_size: MaxSize = None, transform: Optional[Callable] = None, upright: bool = False):
+                 max_size: MaxSize = None, transform: Optional[Callable] = None, upright: bool = False,
+                 keep_behind: Optional[int] = 0):
         self.addr, self.video, self.max_size, self.transform = addr, video, max_size, transform
-        self.upright = upright
+        # A data loader does not step back from a frame to the ones before it: no backtrack
+        # window behind cold frames (None: the daemon's default).
+        self.upright, self.keep_behind = upright, keep_behind
         with Client(addr) as client:
             count = client.info(video).frame_count
         self.indices = list(range(count)) if indices is None else list(indices)
@@ -34,7 +37,8 @@ class FrameDataset(Dataset):
     def __getitem__(self, i: int):
         if self._client is None:
             self._client = Client(self.addr)
-        rgb = self._client.frame(self.video, index=self.indices[i], max_size=self.max_size, upright=self.upright)
+        rgb = self._client.frame(self.video, index=self.indices[i], max_size=self.max_size, upright=self.upright,
+                                 keep_behind=self.keep_behind)
         tensor = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
         return self.transform(tensor) if self.transform else tensor
 
