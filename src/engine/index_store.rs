@@ -91,7 +91,12 @@ pub fn load(dir: &Path, key: &ContentKey) -> Option<VideoIndex> {
             let _ = File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
         }
         None => {
-            tracing::warn!(path = %path.display(), "stored index is damaged, stale or of another version: rebuilding");
+            if bytes.get(..8) == Some(&MAGIC[..]) && bytes.get(8..12) != Some(&VERSION.to_le_bytes()[..]) {
+                // Expected once per video after an upgrade that changed what an index holds.
+                tracing::info!(path = %path.display(), "stored index is of another version: rebuilding");
+            } else {
+                tracing::warn!(path = %path.display(), "stored index is damaged or stale: rebuilding");
+            }
             let _ = std::fs::remove_file(&path);
         }
     }
