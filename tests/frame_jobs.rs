@@ -452,6 +452,15 @@ async fn clips_are_lossless_or_playable_and_bounded() {
     }
     let times = probe_times(&out);
     assert!((times[49] - times[0] - 49.0 / 25.0).abs() < 0.002, "{:?}", (times[0], times[49]));
+    // Tagged with the YCbCr it was converted to, so players do not guess (browsers take
+    // untagged HD video for BT.709).
+    let tags = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v", "-show_entries", "stream=color_space,color_range"])
+        .args(["-of", "compact=p=0"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&tags.stdout).trim(), "color_range=tv|color_space=smpte170m");
 
     // Bad requests.
     for (req, code, needle) in [

@@ -164,6 +164,11 @@ impl ClipEncoder {
                 ClipCodec::H264Mp4 { crf, preset } => {
                     set(&mut options, "crf", &crf.to_string());
                     set(&mut options, "preset", preset);
+                    // Say which YCbCr the converter below made (swscale's default from RGB:
+                    // BT.601, limited range). Untagged, players guess, and browsers take HD
+                    // video for BT.709: the clip's colours would shift from its frames'.
+                    c.colorspace = ffi::AVColorSpace::AVCOL_SPC_SMPTE170M;
+                    c.color_range = ffi::AVColorRange::AVCOL_RANGE_MPEG;
                 }
                 ClipCodec::Ffv1Mkv => {
                     // Version 3 allows slices, so the encoder can use several threads.
