@@ -295,10 +295,6 @@ impl VideoIndex {
     }
 }
 
-/// The seek point a frame is decoded from: the last keyframe that comes before it in decode
-/// order and is not presented after it. A frame presented before the keyframe that precedes it
-/// in decode order is a leading frame of an open GOP; it needs the previous GOP's references,
-/// so it is decoded from the previous keyframe.
 /// Whether the packets' pts are stamps in decode order rather than presentation times: the
 /// codec reorders pictures (`reorders`: B-frames, as the stream's parameters say), yet every
 /// packet that has a dts has its pts equal to it. A remux of a raw H.264 stream into mp4 without
@@ -310,6 +306,10 @@ pub fn pts_in_decode_order(packets: &[PacketMeta], reorders: bool) -> bool {
     reorders && packets.iter().any(|p| p.dts.is_some()) && packets.iter().all(|p| p.dts.is_none() || p.dts == p.pts)
 }
 
+/// The seek point a frame is decoded from: the last keyframe that comes before it in decode
+/// order and is not presented after it. A frame presented before the keyframe that precedes it
+/// in decode order is a leading frame of an open GOP; it needs the previous GOP's references,
+/// so it is decoded from the previous keyframe.
 fn seek_target_for(points: &[SeekPoint], packet: PacketNo, pts: i64) -> SeekTarget {
     let mut i = points.partition_point(|s| s.packet <= packet);
     while i > 0 {
