@@ -124,7 +124,8 @@ fn not_read(path: &Path) -> Option<FfmpegError> {
     // padding FFmpeg requires; the returned format, if any, is static.
     let format = unsafe {
         let format = ffi::av_probe_input_format2(&probe, 1, &mut score);
-        if format.is_null() || (*format).name.is_null() {
+        // A weak guess (damaged or random bytes can look a little like anything) is no answer.
+        if format.is_null() || (*format).name.is_null() || score <= ffi::AVPROBE_SCORE_MAX as c_int / 4 {
             return None;
         }
         std::ffi::CStr::from_ptr((*format).name).to_string_lossy().into_owned()
