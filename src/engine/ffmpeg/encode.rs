@@ -47,6 +47,8 @@ pub struct ClipEncoder {
     height: u32,
     /// Rows of the encoded picture (what the converter writes).
     out_height: u32,
+    /// The encoder's pixel format (what the converter writes).
+    pix_fmt: ffi::AVPixelFormat,
     time_base: ffi::AVRational,
     finished: bool,
 }
@@ -129,6 +131,7 @@ impl ClipEncoder {
             width: input.0,
             height: input.1,
             out_height: height,
+            pix_fmt,
             time_base: ffi::AVRational { num: time_base.0, den: time_base.1 },
             finished: false,
         };
@@ -251,7 +254,7 @@ impl ClipEncoder {
                 ffi::AVPixelFormat::AV_PIX_FMT_RGB24,
                 out.width,
                 out.height,
-                std::mem::transmute::<i32, ffi::AVPixelFormat>(out.format),
+                self.pix_fmt,
                 ffi::SWS_BICUBIC | ffi::SWS_ACCURATE_RND | ffi::SWS_BITEXACT,
                 ptr::null_mut(),
                 ptr::null_mut(),
