@@ -16,7 +16,7 @@ use framesrv::engine::decoder::{DecodeOptions, FrameDecoder, RawFrame};
 use framesrv::engine::index::{FrameIdentity, VideoIndex};
 use framesrv::engine::output::{OutputSpec, PixelFormat};
 use framesrv::engine::stats::EngineStats;
-use framesrv::engine::video::build_index;
+use framesrv::engine::video::{build_index, shown_in_pts_order};
 use framesrv::engine::EngineError;
 use framesrv::units::ByteSize;
 use framesrv::units::FrameIndex;
@@ -399,6 +399,16 @@ fn a_raw_stream_remuxed_without_timestamps_is_frame_exact() {
     ffmpeg(&["-r", "25", "-f", "h264", "-i", raw.to_str().unwrap(), "-c", "copy", mp4.to_str().unwrap()]);
     let index = check_exact(&mp4);
     assert_eq!(index.identity, FrameIdentity::ByCount, "indexed by decoding");
+    // What sends it there: the decoder shows its first pictures out of pts order. A stream
+    // without B-frames remuxed the same way shows them in order (its pts equal to its dts are
+    // right), so an encoder that announces reordering and uses none keeps a seekable index.
+    assert!(!shown_in_pts_order(&mp4, "test").unwrap());
+    let plain =
+        encode(&dir.path().join("p-frames.h264"), 60, 25, &["-c:v", "libx264", "-bf", "0", "-pix_fmt", "yuv420p"]);
+    let plain_mp4 = dir.path().join("plain.mp4");
+    ffmpeg(&["-r", "25", "-f", "h264", "-i", plain.to_str().unwrap(), "-c", "copy", plain_mp4.to_str().unwrap()]);
+    assert!(shown_in_pts_order(&plain_mp4, "test").unwrap());
+    assert_eq!(check_exact(&plain_mp4).identity, FrameIdentity::ByPts);
 }
 
 /// A picture size that changes mid-stream: each frame is served at its own size, with the bytes

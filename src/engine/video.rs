@@ -57,7 +57,7 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
         packets.push(p.meta);
     }
     let stream = file.info().clone();
-    let by_packets = if pts_in_decode_order(&packets, file.reorders()) {
+    let by_packets = if pts_in_decode_order(&packets, file.reorders()) && !shown_in_pts_order(path, video)? {
         tracing::warn!(video, "packet timestamps follow decode order, not presentation order: indexing by decoding");
         None
     } else {
@@ -71,6 +71,28 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
         return Err(EngineError::NoFrames { video: video.to_string() });
     }
     Ok(index)
+}
+
+/// Whether the first pictures the decoder shows come in the order of their pts: the check that
+/// a stream whose pts all equal their dts although it may reorder ([`pts_in_decode_order`])
+/// really does reorder. An encoder may announce reordering and use none (its pts are then
+/// right, and the file seeks like any other); a remux of B-frames shows it within the first
+/// frames. Decodes at most `PROBED` packets.
+pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError> {
+    const PROBED: usize = 120;
+    let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
+    let mut file = MediaFile::open(path).map_err(map)?;
+    let mut decoder = file.new_decoder(1).map_err(map)?;
+    let mut shown: Vec<Option<i64>> = Vec::new();
+    for _ in 0..=PROBED {
+        let packet = file.read_packet().map_err(map)?;
+        decoder.decode(packet.as_ref(), false, &mut |f| shown.push(f.pts().map(|p| p.0))).map_err(map)?;
+        if packet.is_none() {
+            break;
+        }
+    }
+    decoder.decode(None, false, &mut |f| shown.push(f.pts().map(|p| p.0))).map_err(map)?;
+    Ok(shown.windows(2).all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if a < b)))
 }
 
 fn decode_pass(
