@@ -119,7 +119,10 @@ pub struct HashTable {
 
 const MAGIC: &[u8; 8] = b"FSRVHASH";
 /// 2: hashes from the decoder's luma plane (1, never released, took the luma of RGB24).
-const VERSION: u32 = 2;
+/// 3: md5s of frames converted with the matrix and range they are tagged with, and in the
+/// right order for files whose pts are decode-order stamps; 2's md5s of BT.709 or full-range
+/// video were of wrongly converted frames, so those tables are computed again.
+const VERSION: u32 = 3;
 
 impl HashTable {
     /// The stored form: magic, version, flags, frame count, then per frame ahash, dhash (and
