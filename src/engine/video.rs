@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::engine::ffmpeg::{FfmpegError, MediaFile};
+use crate::engine::ffmpeg::{DecodedFrame, FfmpegError, MediaFile};
 use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, VideoIndex};
 use crate::engine::index_store::ContentKey;
 use crate::engine::output::OutputSpec;
@@ -80,18 +80,8 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
 /// frames. Decodes at most `PROBED` packets.
 pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError> {
     const PROBED: usize = 120;
-    let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
-    let mut file = MediaFile::open(path).map_err(map)?;
-    let mut decoder = file.new_decoder(1).map_err(map)?;
     let mut shown: Vec<Option<i64>> = Vec::new();
-    for _ in 0..=PROBED {
-        let packet = file.read_packet().map_err(map)?;
-        decoder.decode(packet.as_ref(), false, &mut |f| shown.push(f.pts().map(|p| p.0))).map_err(map)?;
-        if packet.is_none() {
-            break;
-        }
-    }
-    decoder.decode(None, false, &mut |f| shown.push(f.pts().map(|p| p.0))).map_err(map)?;
+    decode_from_start(path, video, Some(PROBED), &mut |f| shown.push(f.pts().map(|p| p.0)))?;
     Ok(shown.windows(2).all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if a < b)))
 }
 
@@ -101,20 +91,31 @@ fn decode_pass(
     stream: crate::engine::ffmpeg::StreamInfo,
     packet_count: usize,
 ) -> Result<VideoIndex, EngineError> {
+    let mut metas = Vec::new();
+    decode_from_start(path, video, None, &mut |f| {
+        metas.push(DecodedFrameMeta { best_effort_timestamp: f.best_effort_timestamp(), key: f.is_key() });
+    })?;
+    Ok(VideoIndex::from_decode(stream, packet_count, &metas))
+}
+
+/// Decode `path` from its start on one codec thread, handing every frame to `on_frame`: the
+/// whole file, or its first `packets` packets and what the decoder then still holds.
+fn decode_from_start(
+    path: &Path,
+    video: &str,
+    packets: Option<usize>,
+    on_frame: &mut dyn FnMut(DecodedFrame),
+) -> Result<(), EngineError> {
     let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
     let mut file = MediaFile::open(path).map_err(map)?;
     let mut decoder = file.new_decoder(1).map_err(map)?;
-    let mut metas = Vec::new();
+    let mut read = 0;
     loop {
-        let packet = file.read_packet().map_err(map)?;
-        decoder
-            .decode(packet.as_ref(), false, &mut |f| {
-                metas.push(DecodedFrameMeta { best_effort_timestamp: f.best_effort_timestamp(), key: f.is_key() });
-            })
-            .map_err(map)?;
+        let packet = if packets.is_some_and(|n| read >= n) { None } else { file.read_packet().map_err(map)? };
+        read += 1;
+        decoder.decode(packet.as_ref(), false, on_frame).map_err(map)?;
         if packet.is_none() {
-            break;
+            return Ok(());
         }
     }
-    Ok(VideoIndex::from_decode(stream, packet_count, &metas))
 }

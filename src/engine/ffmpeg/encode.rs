@@ -108,11 +108,8 @@ impl ClipEncoder {
     ) -> Result<ClipEncoder, FfmpegError> {
         super::init();
         let (width, height) = output;
-        for (w, h) in [input, output] {
-            if w == 0 || h == 0 || w > 16384 || h > 16384 {
-                return Err(FfmpegError::Encode(format!("cannot encode a {w}x{h} picture")));
-            }
-        }
+        encodable(input)?;
+        encodable(output)?;
         if time_base.0 <= 0 || time_base.1 <= 0 {
             return Err(FfmpegError::Encode(format!("bad time base {}/{}", time_base.0, time_base.1)));
         }
@@ -241,9 +238,7 @@ impl ClipEncoder {
         if !self.scaler.is_null() && input == (self.width, self.height) {
             return Ok(());
         }
-        if input.0 == 0 || input.1 == 0 || input.0 > 16384 || input.1 > 16384 {
-            return Err(FfmpegError::Encode(format!("cannot encode a {}x{} picture", input.0, input.1)));
-        }
+        encodable(input)?;
         // SAFETY: the frame was allocated in `new` (its format and size are the encoder's); the
         // old converter, if any, is ours and replaced here.
         unsafe {
@@ -401,6 +396,14 @@ impl Drop for ClipEncoder {
             }
         }
     }
+}
+
+/// A picture size the encoder and its converter take.
+fn encodable((w, h): (u32, u32)) -> Result<(), FfmpegError> {
+    if w == 0 || h == 0 || w > 16384 || h > 16384 {
+        return Err(FfmpegError::Encode(format!("cannot encode a {w}x{h} picture")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
