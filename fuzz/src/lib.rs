@@ -58,6 +58,7 @@ pub fn check_queries(index: &VideoIndex, queries: &[u8]) {
         let w = u64::from_le_bytes(word);
         let target = FrameIndex((w % n.saturating_add(2)) as u32);
         let position = (w >> 63 == 1).then(|| Position {
+            decoding_from: PacketNo(((w >> 16) % (index.packet_count as u64).saturating_add(2)) as u32),
             next_packet: PacketNo(((w >> 8) % (index.packet_count as u64).saturating_add(2)) as u32),
             last_output: (w >> 62 & 1 == 1).then(|| FrameIndex(((w >> 24) % n.saturating_add(2)) as u32)),
             ended: w >> 61 & 1 == 1,

@@ -336,7 +336,8 @@ impl FrameDecoder {
                 self.trusted_from = point.pts.map(Pts);
             }
         }
-        self.position = Some(Position { next_packet: self.index.seek_packet(target), last_output: None, ended: false });
+        let from = self.index.seek_packet(target);
+        self.position = Some(Position { decoding_from: from, next_packet: from, last_output: None, ended: false });
         Ok(())
     }
 

@@ -11,6 +11,9 @@ use crate::units::{FrameIndex, PacketNo};
 /// Where a decoder stands in its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
+    /// The packet it started decoding from at its last seek: it can produce no frame whose
+    /// keyframe comes before.
+    pub decoding_from: PacketNo,
     /// The next packet (decode order) the decoder will read.
     pub next_packet: PacketNo,
     /// The last frame it output, if any since it was positioned.
@@ -30,8 +33,9 @@ pub enum Plan {
 /// Decide how a decoder at `position` reaches `target`.
 ///
 /// Continue forward when the target has not been output yet and the decoder has already read,
-/// or is about to read, the keyframe the target depends on (within `slack` packets): decoding
-/// from there costs no more than a seek would. Otherwise seek to the target's keyframe.
+/// or is about to read, the keyframe the target depends on (within `slack` packets), having
+/// started decoding at or before it: decoding from there costs no more than a seek would.
+/// Otherwise seek to the target's keyframe.
 pub fn plan(index: &VideoIndex, position: Option<Position>, target: FrameIndex, slack: u32) -> Plan {
     let Some(entry) = index.frame(target) else {
         return Plan::Seek(SeekTarget::Start);
@@ -43,7 +47,7 @@ pub fn plan(index: &VideoIndex, position: Option<Position>, target: FrameIndex, 
         return Plan::Seek(entry.seek);
     }
     let key_packet = index.seek_packet(entry.seek);
-    if key_packet.0 <= pos.next_packet.0.saturating_add(slack) {
+    if pos.decoding_from <= key_packet && key_packet.0 <= pos.next_packet.0.saturating_add(slack) {
         Plan::Continue
     } else {
         Plan::Seek(entry.seek)
@@ -103,7 +107,12 @@ mod tests {
     }
 
     fn at(next_packet: u32, last: Option<u32>) -> Option<Position> {
-        Some(Position { next_packet: PacketNo(next_packet), last_output: last.map(FrameIndex), ended: false })
+        Some(Position {
+            decoding_from: PacketNo(0),
+            next_packet: PacketNo(next_packet),
+            last_output: last.map(FrameIndex),
+            ended: false,
+        })
     }
 
     #[test]
@@ -136,10 +145,27 @@ mod tests {
         assert_eq!(plan(&idx, at(1, Some(0)), FrameIndex(8), 4), Plan::Continue);
     }
 
+    /// Found when counted videos learnt to seek: a decoder that had just sought to a later GOP
+    /// (for a fill nobody waited for) and output nothing yet was told to continue to a frame
+    /// of an earlier GOP, whose keyframe packet lay behind it.
+    #[test]
+    fn a_decoder_that_started_after_the_targets_keyframe_seeks_back() {
+        let idx = index();
+        let sought =
+            Some(Position { decoding_from: PacketNo(5), next_packet: PacketNo(6), last_output: None, ended: false });
+        assert_eq!(plan(&idx, sought, FrameIndex(3), 0), Plan::Seek(SeekTarget::Point(0)));
+        assert_eq!(plan(&idx, sought, FrameIndex(7), 0), Plan::Continue);
+    }
+
     #[test]
     fn an_ended_decoder_must_seek() {
         let idx = index();
-        let ended = Some(Position { next_packet: PacketNo(10), last_output: Some(FrameIndex(9)), ended: true });
+        let ended = Some(Position {
+            decoding_from: PacketNo(5),
+            next_packet: PacketNo(10),
+            last_output: Some(FrameIndex(9)),
+            ended: true,
+        });
         assert_eq!(plan(&idx, ended, FrameIndex(9), 0), Plan::Seek(SeekTarget::Point(1)));
     }
 

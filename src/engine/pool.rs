@@ -341,6 +341,7 @@ impl DecoderPool {
         w.last_used = Instant::now();
         w.last_class = class;
         w.predicted = Some(Position {
+            decoding_from: index.frame(until).map_or(crate::units::PacketNo(0), |f| index.seek_packet(f.seek)),
             next_packet: index
                 .frame(until)
                 .and_then(|f| f.packet)
