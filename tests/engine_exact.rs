@@ -13,7 +13,7 @@ use std::sync::Arc;
 use common::*;
 use framesrv::engine::buffers::BufferPool;
 use framesrv::engine::decoder::{DecodeOptions, FrameDecoder, RawFrame};
-use framesrv::engine::index::{FrameIdentity, VideoIndex};
+use framesrv::engine::index::{FrameIdentity, SeekBy, VideoIndex};
 use framesrv::engine::output::{OutputSpec, PixelFormat};
 use framesrv::engine::stats::EngineStats;
 use framesrv::engine::video::{build_index, shown_in_pts_order};
@@ -519,6 +519,62 @@ fn av1_is_frame_exact() {
         &["-c:v", "libsvtav1", "-g", "12", "-preset", "12", "-pix_fmt", "yuv420p"],
     );
     check_exact(&p);
+}
+
+/// Videos whose packets carry no usable timestamps (MPEG-PS, raw H.264 streams) are indexed by
+/// decoding, and were decoded from their start for every cold frame: seconds per request on a
+/// long VOB. They now seek to a keyframe packet and recognise the frames they land on by the
+/// digests of the sequential decode, also in a still scene (forty equal frames) where one
+/// digest names many frames.
+#[test]
+fn videos_without_timestamps_seek_and_recognise_the_frames_they_land_on() {
+    let dir = scratch();
+    const GOP: u64 = 15;
+    let mpeg2 = ["-c:v", "mpeg2video", "-bf", "2", "-g", "15", "-f", "mpeg"];
+    let h264 =
+        ["-c:v", "libx264", "-x264-params", "keyint=15:bframes=3:scenecut=0", "-pix_fmt", "yuv420p", "-f", "h264"];
+    let still = ["-vf", "loop=loop=40:size=1:start=60"];
+    for (name, args) in [
+        ("ps.mpg", mpeg2.to_vec()),
+        ("raw.h264", h264.to_vec()),
+        ("still.mpg", [&still[..], &mpeg2[..]].concat()),
+        ("still.h264", [&still[..], &h264[..]].concat()),
+    ] {
+        let p = encode(&dir.path().join(name), 150, 25, &args);
+        let reference = reference_frames(&p);
+        let index = Arc::new(build_index(&p, "test").expect("index builds"));
+        let n = index.frame_count();
+        assert_eq!(n, reference.len(), "{name}: frame count");
+        assert_eq!(index.identity, FrameIdentity::ByCount, "{name}: no usable timestamps");
+        assert!(index.seek_points.len() >= 8, "{name}: a seek point per GOP, not {}", index.seek_points.len());
+        if name.ends_with(".h264") {
+            assert_eq!(index.seek_by, SeekBy::Byte, "{name}: a raw stream seeks by byte");
+        }
+        for threads in THREAD_COUNTS {
+            let pattern = format!("{name}, {threads} threads");
+            let stats = Arc::new(EngineStats::default());
+            let mut d = decoder_with(&p, &index, &stats, threads);
+            expect_frame(&mut d, n - 1, &reference, &pattern);
+            let decoded = stats.frames_decoded.get();
+            assert!(decoded <= 2 * GOP + 8, "{pattern}: the last frame cold decoded {decoded} frames, not about a GOP");
+            for i in shuffled(n, 60, n as u64 + threads as u64) {
+                expect_frame(&mut d, i, &reference, &pattern);
+            }
+            for i in (0..n).rev().step_by(7) {
+                expect_frame(&mut d, i, &reference, &format!("{pattern}, backward"));
+            }
+        }
+        // Digests that match nothing (a decoder that decodes differently after a seek): every
+        // seek is given up for the start of the file, slower and still exact.
+        let mut wrong = build_index(&p, "test").expect("index builds");
+        wrong.digests.iter_mut().for_each(|d| *d = !*d);
+        let wrong = Arc::new(wrong);
+        let stats = Arc::new(EngineStats::default());
+        let mut d = decoder_with(&p, &wrong, &stats, 1);
+        for i in shuffled(n, 8, 5) {
+            expect_frame(&mut d, i, &reference, &format!("{name}, digests that never match"));
+        }
+    }
 }
 
 #[test]

@@ -4,9 +4,9 @@
 //! must be sound and survive the state directory, and every plan must stay in range.
 #![no_main]
 
-use framesrv::engine::ffmpeg::{PacketMeta, StreamInfo};
-use framesrv::engine::index::{DecodedFrameMeta, VideoIndex};
-use framesrv::units::TimeBase;
+use framesrv::engine::ffmpeg::{PacketMeta, SeekWays, StreamInfo};
+use framesrv::engine::index::{DecodedFrameMeta, KeyPacket, VideoIndex};
+use framesrv::units::{PacketNo, TimeBase};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
@@ -54,9 +54,17 @@ fn run(data: &[u8]) -> Result<()> {
             let frames = u.int_in_range(0..=count)?;
             let mut metas = Vec::with_capacity(frames);
             for _ in 0..frames {
-                metas.push(DecodedFrameMeta { best_effort_timestamp: stamp(&mut u)?, key: u.ratio(1, 8)? });
+                let (best_effort_timestamp, key) = (stamp(&mut u)?, u.ratio(1, 8)?);
+                metas.push(DecodedFrameMeta { best_effort_timestamp, key, digest: u.int_in_range(0..=7)? });
             }
-            VideoIndex::from_decode(stream, count, &metas)
+            let mut keys = Vec::new();
+            for (no, p) in packets.iter().enumerate().filter(|(_, p)| p.key) {
+                let pos = if u.ratio(7, 8)? { Some(no as i64 * 100) } else { None };
+                let shown_before = u.int_in_range(0..=frames as u32)?;
+                keys.push(KeyPacket { packet: PacketNo(no as u32), pts: p.pts, dts: p.dts, pos, shown_before });
+            }
+            let ways = SeekWays { timestamp: u.arbitrary()?, byte: u.arbitrary()? };
+            VideoIndex::from_decode(stream, count, &metas, &keys, ways, u.arbitrary()?)
         }
     };
     framesrv_fuzz::check_built(&index);

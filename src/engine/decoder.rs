@@ -16,11 +16,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::engine::anchor::Anchor;
 use crate::engine::buffers::BufferPool;
 use crate::engine::ffmpeg::{
     output_capacity, Converter, DecodedFrame, MediaFile, Planes, Turner, VideoDecoder, VideoPacket,
 };
-use crate::engine::index::{FrameIdentity, SeekTarget, VideoIndex};
+use crate::engine::index::{FrameIdentity, SeekBy, SeekTarget, VideoIndex};
 use crate::engine::output::{OutputSpec, PixelFormat, RawSpec};
 use crate::engine::plan::{self, Plan, Position};
 use crate::engine::stats::EngineStats;
@@ -74,6 +75,7 @@ pub struct DecodeOptions {
 }
 
 /// Why a pass toward the target failed, and so what to try next.
+#[derive(Debug, Clone, Copy)]
 enum Miss {
     /// The demuxer landed after the keyframe asked for: try an earlier one.
     Overshoot,
@@ -83,6 +85,9 @@ enum Miss {
     Unrecognised,
     /// Asked to stop at a frame boundary before the target came out.
     Yielded,
+    /// A counted video's frames decoded after a seek could not be placed before the target:
+    /// try an earlier seek point, then the start.
+    Unplaced,
 }
 
 pub struct FrameDecoder {
@@ -116,6 +121,8 @@ pub struct FrameDecoder {
     trusted_from: Option<Pts>,
     /// ByCount identity: frames output since the start of the file.
     counted: u32,
+    /// ByCount identity after a seek: where the frames decoded since stand, by their digests.
+    anchor: Option<Anchor>,
     /// Frames already decoded past the last target (several come out of one decode step, and
     /// all the last ones at the drain): the next sequential request takes them from here. With
     /// the output they were asked in (as raw): a frame's size is its own, which is not the
@@ -169,6 +176,7 @@ impl FrameDecoder {
             skip_until: None,
             trusted_from: None,
             counted: 0,
+            anchor: None,
             ahead: std::collections::VecDeque::new(),
         })
     }
@@ -273,6 +281,7 @@ impl FrameDecoder {
         // would double the cold cost of short-GOP videos (measured: GOP 50, 47 -> 88 ms).
         let mut from_start_tried = false;
         let mut not_produced = 0;
+        let mut unplaced = 0;
         loop {
             if let Plan::Seek(seek) = plan {
                 from_start_tried |= seek == SeekTarget::Start;
@@ -284,6 +293,7 @@ impl FrameDecoder {
                 Err(miss) => {
                     self.position = None;
                     not_produced += matches!(miss, Miss::NotProduced) as u32;
+                    unplaced += matches!(miss, Miss::Unplaced) as u32;
                     // Decoding from the right keyframe and from the one before both failed:
                     // the frame's data is damaged; decoding the whole file again won't help.
                     if from_start_tried || not_produced >= 2 {
@@ -299,9 +309,10 @@ impl FrameDecoder {
                     };
                     plan = Plan::Seek(match miss {
                         Miss::Overshoot | Miss::NotProduced => self.index.earlier(current),
-                        Miss::Unrecognised | Miss::Yielded => SeekTarget::Start,
+                        Miss::Unplaced if unplaced < 2 => self.index.earlier(current),
+                        Miss::Unrecognised | Miss::Yielded | Miss::Unplaced => SeekTarget::Start,
                     });
-                    tracing::debug!(video = %self.video, target = target.0, ?plan, "seek did not deliver; backing off");
+                    tracing::debug!(video = %self.video, target = target.0, ?miss, ?plan, "seek did not deliver; backing off");
                 }
             }
         }
@@ -324,16 +335,30 @@ impl FrameDecoder {
                 self.file = MediaFile::open(&self.path).map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
                 self.skip_until = None;
                 self.trusted_from = None;
+                self.anchor = None;
             }
             SeekTarget::Point(i) => {
                 let point = self.index.seek_points[i];
-                let ts = point.seek_timestamp().unwrap_or(i64::MIN);
-                if self.file.seek_timestamp(ts).is_err() {
+                let sought = match (self.index.seek_by, point.pos) {
+                    (SeekBy::Byte, Some(pos)) => self.file.seek_byte(pos),
+                    _ => self.file.seek_timestamp(point.seek_timestamp().unwrap_or(i64::MIN)),
+                };
+                if sought.is_err() {
                     // Fall back to the start rather than fail: slower, still exact.
                     return self.seek(SeekTarget::Start);
                 }
-                self.skip_until = Some(point.packet);
-                self.trusted_from = point.pts.map(Pts);
+                match self.index.identity {
+                    FrameIdentity::ByPts => {
+                        self.skip_until = Some(point.packet);
+                        self.trusted_from = point.pts.map(Pts);
+                    }
+                    FrameIdentity::ByCount => {
+                        // Whatever packet the demuxer lands on, the frames are recognised.
+                        self.skip_until = None;
+                        self.trusted_from = None;
+                        self.anchor = Some(Anchor::new(self.index.first_frame_of(target)));
+                    }
+                }
             }
         }
         let from = self.index.seek_packet(target);
@@ -358,10 +383,14 @@ impl FrameDecoder {
         };
         let mut found: Option<RawFrame> = None;
         let mut passed = false;
+        // How far a counted video's frames garbled after a seek may go on, and what not finding
+        // the target means.
+        let until = FrameIndex(target.0.saturating_add(MAX_AHEAD as u32 + 1));
+        let missed = if self.anchor.is_some() { Miss::Unplaced } else { Miss::NotProduced };
         loop {
             let Some(pos) = self.position else { return Ok(Err(Miss::NotProduced)) };
             if pos.ended {
-                return Ok(found.ok_or(Miss::NotProduced));
+                return Ok(found.ok_or(missed));
             }
             let packet = self.file.read_packet().map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
             let skip = match &packet {
@@ -393,7 +422,16 @@ impl FrameDecoder {
                 })
                 .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
             for (_, frame) in outputs.drain(..) {
-                let Some(idx) = self.identify_frame(&frame) else { continue };
+                let Some(idx) = self.identify_frame(&frame) else {
+                    if let Some(anchor) = &self.anchor {
+                        self.stats.frames_decoded.inc();
+                        // Not placed yet, but with the target's digest: its pixels.
+                        if found.is_none() && anchor.could_be(target) {
+                            found = Some(self.convert(target, &frame, spec)?);
+                        }
+                    }
+                    continue;
+                };
                 self.stats.frames_decoded.inc();
                 if let Some(p) = self.position.as_mut() {
                     p.last_output = Some(idx);
@@ -422,8 +460,8 @@ impl FrameDecoder {
             if let Some(frame) = found.take() {
                 return Ok(Ok(frame));
             }
-            if passed {
-                return Ok(Err(Miss::NotProduced));
+            if passed || self.anchor.as_ref().is_some_and(|a| a.lost(until)) {
+                return Ok(Err(missed));
             }
             if yield_now() {
                 return Ok(Err(Miss::Yielded));
@@ -440,6 +478,7 @@ impl FrameDecoder {
         }
     }
 
+    /// The frame `frame` is, if known.
     fn identify_frame(&mut self, frame: &DecodedFrame) -> Option<FrameIndex> {
         match self.index.identity {
             FrameIdentity::ByPts => {
@@ -449,11 +488,14 @@ impl FrameDecoder {
                 }
                 self.index.frame_by_pts(pts)
             }
-            FrameIdentity::ByCount => {
-                let idx = FrameIndex(self.counted);
-                self.counted += 1;
-                (idx.get() < self.index.frame_count()).then_some(idx)
-            }
+            FrameIdentity::ByCount => match &mut self.anchor {
+                Some(anchor) => anchor.place(&self.index.digests, frame.digest()),
+                None => {
+                    let idx = FrameIndex(self.counted);
+                    self.counted += 1;
+                    (idx.get() < self.index.frame_count()).then_some(idx)
+                }
+            },
         }
     }
 

@@ -283,6 +283,22 @@ pub struct VideoPacket {
     pub meta: PacketMeta,
 }
 
+impl VideoPacket {
+    /// Where the packet starts in the file, when the demuxer knows.
+    pub fn byte_position(&self) -> Option<i64> {
+        i64::try_from(self.packet.position()).ok().filter(|&p| p >= 0)
+    }
+}
+
+/// How a demuxer can be asked to go back to a packet it has read before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeekWays {
+    /// By timestamp: the format has timestamps of its own (and usually an index).
+    pub timestamp: bool,
+    /// By byte position: the demuxer reads on from the next packet boundary after any byte.
+    pub byte: bool,
+}
+
 /// An open input file positioned somewhere in its video stream.
 pub struct MediaFile {
     input: ff::format::context::Input,
@@ -430,6 +446,27 @@ impl MediaFile {
         }
     }
 
+    /// How this file's demuxer can seek.
+    pub fn seek_ways(&self) -> SeekWays {
+        // SAFETY: an open input always has its demuxer; its flags are a plain integer field.
+        let flags = unsafe { (*(*self.input.as_ptr()).iformat).flags };
+        SeekWays { timestamp: flags & ffi::AVFMT_NOTIMESTAMPS == 0, byte: flags & ffi::AVFMT_NO_BYTE_SEEK == 0 }
+    }
+
+    /// Move the demuxer to byte `pos` of the file: it reads on from the next packet boundary it
+    /// finds there.
+    pub fn seek_byte(&mut self, pos: i64) -> Result<(), FfmpegError> {
+        // SAFETY: the context is valid and exclusively ours; with AVSEEK_FLAG_BYTE the position
+        // is a byte offset, clamped by FFmpeg to the file.
+        let ret = unsafe {
+            ffi::av_seek_frame(self.input.as_mut_ptr(), self.stream_index as i32, pos, ffi::AVSEEK_FLAG_BYTE)
+        };
+        if ret < 0 {
+            return Err(FfmpegError::Seek(ff::Error::from(ret).to_string()));
+        }
+        Ok(())
+    }
+
     /// Seek the video stream to the last seek point at or before `ts` (stream time base).
     pub fn seek_timestamp(&mut self, ts: i64) -> Result<(), FfmpegError> {
         // SAFETY: the context is valid and exclusively ours; av_seek_frame with a stream index
@@ -490,6 +527,65 @@ impl DecodedFrame {
 
     pub fn height(&self) -> u32 {
         self.frame.height()
+    }
+
+    /// A digest of the picture: its pixel format, size, colour matrix and range, and every
+    /// byte of its planes that holds a pixel (row padding left out). Two frames with the same
+    /// digest convert to the same output; a frame decoded after a seek is recognised by it
+    /// in a video whose frames have no timestamps. 64-bit XXH3: it keeps up with the decoder
+    /// (tens of microseconds for a 720p frame), and an accidental match is a 2^-64 event.
+    pub fn digest(&self) -> u64 {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let format: ffi::AVPixelFormat = self.frame.format().into();
+        let colors = Colors::of(&self.frame);
+        let (w, h) = (self.width() as c_int, self.height() as c_int);
+        for v in [format as i64, i64::from(w), i64::from(h), colors.space as i64, colors.range as i64] {
+            hasher.update(&v.to_le_bytes());
+        }
+        let mut row_bytes = [0 as c_int; 4];
+        // SAFETY: av_image_fill_linesizes writes four ints for a format and width; the
+        // descriptor is static (or null for an unknown format).
+        let (filled, desc) = unsafe {
+            (ffi::av_image_fill_linesizes(row_bytes.as_mut_ptr(), format, w), ffi::av_pix_fmt_desc_get(format))
+        };
+        if filled < 0 || desc.is_null() {
+            return hasher.digest();
+        }
+        // SAFETY: `desc` is non-null and static.
+        let (chroma_shift, palette) =
+            unsafe { ((*desc).log2_chroma_h, (*desc).flags & ffi::AV_PIX_FMT_FLAG_PAL as u64 != 0) };
+        // SAFETY: the frame is ours and only read.
+        let frame = unsafe { self.frame.as_ptr() };
+        let planes = if palette { 1 } else { 4 };
+        for (plane, &row) in row_bytes.iter().enumerate().take(planes) {
+            let rows = match plane {
+                1 | 2 => -((-h) >> chroma_shift),
+                _ => h,
+            };
+            // SAFETY: a decoded frame's data[plane], when set, holds `rows` rows `linesize[plane]`
+            // bytes apart (negative for bottom-up rows), each at least as long as the pixels of
+            // a row; the length read is checked against the stride first.
+            unsafe {
+                let (data, stride) = ((*frame).data[plane], (*frame).linesize[plane] as isize);
+                let row = row as isize;
+                if data.is_null() || row <= 0 || row > stride.abs() {
+                    continue;
+                }
+                for r in 0..rows as isize {
+                    hasher.update(std::slice::from_raw_parts(data.offset(r * stride), row as usize));
+                }
+            }
+        }
+        if palette {
+            // SAFETY: a paletted frame's data[1] holds its 256 four-byte palette entries.
+            unsafe {
+                let data = (*frame).data[1];
+                if !data.is_null() {
+                    hasher.update(std::slice::from_raw_parts(data, 1024));
+                }
+            }
+        }
+        hasher.digest()
     }
 
     /// The picture's 8-bit luma plane as the codec produced it (Y′ in its coded range, rows

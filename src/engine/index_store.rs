@@ -22,14 +22,15 @@ use std::time::SystemTime;
 use md5::{Digest, Md5};
 
 use crate::engine::ffmpeg::{Orientation, StreamInfo};
-use crate::engine::index::{FrameEntry, FrameIdentity, SeekPoint, SeekTarget, VideoIndex};
+use crate::engine::index::{FrameEntry, FrameIdentity, SeekBy, SeekPoint, SeekTarget, VideoIndex};
 use crate::units::{PacketNo, Pts, TimeBase};
 
 const MAGIC: &[u8; 8] = b"FSRVIDX\0";
 /// Bump on any change to the layout below, or to what an index of the same file holds: entries
 /// of other versions are rebuilt. 6: files whose pts follow decode order are indexed by decoding
-/// (`index::pts_in_decode_order`); version 5 had indexed them, wrongly, by their pts.
-const VERSION: u32 = 6;
+/// (`index::pts_in_decode_order`); version 5 had indexed them, wrongly, by their pts. 7: videos
+/// indexed by decoding keep seek points and frame digests.
+const VERSION: u32 = 7;
 /// Magic, version, checksum.
 const HEAD: usize = 16;
 /// Bytes hashed at each end of the file.
@@ -183,11 +184,20 @@ pub fn encode(index: &VideoIndex, key: &ContentKey) -> Vec<u8> {
             SeekTarget::Point(i) => i as u32,
         });
     }
+    w.u8(match index.seek_by {
+        SeekBy::Timestamp => 0,
+        SeekBy::Byte => 1,
+    });
     w.u64(index.seek_points.len() as u64);
     for p in &index.seek_points {
         w.u32(p.packet.0);
         w.opt(p.pts);
         w.opt(p.dts);
+        w.opt(p.pos);
+    }
+    w.u64(index.digests.len() as u64);
+    for &f in &index.digests {
+        w.u64(f);
     }
     w.u64(index.packet_pts_list().len() as u64);
     for &pts in index.packet_pts_list() {
@@ -268,10 +278,20 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
             },
         });
     }
-    let n = r.count(22)?;
+    let seek_by = match r.u8()? {
+        0 => SeekBy::Timestamp,
+        1 => SeekBy::Byte,
+        _ => return None,
+    };
+    let n = r.count(31)?;
     let mut seek_points = Vec::with_capacity(n);
     for _ in 0..n {
-        seek_points.push(SeekPoint { packet: PacketNo(r.u32()?), pts: r.opt()?, dts: r.opt()? });
+        seek_points.push(SeekPoint { packet: PacketNo(r.u32()?), pts: r.opt()?, dts: r.opt()?, pos: r.opt()? });
+    }
+    let n = r.count(8)?;
+    let mut digests = Vec::with_capacity(n);
+    for _ in 0..n {
+        digests.push(r.u64()?);
     }
     let n = r.count(8)?;
     let mut packet_pts = Vec::with_capacity(n);
@@ -286,6 +306,8 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
         identity,
         frames,
         seek_points,
+        seek_by,
+        digests,
         packet_by_pts: Vec::new(),
         packet_pts,
         packet_count,

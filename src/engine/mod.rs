@@ -14,7 +14,8 @@
 //! - [`schedule`]: the pure decisions: which job next, when to yield, which decoder gives way,
 //!   how many codec threads, the backtrack window to fill.
 //! - [`decoder`]: one decoder's frame-exact loop, following the [`plan`].
-//! - [`index`]: the demux-once index of a video's frames and keyframes.
+//! - [`index`]: the demux-once index of a video's frames and keyframes; [`anchor`]: where the
+//!   frames of a video without timestamps stand after a seek, by their digests.
 //! - [`ffmpeg`]: the only module that touches FFmpeg (and the only `unsafe`).
 //! - [`output`]: pixel formats, sizes and PNG/JPEG encoding.
 //! - [`budget`]: the bytes of frames on their way to clients, bounded (slow readers wait).
@@ -31,6 +32,7 @@
 //! - [`storyboard`]: thumbnail grids from keyframes or exact frames.
 //! - [`clip`]: frames encoded into a container in memory and streamed.
 
+mod anchor;
 mod budget;
 pub mod buffers;
 mod bulk;

@@ -75,7 +75,7 @@ pub fn cost(index: &VideoIndex, position: Option<Position>, target: FrameIndex, 
         Plan::Seek(seek) => {
             let from = match entry.packet {
                 Some(_) => index.seek_packet(seek).0 as u64,
-                None => 0,
+                None => index.first_frame_of(seek).0 as u64,
             };
             target_packet.saturating_sub(from) + SEEK_PENALTY
         }

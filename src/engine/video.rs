@@ -9,11 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::engine::ffmpeg::{DecodedFrame, FfmpegError, MediaFile};
-use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, VideoIndex};
+use crate::engine::ffmpeg::{DecodedFrame, FfmpegError, MediaFile, PacketMeta, VideoPacket};
+use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, KeyPacket, VideoIndex};
 use crate::engine::index_store::ContentKey;
 use crate::engine::output::OutputSpec;
 use crate::engine::EngineError;
+use crate::units::PacketNo;
 
 /// Identity of a video file's content as far as caching goes: a replaced file (another inode,
 /// as a rename or `cp -p` leaves it even with the old size and time), or one changed in place
@@ -65,7 +66,7 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
     };
     let index = match by_packets {
         Some(index) => index,
-        None => decode_pass(path, video, stream, packets.len())?,
+        None => decode_pass(path, video, &file, &packets)?,
     };
     if index.frame_count() == 0 {
         return Err(EngineError::NoFrames { video: video.to_string() });
@@ -81,29 +82,53 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
 pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError> {
     const PROBED: usize = 120;
     let mut shown: Vec<Option<i64>> = Vec::new();
-    decode_from_start(path, video, Some(PROBED), &mut |f| shown.push(f.pts().map(|p| p.0)))?;
+    decode_from_start(path, video, Some(PROBED), &mut |_| {}, &mut |f| shown.push(f.pts().map(|p| p.0)))?;
     Ok(shown.windows(2).all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if a < b)))
 }
 
-fn decode_pass(
-    path: &Path,
-    video: &str,
-    stream: crate::engine::ffmpeg::StreamInfo,
-    packet_count: usize,
-) -> Result<VideoIndex, EngineError> {
+/// The index of a file whose packets cannot name its frames: one decode from the start, which
+/// counts the frames, digests each, and notes where its keyframe packets lie (`file` is the
+/// demux pass's, `packets` what it read).
+fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta]) -> Result<VideoIndex, EngineError> {
     let mut metas = Vec::new();
-    decode_from_start(path, video, None, &mut |f| {
-        metas.push(DecodedFrameMeta { best_effort_timestamp: f.best_effort_timestamp(), key: f.is_key() });
-    })?;
-    Ok(VideoIndex::from_decode(stream, packet_count, &metas))
+    let mut keys = Vec::new();
+    let mut sent = 0u32;
+    // The frames are counted by the frame callback and the keyframe packets noted by the packet
+    // callback, which the decode calls in turn: both need the count.
+    let shown = std::cell::Cell::new(0u32);
+    decode_from_start(
+        path,
+        video,
+        None,
+        &mut |p| {
+            if p.meta.key {
+                let (pts, dts, pos) = (p.meta.pts, p.meta.dts, p.byte_position());
+                keys.push(KeyPacket { packet: PacketNo(sent), pts, dts, pos, shown_before: shown.get() });
+            }
+            sent += 1;
+        },
+        &mut |f| {
+            shown.set(shown.get() + 1);
+            metas.push(DecodedFrameMeta {
+                best_effort_timestamp: f.best_effort_timestamp(),
+                key: f.is_key(),
+                digest: f.digest(),
+            });
+        },
+    )?;
+    let dts: Option<Vec<i64>> = packets.iter().map(|p| p.dts).collect();
+    let dts_in_order = dts.is_some_and(|d| d.windows(2).all(|w| w[0] < w[1]));
+    Ok(VideoIndex::from_decode(file.info().clone(), packets.len(), &metas, &keys, file.seek_ways(), dts_in_order))
 }
 
-/// Decode `path` from its start on one codec thread, handing every frame to `on_frame`: the
-/// whole file, or its first `packets` packets and what the decoder then still holds.
+/// Decode `path` from its start on one codec thread, handing every packet to `on_packet` before
+/// it is decoded and every frame to `on_frame`: the whole file, or its first `packets` packets
+/// and what the decoder then still holds.
 fn decode_from_start(
     path: &Path,
     video: &str,
     packets: Option<usize>,
+    on_packet: &mut dyn FnMut(&VideoPacket),
     on_frame: &mut dyn FnMut(DecodedFrame),
 ) -> Result<(), EngineError> {
     let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
@@ -113,6 +138,9 @@ fn decode_from_start(
     loop {
         let packet = if packets.is_some_and(|n| read >= n) { None } else { file.read_packet().map_err(map)? };
         read += 1;
+        if let Some(p) = &packet {
+            on_packet(p);
+        }
         decoder.decode(packet.as_ref(), false, on_frame).map_err(map)?;
         if packet.is_none() {
             return Ok(());
