@@ -52,7 +52,7 @@ pub struct CompareArgs {
     /// Run the daemon with `decoder.cpu_priorities = false` (to measure what they cost or gain).
     #[arg(long)]
     pub no_cpu_priorities: bool,
-    /// Only these figures (comma-separated): engine, stream, fbf, cold, warm, backtrack,
+    /// Only these figures (comma-separated): engine, stream, fbf, cold, counted, warm, backtrack,
     /// interactive, python, jobs, load, hour, restart; hour-hashes (the hash pass over the one-hour file,
     /// some 20 minutes) only when named. All the others by default (the references are always
     /// measured).
@@ -582,6 +582,58 @@ async fn stream_range_as(
     Ok(n)
 }
 
+/// A file without timestamps, whose frames are counted: the GOP-50 clip's own H.264 stream copied
+/// out of its mp4 as a raw `.h264` (what many cameras write). Opening it decodes it whole;
+/// a cold frame then seeks by byte and recognises the frames it lands on by their digests. The
+/// reference is the same stream in its mp4, in the same run, over the same indices.
+fn counted_figures(
+    runtime: &tokio::runtime::Runtime,
+    media: &Path,
+    args: &CompareArgs,
+    g50: &Clip,
+    indices: &[usize],
+    report: &mut Report,
+) -> Result<(), String> {
+    let raw = media.join("g50.h264");
+    run_quiet(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&g50.path)
+            .args(["-c", "copy", "-f", "h264"])
+            .arg(&raw),
+    )?;
+    let mut medians = Vec::new();
+    let mut opened = Vec::new();
+    for name in ["g50.mp4", "g50.h264"] {
+        on_fresh_daemon(runtime, media, "1GiB", args, async |_, mut c| {
+            let t = Instant::now();
+            let info = c.get_video_info(pb::GetVideoInfoRequest { video: name.into() }).await;
+            let info = info.map_err(|s| s.message().to_string())?.into_inner();
+            opened.push(t.elapsed());
+            if info.frame_count as usize != g50.frames {
+                return Err(format!("{name}: {} frames, not {}", info.frame_count, g50.frames));
+            }
+            let mut lat = Vec::new();
+            for &i in indices {
+                lat.extend(timed_requests(&mut c, name, &[i], None, Some(0)).await?.0);
+            }
+            medians.push(median(lat));
+            Ok(())
+        })?;
+    }
+    println!("  opening g50 (index): mp4 by demuxing {}, raw .h264 by decoding {}", ms(opened[0]), ms(opened[1]));
+    let r = medians[1].as_secs_f64() / medians[0].as_secs_f64();
+    report.add(
+        "cold random, raw .h264 (frames counted), keep_behind 0 (median)",
+        ms(medians[1]),
+        format!("same stream in mp4 {}", ms(medians[0])),
+        Some(r),
+        "",
+        None,
+    );
+    Ok(())
+}
+
 fn link_media(media: &Path, clip: &Clip, name: &str) -> Result<(), String> {
     let target = media.join(name);
     if !target.exists() {
@@ -821,6 +873,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
                 Ok(())
             })?;
         }
+    }
+    if args.wants("counted") {
+        counted_figures(runtime, &media, args, &g50, &cold50, &mut report)?;
     }
     // The per-request reference for the figures below: PyAV when it ran, else the ffmpeg CLI.
     let (reference_name, reference) = match pyav250_auto {
