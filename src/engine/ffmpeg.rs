@@ -852,6 +852,17 @@ pub struct VideoDecoder {
 unsafe impl Send for VideoDecoder {}
 
 impl VideoDecoder {
+    /// Frames by which frame threading holds the output back behind the packets sent, on top of
+    /// the codec's own reordering: the thread count less one when the codec decodes on frame
+    /// threads, none otherwise (one thread, or slice threads only).
+    pub fn frame_thread_delay(&self) -> usize {
+        let threading = self.decoder.threading();
+        match threading.kind {
+            ff::codec::threading::Type::Frame => threading.count.saturating_sub(1),
+            _ => 0,
+        }
+    }
+
     /// Decode one packet (or, with `None`, drain the decoder at the end of the stream) and hand
     /// every frame it outputs to `on_frame`. The decoder's output queue is always emptied, so
     /// the next packet can always be sent. With `skip_nonref`, the decoder may skip frames that

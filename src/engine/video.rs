@@ -82,24 +82,27 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
 pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError> {
     const PROBED: usize = 120;
     let mut shown: Vec<Option<i64>> = Vec::new();
-    decode_from_start(path, video, Some(PROBED), &mut |_| {}, &mut |f| shown.push(f.pts().map(|p| p.0)))?;
+    decode_from_start(path, video, Some(PROBED), 1, &mut |_| {}, &mut |f| shown.push(f.pts().map(|p| p.0)))?;
     Ok(shown.windows(2).all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if a < b)))
 }
 
 /// The index of a file whose packets cannot name its frames: one decode from the start, which
 /// counts the frames, digests each, and notes where its keyframe packets lie (`file` is the
-/// demux pass's, `packets` what it read).
+/// demux pass's, `packets` what it read). On frame threads, up to eight: the whole file is
+/// decoded, and it is what opening such a file costs.
 fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta]) -> Result<VideoIndex, EngineError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let mut metas = Vec::new();
     let mut keys = Vec::new();
     let mut sent = 0u32;
     // The frames are counted by the frame callback and the keyframe packets noted by the packet
     // callback, which the decode calls in turn: both need the count.
     let shown = std::cell::Cell::new(0u32);
-    decode_from_start(
+    let delay = decode_from_start(
         path,
         video,
         None,
+        threads,
         &mut |p| {
             if p.meta.key {
                 let (pts, dts, pos) = (p.meta.pts, p.meta.dts, p.byte_position());
@@ -116,24 +119,32 @@ fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta
             });
         },
     )?;
+    // What one thread would have shown before each keyframe packet: frame threads hold `delay`
+    // more frames back (counting them shown is safe where the pipeline was not full yet: a
+    // frame is then served from the keyframe before, a GOP more decoded, never missed).
+    for k in &mut keys {
+        k.shown_before = k.shown_before.saturating_add(delay as u32);
+    }
     let dts: Option<Vec<i64>> = packets.iter().map(|p| p.dts).collect();
     let dts_in_order = dts.is_some_and(|d| d.windows(2).all(|w| w[0] < w[1]));
     Ok(VideoIndex::from_decode(file.info().clone(), packets.len(), &metas, &keys, file.seek_ways(), dts_in_order))
 }
 
-/// Decode `path` from its start on one codec thread, handing every packet to `on_packet` before
-/// it is decoded and every frame to `on_frame`: the whole file, or its first `packets` packets
-/// and what the decoder then still holds.
+/// Decode `path` from its start on `threads` codec threads, handing every packet to `on_packet`
+/// before it is decoded and every frame to `on_frame`: the whole file, or its first `packets`
+/// packets and what the decoder then still holds. Returns the frames frame threading held the
+/// output back by ([`frame_thread_delay`](crate::engine::ffmpeg::VideoDecoder::frame_thread_delay)).
 fn decode_from_start(
     path: &Path,
     video: &str,
     packets: Option<usize>,
+    threads: usize,
     on_packet: &mut dyn FnMut(&VideoPacket),
     on_frame: &mut dyn FnMut(DecodedFrame),
-) -> Result<(), EngineError> {
+) -> Result<usize, EngineError> {
     let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
     let mut file = MediaFile::open(path).map_err(map)?;
-    let mut decoder = file.new_decoder(1).map_err(map)?;
+    let mut decoder = file.new_decoder(threads).map_err(map)?;
     let mut read = 0;
     loop {
         let packet = if packets.is_some_and(|n| read >= n) { None } else { file.read_packet().map_err(map)? };
@@ -143,7 +154,7 @@ fn decode_from_start(
         }
         decoder.decode(packet.as_ref(), false, on_frame).map_err(map)?;
         if packet.is_none() {
-            return Ok(());
+            return Ok(decoder.frame_thread_delay());
         }
     }
 }
