@@ -11,7 +11,9 @@
 //!
 //! What makes this exact is not the placing but the check it implies: a frame is only ever
 //! named `i` when its digest is frame `i`'s, so its pixels are those of the sequential
-//! decode's frame `i` whatever the demuxer did (frame-exact is about pixels). A frame that
+//! decode's frame `i` whatever the demuxer did (frame-exact is about pixels). Placing is then
+//! only a matter of speed: a frame placed at the wrong one of two equal frames is still served
+//! right, and the frame after it, not matching, is placed again. A frame that
 //! matches several positions (a still scene) is placed once the run it belongs to becomes
 //! unique; until then it is only known to look like each of them ([`Anchor::could_be`]).
 //!
@@ -42,6 +44,12 @@ enum State {
 /// (leading pictures of an open GOP).
 const MARGIN: u32 = 16;
 
+/// How far past the expected position a frame is first looked for, when the one expected did not
+/// come (skipped or lost). Placing it there when its digest occurs once in that stretch, though
+/// maybe elsewhere too, is safe: the frame is named by a position whose digest it has, so its
+/// pixels are that frame's, and the next frame is checked against the next position again.
+const NEAR: u32 = 32;
+
 impl Anchor {
     /// After a seek to a point whose first frame is `first`.
     pub fn new(first: FrameIndex) -> Anchor {
@@ -57,8 +65,15 @@ impl Anchor {
         let matches = |i: u32| digests.get(i as usize) == Some(&digest);
         let continued: Vec<u32> = match &self.state {
             State::Placed(next) if matches(*next) => return Some(self.placed(*next)),
-            // The decoder lost or garbled a frame after all: look again.
-            State::Placed(_) => Vec::new(),
+            // Frames were skipped (non-reference frames the decoder was told to drop) or lost:
+            // the frame is most likely a little further on.
+            State::Placed(next) => {
+                let near: Vec<u32> = (next + 1..=next.saturating_add(NEAR)).filter(|&i| matches(i)).collect();
+                if let [only] = near[..] {
+                    return Some(self.placed(only));
+                }
+                Vec::new()
+            }
             State::Searching(candidates) => candidates.iter().map(|c| c + 1).filter(|&c| matches(c)).collect(),
         };
         let candidates = if continued.is_empty() {
@@ -78,6 +93,11 @@ impl Anchor {
         self.state = State::Placed(at + 1);
         self.garbled = 0;
         FrameIndex(at)
+    }
+
+    /// Whether the last frame decoded was placed.
+    pub fn placed_last(&self) -> bool {
+        matches!(self.state, State::Placed(_))
     }
 
     /// Whether the last frame, not placed, has the digest of `frame` (and so its pixels).
@@ -155,6 +175,16 @@ mod tests {
         let mut a = Anchor::new(FrameIndex(28));
         assert_eq!(a.place(&d, 30), None);
         assert_eq!(a.place(&d, 31), Some(FrameIndex(31)));
+    }
+
+    #[test]
+    fn frames_skipped_after_placing_are_stepped_over_without_a_search_of_the_whole_video() {
+        // 28 also appears far away: near the expected position it occurs once, and is placed there.
+        let mut d: Vec<u64> = (0..100).collect();
+        d[90] = 28;
+        let mut a = Anchor::new(FrameIndex(25));
+        assert_eq!(a.place(&d, 26), Some(FrameIndex(26)));
+        assert_eq!(a.place(&d, 28), Some(FrameIndex(28)));
     }
 
     #[test]

@@ -412,6 +412,7 @@ impl FrameDecoder {
                     self.position = Some(Position { next_packet: PacketNo(no.0 + 1), ..pos });
                     let pts = p.meta.pts.unwrap_or(i64::MAX);
                     skip_below.is_some_and(|limit| pts < limit && !p.meta.key)
+                        || (!p.meta.key && self.counted_skippable(keep_from))
                 }
             };
             let at_end = packet.is_none();
@@ -466,6 +467,25 @@ impl FrameDecoder {
             if yield_now() {
                 return Ok(Err(Miss::Yielded));
             }
+        }
+    }
+
+    /// Whether a counted video's decoder, after a seek, may skip non-reference frames: nothing
+    /// says which frame a packet holds, but none decoded now comes out more than the decoder's
+    /// output delay after the last frame placed, so while that is well before the first frame
+    /// kept, what is skipped is not wanted. Only right after a frame placed, whose digest is its
+    /// own (in a still scene a frame may be placed at one of its look-alikes, which is right for
+    /// its pixels but not as a position; and after a frame not placed, where the decoder stands
+    /// is not known). A skipped target is still never served wrong: it would not come out, and
+    /// the decode would back off.
+    fn counted_skippable(&self, keep_from: FrameIndex) -> bool {
+        let last = self.position.and_then(|p| p.last_output);
+        let certain = |last: FrameIndex| self.index.digest_unique.get(last.get()) == Some(&true);
+        match (&self.anchor, last) {
+            (Some(anchor), Some(last)) if self.options.skip_nonref && anchor.placed_last() && certain(last) => {
+                u64::from(last.0) + self.decoder.output_delay() as u64 + 2 < u64::from(keep_from.0)
+            }
+            _ => false,
         }
     }
 

@@ -863,6 +863,15 @@ impl VideoDecoder {
         }
     }
 
+    /// How many frames after it was decoded a frame may come out: the pictures the codec holds
+    /// back to put them in presentation order (its `has_b_frames`, which it raises when the
+    /// stream turns out to need more) plus the frame-thread delay.
+    pub fn output_delay(&self) -> usize {
+        // SAFETY: a plain integer field of our own codec context is read.
+        let reorder = unsafe { (*self.decoder.as_ptr()).has_b_frames };
+        usize::try_from(reorder).unwrap_or(0) + self.frame_thread_delay()
+    }
+
     /// Decode one packet (or, with `None`, drain the decoder at the end of the stream) and hand
     /// every frame it outputs to `on_frame`. The decoder's output queue is always emptied, so
     /// the next packet can always be sent. With `skip_nonref`, the decoder may skip frames that

@@ -97,6 +97,9 @@ pub struct VideoIndex {
     /// A digest of every frame of the sequential decode (ByCount only), by which a decoder
     /// recognises the frames it decodes after a seek.
     pub digests: Vec<u64>,
+    /// Whether each frame's digest is no other frame's: a frame recognised by it is certainly
+    /// that frame (derived from `digests`, rebuilt on load).
+    pub(crate) digest_unique: Vec<bool>,
     /// Every packet's pts with its number, sorted by pts (ByPts only), to recognise a packet
     /// after a seek. A sorted list rather than a hash map: built in a millisecond from packets
     /// that are nearly in pts order already, and no file can make its lookups slow.
@@ -191,6 +194,7 @@ impl VideoIndex {
                 seek_by: SeekBy::Timestamp,
                 digests: Vec::new(),
                 packet_by_pts,
+                digest_unique: Vec::new(),
                 packet_pts,
                 packet_count,
                 start_time_s,
@@ -248,6 +252,7 @@ impl VideoIndex {
                 seek_points,
                 seek_by,
                 digests: frames.iter().map(|f| f.digest).collect(),
+                digest_unique: Vec::new(),
                 packet_by_pts: Vec::new(),
                 packet_pts: Vec::new(),
                 packet_count,
@@ -259,6 +264,16 @@ impl VideoIndex {
             },
             &durations,
         )
+        .with_unique_digests()
+    }
+
+    /// Fill in which frames' digests are unique.
+    fn with_unique_digests(mut self) -> VideoIndex {
+        let mut sorted = self.digests.clone();
+        sorted.sort_unstable();
+        let count = |d: &u64| sorted.partition_point(|x| x <= d) - sorted.partition_point(|x| x < d);
+        self.digest_unique = self.digests.iter().map(|d| count(d) == 1).collect();
+        self
     }
 
     /// The pts of every packet in decode order (ByPts; empty for ByCount), as stored on disk.
@@ -301,7 +316,7 @@ impl VideoIndex {
             packets <= u32::MAX as usize && self.seek_points.iter().all(|p| p.packet.get() < packets && reachable(p));
         let numbers_ok =
             [self.duration_s, self.avg_fps, self.start_time_s, self.stream.header_fps].iter().all(|v| v.is_finite());
-        (frames_ok && points_ok && numbers_ok).then_some(self)
+        (frames_ok && points_ok && numbers_ok).then(|| self.with_unique_digests())
     }
 
     pub fn frame_count(&self) -> usize {
@@ -520,6 +535,19 @@ mod tests {
         assert_eq!(idx.first_frame_of(SeekTarget::Point(1)), FrameIndex(10));
         assert_eq!(idx.digests, (100..115).collect::<Vec<u64>>());
         assert!(idx.checked().is_some());
+    }
+
+    #[test]
+    fn frames_whose_digest_another_frame_shares_are_not_certain_positions() {
+        let (mut frames, keys) = gops_of_five();
+        frames[7].digest = frames[3].digest;
+        let idx =
+            VideoIndex::from_decode(stream(), 15, &frames, &keys, SeekWays { timestamp: false, byte: true }, false);
+        let shared: Vec<usize> = (0..15).filter(|&i| !idx.digest_unique[i]).collect();
+        assert_eq!(shared, [3, 7]);
+        // Rebuilt as an index read back from disk is.
+        let again = VideoIndex { digest_unique: Vec::new(), ..idx }.checked().unwrap();
+        assert_eq!((0..15).filter(|&i| !again.digest_unique[i]).collect::<Vec<_>>(), [3, 7]);
     }
 
     #[test]

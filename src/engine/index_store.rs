@@ -308,6 +308,7 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
         seek_points,
         seek_by,
         digests,
+        digest_unique: Vec::new(),
         packet_by_pts: Vec::new(),
         packet_pts,
         packet_count,
