@@ -456,24 +456,19 @@ impl MediaFile {
     /// Move the demuxer to byte `pos` of the file: it reads on from the next packet boundary it
     /// finds there.
     pub fn seek_byte(&mut self, pos: i64) -> Result<(), FfmpegError> {
-        // SAFETY: the context is valid and exclusively ours; with AVSEEK_FLAG_BYTE the position
-        // is a byte offset, clamped by FFmpeg to the file.
-        let ret = unsafe {
-            ffi::av_seek_frame(self.input.as_mut_ptr(), self.stream_index as i32, pos, ffi::AVSEEK_FLAG_BYTE)
-        };
-        if ret < 0 {
-            return Err(FfmpegError::Seek(ff::Error::from(ret).to_string()));
-        }
-        Ok(())
+        self.seek(pos, ffi::AVSEEK_FLAG_BYTE)
     }
 
     /// Seek the video stream to the last seek point at or before `ts` (stream time base).
     pub fn seek_timestamp(&mut self, ts: i64) -> Result<(), FfmpegError> {
+        self.seek(ts, ffi::AVSEEK_FLAG_BACKWARD)
+    }
+
+    fn seek(&mut self, target: i64, flags: c_int) -> Result<(), FfmpegError> {
         // SAFETY: the context is valid and exclusively ours; av_seek_frame with a stream index
-        // interprets `ts` in that stream's time base.
-        let ret = unsafe {
-            ffi::av_seek_frame(self.input.as_mut_ptr(), self.stream_index as i32, ts, ffi::AVSEEK_FLAG_BACKWARD)
-        };
+        // reads `target` in that stream's time base, or as a byte offset (clamped to the file)
+        // with AVSEEK_FLAG_BYTE.
+        let ret = unsafe { ffi::av_seek_frame(self.input.as_mut_ptr(), self.stream_index as i32, target, flags) };
         if ret < 0 {
             return Err(FfmpegError::Seek(ff::Error::from(ret).to_string()));
         }
