@@ -604,6 +604,42 @@ fn videos_without_timestamps_seek_and_recognise_the_frames_they_land_on() {
     }
 }
 
+/// Two recordings joined as bytes (a broadcast capture split into files, a DVD's VOBs): the
+/// timestamps start again halfway, so pts repeat and the file is counted; it still seeks. Both
+/// halves are the same source, so every frame has a look-alike in the other half, and where a
+/// decode after a seek stands is never certain from one frame: it is served by its digest.
+#[test]
+fn recordings_joined_as_bytes_are_counted_and_still_seek() {
+    let dir = scratch();
+    const GOP: u64 = 15;
+    let h264 =
+        ["-c:v", "libx264", "-x264-params", "keyint=15:bframes=2:scenecut=0", "-pix_fmt", "yuv420p", "-f", "mpegts"];
+    let mpeg2 = ["-c:v", "mpeg2video", "-bf", "2", "-g", "15", "-f", "vob"];
+    for (name, args) in [("joined.ts", &h264[..]), ("joined.vob", &mpeg2[..])] {
+        let half = encode(&dir.path().join(format!("half-{name}")), 90, 25, args);
+        let bytes = std::fs::read(&half).unwrap();
+        let p = dir.path().join(name);
+        std::fs::write(&p, [&bytes[..], &bytes[..]].concat()).unwrap();
+        let reference = reference_frames(&p);
+        let index = Arc::new(build_index(&p, "test").expect("index builds"));
+        let n = index.frame_count();
+        assert_eq!(n, reference.len(), "{name}: frame count");
+        assert_eq!(index.identity, FrameIdentity::ByCount, "{name}: repeated pts");
+        assert!(index.seek_points.len() >= 8, "{name}: {} seek points", index.seek_points.len());
+        let stats = Arc::new(EngineStats::default());
+        let mut d = decoder(&p, &index, &stats);
+        for i in shuffled(n, 40, 17) {
+            expect_frame(&mut d, i, &reference, name);
+        }
+        for i in [n - 1, n / 2 + 20, n / 2 - 20] {
+            let before = stats.frames_decoded.get();
+            expect_frame(&mut decoder(&p, &index, &stats), i, &reference, name);
+            let decoded = stats.frames_decoded.get() - before;
+            assert!(decoded <= 2 * GOP + 8, "{name}: frame {i} cold decoded {decoded} frames");
+        }
+    }
+}
+
 #[test]
 fn mpeg4_in_avi_with_packets_lacking_pts_is_frame_exact() {
     let dir = scratch();

@@ -130,6 +130,9 @@ pub struct KeyPacket {
     pub packet: PacketNo,
     pub pts: Option<i64>,
     pub dts: Option<i64>,
+    /// Where the packet starts in the file, or failing that (MPEG-PS gives no position to a
+    /// frame that starts inside a PES packet) where the last packet before it that has one does:
+    /// a byte seek there lands a little early, which recognising the frames absorbs.
     pub pos: Option<i64>,
     /// Frames the decoder had output before this packet was sent to it.
     pub shown_before: u32,
@@ -403,8 +406,8 @@ fn seek_target_for(points: &[SeekPoint], packet: PacketNo, pts: i64) -> SeekTarg
 /// The seek points of a video indexed by decoding, how to reach them, and the first frame each
 /// one serves. A keyframe packet serves the frames from the first keyframe the decoder showed
 /// after it was sent (not the frames still held in the decoder then, nor the leading pictures of
-/// an open GOP). Points are kept only if the demuxer can seek to them all the same way, and
-/// one per first frame (the latest packet: the closest).
+/// an open GOP). Points are kept where the demuxer can seek to them (one way for all), one per
+/// first frame (the latest packet: the closest).
 fn counted_seek_points(
     frames: &[DecodedFrameMeta],
     keys: &[KeyPacket],
@@ -413,7 +416,7 @@ fn counted_seek_points(
 ) -> (SeekBy, Vec<SeekPoint>, Vec<u32>) {
     let seek_by = if ways.timestamp && dts_in_order {
         SeekBy::Timestamp
-    } else if ways.byte && keys.iter().all(|k| k.pos.is_some()) {
+    } else if ways.byte {
         SeekBy::Byte
     } else {
         return (SeekBy::Timestamp, Vec::new(), Vec::new());
@@ -424,7 +427,11 @@ fn counted_seek_points(
     for k in keys {
         let Some(&first) = shown_keys.get(shown_keys.partition_point(|&i| i < k.shown_before)) else { break };
         // Frame 0 onwards is served by the start of the file, which needs no recognising.
-        if first == 0 || (seek_by == SeekBy::Timestamp && k.dts.is_none()) {
+        let reachable = match seek_by {
+            SeekBy::Timestamp => k.dts.is_some(),
+            SeekBy::Byte => k.pos.is_some(),
+        };
+        if first == 0 || !reachable {
             continue;
         }
         let point = SeekPoint { packet: k.packet, pts: k.pts, dts: k.dts, pos: k.pos };
@@ -557,9 +564,14 @@ mod tests {
         assert_eq!(VideoIndex::from_decode(stream(), 15, &frames, &keys, both, true).seek_by, SeekBy::Timestamp);
         // MPEG-PS: timestamps on some packets only, so by byte.
         assert_eq!(VideoIndex::from_decode(stream(), 15, &frames, &keys, both, false).seek_by, SeekBy::Byte);
+        // By byte, a keyframe packet without a position is no seek point; the others still are.
+        let mut some_pos = keys.clone();
+        some_pos[1].pos = None;
+        let idx = VideoIndex::from_decode(stream(), 15, &frames, &some_pos, both, false);
+        assert_eq!(idx.seek_points.iter().map(|p| p.packet).collect::<Vec<_>>(), [PacketNo(10)]);
         // Neither way: from the start only.
-        let no_pos: Vec<KeyPacket> = keys.iter().map(|k| KeyPacket { pos: None, ..*k }).collect();
-        let idx = VideoIndex::from_decode(stream(), 15, &frames, &no_pos, both, false);
+        let neither = SeekWays { timestamp: true, byte: false };
+        let idx = VideoIndex::from_decode(stream(), 15, &frames, &keys, neither, false);
         assert!(idx.seek_points.is_empty());
         assert!(idx.frames.iter().all(|f| f.seek == SeekTarget::Start));
     }

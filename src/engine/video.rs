@@ -95,6 +95,7 @@ fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta
     let mut metas = Vec::new();
     let mut keys = Vec::new();
     let mut sent = 0u32;
+    let mut last_pos = None;
     // The frames are counted by the frame callback and the keyframe packets noted by the packet
     // callback, which the decode calls in turn: both need the count.
     let shown = std::cell::Cell::new(0u32);
@@ -104,9 +105,10 @@ fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta
         None,
         threads,
         &mut |p| {
+            last_pos = p.byte_position().or(last_pos);
             if p.meta.key {
-                let (pts, dts, pos) = (p.meta.pts, p.meta.dts, p.byte_position());
-                keys.push(KeyPacket { packet: PacketNo(sent), pts, dts, pos, shown_before: shown.get() });
+                let (pts, dts) = (p.meta.pts, p.meta.dts);
+                keys.push(KeyPacket { packet: PacketNo(sent), pts, dts, pos: last_pos, shown_before: shown.get() });
             }
             sent += 1;
         },
