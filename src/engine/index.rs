@@ -426,11 +426,11 @@ fn counted_seek_points(
     let mut first_frames: Vec<u32> = Vec::new();
     for k in keys {
         let Some(&first) = shown_keys.get(shown_keys.partition_point(|&i| i < k.shown_before)) else { break };
-        // Frame 0 onwards is served by the start of the file, which needs no recognising.
         let reachable = match seek_by {
             SeekBy::Timestamp => k.dts.is_some(),
             SeekBy::Byte => k.pos.is_some(),
         };
+        // Frame 0 onwards is served by the start of the file, which needs no recognising.
         if first == 0 || !reachable {
             continue;
         }
