@@ -521,6 +521,17 @@ fn av1_is_frame_exact() {
     check_exact(&p);
 }
 
+/// The CLI's frames of `p` and its index, which must count its frames and have a seek point per
+/// GOP (at least eight).
+fn counted_with_seek_points(p: &Path, name: &str) -> (Vec<Vec<u8>>, Arc<VideoIndex>) {
+    let reference = reference_frames(p);
+    let index = Arc::new(build_index(p, "test").expect("index builds"));
+    assert_eq!(index.frame_count(), reference.len(), "{name}: frame count");
+    assert_eq!(index.identity, FrameIdentity::ByCount, "{name}: frames counted");
+    assert!(index.seek_points.len() >= 8, "{name}: a seek point per GOP, not {}", index.seek_points.len());
+    (reference, index)
+}
+
 /// Videos whose packets carry no usable timestamps (MPEG-PS, raw H.264 streams) are indexed by
 /// decoding, and were decoded from their start for every cold frame: seconds per request on a
 /// long VOB. They now seek to a keyframe packet and recognise the frames they land on by the
@@ -545,12 +556,8 @@ fn videos_without_timestamps_seek_and_recognise_the_frames_they_land_on() {
         ("still.h264", [&still[..], &h264[..]].concat()),
     ] {
         let p = encode(&dir.path().join(name), 150, 25, &args);
-        let reference = reference_frames(&p);
-        let index = Arc::new(build_index(&p, "test").expect("index builds"));
+        let (reference, index) = counted_with_seek_points(&p, name);
         let n = index.frame_count();
-        assert_eq!(n, reference.len(), "{name}: frame count");
-        assert_eq!(index.identity, FrameIdentity::ByCount, "{name}: no usable timestamps");
-        assert!(index.seek_points.len() >= 8, "{name}: a seek point per GOP, not {}", index.seek_points.len());
         let gop = if name == "intra.h264" { 1 } else { GOP };
         if name.ends_with(".h264") {
             assert_eq!(index.seek_by, SeekBy::Byte, "{name}: a raw stream seeks by byte");
@@ -620,12 +627,8 @@ fn recordings_joined_as_bytes_are_counted_and_still_seek() {
         let bytes = std::fs::read(&half).unwrap();
         let p = dir.path().join(name);
         std::fs::write(&p, [&bytes[..], &bytes[..]].concat()).unwrap();
-        let reference = reference_frames(&p);
-        let index = Arc::new(build_index(&p, "test").expect("index builds"));
+        let (reference, index) = counted_with_seek_points(&p, name);
         let n = index.frame_count();
-        assert_eq!(n, reference.len(), "{name}: frame count");
-        assert_eq!(index.identity, FrameIdentity::ByCount, "{name}: repeated pts");
-        assert!(index.seek_points.len() >= 8, "{name}: {} seek points", index.seek_points.len());
         let stats = Arc::new(EngineStats::default());
         let mut d = decoder(&p, &index, &stats);
         for i in shuffled(n, 40, 17) {
