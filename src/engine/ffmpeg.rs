@@ -547,16 +547,12 @@ impl DecodedFrame {
             return hasher.digest();
         }
         // SAFETY: `desc` is non-null and static.
-        let (chroma_shift, palette) =
-            unsafe { ((*desc).log2_chroma_h, (*desc).flags & ffi::AV_PIX_FMT_FLAG_PAL as u64 != 0) };
+        let palette = unsafe { (*desc).flags & ffi::AV_PIX_FMT_FLAG_PAL as u64 != 0 };
         // SAFETY: the frame is ours and only read.
         let frame = unsafe { self.frame.as_ptr() };
-        let planes = if palette { 1 } else { 4 };
+        let planes = if palette { 1 } else { self.frame.planes().min(4) };
         for (plane, &row) in row_bytes.iter().enumerate().take(planes) {
-            let rows = match plane {
-                1 | 2 => -((-h) >> chroma_shift),
-                _ => h,
-            };
+            let rows = self.frame.plane_height(plane);
             // SAFETY: a decoded frame's data[plane], when set, holds `rows` rows `linesize[plane]`
             // bytes apart (negative for bottom-up rows), each at least as long as the pixels of
             // a row; the length read is checked against the stride first.
