@@ -195,14 +195,8 @@ pub fn encode(index: &VideoIndex, key: &ContentKey) -> Vec<u8> {
         w.opt(p.dts);
         w.opt(p.pos);
     }
-    w.u64(index.digests.len() as u64);
-    for &f in &index.digests {
-        w.u64(f);
-    }
-    w.u64(index.packet_pts_list().len() as u64);
-    for &pts in index.packet_pts_list() {
-        w.u64(pts as u64);
-    }
+    w.u64s(index.digests.iter().copied());
+    w.u64s(index.packet_pts_list().iter().map(|&pts| pts as u64));
     let body = w.0;
     let mut out = entry_head(&body);
     out.extend_from_slice(&body);
@@ -288,16 +282,8 @@ pub fn decode(bytes: &[u8], key: &ContentKey) -> Option<VideoIndex> {
     for _ in 0..n {
         seek_points.push(SeekPoint { packet: PacketNo(r.u32()?), pts: r.opt()?, dts: r.opt()?, pos: r.opt()? });
     }
-    let n = r.count(8)?;
-    let mut digests = Vec::with_capacity(n);
-    for _ in 0..n {
-        digests.push(r.u64()?);
-    }
-    let n = r.count(8)?;
-    let mut packet_pts = Vec::with_capacity(n);
-    for _ in 0..n {
-        packet_pts.push(r.u64()? as i64);
-    }
+    let digests = r.u64s()?;
+    let packet_pts: Vec<i64> = r.u64s()?.into_iter().map(|v| v as i64).collect();
     if !r.0.is_empty() {
         return None;
     }
@@ -344,6 +330,11 @@ impl Writer {
         self.u8(v.is_some() as u8);
         self.u64(v.unwrap_or(0) as u64);
     }
+    /// A count, then the values.
+    fn u64s(&mut self, values: impl ExactSizeIterator<Item = u64>) {
+        self.u64(values.len() as u64);
+        values.for_each(|v| self.u64(v));
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -377,6 +368,15 @@ impl Reader<'_> {
     }
     fn len(&mut self) -> Option<usize> {
         usize::try_from(self.u64()?).ok()
+    }
+    /// What [`Writer::u64s`] wrote.
+    fn u64s(&mut self) -> Option<Vec<u64>> {
+        let n = self.count(8)?;
+        let mut values = Vec::with_capacity(n);
+        for _ in 0..n {
+            values.push(self.u64()?);
+        }
+        Some(values)
     }
     /// A count of records of `size` bytes each, no more than the bytes left can hold (a
     /// damaged count never allocates more than the file).
