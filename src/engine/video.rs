@@ -82,7 +82,7 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
 pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError> {
     const PROBED: usize = 120;
     let mut shown: Vec<Option<i64>> = Vec::new();
-    decode_from_start(path, video, Some(PROBED), 1, &mut |_| {}, &mut |f| shown.push(f.pts().map(|p| p.0)))?;
+    decode_from_start(path, video, Some(PROBED), 1, &mut |_, _| {}, &mut |f| shown.push(f.pts().map(|p| p.0)))?;
     Ok(shown.windows(2).all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if a < b)))
 }
 
@@ -94,7 +94,6 @@ fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let mut metas = Vec::new();
     let mut keys = Vec::new();
-    let mut sent = 0u32;
     let mut last_pos = None;
     // The frames are counted by the frame callback and the keyframe packets noted by the packet
     // callback, which the decode calls in turn: both need the count.
@@ -104,13 +103,12 @@ fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta
         video,
         None,
         threads,
-        &mut |p| {
+        &mut |packet, p| {
             last_pos = p.byte_position().or(last_pos);
             if p.meta.key {
                 let (pts, dts) = (p.meta.pts, p.meta.dts);
-                keys.push(KeyPacket { packet: PacketNo(sent), pts, dts, pos: last_pos, shown_before: shown.get() });
+                keys.push(KeyPacket { packet, pts, dts, pos: last_pos, shown_before: shown.get() });
             }
-            sent += 1;
         },
         &mut |f| {
             shown.set(shown.get() + 1);
@@ -132,8 +130,8 @@ fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta
     Ok(VideoIndex::from_decode(file.info().clone(), packets.len(), &metas, &keys, file.seek_ways(), dts_in_order))
 }
 
-/// Decode `path` from its start on `threads` codec threads, handing every packet to `on_packet`
-/// before it is decoded and every frame to `on_frame`: the whole file, or its first `packets`
+/// Decode `path` from its start on `threads` codec threads, handing every packet (with its number
+/// in decode order) to `on_packet` before it is decoded and every frame to `on_frame`: the whole file, or its first `packets`
 /// packets and what the decoder then still holds. Returns the frames frame threading held the
 /// output back by ([`frame_thread_delay`](crate::engine::ffmpeg::VideoDecoder::frame_thread_delay)).
 fn decode_from_start(
@@ -141,7 +139,7 @@ fn decode_from_start(
     video: &str,
     packets: Option<usize>,
     threads: usize,
-    on_packet: &mut dyn FnMut(&VideoPacket),
+    on_packet: &mut dyn FnMut(PacketNo, &VideoPacket),
     on_frame: &mut dyn FnMut(DecodedFrame),
 ) -> Result<usize, EngineError> {
     let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
@@ -150,10 +148,10 @@ fn decode_from_start(
     let mut read = 0;
     loop {
         let packet = if packets.is_some_and(|n| read >= n) { None } else { file.read_packet().map_err(map)? };
-        read += 1;
         if let Some(p) = &packet {
-            on_packet(p);
+            on_packet(PacketNo(read as u32), p);
         }
+        read += 1;
         decoder.decode(packet.as_ref(), false, on_frame).map_err(map)?;
         if packet.is_none() {
             return Ok(decoder.frame_thread_delay());
