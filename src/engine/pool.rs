@@ -340,10 +340,10 @@ impl DecoderPool {
         w.queued.fetch_add(1, Ordering::AcqRel);
         w.last_used = Instant::now();
         w.last_class = class;
+        let entry = index.frame(until);
         w.predicted = Some(Position {
-            decoding_from: index.frame(until).map_or(crate::units::PacketNo(0), |f| index.seek_packet(f.seek)),
-            next_packet: index
-                .frame(until)
+            decoding_from: entry.map_or(crate::units::PacketNo(0), |f| index.seek_packet(f.seek)),
+            next_packet: entry
                 .and_then(|f| f.packet)
                 .map(|p| crate::units::PacketNo(p.0 + 1))
                 .unwrap_or(crate::units::PacketNo(until.0 + 1)),
