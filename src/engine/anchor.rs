@@ -105,6 +105,14 @@ impl Anchor {
         matches!(&self.state, State::Searching(c) if c.contains(&frame.0))
     }
 
+    /// Whether the last frame, not placed, stands after `target` wherever it is: every frame of
+    /// the video that looks like it does. Frames come out in presentation order, so `target` is
+    /// not coming (a seek landed past it in a video that is the same clip twice, say). Were a
+    /// frame's true place not among those looked at, this would cost a backoff, never a frame.
+    pub fn past(&self, target: FrameIndex) -> bool {
+        matches!(&self.state, State::Searching(c) if !c.is_empty() && c.iter().all(|&c| c > target.0))
+    }
+
     /// Whether more garbled frames came in a row than there are frames from the seek point to
     /// `until`: the frames after this seek do not decode as they do from the start, and the
     /// target is not coming.
@@ -195,6 +203,20 @@ mod tests {
         // 27 never came out: 28 is not what was expected next, and is placed afresh.
         assert_eq!(a.place(&d, 28), Some(FrameIndex(28)));
         assert_eq!(a.place(&d, 29), Some(FrameIndex(29)));
+    }
+
+    #[test]
+    fn a_frame_whose_look_alikes_all_come_after_the_target_is_past_it() {
+        // The same clip twice: every frame has a look-alike 50 frames on.
+        let d: Vec<u64> = (0..100).map(|i| i % 50).collect();
+        let mut a = Anchor::new(FrameIndex(60));
+        assert_eq!(a.place(&d, 7), None);
+        assert!(a.past(FrameIndex(5)), "7 and 57 are both after 5");
+        assert!(!a.past(FrameIndex(20)), "7 may come before 20");
+        assert!(!a.past(FrameIndex(57)));
+        // A frame matching nothing says nothing about where the decode stands.
+        assert_eq!(a.place(&d, 5000), None);
+        assert!(!a.past(FrameIndex(5)));
     }
 
     #[test]

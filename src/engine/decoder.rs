@@ -426,10 +426,13 @@ impl FrameDecoder {
                 let Some(idx) = self.identify_frame(&frame) else {
                     if let Some(anchor) = &self.anchor {
                         self.stats.frames_decoded.inc();
-                        // Not placed yet, but with the target's digest: its pixels.
-                        if found.is_none() && anchor.could_be(target) {
+                        // Not placed yet, but with the target's digest: its pixels. Or after the
+                        // target wherever it stands.
+                        let (is_target, past) = (anchor.could_be(target), anchor.past(target));
+                        if found.is_none() && is_target {
                             found = Some(self.convert(target, &frame, spec)?);
                         }
+                        passed |= found.is_none() && past;
                     }
                     continue;
                 };
