@@ -38,6 +38,11 @@ pub enum RequestError {
     Timeout(f64),
     #[error("the client's deadline ({0:.3}s) passed before the answer was ready")]
     ClientDeadline(f64),
+    #[error(
+        "{reason}: video {video} is still being indexed (a file without timestamps is decoded whole the first time \
+         it is opened); that goes on without the request: ask again later"
+    )]
+    StillIndexing { video: String, reason: String },
     #[error("the video changed: the URL names content {asked}, the file is now {now}")]
     StaleVersion { asked: String, now: String },
     #[error("the frame server is draining before it stops: retry on another replica or later")]
@@ -83,7 +88,9 @@ impl Error {
                 | RequestError::BatchTooLarge { .. }
                 | RequestError::BadRange(_)
                 | RequestError::NotOneOf { .. } => Code::InvalidArgument,
-                RequestError::Timeout(_) | RequestError::ClientDeadline(_) => Code::DeadlineExceeded,
+                RequestError::Timeout(_) | RequestError::ClientDeadline(_) | RequestError::StillIndexing { .. } => {
+                    Code::DeadlineExceeded
+                }
                 RequestError::StaleVersion { .. } => Code::FailedPrecondition,
                 RequestError::Draining => Code::Unavailable,
                 RequestError::FrameTooLarge { .. } => Code::ResourceExhausted,

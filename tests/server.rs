@@ -858,6 +858,31 @@ async fn a_client_deadline_and_the_server_limit_both_answer_deadline_exceeded() 
     assert!(err.message().contains("longer than 0.3s"), "{}", err.message());
 }
 
+/// The first request for a long file without timestamps waits for a decode pass over the whole
+/// file. A deadline shorter than that pass answers DEADLINE_EXCEEDED saying the video is being
+/// indexed, and the pass goes on without the request: the next one gets the index it made
+/// rather than starting another pass (with no state directory to find it in either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
+    let d = start_with(|c| c.state_dir = "none".into()).await;
+    let long = long_video(&d.media);
+    let raw = d.media.join("long.h264");
+    ffmpeg(&["-i", long.to_str().unwrap(), "-c", "copy", "-bsf:v", "h264_mp4toannexb", raw.to_str().unwrap()]);
+    let mut c = d.client().await;
+    let mut request = tonic::Request::new(pb::GetVideoInfoRequest { video: "long.h264".into() });
+    request.set_timeout(std::time::Duration::from_millis(100));
+    let err = c.get_video_info(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+    assert!(err.message().contains("long.h264 is still being indexed"), "{}", err.message());
+    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "long.h264".into() }).await.unwrap().into_inner();
+    assert_eq!(info.frame_count, 900);
+    assert_eq!(d.store.stats().videos_indexed, 1, "the second request started a second decode pass");
+    // Its frames are then served like any other video's.
+    let frame = c.request_frame(by_index("long.h264", 450)).await.unwrap().into_inner();
+    assert_eq!(frame.index, 450);
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panicking_decoder_answers_internal_is_replaced_and_the_others_carry_on() {
     let d = start().await;

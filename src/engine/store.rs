@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, Stream, StreamExt, TryStreamExt};
 use lru::LruCache;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, OnceCell};
+use tokio::sync::oneshot;
 
 use crate::engine::budget::{Budget, Paid};
 use crate::engine::buffers::BufferPool;
@@ -25,7 +26,7 @@ use crate::engine::dups;
 pub use crate::engine::ffmpeg::ClipCodec;
 use crate::engine::fingerprints::Fingerprints;
 use crate::engine::hashes::HashTable;
-use crate::engine::index_store::{self, ContentKey, StateDir};
+use crate::engine::index_store::StateDir;
 use crate::engine::output::{self, Encoding, OutputSpec};
 use crate::engine::pool::{DecoderPool, OpenVideo, PoolConfig, SubmitError, VideoId};
 pub use crate::engine::registry::{CachedFrame, Frame, FrameMeta};
@@ -35,7 +36,7 @@ use crate::engine::segments;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
-use crate::engine::video::build_index;
+use crate::engine::video::open_video;
 use crate::engine::EngineError;
 use crate::error::Error;
 use crate::media_roots::{MediaRoots, RootsError};
@@ -192,7 +193,23 @@ impl Submission {
 
 struct VideoSlot {
     id: VideoId,
-    video: OnceCell<Result<Arc<OpenVideo>, EngineError>>,
+    /// The name of the request that opened it.
+    name: String,
+    video: IndexJob,
+}
+
+/// A video's opening (its index read from the state directory, or built), shared by every
+/// request for it. It runs on a blocking thread of its own and goes on when the requests that
+/// wait for it give up (a deadline shorter than a decode pass over a long file): its result
+/// stays in the slot, so the next request gets it rather than starting the pass again.
+type IndexJob = Shared<BoxFuture<'static, Result<Arc<OpenVideo>, EngineError>>>;
+
+fn index_job(id: VideoId, name: String, state: StateDir, stats: Arc<EngineStats>) -> IndexJob {
+    let build = {
+        let (name, stats) = (name.clone(), stats.clone());
+        tokio::task::spawn_blocking(move || open_video(id, name, &state, &stats))
+    };
+    async move { build.await.unwrap_or_else(|e| Err(joined(&stats, &name, "the index build")(e))) }.boxed().shared()
 }
 
 pub struct FrameStore {
@@ -289,67 +306,20 @@ impl FrameStore {
             match videos.get(&id.path) {
                 Some(slot) if slot.id == id => slot.clone(),
                 _ => {
-                    let slot = Arc::new(VideoSlot { id: id.clone(), video: OnceCell::new() });
+                    let job = index_job(id.clone(), name.to_string(), self.state.clone(), self.stats.clone());
+                    let slot = Arc::new(VideoSlot { id: id.clone(), name: name.to_string(), video: job });
                     videos.put(id.path.clone(), slot.clone());
                     slot
                 }
             }
         };
-        let stats = self.stats.clone();
-        let state = self.state.clone();
-        let id = slot.id.clone();
-        let result = slot
-            .video
-            .get_or_init(|| async move {
-                let owned = name.to_string();
-                tokio::task::spawn_blocking(move || {
-                    let name = owned;
-                    let unreadable =
-                        |e: std::io::Error| EngineError::NotAVideo { video: name.clone(), reason: e.to_string() };
-                    let started = std::time::Instant::now();
-                    let content_key = ContentKey::of(&id.path).map_err(unreadable)?;
-                    let keyed = started.elapsed();
-                    let stored = state.dir.as_deref().and_then(|dir| index_store::load(dir, &content_key));
-                    let index = match stored {
-                        Some(index) => {
-                            stats.index_loads.inc();
-                            tracing::debug!(
-                                video = %name,
-                                frames = index.frame_count(),
-                                key_ms = keyed.as_secs_f64() * 1e3,
-                                load_ms = (started.elapsed() - keyed).as_secs_f64() * 1e3,
-                                "index read from the state directory"
-                            );
-                            index
-                        }
-                        None => {
-                            let started = std::time::Instant::now();
-                            let index = build_index(&id.path, &name)?;
-                            stats.videos_indexed.inc();
-                            stats.index_build_us.add(started.elapsed().as_micros() as u64);
-                            tracing::info!(
-                                video = %name,
-                                frames = index.frame_count(),
-                                keyframes = index.keyframe_count,
-                                identity = ?index.identity,
-                                ms = started.elapsed().as_millis() as u64,
-                                "indexed"
-                            );
-                            if let Some(dir) = state.dir.as_deref() {
-                                if let Err(e) = index_store::save(dir, &content_key, &index, state.max_bytes) {
-                                    tracing::warn!(video = %name, error = %e, "cannot store the index");
-                                }
-                            }
-                            index
-                        }
-                    };
-                    Ok(Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key }))
-                })
-                .await
-                .unwrap_or_else(|e| Err(joined(&self.stats, name, "the index build")(e)))
-            })
-            .await;
-        Ok(result.clone()?)
+        Ok(slot.video.clone().await?)
+    }
+
+    /// Whether the video a client calls `name` is being indexed now (its first request came and
+    /// the index pass has not finished): what a request that ran out of time was waiting for.
+    pub fn indexing(&self, name: &str) -> bool {
+        self.videos.lock().iter().any(|(_, slot)| slot.name == name && slot.video.peek().is_none())
     }
 
     /// The frame a target points at, clamped to the video or an OUT_OF_RANGE error.

@@ -3,16 +3,20 @@
 //!
 //! A [`VideoId`] names the file's content as far as caching goes (a replaced file is a new
 //! video, so stale frames are never served); an [`OpenVideo`] is what requests, decoders and the
-//! frame registry share; [`build_index`] makes the index with one demux pass (or, for files
-//! without usable timestamps, one decode pass).
+//! frame registry share. [`open_video`] reads a video's index from the state directory, or has
+//! [`build_index`] make it with one demux pass (or, for files without usable timestamps, one
+//! decode pass, which takes turns with the other files' passes).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use parking_lot::{Condvar, Mutex};
+
 use crate::engine::ffmpeg::{DecodedFrame, FfmpegError, MediaFile, PacketMeta, VideoPacket};
 use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, KeyPacket, VideoIndex};
-use crate::engine::index_store::ContentKey;
+use crate::engine::index_store::{self, ContentKey, StateDir};
 use crate::engine::output::OutputSpec;
+use crate::engine::stats::EngineStats;
 use crate::engine::EngineError;
 use crate::units::PacketNo;
 
@@ -47,6 +51,55 @@ impl OpenVideo {
         let raw = spec.raw_spec(width, height);
         u64::from(raw.width) * u64::from(raw.height) * raw.pixel_format.bytes_per_pixel() as u64
     }
+}
+
+/// Open a video on a blocking thread: its index from the state directory, or built (and then
+/// stored).
+pub fn open_video(
+    id: VideoId,
+    name: String,
+    state: &StateDir,
+    stats: &EngineStats,
+) -> Result<Arc<OpenVideo>, EngineError> {
+    let unreadable = |e: std::io::Error| EngineError::NotAVideo { video: name.clone(), reason: e.to_string() };
+    let started = std::time::Instant::now();
+    let content_key = ContentKey::of(&id.path).map_err(unreadable)?;
+    let keyed = started.elapsed();
+    let stored = state.dir.as_deref().and_then(|dir| index_store::load(dir, &content_key));
+    let index = match stored {
+        Some(index) => {
+            stats.index_loads.inc();
+            tracing::debug!(
+                video = %name,
+                frames = index.frame_count(),
+                key_ms = keyed.as_secs_f64() * 1e3,
+                load_ms = (started.elapsed() - keyed).as_secs_f64() * 1e3,
+                "index read from the state directory"
+            );
+            index
+        }
+        None => {
+            let started = std::time::Instant::now();
+            let index = build_index(&id.path, &name)?;
+            stats.videos_indexed.inc();
+            stats.index_build_us.add(started.elapsed().as_micros() as u64);
+            tracing::info!(
+                video = %name,
+                frames = index.frame_count(),
+                keyframes = index.keyframe_count,
+                identity = ?index.identity,
+                ms = started.elapsed().as_millis() as u64,
+                "indexed"
+            );
+            if let Some(dir) = state.dir.as_deref() {
+                if let Err(e) = index_store::save(dir, &content_key, &index, state.max_bytes) {
+                    tracing::warn!(video = %name, error = %e, "cannot store the index");
+                }
+            }
+            index
+        }
+    };
+    Ok(Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key }))
 }
 
 /// Build a video's index: one demux pass without decoding, or, for files whose packets carry
@@ -91,7 +144,9 @@ pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError>
 /// demux pass's, `packets` what it read). On frame threads, up to eight: the whole file is
 /// decoded, and it is what opening such a file costs.
 fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta]) -> Result<VideoIndex, EngineError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.min(8);
+    let _turn = DECODE_PASSES.enter(cores.max(2), video);
     let mut metas = Vec::new();
     let mut keys = Vec::new();
     let mut last_pos = None;
@@ -130,6 +185,45 @@ fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta
     Ok(VideoIndex::from_decode(file.info().clone(), packets.len(), &metas, &keys, file.seek_ways(), dts_in_order))
 }
 
+/// Decode passes running now. Each uses every core and holds a decoder's frames per frame
+/// thread, so a folder of DVD VOBs or camera streams opened at once (a labelling tool listing
+/// them) would otherwise start them all together: their memory adds up, they share the cores,
+/// and all of them finish at the end. Taking turns, the first files open early.
+static DECODE_PASSES: Turns = Turns::new();
+
+struct Turns {
+    running: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct Turn(&'static Turns);
+
+impl Turns {
+    const fn new() -> Turns {
+        Turns { running: Mutex::new(0), freed: Condvar::new() }
+    }
+
+    /// Wait (on the calling blocking thread) until fewer than `limit` passes run, and run.
+    fn enter(&'static self, limit: usize, video: &str) -> Turn {
+        let mut running = self.running.lock();
+        if *running >= limit {
+            tracing::info!(video, running = *running, "waiting for another file's decode pass to finish");
+        }
+        while *running >= limit {
+            self.freed.wait(&mut running);
+        }
+        *running += 1;
+        Turn(self)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        *self.0.running.lock() -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// Decode `path` from its start on `threads` codec threads, handing every packet (with its number
 /// in decode order) to `on_packet` before it is decoded and every frame to `on_frame`: the whole file, or its first `packets`
 /// packets and what the decoder then still holds. Returns the frames frame threading held the
@@ -156,5 +250,33 @@ fn decode_from_start(
         if packet.is_none() {
             return Ok(decoder.frame_thread_delay());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn decode_passes_take_turns_within_their_limit() {
+        static TURNS: Turns = Turns::new();
+        static NOW: AtomicUsize = AtomicUsize::new(0);
+        static MOST: AtomicUsize = AtomicUsize::new(0);
+        let passes: Vec<_> = (0..6)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let _turn = TURNS.enter(2, "v");
+                    MOST.fetch_max(NOW.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    NOW.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for p in passes {
+            p.join().unwrap();
+        }
+        assert_eq!(MOST.load(Ordering::SeqCst), 2);
+        assert_eq!(*TURNS.running.lock(), 0, "every turn was given back");
     }
 }

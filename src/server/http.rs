@@ -27,7 +27,7 @@ use crate::engine::output::{Encoding, OutputSpec};
 use crate::error::{code_name, http_status, Error, RequestError};
 use crate::proto::v1 as pb;
 use crate::server::metrics::Metrics;
-use crate::server::service::{report, with_timeout, FrameService};
+use crate::server::service::{report, Deadline, FrameService};
 use crate::units::FrameIndex;
 
 /// The viewer page, embedded so that users need no build step.
@@ -150,7 +150,10 @@ async fn video_route(
 ) -> Result<Response, HttpError> {
     match VideoRoute::parse(&rest)? {
         VideoRoute::Info(video) => {
-            let info = with_timeout(state.service.request_timeout(), state.service.info(&video)).await?;
+            let info = state
+                .service
+                .within(Deadline::Server(state.service.request_timeout()), &video, state.service.info(&video))
+                .await?;
             Ok(axum::Json(info_json(&info)).into_response())
         }
         VideoRoute::Frame(video, i) => frame(&state, video, pb::frame_request::Target::Index(i), &q, &headers).await,
@@ -312,7 +315,7 @@ async fn frame(
         Ok::<_, Error>(frame_response(frame, tag, cache_control))
     };
     let target = format!("{:?}", req.target);
-    with_timeout(service.request_timeout(), answer).await.map_err(|e| {
+    service.within(Deadline::Server(service.request_timeout()), &video, answer).await.map_err(|e| {
         report("GET frame", &video, &target, e.clone());
         HttpError(e)
     })
@@ -371,8 +374,11 @@ async fn storyboard(state: &HttpState, video: String, q: &HashMap<String, String
         jpeg_quality: number(q, "quality")?.unwrap_or(0),
         upright: flag(q, "upright")?,
     };
-    let board =
-        with_timeout(state.service.request_timeout(), state.service.storyboard_inner(req)).await.map_err(|e| {
+    let board = state
+        .service
+        .within(Deadline::Server(state.service.request_timeout()), &video, state.service.storyboard_inner(req))
+        .await
+        .map_err(|e| {
             report("GET storyboard", &video, "", e.clone());
             HttpError(e)
         })?;

@@ -188,6 +188,25 @@ impl FrameService {
         Duration::from_secs_f64(self.limits.request_timeout_s)
     }
 
+    /// Run a unary call on `video` within its deadline. A deadline that passes while the video is
+    /// still being indexed says so: the first request for a long file without timestamps waits
+    /// for a decode of the whole file, which goes on after the call gives up.
+    pub(crate) async fn within<T>(
+        &self,
+        bound: Deadline,
+        video: &str,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        bound.bound(fut).await.map_err(|e| match e {
+            Error::Request(RequestError::Timeout(_) | RequestError::ClientDeadline(_))
+                if self.store.indexing(video) =>
+            {
+                RequestError::StillIndexing { video: video.to_string(), reason: e.to_string() }.into()
+            }
+            e => e,
+        })
+    }
+
     /// Mark a request in flight until the guard drops (shutdown waits for it).
     pub(crate) fn enter(&self) -> InFlightGuard {
         self.in_flight.enter()
@@ -548,8 +567,8 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let bound = deadline(self.request_timeout(), &request);
         let req = request.into_inner();
         let span = tracing::debug_span!("GetVideoInfo", video = %req.video);
-        let info = bound
-            .bound(self.info(&req.video))
+        let info = self
+            .within(bound, &req.video, self.info(&req.video))
             .instrument(span)
             .await
             .map_err(|e| report("GetVideoInfo", &req.video, "", e))?;
@@ -571,8 +590,8 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let video = req.video.clone();
         let target = format!("{:?}", req.target);
         let span = tracing::debug_span!("RequestFrame", video = %video, target = %target);
-        let frame = bound
-            .bound(self.request_frame_inner(req))
+        let frame = self
+            .within(bound, &video, self.request_frame_inner(req))
             .instrument(span.clone())
             .await
             .map_err(|e| report("RequestFrame", &video, &target, e))?;
@@ -633,8 +652,10 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let bound = deadline(self.request_timeout(), &request);
         let req = request.into_inner();
         let name = req.video.clone();
-        let report =
-            bound.bound(self.duplicates_inner(req)).await.map_err(|e| report("FindDuplicates", &name, "", e))?;
+        let report = self
+            .within(bound, &name, self.duplicates_inner(req))
+            .await
+            .map_err(|e| report("FindDuplicates", &name, "", e))?;
         Ok(Response::new(report))
     }
 
@@ -671,7 +692,10 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let bound = deadline(self.request_timeout(), &request);
         let req = request.into_inner();
         let name = req.video.clone();
-        let board = bound.bound(self.storyboard_inner(req)).await.map_err(|e| report("GetStoryboard", &name, "", e))?;
+        let board = self
+            .within(bound, &name, self.storyboard_inner(req))
+            .await
+            .map_err(|e| report("GetStoryboard", &name, "", e))?;
         Ok(Response::new(board))
     }
 
