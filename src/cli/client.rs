@@ -169,7 +169,7 @@ async fn run_async(command: Command) -> Result<(), String> {
             println!("seeks:          {}", s.seeks);
             println!("frames decoded: {}", s.frames_decoded);
             println!("abandoned:      {} (requests gone before their decode started)", s.abandoned);
-            println!("videos indexed: {}", s.videos_indexed);
+            println!("videos indexed: {} ({} being indexed now)", s.videos_indexed, s.videos_indexing);
             println!("requests:       {}", s.requests);
         }
         Command::Get(args) => {

@@ -80,6 +80,8 @@ pub struct StoreStats {
     /// Bytes of frames paid for by responses in flight.
     pub inflight_bytes: u64,
     pub videos_indexed: u64,
+    /// Videos being opened now (their index read or built; requests for them wait).
+    pub videos_indexing: u64,
     pub requests: u64,
     /// Time spent building indexes, in seconds, and indexes read back from the state directory.
     pub index_build_s: f64,
@@ -760,6 +762,7 @@ impl FrameStore {
             stream_segments: self.stats.stream_segments.get(),
             inflight_bytes: self.budget.in_use(),
             videos_indexed: self.stats.videos_indexed.get(),
+            videos_indexing: self.videos.lock().iter().filter(|(_, slot)| slot.video.peek().is_none()).count() as u64,
             requests: self.stats.requests.get(),
             index_build_s: self.stats.index_build_us.get() as f64 / 1e6,
             index_loads: self.stats.index_loads.get(),

@@ -203,6 +203,11 @@ impl Collector for EngineCollector {
         gauge("cache_capacity_bytes", "The cache's bound in bytes", s.cache.capacity as f64)?;
         gauge("cache_entries", "Frames in the cache", s.cache.entries as f64)?;
         gauge("decoders_open", "Decoders open", s.open_decoders as f64)?;
+        gauge(
+            "videos_indexing",
+            "Videos being opened (index read or built) that requests wait for",
+            s.videos_indexing as f64,
+        )?;
         gauge("decoders_busy", "Decoders running interactive, stream or bulk work", s.decoders_busy as f64)?;
         gauge("decode_queue_depth", "Decode jobs queued on all decoders", s.queued_jobs as f64)?;
         gauge("inflight_bytes", "Bytes of frames handed to responses and not yet sent", s.inflight_bytes as f64)?;

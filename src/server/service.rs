@@ -741,6 +741,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
             inflight_bytes: s.inflight_bytes,
             videos_indexed: s.videos_indexed,
             requests: s.requests,
+            videos_indexing: s.videos_indexing,
         }))
     }
 }

@@ -164,6 +164,7 @@ def test_metrics_parse_and_count_what_was_asked(base):
                  "framesrv_decoders_open",
                  "framesrv_decoders_busy", "framesrv_decode_queue_depth", "framesrv_frames_decoded_total",
                  "framesrv_seeks_total", "framesrv_index_builds_total", "framesrv_index_build_seconds_total",
+                 "framesrv_videos_indexing",
                  "framesrv_inflight_bytes", "framesrv_process_resident_memory_bytes"]:
         assert name + "[]" in after, name
     assert after["framesrv_process_resident_memory_bytes[]"] > 1 << 20
