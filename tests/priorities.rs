@@ -61,3 +61,44 @@ async fn a_fill_runs_at_the_speculative_priority_on_its_codec_threads_too() {
     assert_eq!(nice_of_decoder_threads("fsrv-dec-0"), [19, 19, 19], "the decoder thread and its two codec threads");
     d.stop().await;
 }
+
+/// Nice values of every thread of this process.
+fn nice_of_all_threads() -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let close = stat.rfind(')').unwrap();
+        out.push(stat[close + 2..].split(' ').nth(16).unwrap().parse().unwrap());
+    }
+    out
+}
+
+/// A decode pass over a file without timestamps (the index of a raw `.h264`) runs as bulk work,
+/// on its codec threads too, and leaves the blocking thread it ran on as it found it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_decode_pass_runs_at_the_bulk_priority() {
+    if !cfg!(target_os = "linux") || !may_lower_nice() {
+        eprintln!("skipped: CPU priorities need Linux and root (or CAP_SYS_NICE)");
+        return;
+    }
+    const BULK: i32 = 14;
+    let dir = scratch();
+    std::fs::create_dir_all(dir.path().join("media")).unwrap();
+    let d = Daemon::start(dir, |c| c.state_dir = "none".into()).await;
+    let long = long_video(&d.media);
+    let raw = d.media.join("long.h264");
+    ffmpeg(&["-i", long.to_str().unwrap(), "-c", "copy", "-bsf:v", "h264_mp4toannexb", raw.to_str().unwrap()]);
+    let store = d.store.clone();
+    let open = tokio::spawn(async move { store.open("long.h264").await.map(|v| v.index.frame_count()) });
+    let mut most = 0;
+    while !open.is_finished() {
+        most = most.max(nice_of_all_threads().iter().filter(|&&n| n == BULK).count());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(open.await.unwrap().unwrap(), 900);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    // The pass's own thread, and its codec threads where it has more than one.
+    let expected = if threads > 1 { 1 + threads } else { 1 };
+    assert!(most >= expected, "{most} threads at nice {BULK} during the pass, {expected} expected");
+    assert!(!nice_of_all_threads().contains(&BULK), "a thread stayed at the bulk priority after the pass");
+}

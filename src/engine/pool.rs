@@ -511,6 +511,11 @@ impl DecoderPool {
         self.workers.lock().clear();
     }
 
+    /// Whether classes of work run at CPU priorities of their own (configured, and allowed here).
+    pub fn cpu_priorities(&self) -> bool {
+        self.config.cpu_priorities
+    }
+
     pub fn decoder_count(&self) -> usize {
         self.workers.lock().len()
     }

@@ -206,10 +206,10 @@ struct VideoSlot {
 /// stays in the slot, so the next request gets it rather than starting the pass again.
 type IndexJob = Shared<BoxFuture<'static, Result<Arc<OpenVideo>, EngineError>>>;
 
-fn index_job(id: VideoId, name: String, state: StateDir, stats: Arc<EngineStats>) -> IndexJob {
+fn index_job(id: VideoId, name: String, state: StateDir, stats: Arc<EngineStats>, pass_nice: Option<i32>) -> IndexJob {
     let build = {
         let (name, stats) = (name.clone(), stats.clone());
-        tokio::task::spawn_blocking(move || open_video(id, name, &state, &stats))
+        tokio::task::spawn_blocking(move || open_video(id, name, &state, &stats, pass_nice))
     };
     async move { build.await.unwrap_or_else(|e| Err(joined(&stats, &name, "the index build")(e))) }.boxed().shared()
 }
@@ -308,7 +308,10 @@ impl FrameStore {
             match videos.get(&id.path) {
                 Some(slot) if slot.id == id => slot.clone(),
                 _ => {
-                    let job = index_job(id.clone(), name.to_string(), self.state.clone(), self.stats.clone());
+                    // A decode pass over a whole file is bulk work, as a hash pass is.
+                    let pass_nice = self.pool.cpu_priorities().then(|| Class::Bulk.nice());
+                    let job =
+                        index_job(id.clone(), name.to_string(), self.state.clone(), self.stats.clone(), pass_nice);
                     let slot = Arc::new(VideoSlot { id: id.clone(), name: name.to_string(), video: job });
                     videos.put(id.path.clone(), slot.clone());
                     slot

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::engine::ffmpeg::{DecodedFrame, FfmpegError, MediaFile, PacketMeta, VideoPacket};
+use crate::engine::ffmpeg::{
+    current_thread_id, set_thread_nice, DecodedFrame, FfmpegError, MediaFile, PacketMeta, VideoPacket,
+};
 use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, KeyPacket, VideoIndex};
 use crate::engine::index_store::{self, ContentKey, StateDir};
 use crate::engine::output::OutputSpec;
@@ -60,6 +62,7 @@ pub fn open_video(
     name: String,
     state: &StateDir,
     stats: &EngineStats,
+    pass_nice: Option<i32>,
 ) -> Result<Arc<OpenVideo>, EngineError> {
     let unreadable = |e: std::io::Error| EngineError::NotAVideo { video: name.clone(), reason: e.to_string() };
     let started = std::time::Instant::now();
@@ -80,7 +83,7 @@ pub fn open_video(
         }
         None => {
             let started = std::time::Instant::now();
-            let index = build_index(&id.path, &name)?;
+            let index = build_index_niced(&id.path, &name, pass_nice)?;
             stats.videos_indexed.inc();
             stats.index_build_us.add(started.elapsed().as_micros() as u64);
             tracing::info!(
@@ -105,6 +108,14 @@ pub fn open_video(
 /// Build a video's index: one demux pass without decoding, or, for files whose packets carry
 /// no usable timestamps, one sequential decode pass.
 pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
+    build_index_niced(path, video, None)
+}
+
+/// [`build_index`], with the decode pass (where one is needed) and its codec threads at nice
+/// `pass_nice`: a daemon runs it as bulk work, so that a minute-long pass over a file without
+/// timestamps does not slow the clicks and streams on videos already open. The demux pass,
+/// milliseconds, runs at the caller's priority.
+pub fn build_index_niced(path: &Path, video: &str, pass_nice: Option<i32>) -> Result<VideoIndex, EngineError> {
     let mut file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
     let mut packets = Vec::new();
     while let Some(p) = file.read_packet().map_err(|e| EngineError::from_ffmpeg(video, e))? {
@@ -119,7 +130,11 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
     };
     let index = match by_packets {
         Some(index) => index,
-        None => decode_pass(path, video, &file, &packets)?,
+        None => {
+            let _turn = DECODE_PASSES.enter(video);
+            let _nice = pass_nice.map(AtNice::enter);
+            decode_pass(path, video, &file, &packets)?
+        }
     };
     if index.frame_count() == 0 {
         return Err(EngineError::NoFrames { video: video.to_string() });
@@ -144,9 +159,7 @@ pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError>
 /// demux pass's, `packets` what it read). On frame threads, up to eight: the whole file is
 /// decoded, and it is what opening such a file costs.
 fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta]) -> Result<VideoIndex, EngineError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = cores.min(8);
-    let _turn = DECODE_PASSES.enter(cores.max(2), video);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let mut metas = Vec::new();
     let mut keys = Vec::new();
     let mut last_pos = None;
@@ -203,8 +216,14 @@ impl Turns {
         Turns { running: Mutex::new(0), freed: Condvar::new() }
     }
 
-    /// Wait (on the calling blocking thread) until fewer than `limit` passes run, and run.
-    fn enter(&'static self, limit: usize, video: &str) -> Turn {
+    /// Wait (on the calling blocking thread) until fewer passes run than the machine has cores
+    /// (two at least), and run.
+    fn enter(&'static self, video: &str) -> Turn {
+        let limit = std::thread::available_parallelism().map_or(1, |n| n.get()).max(2);
+        self.enter_within(limit, video)
+    }
+
+    fn enter_within(&'static self, limit: usize, video: &str) -> Turn {
         let mut running = self.running.lock();
         if *running >= limit {
             tracing::info!(video, running = *running, "waiting for another file's decode pass to finish");
@@ -221,6 +240,25 @@ impl Drop for Turn {
     fn drop(&mut self) {
         *self.0.running.lock() -= 1;
         self.0.freed.notify_one();
+    }
+}
+
+/// The calling thread at a nice value until dropped, then back at 0 (a blocking-pool thread is
+/// used again for other work). Threads it starts meanwhile, such as a codec's frame threads,
+/// keep the value. Only used where lowering it back is allowed (the pool's probe).
+struct AtNice(i32);
+
+impl AtNice {
+    fn enter(nice: i32) -> AtNice {
+        let me = current_thread_id();
+        set_thread_nice(me, nice);
+        AtNice(me)
+    }
+}
+
+impl Drop for AtNice {
+    fn drop(&mut self) {
+        set_thread_nice(self.0, 0);
     }
 }
 
@@ -266,7 +304,7 @@ mod tests {
         let passes: Vec<_> = (0..6)
             .map(|_| {
                 std::thread::spawn(|| {
-                    let _turn = TURNS.enter(2, "v");
+                    let _turn = TURNS.enter_within(2, "v");
                     MOST.fetch_max(NOW.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
                     std::thread::sleep(std::time::Duration::from_millis(30));
                     NOW.fetch_sub(1, Ordering::SeqCst);
