@@ -52,7 +52,7 @@ pub struct CompareArgs {
     /// Run the daemon with `decoder.cpu_priorities = false` (to measure what they cost or gain).
     #[arg(long)]
     pub no_cpu_priorities: bool,
-    /// Only these figures (comma-separated): engine, stream, fbf, cold, counted, warm, backtrack,
+    /// Only these figures (comma-separated): engine, stream, fbf, cold, counted, opening, warm, backtrack,
     /// interactive, python, jobs, load, hour, restart; hour-hashes (the hash pass over the one-hour file,
     /// some 20 minutes) only when named. All the others by default (the references are always
     /// measured).
@@ -634,6 +634,121 @@ fn counted_figures(
     Ok(())
 }
 
+/// Files without timestamps opened together, as a labelling tool listing a folder of camera
+/// streams opens them: each is indexed by a decode of the whole file. Fresh copies of the GOP-50
+/// clip's raw stream (new files, so no stored index is found), one opened alone first as the
+/// reference; then four at once, with cold clicks on the mp4 (already open) while they index,
+/// against the same clicks on an idle daemon. Decode passes take turns and run as bulk work, so
+/// the first file should open about as fast as one alone and the clicks stay near idle.
+fn opening_figures(
+    runtime: &tokio::runtime::Runtime,
+    media: &Path,
+    args: &CompareArgs,
+    g50: &Clip,
+    indices: &[usize],
+    report: &mut Report,
+) -> Result<(), String> {
+    const FILES: usize = 4;
+    let fresh = |name: &str| -> Result<(), String> {
+        let path = media.join(name);
+        let _ = std::fs::remove_file(&path);
+        run_quiet(
+            Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-i"])
+                .arg(&g50.path)
+                .args(["-c", "copy", "-f", "h264"])
+                .arg(&path),
+        )
+    };
+    let frames = g50.frames;
+    fresh("opening-alone.h264")?;
+    for k in 0..FILES {
+        fresh(&format!("opening-{k}.h264"))?;
+    }
+    let (alone, idle, busy, opened) = on_fresh_daemon(runtime, media, "1GiB", args, async |_, mut c| {
+        open_checked(&mut c, "g50.mp4".to_string(), frames).await?;
+        let t = Instant::now();
+        open_checked(&mut c, "opening-alone.h264".to_string(), frames).await?;
+        let alone = t.elapsed();
+        let mut idle = Vec::new();
+        for &i in indices {
+            idle.extend(timed_requests(&mut c, "g50.mp4", &[i], None, Some(0)).await?.0);
+        }
+        let t = Instant::now();
+        let opens: Vec<_> = (0..FILES)
+            .map(|k| {
+                let mut c = c.clone();
+                let name = format!("opening-{k}.h264");
+                tokio::spawn(async move { open_checked(&mut c, name, frames).await.map(|_| t.elapsed()) })
+            })
+            .collect();
+        // Clicks on other frames than the idle ones (those are cached), while a pass runs.
+        let mut busy = Vec::new();
+        for &i in indices {
+            if opens.iter().all(|o| o.is_finished()) {
+                break;
+            }
+            let i = (i + g50.frames / 2) % g50.frames;
+            busy.extend(timed_requests(&mut c, "g50.mp4", &[i], None, Some(0)).await?.0);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut opened = Vec::new();
+        for o in opens {
+            opened.push(o.await.map_err(|e| e.to_string())??);
+        }
+        opened.sort();
+        Ok((alone, idle, busy, opened))
+    })?;
+    let (first, all) = (opened[0], opened[FILES - 1]);
+    println!("  opening {FILES} raw .h264 at once: {}", opened.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", "));
+    let r = first.as_secs_f64() / alone.as_secs_f64();
+    report.add(
+        &format!("opening {FILES} raw .h264 at once: the first (vs one alone)"),
+        ms(first),
+        ms(alone),
+        Some(r),
+        "",
+        None,
+    );
+    let r = all.as_secs_f64() / (FILES as f64 * alone.as_secs_f64());
+    report.add(
+        &format!("opening {FILES} raw .h264 at once: all of them (vs {FILES}x one alone)"),
+        ms(all),
+        ms(alone * FILES as u32),
+        Some(r),
+        "",
+        None,
+    );
+    if busy.len() >= 5 {
+        let n = busy.len();
+        let (busy, idle) = (median(busy), median(idle));
+        let r = busy.as_secs_f64() / idle.as_secs_f64();
+        report.add(
+            &format!("cold random on an mp4 while they are indexed, keep_behind 0 ({n} clicks, median)"),
+            ms(busy),
+            format!("idle {}", ms(idle)),
+            Some(r),
+            "",
+            None,
+        );
+    }
+    for name in std::iter::once("opening-alone.h264".to_string()).chain((0..FILES).map(|k| format!("opening-{k}.h264")))
+    {
+        let _ = std::fs::remove_file(media.join(name));
+    }
+    Ok(())
+}
+
+/// Open `name` (its first `GetVideoInfo`) and check it has `frames` frames.
+async fn open_checked(c: &mut Client, name: String, frames: usize) -> Result<(), String> {
+    let info = c.get_video_info(pb::GetVideoInfoRequest { video: name.clone() }).await;
+    let info = info.map_err(|s| format!("{name}: {}", s.message()))?.into_inner();
+    if info.frame_count as usize != frames {
+        return Err(format!("{name}: {} frames, not {frames}", info.frame_count));
+    }
+    Ok(())
+}
+
 fn link_media(media: &Path, clip: &Clip, name: &str) -> Result<(), String> {
     let target = media.join(name);
     if !target.exists() {
@@ -876,6 +991,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
     }
     if args.wants("counted") {
         counted_figures(runtime, &media, args, &g50, &cold50, &mut report)?;
+    }
+    if args.wants("opening") {
+        opening_figures(runtime, &media, args, &g50, &cold50, &mut report)?;
     }
     // The per-request reference for the figures below: PyAV when it ran, else the ffmpeg CLI.
     let (reference_name, reference) = match pyav250_auto {
