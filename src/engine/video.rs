@@ -156,10 +156,10 @@ pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError>
 
 /// The index of a file whose packets cannot name its frames: one decode from the start, which
 /// counts the frames, digests each, and notes where its keyframe packets lie (`file` is the
-/// demux pass's, `packets` what it read). On frame threads, up to eight: the whole file is
+/// demux pass's, `packets` what it read). On frame threads ([`pass_threads`]): the whole file is
 /// decoded, and it is what opening such a file costs.
 fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta]) -> Result<VideoIndex, EngineError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let threads = pass_threads();
     let mut metas = Vec::new();
     let mut keys = Vec::new();
     let mut last_pos = None;
@@ -198,6 +198,12 @@ fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta
     Ok(VideoIndex::from_decode(file.info().clone(), packets.len(), &metas, &keys, file.seek_ways(), dts_in_order))
 }
 
+/// The codec threads of a decode pass: every core, up to eight (frame threads scale little
+/// beyond that, and each holds pictures of its own).
+fn pass_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+}
+
 /// Decode passes running now. Each uses every core and holds a decoder's frames per frame
 /// thread, so a folder of DVD VOBs or camera streams opened at once (a labelling tool listing
 /// them) would otherwise start them all together: their memory adds up, they share the cores,
@@ -216,11 +222,12 @@ impl Turns {
         Turns { running: Mutex::new(0), freed: Condvar::new() }
     }
 
-    /// Wait (on the calling blocking thread) until fewer passes run than the machine has cores
-    /// (two at least), and run.
+    /// Wait (on the calling blocking thread) until fewer passes run than it takes to keep every
+    /// core busy (each runs [`pass_threads`] codec threads), two at least so that one long file
+    /// does not hold up all the others, and run.
     fn enter(&'static self, video: &str) -> Turn {
-        let limit = std::thread::available_parallelism().map_or(1, |n| n.get()).max(2);
-        self.enter_within(limit, video)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.enter_within((cores / pass_threads()).max(2), video)
     }
 
     fn enter_within(&'static self, limit: usize, video: &str) -> Turn {
