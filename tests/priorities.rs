@@ -74,31 +74,43 @@ fn nice_of_all_threads() -> Vec<i32> {
 }
 
 /// A decode pass over a file without timestamps (the index of a raw `.h264`) runs as bulk work,
-/// on its codec threads too, and leaves the blocking thread it ran on as it found it.
+/// on its codec threads too, and leaves the blocking thread it ran on as it found it. Three such
+/// files opened at once take turns: never more passes run than `passes_at_once`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_index_decode_pass_runs_at_the_bulk_priority() {
+async fn index_decode_passes_run_at_the_bulk_priority_and_take_turns() {
     if !cfg!(target_os = "linux") || !may_lower_nice() {
         eprintln!("skipped: CPU priorities need Linux and root (or CAP_SYS_NICE)");
         return;
     }
     const BULK: i32 = 14;
+    const FILES: usize = 3;
     let dir = scratch();
     std::fs::create_dir_all(dir.path().join("media")).unwrap();
     let d = Daemon::start(dir, |c| c.state_dir = "none".into()).await;
     let long = long_video(&d.media);
-    let raw = d.media.join("long.h264");
-    ffmpeg(&["-i", long.to_str().unwrap(), "-c", "copy", "-bsf:v", "h264_mp4toannexb", raw.to_str().unwrap()]);
-    let store = d.store.clone();
-    let open = tokio::spawn(async move { store.open("long.h264").await.map(|v| v.index.frame_count()) });
+    for k in 0..FILES {
+        let raw = d.media.join(format!("long-{k}.h264"));
+        ffmpeg(&["-i", long.to_str().unwrap(), "-c", "copy", "-bsf:v", "h264_mp4toannexb", raw.to_str().unwrap()]);
+    }
+    let opens: Vec<_> = (0..FILES)
+        .map(|k| {
+            let store = d.store.clone();
+            tokio::spawn(async move { store.open(&format!("long-{k}.h264")).await.map(|v| v.index.frame_count()) })
+        })
+        .collect();
     let mut most = 0;
-    while !open.is_finished() {
+    while opens.iter().any(|o| !o.is_finished()) {
         most = most.max(nice_of_all_threads().iter().filter(|&&n| n == BULK).count());
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(open.await.unwrap().unwrap(), 900);
+    for o in opens {
+        assert_eq!(o.await.unwrap().unwrap(), 900);
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    // The pass's own thread, and its codec threads where it has more than one.
-    let expected = if threads > 1 { 1 + threads } else { 1 };
-    assert!(most >= expected, "{most} threads at nice {BULK} during the pass, {expected} expected");
-    assert!(!nice_of_all_threads().contains(&BULK), "a thread stayed at the bulk priority after the pass");
+    // A pass's own thread, and its codec threads where it has more than one.
+    let per_pass = if threads > 1 { 1 + threads } else { 1 };
+    let at_once = framesrv::engine::video::passes_at_once().min(FILES);
+    assert!(most >= per_pass, "{most} threads at nice {BULK} during the passes, {per_pass} expected at least");
+    assert!(most <= at_once * per_pass, "{most} threads at nice {BULK}: more than {at_once} passes at once");
+    assert!(!nice_of_all_threads().contains(&BULK), "a thread stayed at the bulk priority after the passes");
 }

@@ -36,7 +36,7 @@ use crate::engine::segments;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
-use crate::engine::video::open_video;
+use crate::engine::video::{self, Opening};
 use crate::engine::EngineError;
 use crate::error::Error;
 use crate::media_roots::{MediaRoots, RootsError};
@@ -201,17 +201,52 @@ struct VideoSlot {
 }
 
 /// A video's opening (its index read from the state directory, or built), shared by every
-/// request for it. It runs on a blocking thread of its own and goes on when the requests that
-/// wait for it give up (a deadline shorter than a decode pass over a long file): its result
-/// stays in the slot, so the next request gets it rather than starting the pass again.
+/// request for it. It runs on a task of its own and goes on when the requests that wait for it
+/// give up (a deadline shorter than a decode pass over a long file): its result stays in the
+/// slot, so the next request gets it rather than starting the pass again.
 type IndexJob = Shared<BoxFuture<'static, Result<Arc<OpenVideo>, EngineError>>>;
 
-fn index_job(id: VideoId, name: String, state: StateDir, stats: Arc<EngineStats>, pass_nice: Option<i32>) -> IndexJob {
-    let build = {
-        let (name, stats) = (name.clone(), stats.clone());
-        tokio::task::spawn_blocking(move || open_video(id, name, &state, &stats, pass_nice))
-    };
-    async move { build.await.unwrap_or_else(|e| Err(joined(&stats, &name, "the index build")(e))) }.boxed().shared()
+/// What opening a video needs besides the video.
+#[derive(Clone)]
+struct Opener {
+    state: StateDir,
+    stats: Arc<EngineStats>,
+    /// Turns for decode passes ([`video::passes_at_once`]). Taken before the pass's blocking
+    /// thread starts, so files waiting for a turn hold no thread of the blocking pool (a folder
+    /// of a thousand camera streams opened at once would otherwise fill it, and stall every other
+    /// blocking task of the daemon).
+    passes: Arc<tokio::sync::Semaphore>,
+    /// The nice value decode passes run at: bulk work, as a hash pass is.
+    pass_nice: Option<i32>,
+}
+
+impl Opener {
+    fn open(&self, id: VideoId, name: String) -> IndexJob {
+        let (this, video) = (self.clone(), name.clone());
+        let task = tokio::spawn(async move {
+            let Opener { state, stats, passes, pass_nice } = this;
+            let failed = |e| joined(&stats, &name, "the index build")(e);
+            let opening = {
+                let (state, stats, name) = (state.clone(), stats.clone(), name.clone());
+                tokio::task::spawn_blocking(move || video::start_opening(id, name, &state, &stats))
+            };
+            let pass = match opening.await.map_err(failed)?? {
+                Opening::Open(video) => return Ok(video),
+                Opening::Pass(pass) => pass,
+            };
+            if passes.available_permits() == 0 {
+                tracing::info!(video = %name, "waiting for other files' decode passes to finish");
+            }
+            let _turn = passes.acquire_owned().await.map_err(|_| EngineError::ShuttingDown)?;
+            let run = {
+                let stats = stats.clone();
+                tokio::task::spawn_blocking(move || pass.run(&state, &stats, pass_nice))
+            };
+            run.await.map_err(failed)?
+        });
+        let stats = self.stats.clone();
+        async move { task.await.unwrap_or_else(|e| Err(joined(&stats, &video, "the index build")(e))) }.boxed().shared()
+    }
 }
 
 pub struct FrameStore {
@@ -225,7 +260,7 @@ pub struct FrameStore {
     stats: Arc<EngineStats>,
     budget: Budget,
     fingerprints: Fingerprints,
-    state: StateDir,
+    opener: Opener,
 }
 
 /// How a blocking task that did not finish is told to the request: a panic (a bug, logged and
@@ -266,9 +301,14 @@ impl FrameStore {
         let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         let fingerprints = Fingerprints::new(pool.clone(), config.state_dir.clone(), config.pool.max_per_video);
         let budget = Budget::new(config.inflight);
-        let state = StateDir { dir: config.state_dir.clone(), max_bytes: config.state_max_bytes };
+        let opener = Opener {
+            state: StateDir { dir: config.state_dir.clone(), max_bytes: config.state_max_bytes },
+            stats: stats.clone(),
+            passes: Arc::new(tokio::sync::Semaphore::new(video::passes_at_once())),
+            pass_nice: pool.cpu_priorities().then(|| Class::Bulk.nice()),
+        };
         FrameStore {
-            state,
+            opener,
             recent: Mutex::new(HashMap::new()),
             roots,
             config,
@@ -308,10 +348,7 @@ impl FrameStore {
             match videos.get(&id.path) {
                 Some(slot) if slot.id == id => slot.clone(),
                 _ => {
-                    // A decode pass over a whole file is bulk work, as a hash pass is.
-                    let pass_nice = self.pool.cpu_priorities().then(|| Class::Bulk.nice());
-                    let job =
-                        index_job(id.clone(), name.to_string(), self.state.clone(), self.stats.clone(), pass_nice);
+                    let job = self.opener.open(id.clone(), name.to_string());
                     let slot = Arc::new(VideoSlot { id: id.clone(), name: name.to_string(), video: job });
                     videos.put(id.path.clone(), slot.clone());
                     slot

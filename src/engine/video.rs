@@ -3,14 +3,14 @@
 //!
 //! A [`VideoId`] names the file's content as far as caching goes (a replaced file is a new
 //! video, so stale frames are never served); an [`OpenVideo`] is what requests, decoders and the
-//! frame registry share. [`open_video`] reads a video's index from the state directory, or has
-//! [`build_index`] make it with one demux pass (or, for files without usable timestamps, one
-//! decode pass, which takes turns with the other files' passes).
+//! frame registry share. [`start_opening`] reads a video's index from the state directory or
+//! makes it with one demux pass; a file without usable timestamps needs a decode pass over the
+//! whole file as well ([`PendingPass`]), which a daemon runs when its turn comes
+//! ([`passes_at_once`]). [`build_index`] does it all at once, for tools and tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use parking_lot::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::engine::ffmpeg::{
     current_thread_id, set_thread_nice, DecodedFrame, FfmpegError, MediaFile, PacketMeta, VideoPacket,
@@ -55,87 +55,150 @@ impl OpenVideo {
     }
 }
 
-/// Open a video on a blocking thread: its index from the state directory, or built (and then
-/// stored).
-pub fn open_video(
+/// How far opening a video got on a blocking thread ([`start_opening`]).
+pub enum Opening {
+    /// Its index was stored, or one demux pass made it.
+    Open(Arc<OpenVideo>),
+    /// Its index needs a decode of the whole file, to run when its turn comes
+    /// ([`PendingPass::run`]): a daemon lets only a few run at once ([`passes_at_once`]).
+    Pass(Box<PendingPass>),
+}
+
+/// A video waiting for the decode pass that indexes it.
+pub struct PendingPass {
     id: VideoId,
     name: String,
-    state: &StateDir,
-    stats: &EngineStats,
-    pass_nice: Option<i32>,
-) -> Result<Arc<OpenVideo>, EngineError> {
+    content_key: ContentKey,
+    pass: DecodePass,
+    /// How long its demux pass took (counted in the build time).
+    demuxed_in: Duration,
+}
+
+/// Open a video, as far as a blocking thread should go without its turn: its index from the
+/// state directory, or from a demux pass; a file without usable timestamps comes back as a
+/// [`PendingPass`].
+pub fn start_opening(id: VideoId, name: String, state: &StateDir, stats: &EngineStats) -> Result<Opening, EngineError> {
     let unreadable = |e: std::io::Error| EngineError::NotAVideo { video: name.clone(), reason: e.to_string() };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let content_key = ContentKey::of(&id.path).map_err(unreadable)?;
     let keyed = started.elapsed();
-    let stored = state.dir.as_deref().and_then(|dir| index_store::load(dir, &content_key));
-    let index = match stored {
-        Some(index) => {
-            stats.index_loads.inc();
-            tracing::debug!(
-                video = %name,
-                frames = index.frame_count(),
-                key_ms = keyed.as_secs_f64() * 1e3,
-                load_ms = (started.elapsed() - keyed).as_secs_f64() * 1e3,
-                "index read from the state directory"
-            );
-            index
+    if let Some(index) = state.dir.as_deref().and_then(|dir| index_store::load(dir, &content_key)) {
+        stats.index_loads.inc();
+        tracing::debug!(
+            video = %name,
+            frames = index.frame_count(),
+            key_ms = keyed.as_secs_f64() * 1e3,
+            load_ms = (started.elapsed() - keyed).as_secs_f64() * 1e3,
+            "index read from the state directory"
+        );
+        return Ok(Opening::Open(Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key })));
+    }
+    let started = Instant::now();
+    Ok(match demux(&id.path, &name)? {
+        Demuxed::Index(index) => Opening::Open(indexed(id, name, content_key, index, started.elapsed(), state, stats)),
+        Demuxed::NeedsDecode(pass) => {
+            tracing::info!(video = %name, "no usable timestamps: indexing by decoding the whole file");
+            Opening::Pass(Box::new(PendingPass { id, name, content_key, pass, demuxed_in: started.elapsed() }))
         }
-        None => {
-            let started = std::time::Instant::now();
-            let index = build_index_niced(&id.path, &name, pass_nice)?;
-            stats.videos_indexed.inc();
-            stats.index_build_us.add(started.elapsed().as_micros() as u64);
-            tracing::info!(
-                video = %name,
-                frames = index.frame_count(),
-                keyframes = index.keyframe_count,
-                identity = ?index.identity,
-                ms = started.elapsed().as_millis() as u64,
-                "indexed"
-            );
-            if let Some(dir) = state.dir.as_deref() {
-                if let Err(e) = index_store::save(dir, &content_key, &index, state.max_bytes) {
-                    tracing::warn!(video = %name, error = %e, "cannot store the index");
-                }
-            }
-            index
+    })
+}
+
+impl PendingPass {
+    /// Run the decode pass (on a blocking thread) at nice `nice`, with its codec threads: a
+    /// daemon runs it as bulk work, so that a minute-long pass does not slow the clicks and
+    /// streams on videos already open.
+    pub fn run(self, state: &StateDir, stats: &EngineStats, nice: Option<i32>) -> Result<Arc<OpenVideo>, EngineError> {
+        let started = Instant::now();
+        let index = {
+            let _nice = nice.map(AtNice::enter);
+            self.pass.run()?
+        };
+        let took = self.demuxed_in + started.elapsed();
+        Ok(indexed(self.id, self.name, self.content_key, index, took, state, stats))
+    }
+}
+
+/// A video whose index was just built (in `took`): counted, logged, stored.
+fn indexed(
+    id: VideoId,
+    name: String,
+    content_key: ContentKey,
+    index: VideoIndex,
+    took: Duration,
+    state: &StateDir,
+    stats: &EngineStats,
+) -> Arc<OpenVideo> {
+    stats.videos_indexed.inc();
+    stats.index_build_us.add(took.as_micros() as u64);
+    tracing::info!(
+        video = %name,
+        frames = index.frame_count(),
+        keyframes = index.keyframe_count,
+        identity = ?index.identity,
+        ms = took.as_millis() as u64,
+        "indexed"
+    );
+    if let Some(dir) = state.dir.as_deref() {
+        if let Err(e) = index_store::save(dir, &content_key, &index, state.max_bytes) {
+            tracing::warn!(video = %name, error = %e, "cannot store the index");
         }
-    };
-    Ok(Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key }))
+    }
+    Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key })
 }
 
 /// Build a video's index: one demux pass without decoding, or, for files whose packets carry
-/// no usable timestamps, one sequential decode pass.
+/// no usable timestamps, one sequential decode pass (at once, on the calling thread).
 pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
-    build_index_niced(path, video, None)
+    match demux(path, video)? {
+        Demuxed::Index(index) => Ok(index),
+        Demuxed::NeedsDecode(pass) => pass.run(),
+    }
 }
 
-/// [`build_index`], with the decode pass (where one is needed) and its codec threads at nice
-/// `pass_nice`: a daemon runs it as bulk work, so that a minute-long pass over a file without
-/// timestamps does not slow the clicks and streams on videos already open. The demux pass,
-/// milliseconds, runs at the caller's priority.
-pub fn build_index_niced(path: &Path, video: &str, pass_nice: Option<i32>) -> Result<VideoIndex, EngineError> {
+/// What one demux pass over a file found.
+pub enum Demuxed {
+    /// The packets' timestamps name the frames: the index.
+    Index(VideoIndex),
+    /// They do not: the frames must be counted by decoding.
+    NeedsDecode(DecodePass),
+}
+
+/// A decode pass over a whole file, ready to run ([`DecodePass::run`]).
+pub struct DecodePass {
+    path: PathBuf,
+    video: String,
+    /// The demux pass's file, and the packets it read.
+    file: MediaFile,
+    packets: Vec<PacketMeta>,
+}
+
+impl DecodePass {
+    pub fn run(self) -> Result<VideoIndex, EngineError> {
+        let index = decode_pass(&self.path, &self.video, &self.file, &self.packets)?;
+        with_frames(index, &self.video)
+    }
+}
+
+/// One demux pass: the index, or the decode pass it takes.
+pub fn demux(path: &Path, video: &str) -> Result<Demuxed, EngineError> {
     let mut file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
     let mut packets = Vec::new();
     while let Some(p) = file.read_packet().map_err(|e| EngineError::from_ffmpeg(video, e))? {
         packets.push(p.meta);
     }
-    let stream = file.info().clone();
     let by_packets = if pts_in_decode_order(&packets, file.reorders()) && !shown_in_pts_order(path, video)? {
         tracing::warn!(video, "packet timestamps follow decode order, not presentation order: indexing by decoding");
         None
     } else {
-        VideoIndex::from_packets(stream.clone(), &packets)
+        VideoIndex::from_packets(file.info().clone(), &packets)
     };
-    let index = match by_packets {
-        Some(index) => index,
-        None => {
-            let _turn = DECODE_PASSES.enter(video);
-            let _nice = pass_nice.map(AtNice::enter);
-            decode_pass(path, video, &file, &packets)?
-        }
-    };
+    Ok(match by_packets {
+        Some(index) => Demuxed::Index(with_frames(index, video)?),
+        None => Demuxed::NeedsDecode(DecodePass { path: path.to_path_buf(), video: video.to_string(), file, packets }),
+    })
+}
+
+fn with_frames(index: VideoIndex, video: &str) -> Result<VideoIndex, EngineError> {
     if index.frame_count() == 0 {
         return Err(EngineError::NoFrames { video: video.to_string() });
     }
@@ -204,50 +267,14 @@ fn pass_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
 }
 
-/// Decode passes running now. Each uses every core and holds a decoder's frames per frame
-/// thread, so a folder of DVD VOBs or camera streams opened at once (a labelling tool listing
-/// them) would otherwise start them all together: their memory adds up, they share the cores,
-/// and all of them finish at the end. Taking turns, the first files open early.
-static DECODE_PASSES: Turns = Turns::new();
-
-struct Turns {
-    running: Mutex<usize>,
-    freed: Condvar,
-}
-
-struct Turn(&'static Turns);
-
-impl Turns {
-    const fn new() -> Turns {
-        Turns { running: Mutex::new(0), freed: Condvar::new() }
-    }
-
-    /// Wait (on the calling blocking thread) until fewer passes run than it takes to keep every
-    /// core busy (each runs [`pass_threads`] codec threads), two at least so that one long file
-    /// does not hold up all the others, and run.
-    fn enter(&'static self, video: &str) -> Turn {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.enter_within((cores / pass_threads()).max(2), video)
-    }
-
-    fn enter_within(&'static self, limit: usize, video: &str) -> Turn {
-        let mut running = self.running.lock();
-        if *running >= limit {
-            tracing::info!(video, running = *running, "waiting for another file's decode pass to finish");
-        }
-        while *running >= limit {
-            self.freed.wait(&mut running);
-        }
-        *running += 1;
-        Turn(self)
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        *self.0.running.lock() -= 1;
-        self.0.freed.notify_one();
-    }
+/// How many decode passes a daemon runs at once: as many as keep every core busy, two at least
+/// so that one long file does not hold up all the others. Each uses every core and holds a
+/// decoder's pictures per frame thread, so a folder of DVD VOBs or camera streams opened at once
+/// (a labelling tool listing them) would otherwise run all together: their memory adds up, and
+/// all of them finish at the end. Taking turns, the first files open early.
+pub fn passes_at_once() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / pass_threads()).max(2)
 }
 
 /// The calling thread at a nice value until dropped, then back at 0 (a blocking-pool thread is
@@ -295,33 +322,5 @@ fn decode_from_start(
         if packet.is_none() {
             return Ok(decoder.frame_thread_delay());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[test]
-    fn decode_passes_take_turns_within_their_limit() {
-        static TURNS: Turns = Turns::new();
-        static NOW: AtomicUsize = AtomicUsize::new(0);
-        static MOST: AtomicUsize = AtomicUsize::new(0);
-        let passes: Vec<_> = (0..6)
-            .map(|_| {
-                std::thread::spawn(|| {
-                    let _turn = TURNS.enter_within(2, "v");
-                    MOST.fetch_max(NOW.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                    std::thread::sleep(std::time::Duration::from_millis(30));
-                    NOW.fetch_sub(1, Ordering::SeqCst);
-                })
-            })
-            .collect();
-        for p in passes {
-            p.join().unwrap();
-        }
-        assert_eq!(MOST.load(Ordering::SeqCst), 2);
-        assert_eq!(*TURNS.running.lock(), 0, "every turn was given back");
     }
 }
