@@ -206,6 +206,20 @@ struct VideoSlot {
 /// slot, so the next request gets it rather than starting the pass again.
 type IndexJob = Shared<BoxFuture<'static, Result<Arc<OpenVideo>, EngineError>>>;
 
+/// Forget the least recently used videos beyond `keep`, only those whose opening has finished: a
+/// video still being indexed stays, so its result is there for the next request rather than
+/// built again (its pass goes on either way). So more than `keep` are held only while more are
+/// being opened at once.
+fn forget_opened(videos: &mut LruCache<std::path::PathBuf, Arc<VideoSlot>>, keep: usize) {
+    while videos.len() > keep {
+        let Some(path) = videos.iter().rev().find(|(_, slot)| slot.video.peek().is_some()).map(|(p, _)| p.clone())
+        else {
+            return;
+        };
+        videos.pop(&path);
+    }
+}
+
 /// What opening a video needs besides the video.
 #[derive(Clone)]
 struct Opener {
@@ -298,7 +312,6 @@ impl FrameStore {
         let buffers = BufferPool::new(config.buffer_pool);
         let registry = Arc::new(Registry::new(config.cache_size, buffers.clone()));
         let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), registry.clone(), buffers));
-        let cap = std::num::NonZeroUsize::new(config.max_open_videos.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         let fingerprints = Fingerprints::new(pool.clone(), config.state_dir.clone(), config.pool.max_per_video);
         let budget = Budget::new(config.inflight);
         let opener = Opener {
@@ -314,7 +327,7 @@ impl FrameStore {
             config,
             registry,
             pool,
-            videos: Mutex::new(LruCache::new(cap)),
+            videos: Mutex::new(LruCache::unbounded()),
             stats,
             budget,
             fingerprints,
@@ -351,6 +364,7 @@ impl FrameStore {
                     let job = self.opener.open(id.clone(), name.to_string());
                     let slot = Arc::new(VideoSlot { id: id.clone(), name: name.to_string(), video: job });
                     videos.put(id.path.clone(), slot.clone());
+                    forget_opened(&mut videos, self.config.max_open_videos.max(1));
                     slot
                 }
             }
@@ -819,5 +833,38 @@ impl FrameStore {
 
     pub fn decoder_count(&self) -> usize {
         self.pool.decoder_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(name: &str, opened: bool) -> (std::path::PathBuf, Arc<VideoSlot>) {
+        let path = std::path::PathBuf::from(name);
+        let id = VideoId { path: path.clone(), device: 0, inode: 0, size: 0, modified_ns: 0 };
+        let video: IndexJob = if opened {
+            let job = futures::future::ready(Err(EngineError::ShuttingDown)).boxed().shared();
+            let _ = futures::executor::block_on(job.clone());
+            job
+        } else {
+            futures::future::pending().boxed().shared()
+        };
+        (path, Arc::new(VideoSlot { id, name: name.to_string(), video }))
+    }
+
+    #[test]
+    fn videos_still_being_opened_are_not_forgotten() {
+        let mut videos = LruCache::unbounded();
+        for (name, opened) in [("a", true), ("b", false), ("c", true), ("d", false)] {
+            let (path, slot) = slot(name, opened);
+            videos.put(path, slot);
+        }
+        forget_opened(&mut videos, 2);
+        let kept: Vec<&str> = videos.iter().map(|(_, s)| s.name.as_str()).collect();
+        assert_eq!(kept, ["d", "b"], "the opened ones go first, the least recently used first");
+        // Beyond the bound only while more are being opened.
+        forget_opened(&mut videos, 1);
+        assert_eq!(videos.len(), 2);
     }
 }
