@@ -39,10 +39,10 @@ pub enum RequestError {
     #[error("the client's deadline ({0:.3}s) passed before the answer was ready")]
     ClientDeadline(f64),
     #[error(
-        "{reason}: video {video} is still being indexed (a file without timestamps is decoded whole the first time \
-         it is opened); that goes on without the request: ask again later"
+        "{reason}: video {video} is still being indexed ({progress}; a file without timestamps is decoded whole the \
+         first time it is opened); that goes on without the request: ask again later"
     )]
-    StillIndexing { video: String, reason: String },
+    StillIndexing { video: String, reason: String, progress: String },
     #[error("the video changed: the URL names content {asked}, the file is now {now}")]
     StaleVersion { asked: String, now: String },
     #[error("the frame server is draining before it stops: retry on another replica or later")]

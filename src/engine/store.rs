@@ -36,7 +36,7 @@ use crate::engine::segments;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
-use crate::engine::video::{self, Opening};
+use crate::engine::video::{self, Opening, Progress};
 use crate::engine::EngineError;
 use crate::error::Error;
 use crate::media_roots::{MediaRoots, RootsError};
@@ -198,6 +198,7 @@ struct VideoSlot {
     /// The name of the request that opened it.
     name: String,
     video: IndexJob,
+    progress: Arc<Progress>,
 }
 
 /// A video's opening (its index read from the state directory, or built), shared by every
@@ -235,7 +236,7 @@ struct Opener {
 }
 
 impl Opener {
-    fn open(&self, id: VideoId, name: String) -> IndexJob {
+    fn open(&self, id: VideoId, name: String, progress: Arc<Progress>) -> IndexJob {
         let (this, video) = (self.clone(), name.clone());
         let task = tokio::spawn(async move {
             let Opener { state, stats, passes, pass_nice } = this;
@@ -250,11 +251,12 @@ impl Opener {
             };
             if passes.available_permits() == 0 {
                 tracing::info!(video = %name, "waiting for other files' decode passes to finish");
+                progress.waiting();
             }
             let _turn = passes.acquire_owned().await.map_err(|_| EngineError::ShuttingDown)?;
             let run = {
                 let stats = stats.clone();
-                tokio::task::spawn_blocking(move || pass.run(&state, &stats, pass_nice))
+                tokio::task::spawn_blocking(move || pass.run(&state, &stats, pass_nice, &progress))
             };
             run.await.map_err(failed)?
         });
@@ -361,8 +363,9 @@ impl FrameStore {
             match videos.get(&id.path) {
                 Some(slot) if slot.id == id => slot.clone(),
                 _ => {
-                    let job = self.opener.open(id.clone(), name.to_string());
-                    let slot = Arc::new(VideoSlot { id: id.clone(), name: name.to_string(), video: job });
+                    let progress = Arc::new(Progress::default());
+                    let job = self.opener.open(id.clone(), name.to_string(), progress.clone());
+                    let slot = Arc::new(VideoSlot { id: id.clone(), name: name.to_string(), video: job, progress });
                     videos.put(id.path.clone(), slot.clone());
                     forget_opened(&mut videos, self.config.max_open_videos.max(1));
                     slot
@@ -372,10 +375,13 @@ impl FrameStore {
         Ok(slot.video.clone().await?)
     }
 
-    /// Whether the video a client calls `name` is being indexed now (its first request came and
-    /// the index pass has not finished): what a request that ran out of time was waiting for.
-    pub fn indexing(&self, name: &str) -> bool {
-        self.videos.lock().iter().any(|(_, slot)| slot.name == name && slot.video.peek().is_none())
+    /// How far the opening of the video a client calls `name` has got, while it is being opened
+    /// (its first request came and its index is not ready): what a request that ran out of time
+    /// was waiting for.
+    pub fn indexing(&self, name: &str) -> Option<String> {
+        let videos = self.videos.lock();
+        let (_, slot) = videos.iter().find(|(_, slot)| slot.name == name && slot.video.peek().is_none())?;
+        Some(slot.progress.describe(std::time::Instant::now()))
     }
 
     /// The frame a target points at, clamped to the video or an OUT_OF_RANGE error.
@@ -850,7 +856,7 @@ mod tests {
         } else {
             futures::future::pending().boxed().shared()
         };
-        (path, Arc::new(VideoSlot { id, name: name.to_string(), video }))
+        (path, Arc::new(VideoSlot { id, name: name.to_string(), video, progress: Arc::default() }))
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! ([`passes_at_once`]). [`build_index`] does it all at once, for tools and tests.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::engine::ffmpeg::{
@@ -107,11 +108,17 @@ impl PendingPass {
     /// Run the decode pass (on a blocking thread) at nice `nice`, with its codec threads: a
     /// daemon runs it as bulk work, so that a minute-long pass does not slow the clicks and
     /// streams on videos already open.
-    pub fn run(self, state: &StateDir, stats: &EngineStats, nice: Option<i32>) -> Result<Arc<OpenVideo>, EngineError> {
+    pub fn run(
+        self,
+        state: &StateDir,
+        stats: &EngineStats,
+        nice: Option<i32>,
+        progress: &Progress,
+    ) -> Result<Arc<OpenVideo>, EngineError> {
         let started = Instant::now();
         let index = {
             let _nice = nice.map(AtNice::enter);
-            self.pass.run()?
+            self.pass.run(progress)?
         };
         let took = self.demuxed_in + started.elapsed();
         Ok(indexed(self.id, self.name, self.content_key, index, took, state, stats))
@@ -151,7 +158,7 @@ fn indexed(
 pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
     match demux(path, video)? {
         Demuxed::Index(index) => Ok(index),
-        Demuxed::NeedsDecode(pass) => pass.run(),
+        Demuxed::NeedsDecode(pass) => pass.run(&Progress::default()),
     }
 }
 
@@ -173,9 +180,71 @@ pub struct DecodePass {
 }
 
 impl DecodePass {
-    pub fn run(self) -> Result<VideoIndex, EngineError> {
-        let index = decode_pass(&self.path, &self.video, &self.file, &self.packets)?;
+    /// Run it, counting the packets decoded in `progress`.
+    pub fn run(self, progress: &Progress) -> Result<VideoIndex, EngineError> {
+        progress.decoding(self.packets.len());
+        let index = decode_pass(&self.path, &self.video, &self.file, &self.packets, progress)?;
         with_frames(index, &self.video)
+    }
+}
+
+/// How far a video's opening has got: what a request that stops waiting for it is told.
+#[derive(Debug)]
+pub struct Progress {
+    began: Instant,
+    waiting: AtomicBool,
+    /// When the decode pass began, and its packets: decoded so far, and in all.
+    decoding_since: OnceLock<Instant>,
+    decoded: AtomicUsize,
+    packets: AtomicUsize,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            began: Instant::now(),
+            waiting: AtomicBool::new(false),
+            decoding_since: OnceLock::new(),
+            decoded: AtomicUsize::new(0),
+            packets: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Progress {
+    /// The opening waits for other files' decode passes.
+    pub fn waiting(&self) {
+        self.waiting.store(true, Ordering::Relaxed);
+    }
+
+    fn decoding(&self, packets: usize) {
+        self.packets.store(packets, Ordering::Relaxed);
+        let _ = self.decoding_since.set(Instant::now());
+    }
+
+    fn decoded_one(&self) {
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Where it stands at `now`, in words.
+    pub fn describe(&self, now: Instant) -> String {
+        let so_far = now.saturating_duration_since(self.began).as_secs_f64();
+        let Some(since) = self.decoding_since.get() else {
+            return if self.waiting.load(Ordering::Relaxed) {
+                format!("waiting for other files' index passes to finish, {so_far:.1} s so far")
+            } else {
+                format!("reading it, {so_far:.1} s so far")
+            };
+        };
+        let (decoded, packets) = (self.decoded.load(Ordering::Relaxed), self.packets.load(Ordering::Relaxed));
+        let done = decoded.min(packets) as f64 / packets.max(1) as f64;
+        let took = now.saturating_duration_since(*since).as_secs_f64();
+        let mut out = format!("decoding every frame: {:.0}% done, {so_far:.1} s so far", done * 100.0);
+        // An estimate once there is something to go by.
+        if done >= 0.02 && took >= 0.5 {
+            out.push_str(&format!(", about {:.0} s left", took * (1.0 - done) / done));
+        }
+        out
     }
 }
 
@@ -221,7 +290,13 @@ pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError>
 /// counts the frames, digests each, and notes where its keyframe packets lie (`file` is the
 /// demux pass's, `packets` what it read). On frame threads ([`pass_threads`]): the whole file is
 /// decoded, and it is what opening such a file costs.
-fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta]) -> Result<VideoIndex, EngineError> {
+fn decode_pass(
+    path: &Path,
+    video: &str,
+    file: &MediaFile,
+    packets: &[PacketMeta],
+    progress: &Progress,
+) -> Result<VideoIndex, EngineError> {
     let threads = pass_threads();
     let mut metas = Vec::new();
     let mut keys = Vec::new();
@@ -235,6 +310,7 @@ fn decode_pass(path: &Path, video: &str, file: &MediaFile, packets: &[PacketMeta
         None,
         threads,
         &mut |packet, p| {
+            progress.decoded_one();
             last_pos = p.byte_position().or(last_pos);
             if p.meta.key {
                 let (pts, dts) = (p.meta.pts, p.meta.dts);
@@ -322,5 +398,28 @@ fn decode_from_start(
         if packet.is_none() {
             return Ok(decoder.frame_thread_delay());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_opening_says_how_far_it_got() {
+        let p = Progress::default();
+        let at = |s: f64| p.began + Duration::from_secs_f64(s);
+        assert_eq!(p.describe(at(0.25)), "reading it, 0.2 s so far");
+        p.waiting();
+        assert_eq!(p.describe(at(3.0)), "waiting for other files' index passes to finish, 3.0 s so far");
+        p.decoding(1000);
+        let since = *p.decoding_since.get().unwrap();
+        let at = |s: f64| since + Duration::from_secs_f64(s);
+        assert!(p.describe(at(0.1)).starts_with("decoding every frame: 0% done, "), "{}", p.describe(at(0.1)));
+        for _ in 0..250 {
+            p.decoded_one();
+        }
+        let said = p.describe(at(10.0));
+        assert!(said.starts_with("decoding every frame: 25% done, ") && said.ends_with(", about 30 s left"), "{said}");
     }
 }

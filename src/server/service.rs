@@ -197,13 +197,19 @@ impl FrameService {
         video: &str,
         fut: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        bound.bound(fut).await.map_err(|e| match e {
-            Error::Request(RequestError::Timeout(_) | RequestError::ClientDeadline(_))
-                if self.store.indexing(video) =>
-            {
-                RequestError::StillIndexing { video: video.to_string(), reason: e.to_string() }.into()
+        bound.bound(fut).await.map_err(|e| {
+            let progress = match &e {
+                Error::Request(RequestError::Timeout(_) | RequestError::ClientDeadline(_)) => {
+                    self.store.indexing(video)
+                }
+                _ => None,
+            };
+            match progress {
+                Some(progress) => {
+                    RequestError::StillIndexing { video: video.to_string(), reason: e.to_string(), progress }.into()
+                }
+                None => e,
             }
-            e => e,
         })
     }
 
