@@ -594,14 +594,7 @@ fn counted_figures(
     indices: &[usize],
     report: &mut Report,
 ) -> Result<(), String> {
-    let raw = media.join("g50.h264");
-    run_quiet(
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-i"])
-            .arg(&g50.path)
-            .args(["-c", "copy", "-f", "h264"])
-            .arg(&raw),
-    )?;
+    raw_stream(g50, &media.join("g50.h264"))?;
     let mut medians = Vec::new();
     let mut opened = Vec::new();
     for name in ["g50.mp4", "g50.h264"] {
@@ -652,13 +645,7 @@ fn opening_figures(
     let fresh = |name: &str| -> Result<(), String> {
         let path = media.join(name);
         let _ = std::fs::remove_file(&path);
-        run_quiet(
-            Command::new("ffmpeg")
-                .args(["-v", "error", "-y", "-i"])
-                .arg(&g50.path)
-                .args(["-c", "copy", "-f", "h264"])
-                .arg(&path),
-        )
+        raw_stream(g50, &path)
     };
     let frames = g50.frames;
     fresh("opening-alone.h264")?;
@@ -737,6 +724,17 @@ fn opening_figures(
         let _ = std::fs::remove_file(media.join(name));
     }
     Ok(())
+}
+
+/// The clip's H.264 stream copied out of its mp4 into `out`, as a raw `.h264` (no timestamps).
+fn raw_stream(clip: &Clip, out: &Path) -> Result<(), String> {
+    run_quiet(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&clip.path)
+            .args(["-c", "copy", "-f", "h264"])
+            .arg(out),
+    )
 }
 
 /// Open `name` (its first `GetVideoInfo`) and check it has `frames` frames.
