@@ -885,6 +885,36 @@ async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
     d.stop().await;
 }
 
+/// A file without timestamps that changes while it is being indexed (a camera still writing
+/// it): the next request opens the new content, and the pass over the old one stops rather than
+/// running on for nobody (one more pass per request, on a file being written). Whoever waited
+/// for the old one is told the file changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_grows_while_it_is_indexed_is_indexed_once_as_it_is_now() {
+    let d = start_with(|c| c.state_dir = "none".into()).await;
+    let long = long_video(&d.media);
+    let raw = d.media.join("growing.h264");
+    ffmpeg(&["-i", long.to_str().unwrap(), "-c", "copy", "-bsf:v", "h264_mp4toannexb", raw.to_str().unwrap()]);
+    let first = d.store.clone();
+    let waiting = tokio::spawn(async move { first.open("growing.h264").await.map(|v| v.index.frame_count()) });
+    // Its pass is under way; then the camera writes on (the same recording again).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.store.indexing("growing.h264").is_some_and(|p| p.starts_with("decoding every frame")) {
+        assert!(std::time::Instant::now() < deadline, "the pass never started");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let bytes = std::fs::read(&raw).unwrap();
+    std::io::Write::write_all(&mut std::fs::OpenOptions::new().append(true).open(&raw).unwrap(), &bytes).unwrap();
+    let mut c = d.client().await;
+    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "growing.h264".into() }).await.unwrap().into_inner();
+    assert_eq!(info.frame_count, 1800, "the file as it is now");
+    let err = waiting.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err}");
+    assert!(err.to_string().contains("the file changed while it was being indexed"), "{err}");
+    assert_eq!(d.store.stats().videos_indexed, 1, "the pass over the old content ran on");
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panicking_decoder_answers_internal_is_replaced_and_the_others_carry_on() {
     let d = start().await;

@@ -92,6 +92,10 @@ pub enum EngineError {
     Overloaded { what: String },
     #[error("the frame server is shutting down")]
     ShuttingDown,
+    /// The file changed while it was being opened (a request saw the new content and opened
+    /// that instead): the old opening stopped.
+    #[error("{video}: the file changed while it was being indexed (is it still being written?); ask again")]
+    Changed { video: String },
     /// A decoder closed to make room for more urgent work gave the job back; the store submits
     /// it again, so this reaches a client only if that keeps happening.
     #[error("the decoder was taken for more urgent work; retry")]

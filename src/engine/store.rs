@@ -254,6 +254,9 @@ impl Opener {
                 progress.waiting();
             }
             let _turn = passes.acquire_owned().await.map_err(|_| EngineError::ShuttingDown)?;
+            if progress.abandoned() {
+                return Err(EngineError::Changed { video: name });
+            }
             let run = {
                 let stats = stats.clone();
                 tokio::task::spawn_blocking(move || pass.run(&state, &stats, pass_nice, &progress))
@@ -362,7 +365,13 @@ impl FrameStore {
             let mut videos = self.videos.lock();
             match videos.get(&id.path) {
                 Some(slot) if slot.id == id => slot.clone(),
-                _ => {
+                stale => {
+                    // The file changed: an opening of its old content still under way is of no
+                    // use to anyone (a file being written would otherwise queue a pass over it
+                    // for every request).
+                    if let Some(old) = stale {
+                        old.progress.abandon();
+                    }
                     let progress = Arc::new(Progress::default());
                     let job = self.opener.open(id.clone(), name.to_string(), progress.clone());
                     let slot = Arc::new(VideoSlot { id: id.clone(), name: name.to_string(), video: job, progress });

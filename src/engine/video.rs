@@ -193,6 +193,9 @@ impl DecodePass {
 pub struct Progress {
     began: Instant,
     waiting: AtomicBool,
+    /// Nobody will use the index any more: the file changed (it is being written, say), and a
+    /// request for it started opening the new content.
+    abandoned: AtomicBool,
     /// When the decode pass began, and its packets: decoded so far, and in all.
     decoding_since: OnceLock<Instant>,
     decoded: AtomicUsize,
@@ -204,6 +207,7 @@ impl Default for Progress {
         Progress {
             began: Instant::now(),
             waiting: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             decoding_since: OnceLock::new(),
             decoded: AtomicUsize::new(0),
             packets: AtomicUsize::new(0),
@@ -215,6 +219,15 @@ impl Progress {
     /// The opening waits for other files' decode passes.
     pub fn waiting(&self) {
         self.waiting.store(true, Ordering::Relaxed);
+    }
+
+    /// Stop the opening where it stands (the file changed under it): its requests are told so.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    pub fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     fn decoding(&self, packets: usize) {
@@ -282,7 +295,7 @@ fn with_frames(index: VideoIndex, video: &str) -> Result<VideoIndex, EngineError
 pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError> {
     const PROBED: usize = 120;
     let mut shown: Vec<Option<i64>> = Vec::new();
-    decode_from_start(path, video, Some(PROBED), 1, &mut |_, _| {}, &mut |f| shown.push(f.pts().map(|p| p.0)))?;
+    decode_from_start(path, video, Some(PROBED), 1, &mut |_, _| Ok(()), &mut |f| shown.push(f.pts().map(|p| p.0)))?;
     Ok(shown.windows(2).all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if a < b)))
 }
 
@@ -310,12 +323,16 @@ fn decode_pass(
         None,
         threads,
         &mut |packet, p| {
+            if progress.abandoned() {
+                return Err(EngineError::Changed { video: video.to_string() });
+            }
             progress.decoded_one();
             last_pos = p.byte_position().or(last_pos);
             if p.meta.key {
                 let (pts, dts) = (p.meta.pts, p.meta.dts);
                 keys.push(KeyPacket { packet, pts, dts, pos: last_pos, shown_before: shown.get() });
             }
+            Ok(())
         },
         &mut |f| {
             shown.set(shown.get() + 1);
@@ -373,15 +390,16 @@ impl Drop for AtNice {
 }
 
 /// Decode `path` from its start on `threads` codec threads, handing every packet (with its number
-/// in decode order) to `on_packet` before it is decoded and every frame to `on_frame`: the whole file, or its first `packets`
-/// packets and what the decoder then still holds. Returns the frames frame threading held the
+/// in decode order) to `on_packet` before it is decoded (an error from it stops the decode) and
+/// every frame to `on_frame`: the whole file, or its first `packets` packets and what the decoder
+/// then still holds. Returns the frames frame threading held the
 /// output back by ([`frame_thread_delay`](crate::engine::ffmpeg::VideoDecoder::frame_thread_delay)).
 fn decode_from_start(
     path: &Path,
     video: &str,
     packets: Option<usize>,
     threads: usize,
-    on_packet: &mut dyn FnMut(PacketNo, &VideoPacket),
+    on_packet: &mut dyn FnMut(PacketNo, &VideoPacket) -> Result<(), EngineError>,
     on_frame: &mut dyn FnMut(DecodedFrame),
 ) -> Result<usize, EngineError> {
     let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
@@ -391,7 +409,7 @@ fn decode_from_start(
     loop {
         let packet = if packets.is_some_and(|n| read >= n) { None } else { file.read_packet().map_err(map)? };
         if let Some(p) = &packet {
-            on_packet(PacketNo(read as u32), p);
+            on_packet(PacketNo(read as u32), p)?;
         }
         read += 1;
         decoder.decode(packet.as_ref(), false, on_frame).map_err(map)?;
