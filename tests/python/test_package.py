@@ -93,3 +93,31 @@ def test_an_unreachable_daemon_is_unavailable_not_a_hang():
     with framesrv.Client("127.0.0.1:9", timeout=2) as c:
         with pytest.raises(framesrv.Unavailable):
             c.info("clip.mp4")
+
+
+def test_a_data_loader_meets_a_long_file_without_timestamps(tmp_path):
+    """A raw .h264 (what many cameras write) is decoded whole when first opened. A loader whose
+    deadline is shorter gets DeadlineExceeded saying the video is being indexed and how far; the
+    indexing goes on without it, and its next call gets the index built once."""
+    import subprocess
+
+    from conftest import start_daemon
+
+    media = tmp_path / "media"
+    media.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=960x540:rate=30:duration=30",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-f", "h264", str(media / "camera.h264")], check=True)
+    proc, addr = start_daemon(media, tmp_path / "state")
+    try:
+        with framesrv.Client(addr, timeout=0.2) as hasty:
+            with pytest.raises(framesrv.DeadlineExceeded) as e:
+                hasty.info("camera.h264")
+            assert "camera.h264 is still being indexed (" in e.value.message, e.value.message
+        with framesrv.Client(addr, timeout=60) as patient:
+            assert patient.info("camera.h264").frame_count == 900
+            assert patient.frame("camera.h264", index=450).shape == (540, 960, 3)
+            stats = patient.stats()
+            assert (stats.videos_indexed, stats.videos_indexing) == (1, 0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -6,6 +6,7 @@
 """
 
 from framesrv.client import (
+    Aborted,
     Client,
     DataLoss,
     DeadlineExceeded,
@@ -31,5 +32,6 @@ __all__ = [
     "ResourceExhausted",
     "DataLoss",
     "FailedPrecondition",
+    "Aborted",
 ]
 __version__ = "0.1.0"

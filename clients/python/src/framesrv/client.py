@@ -64,6 +64,10 @@ class FailedPrecondition(FramesrvError):
     pass
 
 
+class Aborted(FramesrvError):
+    """The file changed while the request waited for it to be indexed (it is being written?)."""
+
+
 _BY_CODE = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
@@ -74,6 +78,7 @@ _BY_CODE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.DATA_LOSS: DataLoss,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: Aborted,
 }
 
 
