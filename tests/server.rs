@@ -875,6 +875,12 @@ async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
     assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
     assert!(err.message().contains("long.h264 is still being indexed ("), "{}", err.message());
     assert_eq!(d.store.stats().videos_indexing, 1);
+    // A stream's setup too, within the client's deadline (the server does not bound streams).
+    let mut request = tonic::Request::new(batch("long.h264", range(0, 10, 1)));
+    request.set_timeout(std::time::Duration::from_millis(100));
+    let err = c.request_frames(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+    assert!(err.message().contains("long.h264 is still being indexed ("), "{}", err.message());
     let info = c.get_video_info(pb::GetVideoInfoRequest { video: "long.h264".into() }).await.unwrap().into_inner();
     assert_eq!(info.frame_count, 900);
     assert_eq!(d.store.stats().videos_indexed, 1, "the second request started a second decode pass");

@@ -188,9 +188,10 @@ impl FrameService {
         Duration::from_secs_f64(self.limits.request_timeout_s)
     }
 
-    /// Run a unary call on `video` within its deadline. A deadline that passes while the video is
-    /// still being indexed says so: the first request for a long file without timestamps waits
-    /// for a decode of the whole file, which goes on after the call gives up.
+    /// Run a unary call on `video`, or a stream's setup, within its deadline. A deadline that
+    /// passes while the video is still being indexed says so: the first request for a long file
+    /// without timestamps waits for a decode of the whole file, which goes on after the call
+    /// gives up.
     pub(crate) async fn within<T>(
         &self,
         bound: Deadline,
@@ -383,6 +384,7 @@ impl FrameService {
         transport: Transport,
     ) -> Result<FrameStream, Status> {
         let in_flight = self.in_flight.enter();
+        let bound = stream_deadline(&request);
         let req = request.into_inner();
         let name = req.video.clone();
         let setup = async {
@@ -396,7 +398,8 @@ impl FrameService {
             let indices = self.selection(&video, selection)?;
             Ok::<_, Error>((video, indices, spec))
         };
-        let (video, indices, spec) = setup.await.map_err(|e| report("RequestFrames", &name, "", e))?;
+        let (video, indices, spec) =
+            self.within(bound, &name, setup).await.map_err(|e| report("RequestFrames", &name, "", e))?;
         tracing::debug!(video = %name, frames = indices.len(), "RequestFrames");
         Ok(self.frame_stream("RequestFrames", name, in_flight, video, indices, spec, transport))
     }
@@ -506,6 +509,18 @@ pub(crate) enum Deadline {
     Server(Duration),
     /// The client's deadline, and when to answer (a little before it).
     Client(Duration, Duration),
+    /// None: a stream without a deadline of its own waits as long as it takes.
+    Unbounded,
+}
+
+/// The bound of a stream's setup (opening the video, checking the selection): the client's own
+/// deadline if it set one, taken early as for unary calls, so that a client whose deadline passes
+/// while the video is still being indexed is told so. Streams are not bounded by the server.
+pub(crate) fn stream_deadline<T>(request: &Request<T>) -> Deadline {
+    match deadline(Duration::MAX, request) {
+        Deadline::Server(_) => Deadline::Unbounded,
+        client => client,
+    }
 }
 
 impl Deadline {
@@ -516,6 +531,7 @@ impl Deadline {
                 Ok(r) => r,
                 Err(_) => Err(RequestError::ClientDeadline(deadline.as_secs_f64()).into()),
             },
+            Deadline::Unbounded => fut.await,
         }
     }
 }
@@ -617,9 +633,13 @@ impl pb::frame_server_server::FrameServer for FrameService {
 
     async fn get_frame_hashes(&self, request: Request<pb::FrameHashesRequest>) -> Result<Response<HashStream>, Status> {
         let _in_flight = self.in_flight.enter();
+        let bound = stream_deadline(&request);
         let req = request.into_inner();
         let name = req.video.clone();
-        let (video, mut indices) = self.hashes_setup(&req).await.map_err(|e| report("GetFrameHashes", &name, "", e))?;
+        let (video, mut indices) = self
+            .within(bound, &name, self.hashes_setup(&req))
+            .await
+            .map_err(|e| report("GetFrameHashes", &name, "", e))?;
         let (store, md5) = (self.store.clone(), req.md5);
         let stream = futures::stream::once(async move { store.hashes(&video, md5).await.map(|t| (video, t)) })
             .flat_map(move |result| {
@@ -669,6 +689,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
 
     async fn request_keyframes(&self, request: Request<pb::KeyframesRequest>) -> Result<Response<FrameStream>, Status> {
         let in_flight = self.in_flight.enter();
+        let bound = stream_deadline(&request);
         let req = request.into_inner();
         let name = req.video.clone();
         let setup = async {
@@ -678,7 +699,8 @@ impl pb::frame_server_server::FrameServer for FrameService {
             let indices = self.selection(&video, Some(Selection::Keyframes { every: req.every, within }))?;
             Ok::<_, Error>((video, indices, spec))
         };
-        let (video, indices, spec) = setup.await.map_err(|e| report("RequestKeyframes", &name, "", e))?;
+        let (video, indices, spec) =
+            self.within(bound, &name, setup).await.map_err(|e| report("RequestKeyframes", &name, "", e))?;
         Ok(Response::new(self.frame_stream(
             "RequestKeyframes",
             name,
@@ -709,10 +731,11 @@ impl pb::frame_server_server::FrameServer for FrameService {
 
     async fn export_clip(&self, request: Request<pb::ClipRequest>) -> Result<Response<ClipStream>, Status> {
         let in_flight = self.in_flight.enter();
+        let bound = stream_deadline(&request);
         let req = request.into_inner();
         let name = req.video.clone();
         let (video, frames, spec, codec) =
-            self.clip_setup(&req).await.map_err(|e| report("ExportClip", &name, "", e))?;
+            self.within(bound, &name, self.clip_setup(&req)).await.map_err(|e| report("ExportClip", &name, "", e))?;
         let mut content_type = Some(crate::engine::clip::content_type(&codec).to_string());
         tracing::debug!(video = %name, frames = frames.len(), ?codec, "ExportClip");
         let stream = self.store.clip(video, frames, spec, codec).map(move |r| {
