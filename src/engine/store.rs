@@ -213,8 +213,7 @@ type IndexJob = Shared<BoxFuture<'static, Result<Arc<OpenVideo>, EngineError>>>;
 /// being opened at once.
 fn forget_opened(videos: &mut LruCache<std::path::PathBuf, Arc<VideoSlot>>, keep: usize) {
     while videos.len() > keep {
-        let Some(path) = videos.iter().rev().find(|(_, slot)| slot.video.peek().is_some()).map(|(p, _)| p.clone())
-        else {
+        let Some(path) = videos.iter().rev().find(|(_, slot)| slot.progress.finished()).map(|(p, _)| p.clone()) else {
             return;
         };
         videos.pop(&path);
@@ -239,32 +238,39 @@ impl Opener {
     fn open(&self, id: VideoId, name: String, progress: Arc<Progress>) -> IndexJob {
         let (this, video) = (self.clone(), name.clone());
         let task = tokio::spawn(async move {
-            let Opener { state, stats, passes, pass_nice } = this;
-            let failed = |e| joined(&stats, &name, "the index build")(e);
-            let opening = {
-                let (state, stats, name) = (state.clone(), stats.clone(), name.clone());
-                tokio::task::spawn_blocking(move || video::start_opening(id, name, &state, &stats))
-            };
-            let pass = match opening.await.map_err(failed)?? {
-                Opening::Open(video) => return Ok(video),
-                Opening::Pass(pass) => pass,
-            };
-            if passes.available_permits() == 0 {
-                tracing::info!(video = %name, "waiting for other files' decode passes to finish");
-                progress.waiting();
-            }
-            let _turn = passes.acquire_owned().await.map_err(|_| EngineError::ShuttingDown)?;
-            if progress.abandoned() {
-                return Err(EngineError::Changed { video: name });
-            }
-            let run = {
-                let stats = stats.clone();
-                tokio::task::spawn_blocking(move || pass.run(&state, &stats, pass_nice, &progress))
-            };
-            run.await.map_err(failed)?
+            let result = this.opening(id, name, &progress).await;
+            progress.finish();
+            result
         });
         let stats = self.stats.clone();
         async move { task.await.unwrap_or_else(|e| Err(joined(&stats, &video, "the index build")(e))) }.boxed().shared()
+    }
+
+    /// The opening itself, on the task [`Opener::open`] spawned.
+    async fn opening(self, id: VideoId, name: String, progress: &Arc<Progress>) -> Result<Arc<OpenVideo>, EngineError> {
+        let Opener { state, stats, passes, pass_nice } = self;
+        let failed = |e| joined(&stats, &name, "the index build")(e);
+        let opening = {
+            let (state, stats, name) = (state.clone(), stats.clone(), name.clone());
+            tokio::task::spawn_blocking(move || video::start_opening(id, name, &state, &stats))
+        };
+        let pass = match opening.await.map_err(failed)?? {
+            Opening::Open(video) => return Ok(video),
+            Opening::Pass(pass) => pass,
+        };
+        if passes.available_permits() == 0 {
+            tracing::info!(video = %name, "waiting for other files' decode passes to finish");
+            progress.waiting();
+        }
+        let _turn = passes.acquire_owned().await.map_err(|_| EngineError::ShuttingDown)?;
+        if progress.abandoned() {
+            return Err(EngineError::Changed { video: name });
+        }
+        let run = {
+            let (stats, progress) = (stats.clone(), progress.clone());
+            tokio::task::spawn_blocking(move || pass.run(&state, &stats, pass_nice, &progress))
+        };
+        run.await.map_err(failed)?
     }
 }
 
@@ -389,7 +395,7 @@ impl FrameStore {
     /// was waiting for.
     pub fn indexing(&self, name: &str) -> Option<String> {
         let videos = self.videos.lock();
-        let (_, slot) = videos.iter().find(|(_, slot)| slot.name == name && slot.video.peek().is_none())?;
+        let (_, slot) = videos.iter().find(|(_, slot)| slot.name == name && !slot.progress.finished())?;
         Some(slot.progress.describe(std::time::Instant::now()))
     }
 
@@ -831,7 +837,7 @@ impl FrameStore {
             stream_segments: self.stats.stream_segments.get(),
             inflight_bytes: self.budget.in_use(),
             videos_indexed: self.stats.videos_indexed.get(),
-            videos_indexing: self.videos.lock().iter().filter(|(_, slot)| slot.video.peek().is_none()).count() as u64,
+            videos_indexing: self.videos.lock().iter().filter(|(_, slot)| !slot.progress.finished()).count() as u64,
             requests: self.stats.requests.get(),
             index_build_s: self.stats.index_build_us.get() as f64 / 1e6,
             index_loads: self.stats.index_loads.get(),
@@ -858,14 +864,12 @@ mod tests {
     fn slot(name: &str, opened: bool) -> (std::path::PathBuf, Arc<VideoSlot>) {
         let path = std::path::PathBuf::from(name);
         let id = VideoId { path: path.clone(), device: 0, inode: 0, size: 0, modified_ns: 0 };
-        let video: IndexJob = if opened {
-            let job = futures::future::ready(Err(EngineError::ShuttingDown)).boxed().shared();
-            let _ = futures::executor::block_on(job.clone());
-            job
-        } else {
-            futures::future::pending().boxed().shared()
-        };
-        (path, Arc::new(VideoSlot { id, name: name.to_string(), video, progress: Arc::default() }))
+        let video: IndexJob = futures::future::pending().boxed().shared();
+        let progress = Arc::new(Progress::default());
+        if opened {
+            progress.finish();
+        }
+        (path, Arc::new(VideoSlot { id, name: name.to_string(), video, progress }))
     }
 
     #[test]

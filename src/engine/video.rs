@@ -196,6 +196,8 @@ pub struct Progress {
     /// Nobody will use the index any more: the file changed (it is being written, say), and a
     /// request for it started opening the new content.
     abandoned: AtomicBool,
+    /// The opening is over, done or failed (whether or not anyone still waits for it).
+    finished: AtomicBool,
     /// When the decode pass began, and its packets: decoded so far, and in all.
     decoding_since: OnceLock<Instant>,
     decoded: AtomicUsize,
@@ -208,6 +210,7 @@ impl Default for Progress {
             began: Instant::now(),
             waiting: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
             decoding_since: OnceLock::new(),
             decoded: AtomicUsize::new(0),
             packets: AtomicUsize::new(0),
@@ -228,6 +231,14 @@ impl Progress {
 
     pub fn abandoned(&self) -> bool {
         self.abandoned.load(Ordering::Relaxed)
+    }
+
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
     }
 
     fn decoding(&self, packets: usize) {
