@@ -113,6 +113,7 @@ impl Error {
                 EngineError::Overloaded { .. } => Code::ResourceExhausted,
                 EngineError::ShuttingDown | EngineError::Preempted => Code::Unavailable,
                 EngineError::Changed { .. } => Code::Aborted,
+                EngineError::Vanished { .. } => Code::NotFound,
             },
         }
     }

@@ -92,6 +92,9 @@ pub enum EngineError {
     Overloaded { what: String },
     #[error("the frame server is shutting down")]
     ShuttingDown,
+    /// The file was removed between the request finding it and opening it.
+    #[error("{video}: the file went away while it was being opened")]
+    Vanished { video: String },
     /// The file changed while it was being opened (a request saw the new content and opened
     /// that instead): the old opening stopped.
     #[error("{video}: the file changed while it was being indexed (is it still being written?); ask again")]

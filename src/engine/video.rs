@@ -79,6 +79,13 @@ pub struct PendingPass {
 /// state directory, or from a demux pass; a file without usable timestamps comes back as a
 /// [`PendingPass`].
 pub fn start_opening(id: VideoId, name: String, state: &StateDir, stats: &EngineStats) -> Result<Opening, EngineError> {
+    let path = id.path.clone();
+    let video = name.clone();
+    // A file removed since the request found it is not found, whatever reading it said.
+    read_or_demux(id, name, state, stats).map_err(|e| if path.exists() { e } else { EngineError::Vanished { video } })
+}
+
+fn read_or_demux(id: VideoId, name: String, state: &StateDir, stats: &EngineStats) -> Result<Opening, EngineError> {
     let unreadable = |e: std::io::Error| EngineError::NotAVideo { video: name.clone(), reason: e.to_string() };
     let started = Instant::now();
     let content_key = ContentKey::of(&id.path).map_err(unreadable)?;
@@ -433,6 +440,15 @@ fn decode_from_start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_removed_before_it_is_opened_is_not_found() {
+        let path = PathBuf::from("/nonexistent/framesrv-test/gone.h264");
+        let id = VideoId { path, device: 0, inode: 0, size: 0, modified_ns: 0 };
+        let state = StateDir { dir: None, max_bytes: 0 };
+        let err = start_opening(id, "gone.h264".into(), &state, &EngineStats::default()).err().unwrap();
+        assert!(matches!(err, EngineError::Vanished { .. }), "{err}");
+    }
 
     #[test]
     fn an_opening_says_how_far_it_got() {
