@@ -71,6 +71,9 @@ fn open_input(url: &str, opts: ff::Dictionary) -> Result<ff::format::context::In
         let mut raw = opts.disown();
         let res = ffi::avformat_open_input(&mut ps, url.as_ptr(), std::ptr::null_mut(), &mut raw);
         drop(ff::Dictionary::own(raw));
+        if res == -libc::ENOENT {
+            return Err(FfmpegError::Missing);
+        }
         if res < 0 {
             return Err(FfmpegError::Open(ff::Error::from(res).to_string()));
         }
@@ -144,6 +147,9 @@ fn not_read(path: &Path) -> Option<FfmpegError> {
 pub enum FfmpegError {
     #[error("cannot open as a video: {0}")]
     Open(String),
+    /// No file at the path (any more).
+    #[error("no such file")]
+    Missing,
     #[error("the file has no video stream")]
     NoVideoStream,
     #[error("no decoder for codec {0}")]

@@ -92,8 +92,9 @@ pub enum EngineError {
     Overloaded { what: String },
     #[error("the frame server is shutting down")]
     ShuttingDown,
-    /// The file was removed between the request finding it and opening it.
-    #[error("{video}: the file went away while it was being opened")]
+    /// The file was removed after the request found it (before it was opened, or while a
+    /// decoder had to open it again).
+    #[error("{video}: the file went away while it was being read")]
     Vanished { video: String },
     /// The file changed while it was being opened (a request saw the new content and opened
     /// that instead): the old opening stopped.
@@ -114,6 +115,7 @@ impl EngineError {
         let video = video.to_string();
         match e {
             FfmpegError::Open(reason) => EngineError::NotAVideo { video, reason },
+            FfmpegError::Missing => EngineError::Vanished { video },
             FfmpegError::NoVideoStream => EngineError::NoVideoStream { video },
             FfmpegError::NoDecoder(codec) => EngineError::UnsupportedCodec { video, codec },
             FfmpegError::NoEncoder(codec) => EngineError::EncoderMissing { codec },

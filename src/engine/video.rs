@@ -79,14 +79,11 @@ pub struct PendingPass {
 /// state directory, or from a demux pass; a file without usable timestamps comes back as a
 /// [`PendingPass`].
 pub fn start_opening(id: VideoId, name: String, state: &StateDir, stats: &EngineStats) -> Result<Opening, EngineError> {
-    let path = id.path.clone();
-    let video = name.clone();
-    // A file removed since the request found it is not found, whatever reading it said.
-    read_or_demux(id, name, state, stats).map_err(|e| if path.exists() { e } else { EngineError::Vanished { video } })
-}
-
-fn read_or_demux(id: VideoId, name: String, state: &StateDir, stats: &EngineStats) -> Result<Opening, EngineError> {
-    let unreadable = |e: std::io::Error| EngineError::NotAVideo { video: name.clone(), reason: e.to_string() };
+    // A file removed since the request found it is not found.
+    let unreadable = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => EngineError::Vanished { video: name.clone() },
+        _ => EngineError::NotAVideo { video: name.clone(), reason: e.to_string() },
+    };
     let started = Instant::now();
     let content_key = ContentKey::of(&id.path).map_err(unreadable)?;
     let keyed = started.elapsed();
