@@ -150,16 +150,36 @@ async fn video_route(
 ) -> Result<Response, HttpError> {
     match VideoRoute::parse(&rest)? {
         VideoRoute::Info(video) => {
-            let info = state
-                .service
-                .within(Deadline::Server(state.service.request_timeout()), &video, state.service.info(&video))
-                .await?;
+            let bound = http_deadline(&state.service, &headers);
+            let info = state.service.within(bound, &video, state.service.info(&video)).await?;
             Ok(axum::Json(info_json(&info)).into_response())
         }
         VideoRoute::Frame(video, i) => frame(&state, video, pb::frame_request::Target::Index(i), &q, &headers).await,
         VideoRoute::At(video, t) => frame(&state, video, pb::frame_request::Target::TimeS(t), &q, &headers).await,
-        VideoRoute::Storyboard(video) => storyboard(&state, video, &q).await,
+        VideoRoute::Storyboard(video) => storyboard(&state, video, &q, &headers).await,
     }
+}
+
+/// How long a route may take: `limits.request_timeout_s`, or less when the request says
+/// `Prefer: wait=N` (RFC 7240: the client wants an answer within N seconds). A page opening a
+/// video that is still being indexed asks with a short wait and shows how far the indexing got
+/// (the DEADLINE_EXCEEDED message says) instead of waiting out the server's limit.
+fn http_deadline(service: &FrameService, headers: &HeaderMap) -> Deadline {
+    let server = service.request_timeout();
+    match headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).find_map(prefer_wait) {
+        Some(wait) if wait < server => Deadline::Client(wait, wait),
+        _ => Deadline::Server(server),
+    }
+}
+
+/// The `wait` preference of one `Prefer` header value (`respond-async, wait=5`), in seconds.
+fn prefer_wait(value: &str) -> Option<std::time::Duration> {
+    value.split(',').find_map(|p| {
+        let (key, seconds) = p.trim().split_once('=')?;
+        let seconds: f64 = seconds.trim().trim_matches('"').parse().ok()?;
+        (key.trim().eq_ignore_ascii_case("wait") && (0.0..=86400.0).contains(&seconds))
+            .then(|| std::time::Duration::from_secs_f64(seconds))
+    })
 }
 
 /// `VideoInfo` in the proto's JSON mapping, with the proto's field names. 64-bit integers are
@@ -315,7 +335,7 @@ async fn frame(
         Ok::<_, Error>(frame_response(frame, tag, cache_control))
     };
     let target = format!("{:?}", req.target);
-    service.within(Deadline::Server(service.request_timeout()), &video, answer).await.map_err(|e| {
+    service.within(http_deadline(service, headers), &video, answer).await.map_err(|e| {
         report("GET frame", &video, &target, e.clone());
         HttpError(e)
     })
@@ -359,7 +379,12 @@ fn with_headers(body: impl Into<Body>, headers: impl IntoIterator<Item = (&'stat
 
 /// `GET /v1/videos/{video}/storyboard?tiles=&tile_width=&tile_height=&columns=&exact=&upright=`: the
 /// storyboard JPEG, with its layout and each tile's frame in headers.
-async fn storyboard(state: &HttpState, video: String, q: &HashMap<String, String>) -> Result<Response, HttpError> {
+async fn storyboard(
+    state: &HttpState,
+    video: String,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, HttpError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(RequestError::Draining.into());
     }
@@ -376,7 +401,7 @@ async fn storyboard(state: &HttpState, video: String, q: &HashMap<String, String
     };
     let board = state
         .service
-        .within(Deadline::Server(state.service.request_timeout()), &video, state.service.storyboard_inner(req))
+        .within(http_deadline(&state.service, headers), &video, state.service.storyboard_inner(req))
         .await
         .map_err(|e| {
             report("GET storyboard", &video, "", e.clone());
@@ -400,6 +425,17 @@ async fn storyboard(state: &HttpState, video: String, q: &HashMap<String, String
 mod tests {
     use super::*;
     use crate::engine::output::PixelFormat;
+
+    #[test]
+    fn the_wait_preference_is_read_from_prefer() {
+        let secs = std::time::Duration::from_secs_f64;
+        assert_eq!(prefer_wait("wait=5"), Some(secs(5.0)));
+        assert_eq!(prefer_wait("respond-async, wait=2.5"), Some(secs(2.5)));
+        assert_eq!(prefer_wait("handling=lenient"), None);
+        assert_eq!(prefer_wait("wait=-1"), None);
+        assert_eq!(prefer_wait("wait=soon"), None);
+        assert_eq!(prefer_wait("wait=1e9"), None, "longer than a day");
+    }
 
     #[test]
     fn paths_split_from_the_end_so_names_may_hold_slashes() {

@@ -167,3 +167,29 @@ def test_an_anamorphic_video_is_shown_in_the_shape_a_player_shows(browser, daemo
 
     wait_for(browser, lambda d: abs(stretch(d) - 64 / 45) < 0.03, "storyboard tiles stretched 64:45", timeout=10)
     assert abs(shown_shape("clip.mp4") - W / H) < 0.02
+
+
+def test_a_video_still_being_indexed_shows_how_far_and_then_opens(browser, tmp_path):
+    """A raw .h264 is decoded whole the first time it is opened. The page asks for its info
+    with `Prefer: wait=1`, shows the indexing's progress while the daemon says it is still being
+    indexed, and opens the video when the index is there."""
+    import subprocess
+
+    from conftest import start_daemon
+
+    media = tmp_path / "media"
+    media.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=960x540:rate=30:duration=60",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-f", "h264", str(media / "camera.h264")], check=True)
+    proc, addr = start_daemon(media, tmp_path / "state")
+    try:
+        browser.get(f"http://{addr}/?video=camera.h264")
+        meta = lambda d: d.find_element("id", "meta").text
+        wait_for(browser, lambda d: meta(d).startswith("indexing camera.h264: "), "the indexing's progress")
+        assert "done" in meta(browser) or "so far" in meta(browser), meta(browser)
+        wait_for(browser, lambda d: "1800 frames" in meta(d), "the video opened", timeout=120)
+        wait_for(browser, lambda d: shown_index(d) == "0", "frame 0 shown")
+        assert browser.find_element("id", "error").text == ""
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
