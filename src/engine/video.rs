@@ -14,7 +14,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::engine::ffmpeg::{
-    current_thread_id, set_thread_nice, DecodedFrame, FfmpegError, MediaFile, PacketMeta, VideoPacket,
+    current_thread_id, set_thread_nice, DecodedFrame, FfmpegError, MediaFile, PacketMeta, SeekWays, StreamInfo,
+    VideoPacket,
 };
 use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, KeyPacket, VideoIndex};
 use crate::engine::index_store::{self, ContentKey, StateDir};
@@ -178,8 +179,11 @@ pub enum Demuxed {
 pub struct DecodePass {
     path: PathBuf,
     video: String,
-    /// The demux pass's file, and the packets it read.
-    file: MediaFile,
+    /// What the demux pass found: the stream, how its demuxer seeks, and the packets it read
+    /// (not the open file: a folder of files waiting for their turn would hold a descriptor
+    /// each).
+    stream: StreamInfo,
+    seek_ways: SeekWays,
     packets: Vec<PacketMeta>,
 }
 
@@ -187,7 +191,7 @@ impl DecodePass {
     /// Run it, counting the packets decoded in `progress`.
     pub fn run(self, progress: &Progress) -> Result<VideoIndex, EngineError> {
         progress.decoding(self.packets.len());
-        let index = decode_pass(&self.path, &self.video, &self.file, &self.packets, progress)?;
+        let index = decode_pass(&self, progress)?;
         with_frames(index, &self.video)
     }
 }
@@ -291,7 +295,13 @@ pub fn demux(path: &Path, video: &str) -> Result<Demuxed, EngineError> {
     };
     Ok(match by_packets {
         Some(index) => Demuxed::Index(with_frames(index, video)?),
-        None => Demuxed::NeedsDecode(DecodePass { path: path.to_path_buf(), video: video.to_string(), file, packets }),
+        None => Demuxed::NeedsDecode(DecodePass {
+            path: path.to_path_buf(),
+            video: video.to_string(),
+            stream: file.info().clone(),
+            seek_ways: file.seek_ways(),
+            packets,
+        }),
     })
 }
 
@@ -315,16 +325,11 @@ pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError>
 }
 
 /// The index of a file whose packets cannot name its frames: one decode from the start, which
-/// counts the frames, digests each, and notes where its keyframe packets lie (`file` is the
-/// demux pass's, `packets` what it read). On frame threads ([`pass_threads`]): the whole file is
-/// decoded, and it is what opening such a file costs.
-fn decode_pass(
-    path: &Path,
-    video: &str,
-    file: &MediaFile,
-    packets: &[PacketMeta],
-    progress: &Progress,
-) -> Result<VideoIndex, EngineError> {
+/// counts the frames, digests each, and notes where its keyframe packets lie. On frame threads
+/// ([`pass_threads`]): the whole file is decoded, and it is what opening such a file costs.
+fn decode_pass(pass: &DecodePass, progress: &Progress) -> Result<VideoIndex, EngineError> {
+    let DecodePass { path, video, stream, seek_ways, packets } = pass;
+    let video = video.as_str();
     let threads = pass_threads();
     let mut metas = Vec::new();
     let mut keys = Vec::new();
@@ -366,7 +371,7 @@ fn decode_pass(
     }
     let dts: Option<Vec<i64>> = packets.iter().map(|p| p.dts).collect();
     let dts_in_order = dts.is_some_and(|d| d.windows(2).all(|w| w[0] < w[1]));
-    Ok(VideoIndex::from_decode(file.info().clone(), packets.len(), &metas, &keys, file.seek_ways(), dts_in_order))
+    Ok(VideoIndex::from_decode(stream.clone(), packets.len(), &metas, &keys, *seek_ways, dts_in_order))
 }
 
 /// The codec threads of a decode pass: every core, up to eight (frame threads scale little
