@@ -89,8 +89,7 @@ async fn index_decode_passes_run_at_the_bulk_priority_and_take_turns() {
     let d = Daemon::start(dir, |c| c.state_dir = "none".into()).await;
     let long = long_video(&d.media);
     for k in 0..FILES {
-        let raw = d.media.join(format!("long-{k}.h264"));
-        ffmpeg(&["-i", long.to_str().unwrap(), "-c", "copy", "-bsf:v", "h264_mp4toannexb", raw.to_str().unwrap()]);
+        raw_h264(&long, &d.media.join(format!("long-{k}.h264")));
     }
     let opens: Vec<_> = (0..FILES)
         .map(|k| {

@@ -865,9 +865,7 @@ async fn a_client_deadline_and_the_server_limit_both_answer_deadline_exceeded() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
-    let long = long_video(&d.media);
-    let raw = d.media.join("long.h264");
-    ffmpeg(&["-i", long.to_str().unwrap(), "-c", "copy", "-bsf:v", "h264_mp4toannexb", raw.to_str().unwrap()]);
+    raw_h264(&long_video(&d.media), &d.media.join("long.h264"));
     let mut c = d.client().await;
     let mut request = tonic::Request::new(pb::GetVideoInfoRequest { video: "long.h264".into() });
     request.set_timeout(std::time::Duration::from_millis(100));
@@ -904,9 +902,7 @@ async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_grows_while_it_is_indexed_is_indexed_once_as_it_is_now() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
-    let long = long_video(&d.media);
-    let raw = d.media.join("growing.h264");
-    ffmpeg(&["-i", long.to_str().unwrap(), "-c", "copy", "-bsf:v", "h264_mp4toannexb", raw.to_str().unwrap()]);
+    let raw = raw_h264(&long_video(&d.media), &d.media.join("growing.h264"));
     let first = d.store.clone();
     let waiting = tokio::spawn(async move { first.open("growing.h264").await.map(|v| v.index.frame_count()) });
     // Its pass is under way; then the camera writes on (the same recording again).

@@ -207,6 +207,13 @@ pub fn size_change_video(out: &Path, frames: u32) -> PathBuf {
     out.to_path_buf()
 }
 
+/// `mp4`'s H.264 stream copied out as a raw `.h264` at `out`: a file without timestamps, indexed
+/// by decoding it whole (of [`long_video`], a pass of a second or so).
+pub fn raw_h264(mp4: &Path, out: &Path) -> PathBuf {
+    ffmpeg(&["-i", mp4.to_str().unwrap(), "-c", "copy", "-bsf:v", "h264_mp4toannexb", out.to_str().unwrap()]);
+    out.to_path_buf()
+}
+
 /// One GOP of 900 960x540 P-frames: a request near its end keeps a decoder busy for a second or
 /// so (the small barcode videos decode too fast to hold it).
 pub fn long_video(media: &Path) -> PathBuf {

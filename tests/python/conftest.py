@@ -45,6 +45,16 @@ def reference(media):
     return [raw[i:i + size] for i in range(0, len(raw), size)]
 
 
+def camera_folder(tmp_path, size, seconds):
+    """A media folder holding `camera.h264`, `seconds` of `size` testsrc2 at 30 fps as a raw H.264
+    stream (what many cameras write): no timestamps, so it is decoded whole when first opened."""
+    media = tmp_path / "media"
+    media.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30:duration={seconds}",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-f", "h264", str(media / "camera.h264")], check=True)
+    return media
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -99,15 +99,9 @@ def test_a_data_loader_meets_a_long_file_without_timestamps(tmp_path):
     """A raw .h264 (what many cameras write) is decoded whole when first opened. A loader whose
     deadline is shorter gets DeadlineExceeded saying the video is being indexed and how far; the
     indexing goes on without it, and its next call gets the index built once."""
-    import subprocess
+    from conftest import camera_folder, start_daemon
 
-    from conftest import start_daemon
-
-    media = tmp_path / "media"
-    media.mkdir()
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=960x540:rate=30:duration=30",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-f", "h264", str(media / "camera.h264")], check=True)
-    proc, addr = start_daemon(media, tmp_path / "state")
+    proc, addr = start_daemon(camera_folder(tmp_path, "960x540", 30), tmp_path / "state")
     try:
         with framesrv.Client(addr, timeout=0.2) as hasty:
             with pytest.raises(framesrv.DeadlineExceeded) as e:

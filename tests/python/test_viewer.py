@@ -174,15 +174,9 @@ def test_a_video_still_being_indexed_shows_how_far_and_then_opens(browser, tmp_p
     with `Prefer: wait=0.5`, shows the indexing's progress while the daemon says it is still being
     indexed, and opens the video when the index is there. (Two minutes of 720p: a pass of a
     few seconds, watched closely, on any machine these tests run on.)"""
-    import subprocess
+    from conftest import camera_folder, start_daemon
 
-    from conftest import start_daemon
-
-    media = tmp_path / "media"
-    media.mkdir()
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30:duration=120",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-f", "h264", str(media / "camera.h264")], check=True)
-    proc, addr = start_daemon(media, tmp_path / "state")
+    proc, addr = start_daemon(camera_folder(tmp_path, "1280x720", 120), tmp_path / "state")
     try:
         browser.get(f"http://{addr}/?video=camera.h264")
         meta = lambda d: d.find_element("id", "meta").text
