@@ -168,7 +168,7 @@ pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> 
 }
 
 /// What one demux pass over a file found.
-pub enum Demuxed {
+enum Demuxed {
     /// The packets' timestamps name the frames: the index.
     Index(VideoIndex),
     /// They do not: the frames must be counted by decoding.
@@ -176,7 +176,7 @@ pub enum Demuxed {
 }
 
 /// A decode pass over a whole file, ready to run ([`DecodePass::run`]).
-pub struct DecodePass {
+struct DecodePass {
     path: PathBuf,
     video: String,
     /// What the demux pass found: the stream, how its demuxer seeks, and the packets it read
@@ -189,7 +189,7 @@ pub struct DecodePass {
 
 impl DecodePass {
     /// Run it, counting the packets decoded in `progress`.
-    pub fn run(self, progress: &Progress) -> Result<VideoIndex, EngineError> {
+    fn run(self, progress: &Progress) -> Result<VideoIndex, EngineError> {
         progress.decoding(self.packets.len());
         let index = decode_pass(&self, progress)?;
         with_frames(index, &self.video)
@@ -281,7 +281,7 @@ impl Progress {
 }
 
 /// One demux pass: the index, or the decode pass it takes.
-pub fn demux(path: &Path, video: &str) -> Result<Demuxed, EngineError> {
+fn demux(path: &Path, video: &str) -> Result<Demuxed, EngineError> {
     let mut file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
     let mut packets = Vec::new();
     while let Some(p) = file.read_packet().map_err(|e| EngineError::from_ffmpeg(video, e))? {
