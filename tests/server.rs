@@ -1749,3 +1749,54 @@ fn reference_frame(path: &Path, n: usize) -> Vec<u8> {
     assert!(out.status.success() && !out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
+
+/// A file without timestamps is served while its decode pass runs: a frame the pass has counted
+/// comes before the pass is over, with the sequential decode's pixels, after a seek too (the
+/// frames a seek lands on are recognised among the frames counted so far). What needs the whole
+/// index (a frame counted from the end, a frame past the end) waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
+    let d = start_with(|c| c.state_dir = "none".into()).await;
+    let mp4 = d.media.join("keyed.mp4");
+    // 1800 frames, a keyframe every 60: long enough a pass that its first frames come well
+    // before its end, with seek points to land on.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=960x540:rate=30:duration=60",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "60",
+        "-pix_fmt",
+        "yuv420p",
+        mp4.to_str().unwrap(),
+    ]);
+    let raw = raw_h264(&mp4, &d.media.join("camera.h264"));
+    let mut c = d.client().await;
+    let first = c.request_frame(by_index("camera.h264", 5)).await.unwrap().into_inner();
+    assert_eq!(d.store.stats().videos_indexing, 1, "frame 5 waited for the whole decode pass");
+    let wanted = [5, 400, 399, 1000, 1799];
+    let mut got = vec![first];
+    for &i in &wanted[1..] {
+        got.push(c.request_frame(by_index("camera.h264", i as i64)).await.unwrap().into_inner());
+    }
+    let mut sorted = wanted.to_vec();
+    sorted.sort_unstable();
+    let reference = reference_frames_at(&raw, &sorted, 960 * 540 * 3);
+    for (i, frame) in wanted.iter().zip(&got) {
+        assert_eq!(frame.index, *i as i64);
+        let at = sorted.binary_search(i).unwrap();
+        assert!(frame.data == reference[at], "frame {i} is not the sequential decode's");
+    }
+    let last = c.request_frame(by_index("camera.h264", -1)).await.unwrap().into_inner();
+    assert_eq!(last.index, 1799);
+    assert_eq!(d.store.stats().videos_indexing, 0);
+    let err = c.request_frame(by_index("camera.h264", 1800)).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert_eq!(d.store.stats().videos_indexed, 1);
+    d.stop().await;
+}

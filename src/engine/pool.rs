@@ -248,7 +248,7 @@ impl DecoderPool {
         // below; `workers` is not changed before it is used).
         let mut left_by_a_lane = None;
         for (i, w) in workers.iter().enumerate() {
-            if w.video.id != video.id {
+            if !w.video.decodes_like(video) {
                 continue;
             }
             same_video += 1;
@@ -371,7 +371,7 @@ impl DecoderPool {
         // The decoder that can go on from around `index` to `until` without seeking.
         let best = workers
             .iter()
-            .filter(|w| w.video.id == video.id)
+            .filter(|w| w.video.decodes_like(video))
             .filter_map(|w| {
                 let position = w.position();
                 let p = position.filter(|p| !p.ended)?;

@@ -351,6 +351,39 @@ impl FrameStore {
 
     /// Open (index, on first use) the video a client names.
     pub async fn open(&self, name: &str) -> Result<Arc<OpenVideo>, Error> {
+        let slot = self.slot(name).await?;
+        Ok(slot.video.clone().await?)
+    }
+
+    /// Open the video a client names for its frame `frame` alone. While a file without
+    /// timestamps is indexed by a decode pass, that is the frames the pass has counted once it
+    /// has counted that far ([`Progress::counted_so_far`]): an hour of camera footage shows its
+    /// first frames in a second rather than after minutes.
+    pub async fn open_for_frame(&self, name: &str, frame: u64) -> Result<Arc<OpenVideo>, Error> {
+        let slot = self.slot(name).await?;
+        let mut counted = slot.progress.counted_so_far();
+        let whole = slot.video.clone();
+        tokio::pin!(whole);
+        loop {
+            let far_enough = counted.borrow_and_update().clone().filter(|v| frame < v.index.frame_count() as u64);
+            if let Some(video) = far_enough {
+                return Ok(video);
+            }
+            slot.progress.want(frame);
+            tokio::select! {
+                biased;
+                video = &mut whole => return Ok(video?),
+                changed = counted.changed() => {
+                    if changed.is_err() {
+                        return Ok(whole.await?);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The slot of the video a client names, its opening started on first use.
+    async fn slot(&self, name: &str) -> Result<Arc<VideoSlot>, Error> {
         let roots = self.roots.clone();
         let owned = name.to_string();
         let id = tokio::task::spawn_blocking(move || -> Result<VideoId, RootsError> {
@@ -387,7 +420,7 @@ impl FrameStore {
                 }
             }
         };
-        Ok(slot.video.clone().await?)
+        Ok(slot)
     }
 
     /// How far the opening of the video a client calls `name` has got, while it is being opened

@@ -6,10 +6,12 @@
 //! frame registry share. [`start_opening`] reads a video's index from the state directory or
 //! makes it with one demux pass; a file without usable timestamps needs a decode pass over the
 //! whole file as well ([`PendingPass`]), which a daemon runs when its turn comes
-//! ([`passes_at_once`]). [`build_index`] does it all at once, for tools and tests.
+//! ([`passes_at_once`]); while it runs, the frames it has counted can already be served
+//! ([`Progress::counted_so_far`]). [`build_index`] does it all at once, for tools and tests.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,13 @@ pub struct OpenVideo {
 }
 
 impl OpenVideo {
+    /// Whether a decoder of `other` serves this video: the same file, indexed alike. While a
+    /// file is indexed by a decode pass, the frames counted so far are served by an index of
+    /// their own ([`Progress::counted_so_far`]), with fewer frames than the whole one.
+    pub fn decodes_like(&self, other: &OpenVideo) -> bool {
+        self.id == other.id && self.index.frame_count() == other.index.frame_count()
+    }
+
     /// The raw size of one frame of this video in `spec` (an upper bound for PNG and JPEG).
     pub fn frame_bytes(&self, spec: OutputSpec) -> u64 {
         let (width, height) = self.index.stream.shown_size(spec.upright);
@@ -121,12 +130,20 @@ impl PendingPass {
         progress: &Progress,
     ) -> Result<Arc<OpenVideo>, EngineError> {
         let started = Instant::now();
+        let (id, name, content_key) = (&self.id, &self.name, self.content_key);
+        let mut hand_over = |index: VideoIndex| {
+            let (id, name) = (id.clone(), name.clone());
+            progress.counted.send_replace(Some(Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key })));
+        };
         let index = {
             let _nice = nice.map(AtNice::enter);
-            self.pass.run(progress)?
+            self.pass.run(progress, &mut hand_over)
         };
+        // What the pass counted is of no more use (and would hold memory): its requests get the
+        // whole index, or its error.
+        progress.counted.send_replace(None);
         let took = self.demuxed_in + started.elapsed();
-        Ok(indexed(self.id, self.name, self.content_key, index, took, state, stats))
+        Ok(indexed(self.id, self.name, self.content_key, index?, took, state, stats))
     }
 }
 
@@ -163,7 +180,7 @@ fn indexed(
 pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
     match demux(path, video)? {
         Demuxed::Index(index) => Ok(index),
-        Demuxed::NeedsDecode(pass) => pass.run(&Progress::default()),
+        Demuxed::NeedsDecode(pass) => pass.run(&Progress::default(), &mut |_| {}),
     }
 }
 
@@ -188,10 +205,11 @@ struct DecodePass {
 }
 
 impl DecodePass {
-    /// Run it, counting the packets decoded in `progress`.
-    fn run(self, progress: &Progress) -> Result<VideoIndex, EngineError> {
+    /// Run it, counting the packets decoded in `progress`, and handing the frames counted so far
+    /// to `hand_over` when requests wait for them ([`Progress::want`]).
+    fn run(self, progress: &Progress, hand_over: &mut dyn FnMut(VideoIndex)) -> Result<VideoIndex, EngineError> {
         progress.decoding(self.packets.len());
-        let index = decode_pass(&self, progress)?;
+        let index = decode_pass(&self, progress, hand_over)?;
         with_frames(index, &self.video)
     }
 }
@@ -210,6 +228,14 @@ pub struct Progress {
     decoding_since: OnceLock<Instant>,
     decoded: AtomicUsize,
     packets: AtomicUsize,
+    /// One more than the highest frame a request waits for while the decode pass runs (0: none).
+    wanted: AtomicU64,
+    /// The frames the decode pass has counted so far, as a video of their own, handed over when
+    /// requests wait for them: a frame is named `i` after a seek only when its digest is frame
+    /// `i`'s ([`crate::engine::anchor`]), which the frames counted so far already tell, so they
+    /// are served exactly before the pass is over. Their index has fewer frames than the whole
+    /// one, so decoders never mix the two ([`OpenVideo::decodes_like`]).
+    counted: tokio::sync::watch::Sender<Option<Arc<OpenVideo>>>,
 }
 
 impl Default for Progress {
@@ -222,6 +248,8 @@ impl Default for Progress {
             decoding_since: OnceLock::new(),
             decoded: AtomicUsize::new(0),
             packets: AtomicUsize::new(0),
+            wanted: AtomicU64::new(0),
+            counted: tokio::sync::watch::Sender::new(None),
         }
     }
 }
@@ -256,6 +284,18 @@ impl Progress {
 
     fn decoded_one(&self) {
         self.decoded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request waits for `frame`: the decode pass hands over what it has counted once it has
+    /// counted that far ([`Progress::counted_so_far`]).
+    pub fn want(&self, frame: u64) {
+        self.wanted.fetch_max(frame.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// The frames the decode pass has counted, as last handed over (`None` before the first
+    /// hand-over and once the opening is over).
+    pub fn counted_so_far(&self) -> tokio::sync::watch::Receiver<Option<Arc<OpenVideo>>> {
+        self.counted.subscribe()
     }
 
     /// Where it stands at `now`, in words.
@@ -320,58 +360,92 @@ fn with_frames(index: VideoIndex, video: &str) -> Result<VideoIndex, EngineError
 pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError> {
     const PROBED: usize = 120;
     let mut shown: Vec<Option<i64>> = Vec::new();
-    decode_from_start(path, video, Some(PROBED), 1, &mut |_, _| Ok(()), &mut |f| shown.push(f.pts().map(|p| p.0)))?;
+    decode_from_start(path, video, Some(PROBED), 1, &mut |_, _, _| Ok(()), &mut |f| shown.push(f.pts().map(|p| p.0)))?;
     Ok(shown.windows(2).all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if a < b)))
 }
 
 /// The index of a file whose packets cannot name its frames: one decode from the start, which
 /// counts the frames, digests each, and notes where its keyframe packets lie. On frame threads
 /// ([`pass_threads`]): the whole file is decoded, and it is what opening such a file costs.
-fn decode_pass(pass: &DecodePass, progress: &Progress) -> Result<VideoIndex, EngineError> {
+/// Requests waiting for frames it has counted get them as an index of their own, handed to
+/// `hand_over` ([`hand_over_now`]).
+fn decode_pass(
+    pass: &DecodePass,
+    progress: &Progress,
+    hand_over: &mut dyn FnMut(VideoIndex),
+) -> Result<VideoIndex, EngineError> {
     let DecodePass { path, video, stream, seek_ways, packets } = pass;
     let video = video.as_str();
     let threads = pass_threads();
-    let mut metas = Vec::new();
+    let dts: Option<Vec<i64>> = packets.iter().map(|p| p.dts).collect();
+    let dts_in_order = dts.is_some_and(|d| d.windows(2).all(|w| w[0] < w[1]));
+    // What one thread would have shown before each keyframe packet: frame threads hold `delay`
+    // more frames back (counting them shown is safe where the pipeline was not full yet: a
+    // frame is then served from the keyframe before, a GOP more decoded, never missed).
+    let index = |metas: &[DecodedFrameMeta], keys: &[KeyPacket], delay: usize| {
+        let keys: Vec<KeyPacket> = keys
+            .iter()
+            .map(|k| KeyPacket { shown_before: k.shown_before.saturating_add(delay as u32), ..*k })
+            .collect();
+        VideoIndex::from_decode(stream.clone(), packets.len(), metas, &keys, *seek_ways, dts_in_order)
+    };
+    // The frames are counted by the frame callback and the keyframe packets noted by the packet
+    // callback, which the decode calls in turn: both need the frames.
+    let metas = RefCell::new(Vec::new());
     let mut keys = Vec::new();
     let mut last_pos = None;
-    // The frames are counted by the frame callback and the keyframe packets noted by the packet
-    // callback, which the decode calls in turn: both need the count.
-    let shown = std::cell::Cell::new(0u32);
+    let mut handed: Option<(usize, Instant)> = None;
     let delay = decode_from_start(
         path,
         video,
         None,
         threads,
-        &mut |packet, p| {
+        &mut |packet, p, delay| {
             if progress.abandoned() {
                 return Err(EngineError::Changed { video: video.to_string() });
             }
             progress.decoded_one();
+            let shown = metas.borrow().len();
+            if hand_over_now(progress.wanted.load(Ordering::Relaxed), shown, handed, Instant::now()) {
+                let counted = index(&metas.borrow(), &keys, delay);
+                tracing::debug!(video, frames = shown, "frames counted so far handed over");
+                hand_over(counted);
+                handed = Some((shown, Instant::now()));
+            }
             last_pos = p.byte_position().or(last_pos);
             if p.meta.key {
                 let (pts, dts) = (p.meta.pts, p.meta.dts);
-                keys.push(KeyPacket { packet, pts, dts, pos: last_pos, shown_before: shown.get() });
+                keys.push(KeyPacket { packet, pts, dts, pos: last_pos, shown_before: shown as u32 });
             }
             Ok(())
         },
         &mut |f| {
-            shown.set(shown.get() + 1);
-            metas.push(DecodedFrameMeta {
+            metas.borrow_mut().push(DecodedFrameMeta {
                 best_effort_timestamp: f.best_effort_timestamp(),
                 key: f.is_key(),
                 digest: f.digest(),
-            });
+            })
         },
     )?;
-    // What one thread would have shown before each keyframe packet: frame threads hold `delay`
-    // more frames back (counting them shown is safe where the pipeline was not full yet: a
-    // frame is then served from the keyframe before, a GOP more decoded, never missed).
-    for k in &mut keys {
-        k.shown_before = k.shown_before.saturating_add(delay as u32);
-    }
-    let dts: Option<Vec<i64>> = packets.iter().map(|p| p.dts).collect();
-    let dts_in_order = dts.is_some_and(|d| d.windows(2).all(|w| w[0] < w[1]));
-    Ok(VideoIndex::from_decode(stream.clone(), packets.len(), &metas, &keys, *seek_ways, dts_in_order))
+    let whole = index(&metas.borrow(), &keys, delay);
+    Ok(whole)
+}
+
+/// How often at most a decode pass hands the frames it has counted over: each hand-over builds
+/// an index of every frame so far (a few milliseconds per 10,000 frames), and a reader following
+/// the pass frame by frame would otherwise have one built per frame.
+const HAND_OVER_EVERY: Duration = Duration::from_millis(250);
+
+/// Whether a decode pass that has shown `shown` frames hands them over now: a request waits for
+/// a frame among them (`wanted`: one more than the highest frame waited for, 0 for none) that
+/// the last hand-over (`handed`: its frames, and when) did not have, and that was long enough
+/// ago.
+fn hand_over_now(wanted: u64, shown: usize, handed: Option<(usize, Instant)>, now: Instant) -> bool {
+    let (had, at) = match handed {
+        Some((had, at)) => (had as u64, Some(at)),
+        None => (0, None),
+    };
+    wanted > had && wanted <= shown as u64 && at.is_none_or(|at| now.saturating_duration_since(at) >= HAND_OVER_EVERY)
 }
 
 /// The codec threads of a decode pass: every core, up to eight (frame threads scale little
@@ -410,7 +484,9 @@ impl Drop for AtNice {
 }
 
 /// Decode `path` from its start on `threads` codec threads, handing every packet (with its number
-/// in decode order) to `on_packet` before it is decoded (an error from it stops the decode) and
+/// in decode order, and the decoder's [frame-thread
+/// delay](crate::engine::ffmpeg::VideoDecoder::frame_thread_delay)) to `on_packet` before it is
+/// decoded (an error from it stops the decode) and
 /// every frame to `on_frame`: the whole file, or its first `packets` packets and what the decoder
 /// then still holds. Returns the frames frame threading held the
 /// output back by ([`frame_thread_delay`](crate::engine::ffmpeg::VideoDecoder::frame_thread_delay)).
@@ -419,7 +495,7 @@ fn decode_from_start(
     video: &str,
     packets: Option<usize>,
     threads: usize,
-    on_packet: &mut dyn FnMut(PacketNo, &VideoPacket) -> Result<(), EngineError>,
+    on_packet: &mut dyn FnMut(PacketNo, &VideoPacket, usize) -> Result<(), EngineError>,
     on_frame: &mut dyn FnMut(DecodedFrame),
 ) -> Result<usize, EngineError> {
     let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
@@ -429,7 +505,7 @@ fn decode_from_start(
     loop {
         let packet = if packets.is_some_and(|n| read >= n) { None } else { file.read_packet().map_err(map)? };
         if let Some(p) = &packet {
-            on_packet(PacketNo(read as u32), p)?;
+            on_packet(PacketNo(read as u32), p, decoder.frame_thread_delay())?;
         }
         read += 1;
         decoder.decode(packet.as_ref(), false, on_frame).map_err(map)?;
@@ -450,6 +526,22 @@ mod tests {
         let state = StateDir { dir: None, max_bytes: 0 };
         let err = start_opening(id, "gone.h264".into(), &state, &EngineStats::default()).err().unwrap();
         assert!(matches!(err, EngineError::Vanished { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_pass_hands_its_frames_over_when_one_waited_for_is_counted_and_not_too_often() {
+        let now = Instant::now();
+        let ago = |ms| now - Duration::from_millis(ms);
+        // Nobody waits, or for a frame not counted yet: nothing to hand over.
+        assert!(!hand_over_now(0, 500, None, now));
+        assert!(!hand_over_now(501, 500, None, now));
+        // Frame 499 is counted: the first hand-over is at once.
+        assert!(hand_over_now(500, 500, None, now));
+        // A frame the last hand-over already had needs no other.
+        assert!(!hand_over_now(400, 600, Some((500, ago(1000))), now));
+        // One it did not have: once a quarter of a second has passed since.
+        assert!(!hand_over_now(550, 600, Some((500, ago(100))), now));
+        assert!(hand_over_now(550, 600, Some((500, ago(250))), now));
     }
 
     #[test]

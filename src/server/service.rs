@@ -124,7 +124,15 @@ impl FrameService {
                 return Err(RequestError::TooLarge { field: "keep_behind", value: keep as u64, max: max as u64 }.into());
             }
         }
-        let video = self.open(&req.video).await?;
+        // A frame counted from the start needs only the index that far (a file without
+        // timestamps is served while its decode pass runs); a time or a frame counted from the
+        // end needs all of it.
+        let video = match target {
+            Target::Index(i) if i >= 0 && !req.video.is_empty() => {
+                self.store.open_for_frame(&req.video, i as u64).await?
+            }
+            _ => self.open(&req.video).await?,
+        };
         let index = self.store.resolve(&video, target, req.clamp)?;
         Ok((video, index, spec))
     }

@@ -132,16 +132,39 @@ pub fn reference_frames_with(path: &Path, input_options: &[&str], pix_fmt: &str,
 
 /// [`reference_frames_with`] for a video of another size: `frame` bytes per frame.
 pub fn reference_frames_sized(path: &Path, input_options: &[&str], pix_fmt: &str, frame: usize) -> Vec<Vec<u8>> {
+    reference_frames_sized_at(path, input_options, &[], pix_fmt, frame)
+}
+
+fn reference_frames_sized_at(
+    path: &Path,
+    input_options: &[&str],
+    output_options: &[&str],
+    pix_fmt: &str,
+    frame: usize,
+) -> Vec<Vec<u8>> {
     let output = Command::new("ffmpeg")
         .args(["-v", "error"])
         .args(input_options)
         .arg("-i")
         .arg(path)
-        .args(["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
+        .args(["-map", "0:v:0", "-fps_mode", "passthrough"])
+        .args(output_options)
+        .args(["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
         .output()
         .unwrap();
     assert!(output.stdout.len().is_multiple_of(frame), "reference decode of {} is not whole frames", path.display());
     output.stdout.chunks(frame).map(|c| c.to_vec()).collect()
+}
+
+/// The frames `indices` (ascending) of the ffmpeg CLI's sequential decode, rgb24, `frame` bytes
+/// each: for long videos, whose every frame would not fit in memory.
+pub fn reference_frames_at(path: &Path, indices: &[usize], frame: usize) -> Vec<Vec<u8>> {
+    let select: Vec<String> = indices.iter().map(|i| format!("eq(n\\,{i})")).collect();
+    let filter = format!("select={}", select.join("+"));
+    let count = indices.len().to_string();
+    let frames = reference_frames_sized_at(path, &[], &["-vf", &filter, "-frames:v", &count], "rgb24", frame);
+    assert_eq!(frames.len(), indices.len(), "the reference decode of {} lacks frames", path.display());
+    frames
 }
 
 /// A deterministic pseudo-random sequence (no RNG state shared between tests).
