@@ -873,8 +873,9 @@ async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
     assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
     assert!(err.message().contains("long.h264 is still being indexed ("), "{}", err.message());
     assert_eq!(d.store.stats().videos_indexing, 1);
-    // A stream's setup too, within the client's deadline (the server does not bound streams).
-    let mut request = tonic::Request::new(batch("long.h264", range(0, 10, 1)));
+    // A stream's setup too, within the client's deadline (the server does not bound streams):
+    // its last frames need the whole index.
+    let mut request = tonic::Request::new(batch("long.h264", range(-10, 0, 1)));
     request.set_timeout(std::time::Duration::from_millis(100));
     let err = c.request_frames(request).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
@@ -1752,8 +1753,9 @@ fn reference_frame(path: &Path, n: usize) -> Vec<u8> {
 
 /// A file without timestamps is served while its decode pass runs: a frame the pass has counted
 /// comes before the pass is over, with the sequential decode's pixels, after a seek too (the
-/// frames a seek lands on are recognised among the frames counted so far). What needs the whole
-/// index (a frame counted from the end, a frame past the end) waits for it.
+/// frames a seek lands on are recognised among the frames counted so far), and so does a batch
+/// of frames counted from the start. What needs the whole index (a frame counted from the end, a
+/// frame past the end) waits for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
@@ -1764,7 +1766,7 @@ async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
         "-f",
         "lavfi",
         "-i",
-        "testsrc2=size=960x540:rate=30:duration=60",
+        "testsrc2=size=640x360:rate=30:duration=60",
         "-c:v",
         "libx264",
         "-preset",
@@ -1779,14 +1781,21 @@ async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
     let mut c = d.client().await;
     let first = c.request_frame(by_index("camera.h264", 5)).await.unwrap().into_inner();
     assert_eq!(d.store.stats().videos_indexing, 1, "frame 5 waited for the whole decode pass");
-    let wanted = [5, 400, 399, 1000, 1799];
+    // A batch counted from the start, as a data loader asks: the same.
+    let list = pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![8, 61, 7] });
+    let mut stream = c.request_frames(batch("camera.h264", list)).await.unwrap().into_inner();
     let mut got = vec![first];
-    for &i in &wanted[1..] {
+    while let Some(frame) = stream.message().await.unwrap() {
+        got.push(frame);
+    }
+    assert_eq!(d.store.stats().videos_indexing, 1, "the batch waited for the whole decode pass");
+    let wanted = [5, 8, 61, 7, 400, 399, 1000, 1799];
+    for &i in &wanted[4..] {
         got.push(c.request_frame(by_index("camera.h264", i as i64)).await.unwrap().into_inner());
     }
     let mut sorted = wanted.to_vec();
     sorted.sort_unstable();
-    let reference = reference_frames_at(&raw, &sorted, 960 * 540 * 3);
+    let reference = reference_frames_at(&raw, &sorted, 640 * 360 * 3);
     for (i, frame) in wanted.iter().zip(&got) {
         assert_eq!(frame.index, *i as i64);
         let at = sorted.binary_search(i).unwrap();

@@ -78,6 +78,18 @@ impl Target {
 }
 
 impl Selection {
+    /// The last frame the selection needs the index to reach, when that is known without the
+    /// index (frames counted from the start, a range with its end given): a video being
+    /// indexed serves it once its decode pass has counted that far. `None` when it needs the
+    /// whole index (frames counted from the end, times, keyframes).
+    pub fn last_counted(&self) -> Option<u64> {
+        match self {
+            &Selection::Range { start, stop, .. } if start >= 0 && stop > 0 => Some(stop as u64 - 1),
+            Selection::Indices(list) if list.iter().all(|&i| i >= 0) => list.iter().max().map(|&i| i as u64),
+            _ => None,
+        }
+    }
+
     /// The frame indices selected, checked against the video and `max` frames before the first
     /// frame is decoded.
     pub fn resolve(&self, name: &str, index: &VideoIndex, max: usize) -> Result<Vec<FrameIndex>, SelectionError> {
@@ -161,6 +173,22 @@ fn check_interval(start_s: f64, stop_s: f64) -> Result<(), SelectionError> {
 mod tests {
     use super::*;
     use crate::engine::ffmpeg::{PacketMeta, StreamInfo};
+
+    #[test]
+    fn a_selection_knows_how_far_it_needs_the_index_when_it_counts_from_the_start() {
+        let range = |start, stop| Selection::Range { start, stop, step: 3 };
+        assert_eq!(range(2, 9).last_counted(), Some(8));
+        assert_eq!(range(0, 1).last_counted(), Some(0));
+        // To the end, or from it: the whole index.
+        assert_eq!(range(2, 0).last_counted(), None);
+        assert_eq!(range(-5, 9).last_counted(), None);
+        assert_eq!(range(2, -1).last_counted(), None);
+        assert_eq!(Selection::Indices(vec![7, 300, 2]).last_counted(), Some(300));
+        assert_eq!(Selection::Indices(vec![7, -1]).last_counted(), None);
+        assert_eq!(Selection::Indices(vec![]).last_counted(), None);
+        assert_eq!(Selection::TimeRange { start_s: 0.0, stop_s: 1.0 }.last_counted(), None);
+        assert_eq!(Selection::Keyframes { every: 1, within: None }.last_counted(), None);
+    }
 
     /// Ten frames at 10 fps, all keyframes: frame i is on screen from i/10 s.
     fn index() -> VideoIndex {

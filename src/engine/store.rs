@@ -359,7 +359,7 @@ impl FrameStore {
     /// timestamps is indexed by a decode pass, that is the frames the pass has counted once it
     /// has counted that far ([`Progress::counted_so_far`]): an hour of camera footage shows its
     /// first frames in a second rather than after minutes.
-    pub async fn open_for_frame(&self, name: &str, frame: u64) -> Result<Arc<OpenVideo>, Error> {
+    pub async fn open_through(&self, name: &str, frame: u64) -> Result<Arc<OpenVideo>, Error> {
         let slot = self.slot(name).await?;
         let mut counted = slot.progress.counted_so_far();
         let whole = slot.video.clone();

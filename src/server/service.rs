@@ -129,7 +129,7 @@ impl FrameService {
         // end needs all of it.
         let video = match target {
             Target::Index(i) if i >= 0 && !req.video.is_empty() => {
-                self.store.open_for_frame(&req.video, i as u64).await?
+                self.store.open_through(&req.video, i as u64).await?
             }
             _ => self.open(&req.video).await?,
         };
@@ -397,12 +397,17 @@ impl FrameService {
         let name = req.video.clone();
         let setup = async {
             let spec = self.output_spec(req.output.as_ref())?;
-            let video = self.open(&req.video).await?;
             let selection = req.selection.map(|s| match s {
                 pb::frames_request::Selection::Range(r) => range(r),
                 pb::frames_request::Selection::TimeRange(t) => time_range(t),
                 pb::frames_request::Selection::Indices(l) => Selection::Indices(l.indices),
             });
+            // Frames counted from the start need the index only that far (a file without
+            // timestamps is served while its decode pass runs).
+            let video = match selection.as_ref().and_then(Selection::last_counted) {
+                Some(last) if !req.video.is_empty() => self.store.open_through(&req.video, last).await?,
+                _ => self.open(&req.video).await?,
+            };
             let indices = self.selection(&video, selection)?;
             Ok::<_, Error>((video, indices, spec))
         };
