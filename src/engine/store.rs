@@ -195,10 +195,32 @@ impl Submission {
 
 struct VideoSlot {
     id: VideoId,
-    /// The name of the request that opened it.
-    name: String,
+    /// The names requests called it by (relative to different roots, or spelt differently): the
+    /// first, and a few more, so that each is told how far its opening got.
+    names: Mutex<Vec<String>>,
     video: IndexJob,
     progress: Arc<Progress>,
+}
+
+/// How many names of one video a slot remembers.
+const NAMES_KEPT: usize = 8;
+
+impl VideoSlot {
+    fn new(id: VideoId, name: &str, video: IndexJob, progress: Arc<Progress>) -> VideoSlot {
+        VideoSlot { id, names: Mutex::new(vec![name.to_string()]), video, progress }
+    }
+
+    fn called(&self, name: &str) -> bool {
+        self.names.lock().iter().any(|n| n == name)
+    }
+
+    /// A request called it `name`.
+    fn also_called(&self, name: &str) {
+        let mut names = self.names.lock();
+        if names.len() < NAMES_KEPT && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
 }
 
 /// A video's opening (its index read from the state directory, or built), shared by every
@@ -403,7 +425,10 @@ impl FrameStore {
         let slot = {
             let mut videos = self.videos.lock();
             match videos.get(&id.path) {
-                Some(slot) if slot.id == id => slot.clone(),
+                Some(slot) if slot.id == id => {
+                    slot.also_called(name);
+                    slot.clone()
+                }
                 stale => {
                     // The file changed: an opening of its old content still under way is of no
                     // use to anyone (a file being written would otherwise queue a pass over it
@@ -413,7 +438,7 @@ impl FrameStore {
                     }
                     let progress = Arc::new(Progress::default());
                     let job = self.opener.open(id.clone(), name.to_string(), progress.clone());
-                    let slot = Arc::new(VideoSlot { id: id.clone(), name: name.to_string(), video: job, progress });
+                    let slot = Arc::new(VideoSlot::new(id.clone(), name, job, progress));
                     videos.put(id.path.clone(), slot.clone());
                     forget_opened(&mut videos, self.config.max_open_videos.max(1));
                     slot
@@ -428,7 +453,7 @@ impl FrameStore {
     /// was waiting for.
     pub fn indexing(&self, name: &str) -> Option<String> {
         let videos = self.videos.lock();
-        let (_, slot) = videos.iter().find(|(_, slot)| slot.name == name && !slot.progress.finished())?;
+        let (_, slot) = videos.iter().find(|(_, slot)| slot.called(name) && !slot.progress.finished())?;
         Some(slot.progress.describe(std::time::Instant::now()))
     }
 
@@ -902,7 +927,20 @@ mod tests {
         if opened {
             progress.finish();
         }
-        (path, Arc::new(VideoSlot { id, name: name.to_string(), video, progress }))
+        (path, Arc::new(VideoSlot::new(id, name, video, progress)))
+    }
+
+    #[test]
+    fn a_slot_knows_the_names_it_was_asked_by() {
+        let (_, slot) = slot("cam/a.h264", false);
+        slot.also_called("./cam/a.h264");
+        slot.also_called("cam/a.h264");
+        assert!(slot.called("cam/a.h264") && slot.called("./cam/a.h264") && !slot.called("b.h264"));
+        assert_eq!(slot.names.lock().len(), 2, "each name once");
+        for i in 0..20 {
+            slot.also_called(&format!("alias{i}"));
+        }
+        assert_eq!(slot.names.lock().len(), NAMES_KEPT, "a bounded list");
     }
 
     #[test]
@@ -913,7 +951,7 @@ mod tests {
             videos.put(path, slot);
         }
         forget_opened(&mut videos, 2);
-        let kept: Vec<&str> = videos.iter().map(|(_, s)| s.name.as_str()).collect();
+        let kept: Vec<String> = videos.iter().map(|(_, s)| s.names.lock()[0].clone()).collect();
         assert_eq!(kept, ["d", "b"], "the opened ones go first, the least recently used first");
         // Beyond the bound only while more are being opened.
         forget_opened(&mut videos, 1);

@@ -228,6 +228,8 @@ pub struct Progress {
     decoding_since: OnceLock<Instant>,
     decoded: AtomicUsize,
     packets: AtomicUsize,
+    /// Frames the pass has shown: counted, so those of them handed over are served already.
+    shown: AtomicUsize,
     /// One more than the highest frame a request waits for while the decode pass runs (0: none).
     wanted: AtomicU64,
     /// The frames the decode pass has counted so far, as a video of their own, handed over when
@@ -248,6 +250,7 @@ impl Default for Progress {
             decoding_since: OnceLock::new(),
             decoded: AtomicUsize::new(0),
             packets: AtomicUsize::new(0),
+            shown: AtomicUsize::new(0),
             wanted: AtomicU64::new(0),
             counted: tokio::sync::watch::Sender::new(None),
         }
@@ -286,6 +289,10 @@ impl Progress {
         self.decoded.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn shown_one(&self) {
+        self.shown.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A request waits for `frame`: the decode pass hands over what it has counted once it has
     /// counted that far ([`Progress::counted_so_far`]).
     pub fn want(&self, frame: u64) {
@@ -315,6 +322,12 @@ impl Progress {
         // An estimate once there is something to go by.
         if done >= 0.02 && took >= 0.5 {
             out.push_str(&format!(", about {:.0} s left", took * (1.0 - done) / done));
+        }
+        // A frame counted from the start is served once the pass has shown it.
+        match self.shown.load(Ordering::Relaxed) {
+            0 => {}
+            1 => out.push_str("; frame 0 can be asked for already"),
+            n => out.push_str(&format!("; frames 0 to {} can be asked for already", n - 1)),
         }
         out
     }
@@ -420,6 +433,7 @@ fn decode_pass(
             Ok(())
         },
         &mut |f| {
+            progress.shown_one();
             metas.borrow_mut().push(DecodedFrameMeta {
                 best_effort_timestamp: f.best_effort_timestamp(),
                 key: f.is_key(),
@@ -560,5 +574,10 @@ mod tests {
         }
         let said = p.describe(at(10.0));
         assert!(said.starts_with("decoding every frame: 25% done, ") && said.ends_with(", about 30 s left"), "{said}");
+        for _ in 0..240 {
+            p.shown_one();
+        }
+        let said = p.describe(at(10.0));
+        assert!(said.ends_with(", about 30 s left; frames 0 to 239 can be asked for already"), "{said}");
     }
 }
