@@ -195,6 +195,8 @@ impl Submission {
 
 struct VideoSlot {
     id: VideoId,
+    /// The file's change time when its opening started (see [`VideoSlot::serves`]).
+    changed_ns: i128,
     /// The names requests called it by (relative to different roots, or spelt differently): the
     /// first, and a few more, so that each is told how far its opening got.
     names: Mutex<Vec<String>>,
@@ -206,8 +208,17 @@ struct VideoSlot {
 const NAMES_KEPT: usize = 8;
 
 impl VideoSlot {
-    fn new(id: VideoId, name: &str, video: IndexJob, progress: Arc<Progress>) -> VideoSlot {
-        VideoSlot { id, names: Mutex::new(vec![name.to_string()]), video, progress }
+    fn new(id: VideoId, changed_ns: i128, name: &str, video: IndexJob, progress: Arc<Progress>) -> VideoSlot {
+        VideoSlot { id, changed_ns, names: Mutex::new(vec![name.to_string()]), video, progress }
+    }
+
+    /// Whether a request that found the file as `id`, changed at `changed_ns`, is served by this
+    /// slot: the same content, or an older look at a file that has changed since (a request
+    /// that looked just before a camera wrote more, or a file was replaced). That request gets
+    /// the file as it is now rather than reopening the content it saw, which would abandon the
+    /// newer opening and have the next request start it again.
+    fn serves(&self, id: &VideoId, changed_ns: i128) -> bool {
+        self.id == *id || changed_ns < self.changed_ns
     }
 
     fn called(&self, name: &str) -> bool {
@@ -408,7 +419,7 @@ impl FrameStore {
     async fn slot(&self, name: &str) -> Result<Arc<VideoSlot>, Error> {
         let roots = self.roots.clone();
         let owned = name.to_string();
-        let id = tokio::task::spawn_blocking(move || -> Result<VideoId, RootsError> {
+        let (id, changed_ns) = tokio::task::spawn_blocking(move || -> Result<(VideoId, i128), RootsError> {
             use std::os::unix::fs::MetadataExt;
             let path = roots.resolve(&owned)?;
             let meta = std::fs::metadata(&path).map_err(|_| RootsError::NotFound { name: owned.clone() })?;
@@ -418,14 +429,17 @@ impl FrameStore {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_nanos() as i128)
                 .unwrap_or(0);
-            Ok(VideoId { path, device: meta.dev(), inode: meta.ino(), size: meta.len(), modified_ns })
+            // The inode's change time, which no one sets by hand (`cp -p` and `touch -d` set
+            // the modification time): it orders what two requests saw of a changing file.
+            let changed_ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+            Ok((VideoId { path, device: meta.dev(), inode: meta.ino(), size: meta.len(), modified_ns }, changed_ns))
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
         let slot = {
             let mut videos = self.videos.lock();
             match videos.get(&id.path) {
-                Some(slot) if slot.id == id => {
+                Some(slot) if slot.serves(&id, changed_ns) => {
                     slot.also_called(name);
                     slot.clone()
                 }
@@ -438,7 +452,7 @@ impl FrameStore {
                     }
                     let progress = Arc::new(Progress::default());
                     let job = self.opener.open(id.clone(), name.to_string(), progress.clone());
-                    let slot = Arc::new(VideoSlot::new(id.clone(), name, job, progress));
+                    let slot = Arc::new(VideoSlot::new(id.clone(), changed_ns, name, job, progress));
                     videos.put(id.path.clone(), slot.clone());
                     forget_opened(&mut videos, self.config.max_open_videos.max(1));
                     slot
@@ -927,7 +941,23 @@ mod tests {
         if opened {
             progress.finish();
         }
-        (path, Arc::new(VideoSlot::new(id, name, video, progress)))
+        (path, Arc::new(VideoSlot::new(id, 0, name, video, progress)))
+    }
+
+    #[test]
+    fn a_request_that_saw_a_file_before_it_changed_is_served_as_it_is_now() {
+        let (_, slot) = slot("cam.h264", false);
+        let now = VideoId { size: 1000, modified_ns: 50, ..slot.id.clone() };
+        let slot = VideoSlot::new(now.clone(), 2_000, "cam.h264", slot.video.clone(), slot.progress.clone());
+        assert!(slot.serves(&now, 2_000));
+        let before = VideoId { size: 600, modified_ns: 40, ..now.clone() };
+        assert!(slot.serves(&before, 1_000), "an older look reopened the file");
+        // A newer one is another opening (the file changed after this one started).
+        let after = VideoId { size: 1400, modified_ns: 60, ..now.clone() };
+        assert!(!slot.serves(&after, 3_000));
+        // A file replaced by another whose times were copied (`cp -p`): its change time is new.
+        let copied = VideoId { inode: 99, modified_ns: 10, ..now };
+        assert!(!slot.serves(&copied, 2_500));
     }
 
     #[test]
