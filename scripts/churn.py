@@ -74,7 +74,7 @@ def main():
     time.sleep(1)
     ref = {name: reference(os.path.join(media, name)) for name in ["stable.h264", "stable.mp4"]}
     stop = time.time() + args.seconds
-    counts = {k: 0 for k in ["ok", "deadline", "aborted", "not_found", "wrong", "unexpected"]}
+    counts = {k: 0 for k in ["ok", "deadline", "aborted", "not_found", "partial", "wrong", "unexpected"]}
     lock = threading.Lock()
 
     def count(k, why=""):
@@ -113,6 +113,10 @@ def main():
                     count("aborted")
                 except framesrv.NotFound:
                     count("not_found")
+                except (framesrv.InvalidArgument, framesrv.OutOfRange) as e:
+                    # A churned file caught while it is copied over in place (truncated, then
+                    # written): not a video yet, or fewer frames than the info before said.
+                    count("partial" if name in NAMES else "unexpected", "" if name in NAMES else f"{name}: {e}")
                 except framesrv.FramesrvError as e:
                     count("unexpected", f"{name}: {e}")
 
