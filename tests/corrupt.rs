@@ -149,7 +149,8 @@ async fn damaged_files_get_clear_statuses_and_the_daemon_keeps_serving_exactly()
     let mut c = d.client().await;
     let (mut served, mut refused) = (0, 0);
     for name in &names {
-        let info = call(name, c.get_video_info(pb::GetVideoInfoRequest { video: name.clone() })).await;
+        let info =
+            call(name, c.get_video_info(pb::GetVideoInfoRequest { video: name.clone(), ..Default::default() })).await;
         let Some(info) = info.map(|i| i.into_inner()) else {
             refused += 1;
             continue;
@@ -210,7 +211,10 @@ async fn a_file_whose_decode_pass_yields_no_frame_is_data_loss() {
     let d = Daemon::start(dir, |_| {}).await;
     let mut c = d.client().await;
     for _ in 0..2 {
-        let status = c.get_video_info(pb::GetVideoInfoRequest { video: "noframe.mkv".into() }).await.unwrap_err();
+        let status = c
+            .get_video_info(pb::GetVideoInfoRequest { video: "noframe.mkv".into(), ..Default::default() })
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::DataLoss, "{}", status.message());
         assert!(status.message().contains("no decodable frame"), "{}", status.message());
         let request = pb::FrameRequest {
@@ -220,7 +224,11 @@ async fn a_file_whose_decode_pass_yields_no_frame_is_data_loss() {
         };
         assert_eq!(c.request_frame(request).await.unwrap_err().code(), Code::DataLoss);
     }
-    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "clean.mkv".into() }).await.unwrap().into_inner();
+    let info = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "clean.mkv".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.frame_count, 24);
     assert_eq!(d.store.stats().panics, 0);
 }
@@ -244,15 +252,23 @@ async fn a_file_declaring_a_huge_picture_is_refused_before_decoding() {
     // The fuzz target's file: refused before FFmpeg's stream probing decodes a frame of it
     // (which took 760 MB of this process's memory before).
     let before = peak_rss_kib();
-    let status = c.get_video_info(pb::GetVideoInfoRequest { video: "found.ivf".into() }).await.unwrap_err();
+    let status = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "found.ivf".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     assert!(status.message().contains("32960x6400"), "{}", status.message());
     let grew = peak_rss_kib() - before;
     assert!(grew < 300 * 1024, "opening it raised the peak RSS by {grew} KiB");
-    let status = c.get_video_info(pb::GetVideoInfoRequest { video: "huge.ivf".into() }).await.unwrap_err();
+    let status =
+        c.get_video_info(pb::GetVideoInfoRequest { video: "huge.ivf".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     assert!(status.message().contains("32960x6400"), "{}", status.message());
-    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "small.ivf".into() }).await.unwrap().into_inner();
+    let info = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "small.ivf".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.frame_count, 6);
 }
 

@@ -297,7 +297,11 @@ async fn keyframes_decode_only_keyframes_and_are_exact() {
     let reference = reference_frames(&path);
     let d = Daemon::start(dir, |_| {}).await;
     let mut c = d.client().await;
-    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "k.mp4".into() }).await.unwrap().into_inner();
+    let info = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "k.mp4".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let keyframes = |every, time_range| pb::KeyframesRequest { video: "k.mp4".into(), every, time_range, output: None };
     let before = d.store.stats().frames_decoded;
     let mut s = c.request_keyframes(keyframes(0, None)).await.unwrap().into_inner();
@@ -427,7 +431,11 @@ async fn clips_are_lossless_or_playable_and_bounded() {
     std::fs::write(&out, &bytes).unwrap();
     let source = framemd5(vfr);
     assert_eq!(framemd5(&out), source[11..41].to_vec(), "FFV1 clip decodes to the same rgb24 bytes");
-    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "vfr.mkv".into() }).await.unwrap().into_inner();
+    let info = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "vfr.mkv".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(info.variable_frame_rate);
     let times = probe_times(&out);
     assert_eq!(times.len(), 30);

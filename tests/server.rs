@@ -99,7 +99,11 @@ async fn frames_by_index_and_time_are_the_exact_bytes_of_a_sequential_decode() {
     let d = start().await;
     let reference = reference_frames(&d.media.join("a.mp4"));
     let mut c = d.client().await;
-    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "a.mp4".into() }).await.unwrap().into_inner();
+    let info = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "a.mp4".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.frame_count, 60);
     assert_eq!((info.width, info.height), (W, H));
     assert_eq!(info.keyframe_count, 5);
@@ -846,7 +850,7 @@ async fn a_client_deadline_and_the_server_limit_both_answer_deadline_exceeded() 
     let d = start_with(|c| c.limits.request_timeout_s = 0.3).await;
     long_video(&d.media);
     let mut c = d.client().await;
-    c.get_video_info(pb::GetVideoInfoRequest { video: "long.mp4".into() }).await.unwrap();
+    c.get_video_info(pb::GetVideoInfoRequest { video: "long.mp4".into(), ..Default::default() }).await.unwrap();
     // The last frame of a 900-frame GOP: a decode of the whole GOP, far longer than either bound.
     let mut request = tonic::Request::new(by_index("long.mp4", 899));
     request.set_timeout(std::time::Duration::from_millis(150));
@@ -867,7 +871,7 @@ async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
     raw_h264(&long_video(&d.media), &d.media.join("long.h264"));
     let mut c = d.client().await;
-    let mut request = tonic::Request::new(pb::GetVideoInfoRequest { video: "long.h264".into() });
+    let mut request = tonic::Request::new(pb::GetVideoInfoRequest { video: "long.h264".into(), ..Default::default() });
     request.set_timeout(std::time::Duration::from_millis(100));
     let err = c.get_video_info(request).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
@@ -887,7 +891,11 @@ async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(d.store.stats().videos_indexed, 1);
-    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "long.h264".into() }).await.unwrap().into_inner();
+    let info = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "long.h264".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.frame_count, 900);
     assert_eq!(d.store.stats().videos_indexed, 1, "the next request started a second decode pass");
     // Its frames are then served like any other video's.
@@ -915,7 +923,11 @@ async fn a_file_that_grows_while_it_is_indexed_is_indexed_once_as_it_is_now() {
     let bytes = std::fs::read(&raw).unwrap();
     std::io::Write::write_all(&mut std::fs::OpenOptions::new().append(true).open(&raw).unwrap(), &bytes).unwrap();
     let mut c = d.client().await;
-    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "growing.h264".into() }).await.unwrap().into_inner();
+    let info = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "growing.h264".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.frame_count, 1800, "the file as it is now");
     let err = waiting.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Aborted, "{err}");
@@ -1086,7 +1098,7 @@ async fn a_file_truncated_grown_or_swapped_in_place_is_reindexed_never_stale() {
     let status = c.request_frame(by_index("changing.mkv", 70)).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
     let n = c
-        .get_video_info(pb::GetVideoInfoRequest { video: "changing.mkv".into() })
+        .get_video_info(pb::GetVideoInfoRequest { video: "changing.mkv".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -1425,7 +1437,11 @@ async fn phone_videos_are_served_as_coded_or_upright_exactly() {
             .unwrap();
         let counter_clockwise: f64 = String::from_utf8_lossy(&probed.stdout).trim().parse().unwrap();
         let clockwise = (360.0 - counter_clockwise).rem_euclid(360.0);
-        let info = c.get_video_info(pb::GetVideoInfoRequest { video: name.into() }).await.unwrap().into_inner();
+        let info = c
+            .get_video_info(pb::GetVideoInfoRequest { video: name.into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(info.display_rotation, clockwise, "{name}");
         assert_eq!((info.width, info.height), (W, H), "{name}: the size is as coded");
         let quarter = clockwise == 90.0 || clockwise == 270.0;
@@ -1466,9 +1482,17 @@ async fn anamorphic_video_reports_its_pixel_shape_and_serves_its_pixels_as_store
     let path =
         encode(&d.media.join("dvd.mp4"), 12, 25, &["-vf", "setsar=64/45", "-c:v", "libx264", "-pix_fmt", "yuv420p"]);
     let mut c = d.client().await;
-    let info = c.get_video_info(pb::GetVideoInfoRequest { video: "dvd.mp4".into() }).await.unwrap().into_inner();
+    let info = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "dvd.mp4".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.sample_aspect_ratio, "64:45");
-    let square = c.get_video_info(pb::GetVideoInfoRequest { video: "a.mp4".into() }).await.unwrap().into_inner();
+    let square = c
+        .get_video_info(pb::GetVideoInfoRequest { video: "a.mp4".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(square.sample_aspect_ratio, "1:1");
     // As stored, as the CLI decodes it: the pixel shape is for the viewer to apply.
     let reference = reference_frames(&path);
@@ -1754,8 +1778,8 @@ fn reference_frame(path: &Path, n: usize) -> Vec<u8> {
 /// A file without timestamps is served while its decode pass runs: a frame the pass has counted
 /// comes before the pass is over, with the sequential decode's pixels, after a seek too (the
 /// frames a seek lands on are recognised among the frames counted so far), and so does a batch
-/// of frames counted from the start. What needs the whole index (a frame counted from the end, a
-/// frame past the end) waits for it.
+/// of frames counted from the start; the info asked `while_indexing` describes those frames.
+/// What needs the whole index (a frame counted from the end, a frame past the end) waits for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
@@ -1781,6 +1805,11 @@ async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
     let mut c = d.client().await;
     let first = c.request_frame(by_index("camera.h264", 5)).await.unwrap().into_inner();
     assert_eq!(d.store.stats().videos_indexing, 1, "frame 5 waited for the whole decode pass");
+    // Asked while it is indexed, the info describes the frames counted so far.
+    let so_far = pb::GetVideoInfoRequest { video: "camera.h264".into(), while_indexing: true };
+    let info = c.get_video_info(so_far.clone()).await.unwrap().into_inner();
+    assert!(info.indexing && (6..1800).contains(&info.frame_count), "{info:?}");
+    assert_eq!((info.width, info.height, info.frame_identity.as_str()), (640, 360, "count"));
     // A batch counted from the start, as a data loader asks: the same.
     let list = pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![8, 61, 7] });
     let mut stream = c.request_frames(batch("camera.h264", list)).await.unwrap().into_inner();
@@ -1804,8 +1833,47 @@ async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
     let last = c.request_frame(by_index("camera.h264", -1)).await.unwrap().into_inner();
     assert_eq!(last.index, 1799);
     assert_eq!(d.store.stats().videos_indexing, 0);
+    let info = c.get_video_info(so_far).await.unwrap().into_inner();
+    assert!(!info.indexing && info.frame_count == 1800, "{info:?}");
     let err = c.request_frame(by_index("camera.h264", 1800)).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
     assert_eq!(d.store.stats().videos_indexed, 1);
     d.stop().await;
+}
+
+/// A daemon told to stop while a file without timestamps is being indexed stops the decode pass
+/// too: the process exits only once its blocking threads are done, and a pass over an hour of
+/// video kept it for minutes after it said it had stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_daemon_stops_the_decode_passes_under_way() {
+    let d = start_with(|c| c.state_dir = "none".into()).await;
+    let mp4 = d.media.join("big.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=30:duration=60",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        mp4.to_str().unwrap(),
+    ]);
+    raw_h264(&mp4, &d.media.join("big.h264"));
+    let store = d.store.clone();
+    let opening = tokio::spawn({
+        let store = store.clone();
+        async move { store.open("big.h264").await.map(|_| ()) }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !store.indexing("big.h264").is_some_and(|p| p.starts_with("decoding every frame")) {
+        assert!(std::time::Instant::now() < deadline, "the pass never started");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    d.stop().await;
+    let err = opening.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert_eq!(store.stats().videos_indexed, 0, "the pass ran to its end");
 }

@@ -735,7 +735,7 @@ fn raw_stream(clip: &Clip, out: &Path) -> Result<(), String> {
 
 /// Open `name` (its first `GetVideoInfo`) and check it has `frames` frames.
 async fn open_checked(c: &mut Client, name: String, frames: usize) -> Result<(), String> {
-    let info = c.get_video_info(pb::GetVideoInfoRequest { video: name.clone() }).await;
+    let info = c.get_video_info(pb::GetVideoInfoRequest { video: name.clone(), ..Default::default() }).await;
     let info = info.map_err(|s| format!("{name}: {}", s.message()))?.into_inner();
     if info.frame_count as usize != frames {
         return Err(format!("{name}: {} frames, not {frames}", info.frame_count));
@@ -886,7 +886,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: &CompareArgs) -> Result<(), 
         for decoder in ["parallel_streams = true", "parallel_streams = false"] {
             let fps = on_fresh_daemon_with(runtime, &media, "512MiB", args, decoder, async |_, mut c| {
                 // Opened (indexed) before the clock starts.
-                let info = pb::GetVideoInfoRequest { video: "g50.mp4".into() };
+                let info = pb::GetVideoInfoRequest { video: "g50.mp4".into(), ..Default::default() };
                 c.get_video_info(info).await.map_err(|s| s.message().to_string())?;
                 let t = Instant::now();
                 let n = stream_range_as(&mut c, "g50.mp4", 0, 0, Some(small)).await?;
@@ -1330,7 +1330,7 @@ fn restart_figure(
     media: &Path,
     build: Duration,
 ) -> Result<(), String> {
-    let info = |video: &str| pb::GetVideoInfoRequest { video: video.into() };
+    let info = |video: &str| pb::GetVideoInfoRequest { video: video.into(), ..Default::default() };
     on_fresh_daemon(runtime, media, "256MiB", args, async |_, mut c| {
         c.get_video_info(info("hour.mp4")).await.map_err(|e| e.to_string())?;
         Ok(())

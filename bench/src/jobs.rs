@@ -31,7 +31,9 @@ async fn hash_all(c: &mut Client, video: &str, md5: bool) -> Result<(usize, Dura
 
 /// Open (index) a video, so that the figures after it time the job alone.
 async fn open(c: &mut Client, video: &str) -> Result<(), String> {
-    c.get_video_info(pb::GetVideoInfoRequest { video: video.into() }).await.map_err(|s| s.message().to_string())?;
+    c.get_video_info(pb::GetVideoInfoRequest { video: video.into(), ..Default::default() })
+        .await
+        .map_err(|s| s.message().to_string())?;
     Ok(())
 }
 

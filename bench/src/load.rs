@@ -253,7 +253,7 @@ pub async fn run_load(args: &LoadArgs) -> Result<LoadReport, String> {
     for v in &args.videos {
         let info = client
             .clone()
-            .get_video_info(pb::GetVideoInfoRequest { video: v.clone() })
+            .get_video_info(pb::GetVideoInfoRequest { video: v.clone(), ..Default::default() })
             .await
             .map_err(|s| format!("{v}: {:?}: {}", s.code(), s.message()))?
             .into_inner();

@@ -111,14 +111,17 @@ pub(crate) fn status_text(s: tonic::Status) -> String {
 
 async fn run_async(command: Command) -> Result<(), String> {
     match command {
-        Command::Info { video, server } => {
+        Command::Info { video, while_indexing, server } => {
             let info = connect(&server.server)
                 .await?
-                .get_video_info(for_video(pb::GetVideoInfoRequest { video: video.clone() }, &video))
+                .get_video_info(for_video(pb::GetVideoInfoRequest { video: video.clone(), while_indexing }, &video))
                 .await
                 .map_err(status_text)?
                 .into_inner();
             println!("video:               {}", info.video);
+            if info.indexing {
+                println!("indexing:            still (what follows is of the frames counted so far)");
+            }
             println!("frames:              {}", info.frame_count);
             println!("size:                {}x{}", info.width, info.height);
             if info.sample_aspect_ratio != "1:1" {

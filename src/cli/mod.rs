@@ -30,6 +30,10 @@ pub enum Command {
     /// Show what the index says about a video.
     Info {
         video: String,
+        /// While a file without timestamps is being indexed, show what its decode pass has
+        /// counted so far rather than wait for the whole index.
+        #[arg(long)]
+        while_indexing: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -213,7 +217,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(&config.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -228,7 +232,11 @@ fn serve(args: ServeArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Blocking work still running (a conversion, a file read) gets a moment to end; dropping the
+    // runtime would wait for it however long it takes.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 /// Transparent huge pages off for the daemon. The cache frees and allocates frames of megabytes

@@ -394,21 +394,36 @@ impl FrameStore {
     /// first frames in a second rather than after minutes.
     pub async fn open_through(&self, name: &str, frame: u64) -> Result<Arc<OpenVideo>, Error> {
         let slot = self.slot(name).await?;
+        Ok(Self::through(&slot, frame).await?.0)
+    }
+
+    /// Open the video a client names as far as it is indexed: while a file without timestamps
+    /// is being indexed by a decode pass, the frames the pass has counted (at least one), with
+    /// `true`. What a page showing a long camera file while it is indexed asks for.
+    pub async fn open_so_far(&self, name: &str) -> Result<(Arc<OpenVideo>, bool), Error> {
+        let slot = self.slot(name).await?;
+        let shown = slot.progress.frames_shown() as u64;
+        Self::through(&slot, shown.saturating_sub(1)).await
+    }
+
+    /// The video of `slot` once indexed through `frame`: its whole index, or the frames its
+    /// decode pass has counted so far (with `true`).
+    async fn through(slot: &VideoSlot, frame: u64) -> Result<(Arc<OpenVideo>, bool), Error> {
         let mut counted = slot.progress.counted_so_far();
         let whole = slot.video.clone();
         tokio::pin!(whole);
         loop {
             let far_enough = counted.borrow_and_update().clone().filter(|v| frame < v.index.frame_count() as u64);
             if let Some(video) = far_enough {
-                return Ok(video);
+                return Ok((video, true));
             }
             slot.progress.want(frame);
             tokio::select! {
                 biased;
-                video = &mut whole => return Ok(video?),
+                video = &mut whole => return Ok((video?, false)),
                 changed = counted.changed() => {
                     if changed.is_err() {
-                        return Ok(whole.await?);
+                        return Ok((whole.await?, false));
                     }
                 }
             }
@@ -919,9 +934,14 @@ impl FrameStore {
         }
     }
 
-    /// Close every decoder (their threads exit once idle).
-    pub fn close_decoders(&self) {
+    /// Close every decoder (their threads exit once idle), and stop the decode passes of the
+    /// openings under way: the process exits only once its blocking threads are done, and a pass
+    /// over an hour of video would hold it for minutes after it said it stopped.
+    pub fn shut_down(&self) {
         self.pool.close_all();
+        for (_, slot) in self.videos.lock().iter() {
+            slot.progress.stop();
+        }
     }
 
     pub fn decoder_count(&self) -> usize {

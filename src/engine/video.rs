@@ -222,6 +222,8 @@ pub struct Progress {
     /// Nobody will use the index any more: the file changed (it is being written, say), and a
     /// request for it started opening the new content.
     abandoned: AtomicBool,
+    /// The daemon is stopping: the decode pass stops too (the process waits for it to exit).
+    stopped: AtomicBool,
     /// The opening is over, done or failed (whether or not anyone still waits for it).
     finished: AtomicBool,
     /// When the decode pass began, and its packets: decoded so far, and in all.
@@ -246,6 +248,7 @@ impl Default for Progress {
             began: Instant::now(),
             waiting: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             decoding_since: OnceLock::new(),
             decoded: AtomicUsize::new(0),
@@ -272,6 +275,11 @@ impl Progress {
         self.abandoned.load(Ordering::Relaxed)
     }
 
+    /// Stop the opening where it stands: the daemon is stopping.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
     pub fn finish(&self) {
         self.finished.store(true, Ordering::Release);
     }
@@ -291,6 +299,11 @@ impl Progress {
 
     fn shown_one(&self) {
         self.shown.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frames the decode pass has shown so far.
+    pub fn frames_shown(&self) -> usize {
+        self.shown.load(Ordering::Relaxed)
     }
 
     /// A request waits for `frame`: the decode pass hands over what it has counted once it has
@@ -324,7 +337,7 @@ impl Progress {
             out.push_str(&format!(", about {:.0} s left", took * (1.0 - done) / done));
         }
         // A frame counted from the start is served once the pass has shown it.
-        match self.shown.load(Ordering::Relaxed) {
+        match self.frames_shown() {
             0 => {}
             1 => out.push_str("; frame 0 can be asked for already"),
             n => out.push_str(&format!("; frames 0 to {} can be asked for already", n - 1)),
@@ -416,6 +429,9 @@ fn decode_pass(
         &mut |packet, p, delay| {
             if progress.abandoned() {
                 return Err(EngineError::Changed { video: video.to_string() });
+            }
+            if progress.stopped.load(Ordering::Relaxed) {
+                return Err(EngineError::ShuttingDown);
             }
             progress.decoded_one();
             let shown = metas.borrow().len();

@@ -151,7 +151,8 @@ async fn video_route(
     match VideoRoute::parse(&rest)? {
         VideoRoute::Info(video) => {
             let bound = http_deadline(&state.service, &headers);
-            let info = state.service.within(bound, &video, state.service.info(&video)).await?;
+            let while_indexing = flag(&q, "while_indexing")?;
+            let info = state.service.within(bound, &video, state.service.info(&video, while_indexing)).await?;
             Ok(axum::Json(info_json(&info)).into_response())
         }
         VideoRoute::Frame(video, i) => frame(&state, video, pb::frame_request::Target::Index(i), &q, &headers).await,
@@ -202,6 +203,7 @@ pub fn info_json(i: &pb::VideoInfo) -> serde_json::Value {
         "content_key": i.content_key,
         "display_rotation": i.display_rotation,
         "sample_aspect_ratio": i.sample_aspect_ratio,
+        "indexing": i.indexing,
     })
 }
 

@@ -182,7 +182,7 @@ pub async fn run_with_store(
             Ok(())
         }
     };
-    store.close_decoders();
+    store.shut_down();
     tracing::info!("stopped");
     result
 }

@@ -155,10 +155,14 @@ impl FrameService {
         fits(frame, self.limits.max_message_size.0)
     }
 
-    /// The description of a video, opening (indexing) it on first use. The caller bounds it
-    /// (the call's deadline, or the HTTP route's timeout).
-    pub(crate) async fn info(&self, name: &str) -> Result<pb::VideoInfo, Error> {
-        let video = self.open(name).await?;
+    /// The description of a video, opening (indexing) it on first use; `while_indexing`: of the
+    /// frames counted so far, while a file without timestamps is being indexed. The caller
+    /// bounds it (the call's deadline, or the HTTP route's timeout).
+    pub(crate) async fn info(&self, name: &str, while_indexing: bool) -> Result<pb::VideoInfo, Error> {
+        let (video, indexing) = match while_indexing {
+            true if !name.is_empty() => self.store.open_so_far(name).await?,
+            _ => (self.open(name).await?, false),
+        };
         let idx = &video.index;
         Ok(pb::VideoInfo {
             video: video.name.clone(),
@@ -181,6 +185,7 @@ impl FrameService {
             content_key: video.content_key.hex(),
             display_rotation: idx.stream.orientation.degrees,
             sample_aspect_ratio: format!("{}:{}", idx.stream.sample_aspect_ratio.0, idx.stream.sample_aspect_ratio.1),
+            indexing,
         })
     }
 
@@ -603,7 +608,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let req = request.into_inner();
         let span = tracing::debug_span!("GetVideoInfo", video = %req.video);
         let info = self
-            .within(bound, &req.video, self.info(&req.video))
+            .within(bound, &req.video, self.info(&req.video, req.while_indexing))
             .instrument(span)
             .await
             .map_err(|e| report("GetVideoInfo", &req.video, "", e))?;

@@ -98,17 +98,23 @@ def test_an_unreachable_daemon_is_unavailable_not_a_hang():
 def test_a_data_loader_meets_a_long_file_without_timestamps(tmp_path):
     """A raw .h264 (what many cameras write) is decoded whole when first opened. A loader whose
     deadline is shorter gets DeadlineExceeded saying the video is being indexed and how far; the
-    indexing goes on without it, and its next call gets the index built once."""
+    indexing goes on without it, and its next call gets the index built once. Meanwhile the
+    frames counted so far are described (`while_indexing`) and served."""
     from conftest import camera_folder, start_daemon
 
-    proc, addr = start_daemon(camera_folder(tmp_path, "960x540", 30), tmp_path / "state")
+    proc, addr = start_daemon(camera_folder(tmp_path, "960x540", 60), tmp_path / "state")
     try:
         with framesrv.Client(addr, timeout=0.2) as hasty:
             with pytest.raises(framesrv.DeadlineExceeded) as e:
                 hasty.info("camera.h264")
             assert "camera.h264 is still being indexed (" in e.value.message, e.value.message
         with framesrv.Client(addr, timeout=60) as patient:
-            assert patient.info("camera.h264").frame_count == 900
+            # What the pass has counted so far is described, and served, before it ends.
+            so_far = patient.info("camera.h264", while_indexing=True)
+            assert so_far.indexing and 0 < so_far.frame_count < 1800, so_far
+            last = so_far.frame_count - 1
+            assert patient.frame("camera.h264", index=last).shape == (540, 960, 3)
+            assert patient.info("camera.h264").frame_count == 1800
             assert patient.frame("camera.h264", index=450).shape == (540, 960, 3)
             stats = patient.stats()
             assert (stats.videos_indexed, stats.videos_indexing) == (1, 0)

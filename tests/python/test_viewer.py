@@ -5,6 +5,7 @@ it says it shows, the server's own."""
 
 import base64
 import io
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -171,21 +172,31 @@ def test_an_anamorphic_video_is_shown_in_the_shape_a_player_shows(browser, daemo
 
 def test_a_video_still_being_indexed_shows_how_far_and_then_opens(browser, tmp_path):
     """A raw .h264 is decoded whole the first time it is opened. The page asks for its info
-    with `Prefer: wait=0.5`, shows the indexing's progress while the daemon says it is still being
-    indexed, and opens the video when the index is there. (Two minutes of 720p: a pass of a
-    few seconds, watched closely, on any machine these tests run on.)"""
+    with `Prefer: wait=0.5` and `while_indexing`: it shows frame 0 and lets the user step through
+    the frames counted so far while the indexing goes on, saying how far it got, and takes the
+    whole video when the index is there. (Two minutes of 720p: a pass of a few seconds, watched
+    closely, on any machine these tests run on.)"""
+    from selenium.webdriver.common.keys import Keys
+
     from conftest import camera_folder, start_daemon
 
     proc, addr = start_daemon(camera_folder(tmp_path, "1280x720", 120), tmp_path / "state")
     try:
         browser.get(f"http://{addr}/?video=camera.h264")
         meta = lambda d: d.find_element("id", "meta").text
-        said = []
-        wait_for(browser, lambda d: said.append(meta(d)) or said[-1].startswith("indexing camera.h264: "),
-                 "the indexing's progress", poll=0.05)
-        assert "so far" in said[-1], said[-1]
-        wait_for(browser, lambda d: "3600 frames" in meta(d), "the video opened", timeout=120)
-        wait_for(browser, lambda d: shown_index(d) == "0", "frame 0 shown")
+        counted = lambda d: re.fullmatch(r"indexing camera\.h264: (\d+) frames? counted so far", meta(d))
+        # While it is indexed: frame 0 on the page, and, once more than one frame is counted, a
+        # step to the next one.
+        seen = []
+        wait_for(browser, lambda d: seen.append(counted(d)) or (seen[-1] and int(seen[-1].group(1)) > 1
+                                                                and shown_index(d) == "0"),
+                 "frame 0 while the video is indexed", poll=0.05)
+        assert int(seen[-1].group(1)) < 3600, seen[-1].group(0)
+        assert int(browser.find_element("id", "count").text) < 3600
+        browser.find_element("tag name", "body").send_keys(Keys.ARROW_RIGHT)
+        wait_for(browser, lambda d: shown_index(d) == "1", "frame 1 while the video is indexed", poll=0.05)
+        wait_for(browser, lambda d: "3600 frames" in meta(d), "the whole video", timeout=120)
+        assert browser.find_element("id", "count").text == "3600"
         assert browser.find_element("id", "error").text == ""
     finally:
         proc.terminate()

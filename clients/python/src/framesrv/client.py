@@ -162,9 +162,15 @@ class Client:
         """Names of the videos under the daemon's media roots starting with `prefix`."""
         return list(self._call(self._stub.ListVideos, pb.ListVideosRequest(prefix=prefix)).videos)
 
-    def info(self, video: str) -> pb.VideoInfo:
-        """The video's description: frame_count, width, height, duration_s, avg_fps, codec, ..."""
-        return self._call(self._stub.GetVideoInfo, pb.GetVideoInfoRequest(video=video), video)
+    def info(self, video: str, while_indexing: bool = False) -> pb.VideoInfo:
+        """The video's description: frame_count, width, height, duration_s, avg_fps, codec, ...
+
+        A file without timestamps (a camera's raw .h264, a VOB) is decoded whole the first time
+        it is opened. With `while_indexing`, the answer comes as soon as its first frames are
+        counted and describes those (`indexing` is then true, and frames below `frame_count` can
+        be asked for now); ask again for more."""
+        request = pb.GetVideoInfoRequest(video=video, while_indexing=while_indexing)
+        return self._call(self._stub.GetVideoInfo, request, video)
 
     def stats(self) -> pb.Stats:
         return self._call(self._stub.GetStats, pb.GetStatsRequest())
