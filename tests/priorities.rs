@@ -25,6 +25,11 @@ fn nice_of_decoder_threads(name: &str) -> Vec<i32> {
     out
 }
 
+/// The tests of this binary one at a time: each reads the nice values of every thread of the
+/// process, and one runs decode passes on every core while the other waits for a fill at the
+/// lowest priority to settle (starved by the passes, it looked finished when it was not).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Lowering a nice value again needs root (or CAP_SYS_NICE); without it the daemon runs without
 /// CPU priorities and there is nothing to see.
 fn may_lower_nice() -> bool {
@@ -39,6 +44,7 @@ async fn a_fill_runs_at_the_speculative_priority_on_its_codec_threads_too() {
         eprintln!("skipped: CPU priorities need Linux and root (or CAP_SYS_NICE)");
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = scratch();
     std::fs::create_dir_all(dir.path().join("media")).unwrap();
     // Two codec threads whatever the machine, opened by the click at the interactive priority.
@@ -82,6 +88,7 @@ async fn index_decode_passes_run_at_the_bulk_priority_and_take_turns() {
         eprintln!("skipped: CPU priorities need Linux and root (or CAP_SYS_NICE)");
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().await;
     const BULK: i32 = 14;
     const FILES: usize = 3;
     let dir = scratch();
