@@ -1877,3 +1877,63 @@ async fn stopping_the_daemon_stops_the_decode_passes_under_way() {
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert_eq!(store.stats().videos_indexed, 0, "the pass ran to its end");
 }
+
+/// Files without timestamps take turns for their decode passes, and an opening a request waits
+/// for takes the next turn before those nobody waits for any more: a labelling tool that asked
+/// for every file with a short deadline (their openings go on) and then opens the last file does
+/// not wait behind the passes of all the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opening_somebody_waits_for_takes_the_next_pass_turn() {
+    let d = start_with(|c| c.state_dir = "none".into()).await;
+    let short = raw_h264(&long_video(&d.media), &d.media.join("short.h264"));
+    let bytes = std::fs::read(&short).unwrap();
+    // The passes running when the click comes: a short one, and long ones (four times as long)
+    // that hold their turns after it.
+    let at_once = framesrv::engine::video::passes_at_once();
+    let mut names: Vec<String> = Vec::new();
+    for k in 0..at_once {
+        let name = format!("running-{k}.h264");
+        std::fs::write(d.media.join(&name), if k == 0 { bytes.clone() } else { bytes.repeat(4) }).unwrap();
+        names.push(name);
+    }
+    for name in ["queued-first.h264", "clicked.h264"] {
+        std::fs::copy(&short, d.media.join(name)).unwrap();
+        names.push(name.into());
+    }
+    let c = d.client().await;
+    let stage = |name: &str| d.store.indexing(name).unwrap_or_default();
+    let until = |names: &[String], stage_begins: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let (names, stage_begins) = (names.to_vec(), stage_begins.to_string());
+        let stage = &stage;
+        async move {
+            while !names.iter().all(|n| stage(n).starts_with(&stage_begins)) {
+                let stages: Vec<String> = names.iter().map(|n| stage(n)).collect();
+                assert!(std::time::Instant::now() < deadline, "{names:?}: {stages:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    // Each file opened by a request that gives up after 50 ms, in order; the passes that run
+    // first have started before the others are asked for.
+    for (k, name) in names.iter().enumerate() {
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(50), d.store.open(name)).await;
+        assert!(gave_up.is_err(), "{name} opened within 50 ms");
+        if k + 1 == at_once {
+            until(&names[..at_once], "decoding every frame").await;
+        }
+    }
+    until(&names[at_once..], "waiting").await;
+    let click = tokio::spawn({
+        let mut c = c.clone();
+        async move { c.get_video_info(pb::GetVideoInfoRequest { video: "clicked.h264".into(), ..Default::default() }).await }
+    });
+    while !stage("clicked.h264").starts_with("decoding every frame") {
+        assert!(!click.is_finished(), "the click was answered before its pass was seen");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let queued = stage("queued-first.h264");
+    assert!(queued.starts_with("waiting for other files' index passes"), "the file queued first went first: {queued}");
+    assert_eq!(click.await.unwrap().unwrap().into_inner().frame_count, 900);
+    d.stop().await;
+}

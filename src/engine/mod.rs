@@ -58,6 +58,7 @@ pub mod stats;
 pub mod store;
 pub mod storyboard;
 mod threads;
+mod turns;
 pub mod video;
 mod worker;
 

@@ -36,6 +36,7 @@ use crate::engine::segments;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
+use crate::engine::turns::Turns;
 use crate::engine::video::{self, Opening, Progress};
 use crate::engine::EngineError;
 use crate::error::Error;
@@ -261,8 +262,8 @@ struct Opener {
     /// Turns for decode passes ([`video::passes_at_once`]). Taken before the pass's blocking
     /// thread starts, so files waiting for a turn hold no thread of the blocking pool (a folder
     /// of a thousand camera streams opened at once would otherwise fill it, and stall every other
-    /// blocking task of the daemon).
-    passes: Arc<tokio::sync::Semaphore>,
+    /// blocking task of the daemon). An opening somebody waits for goes first.
+    passes: Arc<Turns>,
     /// The nice value decode passes run at: bulk work, as a hash pass is.
     pass_nice: Option<i32>,
 }
@@ -291,11 +292,11 @@ impl Opener {
             Opening::Open(video) => return Ok(video),
             Opening::Pass(pass) => pass,
         };
-        if passes.available_permits() == 0 {
+        if passes.all_taken() {
             tracing::info!(video = %name, "waiting for other files' decode passes to finish");
             progress.waiting();
         }
-        let _turn = passes.acquire_owned().await.map_err(|_| EngineError::ShuttingDown)?;
+        let _turn = passes.take(progress).await;
         if progress.abandoned() {
             return Err(EngineError::Changed { video: name });
         }
@@ -361,7 +362,7 @@ impl FrameStore {
         let opener = Opener {
             state: StateDir { dir: config.state_dir.clone(), max_bytes: config.state_max_bytes },
             stats: stats.clone(),
-            passes: Arc::new(tokio::sync::Semaphore::new(video::passes_at_once())),
+            passes: Turns::new(video::passes_at_once()),
             pass_nice: pool.cpu_priorities().then(|| Class::Bulk.nice()),
         };
         FrameStore {
@@ -385,6 +386,7 @@ impl FrameStore {
     /// Open (index, on first use) the video a client names.
     pub async fn open(&self, name: &str) -> Result<Arc<OpenVideo>, Error> {
         let slot = self.slot(name).await?;
+        let _waiting = slot.progress.waited_on();
         Ok(slot.video.clone().await?)
     }
 
@@ -409,6 +411,7 @@ impl FrameStore {
     /// The video of `slot` once indexed through `frame`: its whole index, or the frames its
     /// decode pass has counted so far (with `true`).
     async fn through(slot: &VideoSlot, frame: u64) -> Result<(Arc<OpenVideo>, bool), Error> {
+        let _waiting = slot.progress.waited_on();
         let mut counted = slot.progress.counted_so_far();
         let whole = slot.video.clone();
         tokio::pin!(whole);

@@ -214,6 +214,15 @@ impl DecodePass {
     }
 }
 
+/// A request waiting for an opening ([`Progress::waited_on`]).
+pub struct WaitedOn<'a>(&'a Progress);
+
+impl Drop for WaitedOn<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How far a video's opening has got: what a request that stops waiting for it is told.
 #[derive(Debug)]
 pub struct Progress {
@@ -232,6 +241,8 @@ pub struct Progress {
     packets: AtomicUsize,
     /// Frames the pass has shown: counted, so those of them handed over are served already.
     shown: AtomicUsize,
+    /// Requests waiting for the opening now ([`Progress::waited_on`]).
+    waiters: AtomicUsize,
     /// One more than the highest frame a request waits for while the decode pass runs (0: none).
     wanted: AtomicU64,
     /// The frames the decode pass has counted so far, as a video of their own, handed over when
@@ -254,6 +265,7 @@ impl Default for Progress {
             decoded: AtomicUsize::new(0),
             packets: AtomicUsize::new(0),
             shown: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
             wanted: AtomicU64::new(0),
             counted: tokio::sync::watch::Sender::new(None),
         }
@@ -299,6 +311,18 @@ impl Progress {
 
     fn shown_one(&self) {
         self.shown.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request waits for the opening until the guard drops: an opening somebody waits for
+    /// takes the next turn for a decode pass ([`crate::engine::turns`]).
+    pub fn waited_on(&self) -> WaitedOn<'_> {
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        WaitedOn(self)
+    }
+
+    /// Whether a request waits for the opening now.
+    pub fn waited_for(&self) -> bool {
+        self.waiters.load(Ordering::Relaxed) > 0
     }
 
     /// Frames the decode pass has shown so far.

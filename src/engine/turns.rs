@@ -1,0 +1,151 @@
+//! Turns for the decode passes that index files without timestamps.
+//!
+//! A daemon runs only a few passes at once ([`crate::engine::video::passes_at_once`]): each
+//! uses every core and holds a decoder's pictures per frame thread. The others wait for a turn,
+//! holding no thread. Who goes next is not simply who came first: an opening goes on after the
+//! requests that started it gave up at their deadline (a labelling tool listing a folder of
+//! camera files asks for each one's info and moves on), so the queue fills with openings nobody
+//! waits for any more. A click on one of them must not wait behind all the others: an opening
+//! somebody waits for now goes first, and first come, first served within each kind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::engine::video::Progress;
+
+/// Which waiting opening takes the next free turn: among `waiting` (each its place in the queue,
+/// and whether a request waits for it now), the first that somebody waits for, else the first.
+pub fn next_turn(waiting: &[(u64, bool)]) -> Option<u64> {
+    waiting.iter().min_by_key(|&&(place, waited_for)| (!waited_for, place)).map(|&(place, _)| place)
+}
+
+/// The turns: `free` of them, and the openings waiting for one.
+pub struct Turns {
+    state: Mutex<State>,
+    changed: tokio::sync::Notify,
+}
+
+struct State {
+    free: usize,
+    waiting: Vec<(u64, Arc<Progress>)>,
+    next_place: u64,
+}
+
+/// How often a waiting opening looks again whether it goes next, besides when a turn is freed or
+/// a wait is given up (which is when it can change).
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
+
+impl Turns {
+    pub fn new(at_once: usize) -> Arc<Turns> {
+        Arc::new(Turns {
+            state: Mutex::new(State { free: at_once.max(1), waiting: Vec::new(), next_place: 0 }),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Whether every turn is taken (an opening asking now waits).
+    pub fn all_taken(&self) -> bool {
+        self.state.lock().free == 0
+    }
+
+    /// Wait for a turn for the opening `progress` reports on. Dropping the future leaves the
+    /// queue.
+    pub async fn take(self: &Arc<Turns>, progress: &Arc<Progress>) -> Turn {
+        let place = {
+            let mut state = self.state.lock();
+            let place = state.next_place;
+            state.next_place += 1;
+            state.waiting.push((place, progress.clone()));
+            place
+        };
+        let mut queued = Queued { turns: self, place: Some(place) };
+        loop {
+            // Created before the look, so a turn freed meanwhile wakes it.
+            let notified = self.changed.notified();
+            {
+                let mut state = self.state.lock();
+                let waiting = || state.waiting.iter().map(|(p, o)| (*p, o.waited_for())).collect::<Vec<_>>();
+                if state.free > 0 && next_turn(&waiting()) == Some(place) {
+                    state.free -= 1;
+                    state.waiting.retain(|(p, _)| *p != place);
+                    queued.place = None;
+                    return Turn { turns: self.clone() };
+                }
+            }
+            let _ = tokio::time::timeout(LOOK_AGAIN, notified).await;
+        }
+    }
+}
+
+/// An opening's place in the queue, given up if its wait is dropped.
+struct Queued<'a> {
+    turns: &'a Turns,
+    place: Option<u64>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(place) = self.place {
+            self.turns.state.lock().waiting.retain(|(p, _)| *p != place);
+            self.turns.changed.notify_waiters();
+        }
+    }
+}
+
+/// A turn, given back when dropped.
+pub struct Turn {
+    turns: Arc<Turns>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.turns.state.lock().free += 1;
+        self.turns.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_opening_somebody_waits_for_goes_first_else_first_come_first_served() {
+        assert_eq!(next_turn(&[]), None);
+        assert_eq!(next_turn(&[(3, false), (1, false), (2, false)]), Some(1));
+        assert_eq!(next_turn(&[(1, false), (2, false), (4, true), (3, true)]), Some(3));
+        assert_eq!(next_turn(&[(1, true), (2, true)]), Some(1));
+    }
+
+    #[tokio::test]
+    async fn turns_are_taken_in_that_order_and_given_back() {
+        let turns = Turns::new(1);
+        let first = turns.take(&Arc::new(Progress::default())).await;
+        assert!(turns.all_taken());
+        let (nobody, somebody) = (Arc::new(Progress::default()), Arc::new(Progress::default()));
+        let _waits = somebody.waited_on();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let wait = |name: &'static str, progress: Arc<Progress>| {
+            let (turns, order) = (turns.clone(), order.clone());
+            tokio::spawn(async move {
+                let _turn = turns.take(&progress).await;
+                order.lock().push(name);
+            })
+        };
+        let a = wait("nobody waits", nobody);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let b = wait("somebody waits", somebody.clone());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(first);
+        let (_, _) = (a.await, b.await);
+        assert_eq!(*order.lock(), ["somebody waits", "nobody waits"]);
+        assert!(!turns.all_taken());
+        // A wait given up leaves the queue.
+        let held = turns.take(&Arc::new(Progress::default())).await;
+        let gone = tokio::time::timeout(Duration::from_millis(20), turns.take(&Arc::new(Progress::default()))).await;
+        assert!(gone.is_err());
+        assert!(turns.state.lock().waiting.is_empty());
+        drop(held);
+    }
+}
