@@ -1879,21 +1879,20 @@ async fn stopping_the_daemon_stops_the_decode_passes_under_way() {
 }
 
 /// Files without timestamps take turns for their decode passes, and an opening a request waits
-/// for takes the next turn before those nobody waits for any more: a labelling tool that asked
-/// for every file with a short deadline (their openings go on) and then opens the last file does
-/// not wait behind the passes of all the others.
+/// for goes before those nobody waits for any more: a labelling tool that asked for every file
+/// of a folder with a short deadline (their openings go on) and then opens the last one does not
+/// wait behind the passes of the others. A pass nobody waits for even pauses to let it go first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opening_somebody_waits_for_takes_the_next_pass_turn() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
     let short = raw_h264(&long_video(&d.media), &d.media.join("short.h264"));
     let bytes = std::fs::read(&short).unwrap();
-    // The passes running when the click comes: a short one, and long ones (four times as long)
-    // that hold their turns after it.
+    // The passes running when the click comes, long ones (four times as long as the others).
     let at_once = framesrv::engine::video::passes_at_once();
     let mut names: Vec<String> = Vec::new();
     for k in 0..at_once {
         let name = format!("running-{k}.h264");
-        std::fs::write(d.media.join(&name), if k == 0 { bytes.clone() } else { bytes.repeat(4) }).unwrap();
+        std::fs::write(d.media.join(&name), bytes.repeat(4)).unwrap();
         names.push(name);
     }
     for name in ["queued-first.h264", "clicked.h264"] {
@@ -1934,6 +1933,15 @@ async fn an_opening_somebody_waits_for_takes_the_next_pass_turn() {
     }
     let queued = stage("queued-first.h264");
     assert!(queued.starts_with("waiting for other files' index passes"), "the file queued first went first: {queued}");
+    let running: Vec<String> = names[..at_once].iter().map(|n| stage(n)).collect();
+    assert!(running.iter().any(|s| s.contains("paused while a file a request waits for is indexed")), "{running:?}");
     assert_eq!(click.await.unwrap().unwrap().into_inner().frame_count, 900);
+    // The paused pass goes on: every file gets indexed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while d.store.stats().videos_indexing > 0 {
+        assert!(std::time::Instant::now() < deadline, "a paused pass never resumed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(d.store.stats().videos_indexed, names.len() as u64);
     d.stop().await;
 }

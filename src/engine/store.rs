@@ -36,7 +36,7 @@ use crate::engine::segments;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
-use crate::engine::turns::Turns;
+use crate::engine::turns::{Turn, Turns};
 use crate::engine::video::{self, Opening, Progress};
 use crate::engine::EngineError;
 use crate::error::Error;
@@ -296,13 +296,17 @@ impl Opener {
             tracing::info!(video = %name, "waiting for other files' decode passes to finish");
             progress.waiting();
         }
-        let _turn = passes.take(progress).await;
+        let turn = passes.take(progress).await;
         if progress.abandoned() {
             return Err(EngineError::Changed { video: name });
         }
         let run = {
             let (stats, progress) = (stats.clone(), progress.clone());
-            tokio::task::spawn_blocking(move || pass.run(&state, &stats, pass_nice, &progress))
+            tokio::task::spawn_blocking(move || {
+                let mut turn = Some(turn);
+                let mut between = || turn = turn.take().map(Turn::let_pass);
+                pass.run(&state, &stats, pass_nice, &progress, &mut between)
+            })
         };
         run.await.map_err(failed)?
     }

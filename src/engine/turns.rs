@@ -50,6 +50,11 @@ impl Turns {
         self.state.lock().free == 0
     }
 
+    /// Whether an opening somebody waits for is waiting for a turn.
+    pub fn wanted_urgently(&self) -> bool {
+        self.state.lock().waiting.iter().any(|(_, progress)| progress.waited_for())
+    }
+
     /// Wait for a turn for the opening `progress` reports on. Dropping the future leaves the
     /// queue.
     pub async fn take(self: &Arc<Turns>, progress: &Arc<Progress>) -> Turn {
@@ -57,9 +62,14 @@ impl Turns {
             let mut state = self.state.lock();
             let place = state.next_place;
             state.next_place += 1;
-            state.waiting.push((place, progress.clone()));
             place
         };
+        self.take_at(place, progress).await
+    }
+
+    /// [`Turns::take`] at `place` in the queue (a pass taking its turn back keeps its place).
+    async fn take_at(self: &Arc<Turns>, place: u64, progress: &Arc<Progress>) -> Turn {
+        self.state.lock().waiting.push((place, progress.clone()));
         let mut queued = Queued { turns: self, place: Some(place) };
         loop {
             // Created before the look, so a turn freed meanwhile wakes it.
@@ -71,7 +81,7 @@ impl Turns {
                     state.free -= 1;
                     state.waiting.retain(|(p, _)| *p != place);
                     queued.place = None;
-                    return Turn { turns: self.clone() };
+                    return Turn { turns: self.clone(), place, progress: progress.clone(), checked: 0 };
                 }
             }
             let _ = tokio::time::timeout(LOOK_AGAIN, notified).await;
@@ -97,6 +107,38 @@ impl Drop for Queued<'_> {
 /// A turn, given back when dropped.
 pub struct Turn {
     turns: Arc<Turns>,
+    place: u64,
+    progress: Arc<Progress>,
+    /// Packets since the queue was last looked at ([`Turn::let_pass`]).
+    checked: u32,
+}
+
+/// How many packets a pass decodes between two looks at the queue.
+const LOOK_EVERY: u32 = 16;
+
+impl Turn {
+    /// Called by a decode pass between packets, on its blocking thread: while nobody waits for
+    /// this opening (its requests gave up) and an opening somebody waits for waits for a turn,
+    /// give the turn to it, and take it back (before the openings queued after this one) when it
+    /// comes again. A click on a file of a folder being indexed then waits for no other pass.
+    pub fn let_pass(self) -> Turn {
+        let mut this = self;
+        this.checked += 1;
+        if this.checked < LOOK_EVERY {
+            return this;
+        }
+        this.checked = 0;
+        if this.progress.waited_for() || !this.turns.wanted_urgently() {
+            return this;
+        }
+        let (turns, place, progress) = (this.turns.clone(), this.place, this.progress.clone());
+        drop(this);
+        tracing::debug!("a decode pass nobody waits for lets another go first");
+        progress.paused(true);
+        let turn = tokio::runtime::Handle::current().block_on(turns.take_at(place, &progress));
+        progress.paused(false);
+        turn
+    }
 }
 
 impl Drop for Turn {

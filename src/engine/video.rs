@@ -121,13 +121,15 @@ pub fn start_opening(id: VideoId, name: String, state: &StateDir, stats: &Engine
 impl PendingPass {
     /// Run the decode pass (on a blocking thread) at nice `nice`, with its codec threads: a
     /// daemon runs it as bulk work, so that a minute-long pass does not slow the clicks and
-    /// streams on videos already open.
+    /// streams on videos already open. `between` is called between packets (where a pass
+    /// nobody waits for lets an opening somebody waits for go first: [`crate::engine::turns`]).
     pub fn run(
         self,
         state: &StateDir,
         stats: &EngineStats,
         nice: Option<i32>,
         progress: &Progress,
+        between: &mut dyn FnMut(),
     ) -> Result<Arc<OpenVideo>, EngineError> {
         let started = Instant::now();
         let (id, name, content_key) = (&self.id, &self.name, self.content_key);
@@ -137,7 +139,7 @@ impl PendingPass {
         };
         let index = {
             let _nice = nice.map(AtNice::enter);
-            self.pass.run(progress, &mut hand_over)
+            self.pass.run(progress, &mut hand_over, between)
         };
         // What the pass counted is of no more use (and would hold memory): its requests get the
         // whole index, or its error.
@@ -180,7 +182,7 @@ fn indexed(
 pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
     match demux(path, video)? {
         Demuxed::Index(index) => Ok(index),
-        Demuxed::NeedsDecode(pass) => pass.run(&Progress::default(), &mut |_| {}),
+        Demuxed::NeedsDecode(pass) => pass.run(&Progress::default(), &mut |_| {}, &mut || {}),
     }
 }
 
@@ -207,9 +209,14 @@ struct DecodePass {
 impl DecodePass {
     /// Run it, counting the packets decoded in `progress`, and handing the frames counted so far
     /// to `hand_over` when requests wait for them ([`Progress::want`]).
-    fn run(self, progress: &Progress, hand_over: &mut dyn FnMut(VideoIndex)) -> Result<VideoIndex, EngineError> {
+    fn run(
+        self,
+        progress: &Progress,
+        hand_over: &mut dyn FnMut(VideoIndex),
+        between: &mut dyn FnMut(),
+    ) -> Result<VideoIndex, EngineError> {
         progress.decoding(self.packets.len());
-        let index = decode_pass(&self, progress, hand_over)?;
+        let index = decode_pass(&self, progress, hand_over, between)?;
         with_frames(index, &self.video)
     }
 }
@@ -243,6 +250,8 @@ pub struct Progress {
     shown: AtomicUsize,
     /// Requests waiting for the opening now ([`Progress::waited_on`]).
     waiters: AtomicUsize,
+    /// The decode pass has let an opening somebody waits for go first.
+    paused: AtomicBool,
     /// One more than the highest frame a request waits for while the decode pass runs (0: none).
     wanted: AtomicU64,
     /// The frames the decode pass has counted so far, as a video of their own, handed over when
@@ -266,6 +275,7 @@ impl Default for Progress {
             packets: AtomicUsize::new(0),
             shown: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
             wanted: AtomicU64::new(0),
             counted: tokio::sync::watch::Sender::new(None),
         }
@@ -320,6 +330,11 @@ impl Progress {
         WaitedOn(self)
     }
 
+    /// The decode pass waits (`true`) while an opening somebody waits for goes first.
+    pub fn paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
     /// Whether a request waits for the opening now.
     pub fn waited_for(&self) -> bool {
         self.waiters.load(Ordering::Relaxed) > 0
@@ -356,6 +371,9 @@ impl Progress {
         let done = decoded.min(packets) as f64 / packets.max(1) as f64;
         let took = now.saturating_duration_since(*since).as_secs_f64();
         let mut out = format!("decoding every frame: {:.0}% done, {so_far:.1} s so far", done * 100.0);
+        if self.paused.load(Ordering::Relaxed) {
+            out.push_str(", paused while a file a request waits for is indexed");
+        }
         // An estimate once there is something to go by.
         if done >= 0.02 && took >= 0.5 {
             out.push_str(&format!(", about {:.0} s left", took * (1.0 - done) / done));
@@ -418,11 +436,12 @@ pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError>
 /// counts the frames, digests each, and notes where its keyframe packets lie. On frame threads
 /// ([`pass_threads`]): the whole file is decoded, and it is what opening such a file costs.
 /// Requests waiting for frames it has counted get them as an index of their own, handed to
-/// `hand_over` ([`hand_over_now`]).
+/// `hand_over` ([`hand_over_now`]); `between` is called before each packet.
 fn decode_pass(
     pass: &DecodePass,
     progress: &Progress,
     hand_over: &mut dyn FnMut(VideoIndex),
+    between: &mut dyn FnMut(),
 ) -> Result<VideoIndex, EngineError> {
     let DecodePass { path, video, stream, seek_ways, packets } = pass;
     let video = video.as_str();
@@ -454,6 +473,7 @@ fn decode_pass(
             if progress.abandoned() {
                 return Err(EngineError::Changed { video: video.to_string() });
             }
+            between();
             if progress.stopped.load(Ordering::Relaxed) {
                 return Err(EngineError::ShuttingDown);
             }
