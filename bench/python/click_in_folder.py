@@ -1,0 +1,47 @@
+"""A labelling tool opening a folder of long files without timestamps (a camera's raw `.h264`
+files): it asks for each file's info with a short deadline (every one answers
+DEADLINE_EXCEEDED, and the indexing goes on), then the user clicks the last file. When its
+frame 0, and its info, come back. Fresh daemon, no state directory. Uses the `framesrv` Python
+package (clients/python).
+
+    python click_in_folder.py FRAMESRV_BINARY MEDIA_DIR [LISTING_DEADLINE_S]
+
+Every `*.h264` in MEDIA_DIR, in name order; the last one is clicked.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import framesrv
+
+binary, media = sys.argv[1], sys.argv[2]
+listing_deadline = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+files = sorted(f for f in os.listdir(media) if f.endswith(".h264"))
+port = 51236
+daemon = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--media-root", media,
+                           "--state-dir", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    with framesrv.Client(f"127.0.0.1:{port}", timeout=listing_deadline) as lister:
+        for name in files:
+            try:
+                lister.info(name)
+            except framesrv.DeadlineExceeded:
+                pass
+    clicked = files[-1]
+    client = framesrv.Client(f"127.0.0.1:{port}", timeout=600)
+    t0 = time.time()
+    client.frame(clicked, 0)
+    print(f"{len(files)} files listed; click on {clicked}: frame 0 after {time.time() - t0:.2f} s", flush=True)
+    info = client.info(clicked)
+    print(f"its GetVideoInfo ({info.frame_count} frames) after {time.time() - t0:.2f} s")
+finally:
+    daemon.terminate()
+    daemon.wait()
