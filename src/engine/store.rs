@@ -296,7 +296,9 @@ impl Opener {
             tracing::info!(video = %name, "waiting for other files' decode passes to finish");
             progress.waiting();
         }
-        let turn = passes.take(progress).await;
+        let Some(turn) = passes.take(progress).await else {
+            return Err(EngineError::ShuttingDown);
+        };
         if progress.abandoned() {
             return Err(EngineError::Changed { video: name });
         }
@@ -304,7 +306,7 @@ impl Opener {
             let (stats, progress) = (stats.clone(), progress.clone());
             tokio::task::spawn_blocking(move || {
                 let mut turn = Some(turn);
-                let mut between = || turn = turn.take().map(Turn::let_pass);
+                let mut between = || turn = turn.take().and_then(Turn::let_pass);
                 pass.run(&state, &stats, pass_nice, &progress, &mut between)
             })
         };

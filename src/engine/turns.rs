@@ -55,9 +55,9 @@ impl Turns {
         self.state.lock().waiting.iter().any(|(_, progress)| progress.waited_for())
     }
 
-    /// Wait for a turn for the opening `progress` reports on. Dropping the future leaves the
-    /// queue.
-    pub async fn take(self: &Arc<Turns>, progress: &Arc<Progress>) -> Turn {
+    /// Wait for a turn for the opening `progress` reports on; `None` if the opening is stopped
+    /// meanwhile (the daemon is stopping). Dropping the future leaves the queue.
+    pub async fn take(self: &Arc<Turns>, progress: &Arc<Progress>) -> Option<Turn> {
         let place = {
             let mut state = self.state.lock();
             let place = state.next_place;
@@ -68,10 +68,13 @@ impl Turns {
     }
 
     /// [`Turns::take`] at `place` in the queue (a pass taking its turn back keeps its place).
-    async fn take_at(self: &Arc<Turns>, place: u64, progress: &Arc<Progress>) -> Turn {
+    async fn take_at(self: &Arc<Turns>, place: u64, progress: &Arc<Progress>) -> Option<Turn> {
         self.state.lock().waiting.push((place, progress.clone()));
         let mut queued = Queued { turns: self, place: Some(place) };
         loop {
+            if progress.stopped() {
+                return None;
+            }
             // Created before the look, so a turn freed meanwhile wakes it.
             let notified = self.changed.notified();
             {
@@ -81,7 +84,7 @@ impl Turns {
                     state.free -= 1;
                     state.waiting.retain(|(p, _)| *p != place);
                     queued.place = None;
-                    return Turn { turns: self.clone(), place, progress: progress.clone(), checked: 0 };
+                    return Some(Turn { turns: self.clone(), place, progress: progress.clone(), checked: 0 });
                 }
             }
             let _ = tokio::time::timeout(LOOK_AGAIN, notified).await;
@@ -121,15 +124,16 @@ impl Turn {
     /// this opening (its requests gave up) and an opening somebody waits for waits for a turn,
     /// give the turn to it, and take it back (before the openings queued after this one) when it
     /// comes again. A click on a file of a folder being indexed then waits for no other pass.
-    pub fn let_pass(self) -> Turn {
+    /// `None` if the opening is stopped meanwhile.
+    pub fn let_pass(self) -> Option<Turn> {
         let mut this = self;
         this.checked += 1;
         if this.checked < LOOK_EVERY {
-            return this;
+            return Some(this);
         }
         this.checked = 0;
         if this.progress.waited_for() || !this.turns.wanted_urgently() {
-            return this;
+            return Some(this);
         }
         let (turns, place, progress) = (this.turns.clone(), this.place, this.progress.clone());
         drop(this);
@@ -163,7 +167,7 @@ mod tests {
     #[tokio::test]
     async fn turns_are_taken_in_that_order_and_given_back() {
         let turns = Turns::new(1);
-        let first = turns.take(&Arc::new(Progress::default())).await;
+        let first = turns.take(&Arc::new(Progress::default())).await.unwrap();
         assert!(turns.all_taken());
         let (nobody, somebody) = (Arc::new(Progress::default()), Arc::new(Progress::default()));
         let _waits = somebody.waited_on();
@@ -184,9 +188,14 @@ mod tests {
         assert_eq!(*order.lock(), ["somebody waits", "nobody waits"]);
         assert!(!turns.all_taken());
         // A wait given up leaves the queue.
-        let held = turns.take(&Arc::new(Progress::default())).await;
+        let held = turns.take(&Arc::new(Progress::default())).await.unwrap();
         let gone = tokio::time::timeout(Duration::from_millis(20), turns.take(&Arc::new(Progress::default()))).await;
         assert!(gone.is_err());
+        assert!(turns.state.lock().waiting.is_empty());
+        // An opening stopped while it waits leaves the queue without a turn.
+        let stopped = Arc::new(Progress::default());
+        stopped.stop();
+        assert!(turns.take(&stopped).await.is_none());
         assert!(turns.state.lock().waiting.is_empty());
         drop(held);
     }

@@ -302,6 +302,10 @@ impl Progress {
         self.stopped.store(true, Ordering::Relaxed);
     }
 
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     pub fn finish(&self) {
         self.finished.store(true, Ordering::Release);
     }
@@ -474,7 +478,7 @@ fn decode_pass(
                 return Err(EngineError::Changed { video: video.to_string() });
             }
             between();
-            if progress.stopped.load(Ordering::Relaxed) {
+            if progress.stopped() {
                 return Err(EngineError::ShuttingDown);
             }
             progress.decoded_one();
