@@ -1783,25 +1783,9 @@ fn reference_frame(path: &Path, n: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
-    let mp4 = d.media.join("keyed.mp4");
     // 1800 frames, a keyframe every 60: long enough a pass that its first frames come well
     // before its end, with seek points to land on.
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=640x360:rate=30:duration=60",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-g",
-        "60",
-        "-pix_fmt",
-        "yuv420p",
-        mp4.to_str().unwrap(),
-    ]);
-    let raw = raw_h264(&mp4, &d.media.join("camera.h264"));
+    let raw = raw_camera(&d.media.join("camera.h264"), "640x360", 60, 60);
     let mut c = d.client().await;
     let first = c.request_frame(by_index("camera.h264", 5)).await.unwrap().into_inner();
     assert_eq!(d.store.stats().videos_indexing, 1, "frame 5 waited for the whole decode pass");
@@ -1847,21 +1831,7 @@ async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_daemon_stops_the_decode_passes_under_way() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
-    let mp4 = d.media.join("big.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=1280x720:rate=30:duration=60",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        mp4.to_str().unwrap(),
-    ]);
-    raw_h264(&mp4, &d.media.join("big.h264"));
+    raw_camera(&d.media.join("big.h264"), "1280x720", 60, 250);
     let store = d.store.clone();
     let opening = tokio::spawn({
         let store = store.clone();

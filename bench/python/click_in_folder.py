@@ -9,26 +9,18 @@ package (clients/python).
 Every `*.h264` in MEDIA_DIR, in name order; the last one is clicked.
 """
 import os
-import socket
-import subprocess
 import sys
 import time
 
 import framesrv
+import serving
 
 binary, media = sys.argv[1], sys.argv[2]
 listing_deadline = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
 files = sorted(f for f in os.listdir(media) if f.endswith(".h264"))
 port = 51236
-daemon = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--media-root", media,
-                           "--state-dir", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+daemon = serving.start(binary, media, port)
 try:
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            break
-        except OSError:
-            time.sleep(0.05)
     with framesrv.Client(f"127.0.0.1:{port}", timeout=listing_deadline) as lister:
         for name in files:
             try:

@@ -8,12 +8,12 @@ the file's decode pass runs. Uses the `framesrv` Python package (clients/python)
 FRACTIONs (default 0 0.1 0.5 0.9) place the frames in the file; the frame count is taken from
 ffprobe's count of the stream's frames, which decodes it once before the daemon starts.
 """
-import socket
 import subprocess
 import sys
 import time
 
 import framesrv
+import serving
 
 binary, media, video = sys.argv[1], sys.argv[2], sys.argv[3]
 fractions = [float(f) for f in sys.argv[4:]] or [0.0, 0.1, 0.5, 0.9]
@@ -21,15 +21,8 @@ count = int(subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_
                             "stream=nb_read_frames", "-of", "csv=p=0", f"{media}/{video}"],
                            capture_output=True, check=True, text=True).stdout.strip())
 port = 51235
-daemon = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--media-root", media,
-                           "--state-dir", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+daemon = serving.start(binary, media, port)
 try:
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            break
-        except OSError:
-            time.sleep(0.05)
     client = framesrv.Client(f"127.0.0.1:{port}", timeout=600)
     t0 = time.time()
     for f in fractions:

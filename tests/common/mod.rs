@@ -237,6 +237,18 @@ pub fn raw_h264(mp4: &Path, out: &Path) -> PathBuf {
     out.to_path_buf()
 }
 
+/// `seconds` of `size` testsrc2 at 30 fps as a raw H.264 stream (what many cameras write: no
+/// timestamps, so its frames are counted by a decode pass when it is first opened), a keyframe
+/// every `gop` frames.
+pub fn raw_camera(out: &Path, size: &str, seconds: u32, gop: u32) -> PathBuf {
+    let source = format!("testsrc2=size={size}:rate=30:duration={seconds}");
+    let gop = gop.to_string();
+    let path = out.to_str().unwrap();
+    let encode = ["-c:v", "libx264", "-preset", "ultrafast", "-g", &gop, "-pix_fmt", "yuv420p"];
+    ffmpeg(&[&["-f", "lavfi", "-i", &source][..], &encode, &["-f", "h264", path]].concat());
+    out.to_path_buf()
+}
+
 /// One GOP of 900 960x540 P-frames: a request near its end keeps a decoder busy for a second or
 /// so (the small barcode videos decode too fast to hold it).
 pub fn long_video(media: &Path) -> PathBuf {
