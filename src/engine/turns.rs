@@ -138,9 +138,9 @@ impl Turn {
         let (turns, place, progress) = (this.turns.clone(), this.place, this.progress.clone());
         drop(this);
         tracing::debug!("a decode pass nobody waits for lets another go first");
-        progress.paused(true);
+        progress.set_paused(true);
         let turn = tokio::runtime::Handle::current().block_on(turns.take_at(place, &progress));
-        progress.paused(false);
+        progress.set_paused(false);
         turn
     }
 }

@@ -302,6 +302,7 @@ impl Progress {
         self.stopped.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the daemon stopped the opening ([`Progress::stop`]).
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Relaxed)
     }
@@ -335,7 +336,7 @@ impl Progress {
     }
 
     /// The decode pass waits (`true`) while an opening somebody waits for goes first.
-    pub fn paused(&self, paused: bool) {
+    pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Relaxed);
     }
 

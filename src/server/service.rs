@@ -58,10 +58,19 @@ impl FrameService {
     }
 
     async fn open(&self, video: &str) -> Result<Arc<OpenVideo>, Error> {
+        self.open_through(video, None).await
+    }
+
+    /// Open `video` for its frames up to `last` counted from the start (`None`: all of it). A
+    /// file without timestamps is then served as soon as its decode pass has counted that far.
+    async fn open_through(&self, video: &str, last: Option<u64>) -> Result<Arc<OpenVideo>, Error> {
         if video.is_empty() {
             return Err(RequestError::MissingVideo.into());
         }
-        self.store.open(video).await
+        match last {
+            Some(frame) => self.store.open_through(video, frame).await,
+            None => self.store.open(video).await,
+        }
     }
 
     fn output_spec(&self, spec: Option<&pb::OutputSpec>) -> Result<OutputSpec, Error> {
@@ -124,15 +133,12 @@ impl FrameService {
                 return Err(RequestError::TooLarge { field: "keep_behind", value: keep as u64, max: max as u64 }.into());
             }
         }
-        // A frame counted from the start needs only the index that far (a file without
-        // timestamps is served while its decode pass runs); a time or a frame counted from the
-        // end needs all of it.
-        let video = match target {
-            Target::Index(i) if i >= 0 && !req.video.is_empty() => {
-                self.store.open_through(&req.video, i as u64).await?
-            }
-            _ => self.open(&req.video).await?,
+        // A time or a frame counted from the end needs all the index.
+        let last = match target {
+            Target::Index(i) if i >= 0 => Some(i as u64),
+            _ => None,
         };
+        let video = self.open_through(&req.video, last).await?;
         let index = self.store.resolve(&video, target, req.clamp)?;
         Ok((video, index, spec))
     }
@@ -407,12 +413,7 @@ impl FrameService {
                 pb::frames_request::Selection::TimeRange(t) => time_range(t),
                 pb::frames_request::Selection::Indices(l) => Selection::Indices(l.indices),
             });
-            // Frames counted from the start need the index only that far (a file without
-            // timestamps is served while its decode pass runs).
-            let video = match selection.as_ref().and_then(Selection::last_counted) {
-                Some(last) if !req.video.is_empty() => self.store.open_through(&req.video, last).await?,
-                _ => self.open(&req.video).await?,
-            };
+            let video = self.open_through(&req.video, selection.as_ref().and_then(Selection::last_counted)).await?;
             let indices = self.selection(&video, selection)?;
             Ok::<_, Error>((video, indices, spec))
         };
