@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::engine::video::Progress;
 
@@ -24,7 +24,12 @@ pub fn next_turn(waiting: &[(u64, bool)]) -> Option<u64> {
 /// The turns: `free` of them, and the openings waiting for one.
 pub struct Turns {
     state: Mutex<State>,
+    /// Wakes the openings waiting on the runtime ([`Turns::take`]) when a turn is freed or a
+    /// wait given up.
     changed: tokio::sync::Notify,
+    /// The same for a pass waiting on its own blocking thread ([`Turn::let_pass`]), which must
+    /// not depend on the runtime: the daemon may be stopping it.
+    changed_for_threads: Condvar,
 }
 
 struct State {
@@ -42,7 +47,30 @@ impl Turns {
         Arc::new(Turns {
             state: Mutex::new(State { free: at_once.max(1), waiting: Vec::new(), next_place: 0 }),
             changed: tokio::sync::Notify::new(),
+            changed_for_threads: Condvar::new(),
         })
+    }
+
+    /// Tell every waiting opening to look again.
+    fn look_again(&self) {
+        self.changed.notify_waiters();
+        self.changed_for_threads.notify_all();
+    }
+
+    /// The turn, if one is free and the opening at `place` goes next; it leaves the queue then.
+    fn turn_for(
+        self: &Arc<Turns>,
+        state: &mut MutexGuard<State>,
+        place: u64,
+        progress: &Arc<Progress>,
+    ) -> Option<Turn> {
+        let waiting: Vec<(u64, bool)> = state.waiting.iter().map(|(p, o)| (*p, o.waited_for())).collect();
+        if state.free == 0 || next_turn(&waiting) != Some(place) {
+            return None;
+        }
+        state.free -= 1;
+        state.waiting.retain(|(p, _)| *p != place);
+        Some(Turn { turns: self.clone(), place, progress: progress.clone(), checked: 0 })
     }
 
     /// Whether every turn is taken (an opening asking now waits).
@@ -67,7 +95,7 @@ impl Turns {
         self.take_at(place, progress).await
     }
 
-    /// [`Turns::take`] at `place` in the queue (a pass taking its turn back keeps its place).
+    /// [`Turns::take`] at `place` in the queue.
     async fn take_at(self: &Arc<Turns>, place: u64, progress: &Arc<Progress>) -> Option<Turn> {
         self.state.lock().waiting.push((place, progress.clone()));
         let mut queued = Queued { turns: self, place: Some(place) };
@@ -77,17 +105,29 @@ impl Turns {
             }
             // Created before the look, so a turn freed meanwhile wakes it.
             let notified = self.changed.notified();
-            {
-                let mut state = self.state.lock();
-                let waiting = || state.waiting.iter().map(|(p, o)| (*p, o.waited_for())).collect::<Vec<_>>();
-                if state.free > 0 && next_turn(&waiting()) == Some(place) {
-                    state.free -= 1;
-                    state.waiting.retain(|(p, _)| *p != place);
-                    queued.place = None;
-                    return Some(Turn { turns: self.clone(), place, progress: progress.clone(), checked: 0 });
-                }
+            if let Some(turn) = self.turn_for(&mut self.state.lock(), place, progress) {
+                queued.place = None;
+                return Some(turn);
             }
             let _ = tokio::time::timeout(LOOK_AGAIN, notified).await;
+        }
+    }
+
+    /// [`Turns::take_at`] on a blocking thread (a pass taking its turn back keeps its place).
+    fn take_back(self: &Arc<Turns>, place: u64, progress: &Arc<Progress>) -> Option<Turn> {
+        let mut state = self.state.lock();
+        state.waiting.push((place, progress.clone()));
+        loop {
+            if progress.stopped() {
+                state.waiting.retain(|(p, _)| *p != place);
+                drop(state);
+                self.look_again();
+                return None;
+            }
+            if let Some(turn) = self.turn_for(&mut state, place, progress) {
+                return Some(turn);
+            }
+            self.changed_for_threads.wait_for(&mut state, LOOK_AGAIN);
         }
     }
 }
@@ -102,7 +142,7 @@ impl Drop for Queued<'_> {
     fn drop(&mut self) {
         if let Some(place) = self.place {
             self.turns.state.lock().waiting.retain(|(p, _)| *p != place);
-            self.turns.changed.notify_waiters();
+            self.turns.look_again();
         }
     }
 }
@@ -136,10 +176,11 @@ impl Turn {
             return Some(this);
         }
         let (turns, place, progress) = (this.turns.clone(), this.place, this.progress.clone());
-        drop(this);
         tracing::debug!("a decode pass nobody waits for lets another go first");
+        // Paused before the turn is given: whoever sees the other pass run sees this one paused.
         progress.set_paused(true);
-        let turn = tokio::runtime::Handle::current().block_on(turns.take_at(place, &progress));
+        drop(this);
+        let turn = turns.take_back(place, &progress);
         progress.set_paused(false);
         turn
     }
@@ -148,7 +189,7 @@ impl Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         self.turns.state.lock().free += 1;
-        self.turns.changed.notify_waiters();
+        self.turns.look_again();
     }
 }
 
@@ -196,6 +237,52 @@ mod tests {
         let stopped = Arc::new(Progress::default());
         stopped.stop();
         assert!(turns.take(&stopped).await.is_none());
+        assert!(turns.state.lock().waiting.is_empty());
+        drop(held);
+    }
+
+    /// A pass nobody waits for gives its turn to an opening somebody waits for, on its own
+    /// thread and without the runtime, and takes it back after; stopped while paused, it ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_nobody_waits_for_lets_a_waited_for_opening_go_and_takes_its_turn_back() {
+        let turns = Turns::new(1);
+        let (pass, urgent) = (Arc::new(Progress::default()), Arc::new(Progress::default()));
+        let turn = turns.take(&pass).await.unwrap();
+        let _waits = urgent.waited_on();
+        let taken = tokio::spawn({
+            let (turns, urgent) = (turns.clone(), urgent.clone());
+            async move { turns.take(&urgent).await }
+        });
+        while !turns.wanted_urgently() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let paused = std::thread::spawn({
+            let pass = pass.clone();
+            move || {
+                let mut turn = Some(turn);
+                for _ in 0..LOOK_EVERY {
+                    turn = turn.and_then(Turn::let_pass);
+                }
+                (turn.is_some(), pass.paused())
+            }
+        });
+        let urgent_turn = taken.await.unwrap().unwrap();
+        assert!(pass.paused());
+        drop(urgent_turn);
+        assert_eq!(tokio::task::spawn_blocking(move || paused.join().unwrap()).await.unwrap(), (true, false));
+        assert!(!turns.all_taken(), "the turn taken back was given back");
+
+        // Stopped while it waits to take its turn back: no turn, out of the queue.
+        let held = turns.take(&Arc::new(Progress::default())).await.unwrap();
+        let waiting = std::thread::spawn({
+            let (turns, pass) = (turns.clone(), pass.clone());
+            move || turns.take_back(7, &pass).is_none()
+        });
+        while turns.state.lock().waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        pass.stop();
+        assert!(tokio::task::spawn_blocking(move || waiting.join().unwrap()).await.unwrap());
         assert!(turns.state.lock().waiting.is_empty());
         drop(held);
     }

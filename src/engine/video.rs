@@ -340,6 +340,11 @@ impl Progress {
         self.paused.store(paused, Ordering::Relaxed);
     }
 
+    /// Whether the decode pass is paused for a file a request waits for.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
     /// Whether a request waits for the opening now.
     pub fn waited_for(&self) -> bool {
         self.waiters.load(Ordering::Relaxed) > 0
@@ -376,7 +381,7 @@ impl Progress {
         let done = decoded.min(packets) as f64 / packets.max(1) as f64;
         let took = now.saturating_duration_since(*since).as_secs_f64();
         let mut out = format!("decoding every frame: {:.0}% done, {so_far:.1} s so far", done * 100.0);
-        if self.paused.load(Ordering::Relaxed) {
+        if self.paused() {
             out.push_str(", paused while a file a request waits for is indexed");
         }
         // An estimate once there is something to go by.
