@@ -189,6 +189,17 @@ impl FrameDecoder {
         &self.index
     }
 
+    /// Go on with `index`, which counts more of the file's frames than this decoder's, the
+    /// first of them the same ([`OpenVideo::decodes_like`](crate::engine::video::OpenVideo)):
+    /// while a file is indexed by a decode pass, a decoder of the frames counted so far serves
+    /// the frames counted since from where it stands, without a seek. Positions and the anchor
+    /// keep their meaning (frame `i` is frame `i` of both); a frame is still named only by a
+    /// digest it matches.
+    pub fn count_further(&mut self, index: Arc<VideoIndex>) {
+        debug_assert!(index.frame_count() >= self.index.frame_count());
+        self.index = index;
+    }
+
     /// Codec threads to use from the next seek on. The thread count of an FFmpeg codec context
     /// is fixed when it opens, so changing it means a new context; a seek flushes the decoder
     /// anyway, which makes it the one moment a new context costs nothing but its opening.

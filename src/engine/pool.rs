@@ -60,6 +60,9 @@ const LANE_MAY_CLOSE_IDLE: Duration = Duration::from_secs(2);
 struct Worker {
     id: u64,
     video: Arc<OpenVideo>,
+    /// The video as the thread is to decode it from its next job on: more of a file being
+    /// indexed, once a job for frames counted since was routed here ([`Worker::serve`]).
+    latest: Arc<Mutex<Arc<OpenVideo>>>,
     inbox: Arc<Inbox>,
     /// Request jobs sent and not yet answered.
     queued: Arc<AtomicUsize>,
@@ -74,6 +77,15 @@ struct Worker {
 }
 
 impl Worker {
+    /// A job for `video` is routed here: if it counts more frames of the file than this
+    /// decoder's index, the decoder takes it (before it takes the job).
+    fn serve(&mut self, video: &Arc<OpenVideo>) {
+        if video.counts_further(&self.video) {
+            self.video = video.clone();
+            *self.latest.lock() = video.clone();
+        }
+    }
+
     /// Where this decoder stands for routing: its real position when idle, else where its
     /// queued jobs will leave it.
     fn position(&self) -> Option<Position> {
@@ -169,6 +181,7 @@ impl DecoderPool {
             Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom(reply)),
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
         };
+        w.serve(video);
         let keep_behind = keep_behind.unwrap_or(self.config.decode.keep_behind);
         let job = Job { target, spec, keep_behind, reply: ReplyOnce::new(reply, video) };
         w.inbox.push(class, Work::Frame(job));
@@ -216,6 +229,7 @@ impl DecoderPool {
             Err(SubmitError::NoRoom(())) => return Err(SubmitError::NoRoom((pass, reply))),
             Err(SubmitError::Overloaded(e)) => return Err(SubmitError::Overloaded(e)),
         };
+        w.serve(video);
         let reply = PassReplyOnce::new(reply, video, pass.spec);
         w.inbox.push(Arc::new(ClassCell::new(class)), Work::Pass(pass, reply));
         Ok(())
@@ -366,11 +380,11 @@ impl DecoderPool {
         if until <= index {
             return;
         }
-        let workers = self.workers.lock();
+        let mut workers = self.workers.lock();
         let slack = self.config.decode.continue_slack;
         // The decoder that can go on from around `index` to `until` without seeking.
         let best = workers
-            .iter()
+            .iter_mut()
             .filter(|w| w.video.decodes_like(video))
             .filter_map(|w| {
                 let position = w.position();
@@ -383,6 +397,7 @@ impl DecoderPool {
             })
             .max_by_key(|(last, _)| *last);
         if let Some((_, w)) = best {
+            w.serve(video);
             if w.inbox.read_ahead(until, spec, reader) {
                 tracing::trace!(video = %video.name, index = index.0, until = until.0, "read-ahead hint");
             }
@@ -466,6 +481,7 @@ impl DecoderPool {
         let queued = Arc::new(AtomicUsize::new(0));
         let reported = Arc::new(Mutex::new(None));
         let inbox = Arc::new(Inbox::new(self.config.cpu_priorities));
+        let latest = Arc::new(Mutex::new(video.clone()));
         self.alive.fetch_add(1, Ordering::AcqRel);
         let thread = WorkerThread {
             alive: self.alive.clone(),
@@ -476,6 +492,7 @@ impl DecoderPool {
             room: self.room.clone(),
             id,
             video: video.clone(),
+            latest: latest.clone(),
             inbox: inbox.clone(),
             queued: queued.clone(),
             reported: reported.clone(),
@@ -496,6 +513,7 @@ impl DecoderPool {
         Worker {
             id,
             video: video.clone(),
+            latest,
             inbox,
             queued,
             predicted: None,

@@ -19,7 +19,7 @@ use crate::engine::ffmpeg::{
     current_thread_id, set_thread_nice, DecodedFrame, FfmpegError, MediaFile, PacketMeta, SeekWays, StreamInfo,
     VideoPacket,
 };
-use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, KeyPacket, VideoIndex};
+use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, FrameIdentity, KeyPacket, VideoIndex};
 use crate::engine::index_store::{self, ContentKey, StateDir};
 use crate::engine::output::OutputSpec;
 use crate::engine::stats::EngineStats;
@@ -53,9 +53,28 @@ pub struct OpenVideo {
 impl OpenVideo {
     /// Whether a decoder of `other` serves this video: the same file, indexed alike. While a
     /// file is indexed by a decode pass, the frames counted so far are served by an index of
-    /// their own ([`Progress::counted_so_far`]), with fewer frames than the whole one.
+    /// their own ([`Progress::counted_so_far`]), with fewer frames than the whole one: the
+    /// frames of one such index are the first frames of every later one, digest for digest,
+    /// so a decoder goes on from one to the next ([`OpenVideo::counts_further`]) rather than
+    /// seek again.
     pub fn decodes_like(&self, other: &OpenVideo) -> bool {
-        self.id == other.id && self.index.frame_count() == other.index.frame_count()
+        if self.id != other.id {
+            return false;
+        }
+        let (a, b) = (&self.index, &other.index);
+        let shorter = a.frame_count().min(b.frame_count());
+        match (a.identity, b.identity) {
+            (FrameIdentity::ByCount, FrameIdentity::ByCount) => {
+                shorter == 0 || a.digests.get(shorter - 1) == b.digests.get(shorter - 1)
+            }
+            _ => a.frame_count() == b.frame_count(),
+        }
+    }
+
+    /// Whether this video, which [`OpenVideo::decodes_like`] `other`, has more of its frames
+    /// counted: a decoder of `other` takes this index from its next job on.
+    pub fn counts_further(&self, other: &OpenVideo) -> bool {
+        self.index.frame_count() > other.index.frame_count()
     }
 
     /// The raw size of one frame of this video in `spec` (an upper bound for PNG and JPEG).
@@ -252,7 +271,9 @@ pub struct Progress {
     waiters: AtomicUsize,
     /// The decode pass has let an opening somebody waits for go first.
     paused: AtomicBool,
-    /// One more than the highest frame a request waits for while the decode pass runs (0: none).
+    /// One more than the lowest frame a request waits for that the decode pass has not handed
+    /// over yet (`u64::MAX`: none). The lowest, so that a request for a frame near the start is
+    /// not kept waiting by another's for a frame near the end.
     wanted: AtomicU64,
     /// The frames the decode pass has counted so far, as a video of their own, handed over when
     /// requests wait for them: a frame is named `i` after a seek only when its digest is frame
@@ -276,7 +297,7 @@ impl Default for Progress {
             shown: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
-            wanted: AtomicU64::new(0),
+            wanted: AtomicU64::new(NOBODY_WANTS),
             counted: tokio::sync::watch::Sender::new(None),
         }
     }
@@ -358,7 +379,7 @@ impl Progress {
     /// A request waits for `frame`: the decode pass hands over what it has counted once it has
     /// counted that far ([`Progress::counted_so_far`]).
     pub fn want(&self, frame: u64) {
-        self.wanted.fetch_max(frame.saturating_add(1), Ordering::Relaxed);
+        self.wanted.fetch_min(frame.saturating_add(1), Ordering::Relaxed);
     }
 
     /// The frames the decode pass has counted, as last handed over (`None` before the first
@@ -490,6 +511,9 @@ fn decode_pass(
             progress.decoded_one();
             let shown = metas.borrow().len();
             if hand_over_now(progress.wanted.load(Ordering::Relaxed), shown, handed, Instant::now()) {
+                // Forgotten before the hand-over: a request it does not serve asks again when it
+                // sees it ([`Progress::want`] after each one).
+                progress.wanted.store(NOBODY_WANTS, Ordering::Relaxed);
                 let counted = index(&metas.borrow(), &keys, delay);
                 tracing::debug!(video, frames = shown, "frames counted so far handed over");
                 hand_over(counted);
@@ -520,10 +544,13 @@ fn decode_pass(
 /// the pass frame by frame would otherwise have one built per frame.
 const HAND_OVER_EVERY: Duration = Duration::from_millis(250);
 
+/// [`Progress`]'s `wanted` when no request waits for a frame.
+const NOBODY_WANTS: u64 = u64::MAX;
+
 /// Whether a decode pass that has shown `shown` frames hands them over now: a request waits for
-/// a frame among them (`wanted`: one more than the highest frame waited for, 0 for none) that
-/// the last hand-over (`handed`: its frames, and when) did not have, and that was long enough
-/// ago.
+/// a frame among them (`wanted`: one more than the lowest frame waited for, [`NOBODY_WANTS`] for
+/// none) that the last hand-over (`handed`: its frames, and when) did not have, and that was
+/// long enough ago.
 fn hand_over_now(wanted: u64, shown: usize, handed: Option<(usize, Instant)>, now: Instant) -> bool {
     let (had, at) = match handed {
         Some((had, at)) => (had as u64, Some(at)),
@@ -617,7 +644,7 @@ mod tests {
         let now = Instant::now();
         let ago = |ms| now - Duration::from_millis(ms);
         // Nobody waits, or for a frame not counted yet: nothing to hand over.
-        assert!(!hand_over_now(0, 500, None, now));
+        assert!(!hand_over_now(NOBODY_WANTS, 500, None, now));
         assert!(!hand_over_now(501, 500, None, now));
         // Frame 499 is counted: the first hand-over is at once.
         assert!(hand_over_now(500, 500, None, now));

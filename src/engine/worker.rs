@@ -372,6 +372,8 @@ pub(crate) struct WorkerThread {
     pub(crate) room: Arc<tokio::sync::Notify>,
     pub(crate) id: u64,
     pub(crate) video: Arc<OpenVideo>,
+    /// The video from the next job on (see `Worker::serve` in the pool).
+    pub(crate) latest: Arc<Mutex<Arc<OpenVideo>>>,
     pub(crate) inbox: Arc<Inbox>,
     pub(crate) queued: Arc<AtomicUsize>,
     pub(crate) reported: Arc<Mutex<Option<Position>>>,
@@ -456,7 +458,7 @@ impl Drop for BusyGuard<'_> {
 }
 
 impl WorkerThread {
-    pub(crate) fn run(self) {
+    pub(crate) fn run(mut self) {
         self.stats.open_decoders.inc();
         // Runs after the decoder (declared below, so dropped first) has closed.
         let _guard = scopeguard(|| {
@@ -494,6 +496,12 @@ impl WorkerThread {
         };
         self.inbox.threads.set_codec_threads(decoder.codec_thread_ids());
         while let Some((job, closing)) = self.inbox.take(|q| self.describe(q, Some(&decoder))) {
+            // More of a file being indexed, for a job routed here for frames counted since.
+            let latest = self.latest.lock().clone();
+            if latest.counts_further(&self.video) {
+                decoder.count_further(latest.index.clone());
+                self.video = latest;
+            }
             // A stream frame that waited too long runs this turn as interactive (see `aged`).
             let class = schedule::aged(job.class.get(), job.since.elapsed(), self.config.stream_max_wait);
             self.inbox.set_priority(class.min(job.cpu));
