@@ -78,15 +78,56 @@ impl Target {
 }
 
 impl Selection {
-    /// The last frame the selection needs the index to reach, when that is known without the
-    /// index (frames counted from the start, a range with its end given): a video being
-    /// indexed serves it once its decode pass has counted that far. `None` when it needs the
-    /// whole index (frames counted from the end, times, keyframes).
-    pub fn last_counted(&self) -> Option<u64> {
+    /// Whether the selection can be streamed while a decode pass counts the video's frames, and
+    /// the first frame it needs then: frames counted from the start (a range from a frame `>= 0`
+    /// to a later one or to the end, or a list of frames `>= 0`), delivered in order, each once
+    /// the pass has counted that far ([`Selection::counted_part`]). `None` when it needs the
+    /// whole index first (frames counted from the end, times, keyframes, a range to check).
+    pub fn first_counted(&self) -> Option<u64> {
         match self {
-            &Selection::Range { start, stop, .. } if start >= 0 && stop > 0 => Some(stop as u64 - 1),
-            Selection::Indices(list) if list.iter().all(|&i| i >= 0) => list.iter().max().map(|&i| i as u64),
+            &Selection::Range { start, stop, step } if start >= 0 && step >= 0 && (stop == 0 || stop > start) => {
+                Some(start as u64)
+            }
+            Selection::Indices(list) if list.iter().all(|&i| i >= 0) => list.first().map(|&i| i as u64),
             _ => None,
+        }
+    }
+
+    /// Of a selection streamed as a pass counts ([`Selection::first_counted`]), the frame it
+    /// needs after its first `done` frames, if any (a range to the end always needs one more
+    /// until the whole index says where the end is).
+    pub fn needed_after(&self, done: usize) -> Option<u64> {
+        match self {
+            &Selection::Range { start, stop, step } => {
+                let next = start as u64 + done as u64 * step.max(1) as u64;
+                (stop == 0 || next < stop as u64).then_some(next)
+            }
+            Selection::Indices(list) => list.get(done).map(|&i| i as u64),
+            _ => None,
+        }
+    }
+
+    /// Of a selection streamed as a pass counts ([`Selection::first_counted`]), the frames after
+    /// its first `done` that the first `counted` frames of the video hold, in delivery order: a
+    /// range's frames below `counted`, a list's up to its first frame not counted yet. More than
+    /// `max` frames is an error as soon as that many are known to be selected.
+    pub fn counted_part(&self, done: usize, counted: u64, max: usize) -> Result<Vec<FrameIndex>, SelectionError> {
+        let too_many =
+            |n: u64| if n > max as u64 { Err(SelectionError::TooMany { count: n, max: max as u64 }) } else { Ok(()) };
+        match self {
+            &Selection::Range { start, stop, step } => {
+                let (start, step) = (start.max(0) as u64, step.max(1) as u64);
+                let known_end = if stop > 0 { stop as u64 } else { counted };
+                too_many(known_end.saturating_sub(start).div_ceil(step))?;
+                let end = known_end.min(counted);
+                Ok((start..end.max(start)).step_by(step as usize).skip(done).map(|i| FrameIndex(i as u32)).collect())
+            }
+            Selection::Indices(list) => {
+                too_many(list.len() as u64)?;
+                let rest = list.iter().skip(done).take_while(|&&i| i >= 0 && (i as u64) < counted);
+                Ok(rest.map(|&i| FrameIndex(i as u32)).collect())
+            }
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -175,19 +216,45 @@ mod tests {
     use crate::engine::ffmpeg::{PacketMeta, StreamInfo};
 
     #[test]
-    fn a_selection_knows_how_far_it_needs_the_index_when_it_counts_from_the_start() {
+    fn a_selection_of_frames_counted_from_the_start_is_served_as_a_pass_counts_them() {
         let range = |start, stop| Selection::Range { start, stop, step: 3 };
-        assert_eq!(range(2, 9).last_counted(), Some(8));
-        assert_eq!(range(0, 1).last_counted(), Some(0));
-        // To the end, or from it: the whole index.
-        assert_eq!(range(2, 0).last_counted(), None);
-        assert_eq!(range(-5, 9).last_counted(), None);
-        assert_eq!(range(2, -1).last_counted(), None);
-        assert_eq!(Selection::Indices(vec![7, 300, 2]).last_counted(), Some(300));
-        assert_eq!(Selection::Indices(vec![7, -1]).last_counted(), None);
-        assert_eq!(Selection::Indices(vec![]).last_counted(), None);
-        assert_eq!(Selection::TimeRange { start_s: 0.0, stop_s: 1.0 }.last_counted(), None);
-        assert_eq!(Selection::Keyframes { every: 1, within: None }.last_counted(), None);
+        assert_eq!(range(2, 9).first_counted(), Some(2));
+        assert_eq!(range(2, 0).first_counted(), Some(2), "to the end");
+        // From the end, backwards, empty or reversed, by time, keyframes: the whole index first.
+        assert_eq!(range(-5, 9).first_counted(), None);
+        assert_eq!(range(2, -1).first_counted(), None);
+        assert_eq!(range(9, 2).first_counted(), None);
+        assert_eq!(range(9, 9).first_counted(), None);
+        assert_eq!(Selection::Range { start: 0, stop: 9, step: -1 }.first_counted(), None);
+        assert_eq!(Selection::Indices(vec![7, 300, 2]).first_counted(), Some(7));
+        assert_eq!(Selection::Indices(vec![7, -1]).first_counted(), None);
+        assert_eq!(Selection::Indices(vec![]).first_counted(), None);
+        assert_eq!(Selection::TimeRange { start_s: 0.0, stop_s: 1.0 }.first_counted(), None);
+        assert_eq!(Selection::Keyframes { every: 1, within: None }.first_counted(), None);
+
+        // What comes next, and how far it goes.
+        assert_eq!(
+            (range(2, 9).needed_after(0), range(2, 9).needed_after(2), range(2, 9).needed_after(3)),
+            (Some(2), Some(8), None)
+        );
+        assert_eq!(range(2, 0).needed_after(1000), Some(3002), "to an end not known yet");
+        let list = Selection::Indices(vec![7, 300, 2]);
+        assert_eq!((list.needed_after(1), list.needed_after(3)), (Some(300), None));
+
+        // The part the frames counted so far hold, after what was delivered.
+        let part = |s: &Selection, done, counted| s.counted_part(done, counted, 100).unwrap();
+        assert_eq!(part(&range(2, 20), 0, 10), ids(&[2, 5, 8]));
+        assert_eq!(part(&range(2, 20), 3, 30), ids(&[11, 14, 17]));
+        assert_eq!(part(&range(2, 0), 1, 12), ids(&[5, 8, 11]));
+        assert_eq!(part(&range(2, 0), 0, 1), ids(&[]), "its first frame not counted yet");
+        assert_eq!(part(&list, 0, 100), ids(&[7]), "a list stops at its first frame not counted");
+        assert_eq!(part(&list, 1, 301), ids(&[300, 2]));
+        // Too many frames, as soon as that is known.
+        let too_many =
+            |s: &Selection, counted| matches!(s.counted_part(0, counted, 4), Err(SelectionError::TooMany { .. }));
+        assert!(too_many(&range(0, 15), 1), "a range with its end: at once");
+        assert!(!too_many(&range(0, 0), 12) && too_many(&range(0, 0), 13), "to the end: once counted");
+        assert!(too_many(&Selection::Indices(vec![1, 2, 3, 4, 5]), 1));
     }
 
     /// Ten frames at 10 fps, all keyframes: frame i is on screen from i/10 s.

@@ -314,6 +314,39 @@ impl Opener {
     }
 }
 
+/// What [`FrameStore::open_for`] opened for a selection.
+pub enum ForSelection {
+    /// The video's whole index.
+    Whole(Arc<OpenVideo>),
+    /// The frames counted so far of a file being indexed, for [`FrameStore::frames_as_counted`].
+    Counting(Counting),
+}
+
+/// A selection of a file being indexed, opened with the frames counted so far and the part of
+/// the selection they hold.
+pub struct Counting {
+    slot: Arc<VideoSlot>,
+    selection: Selection,
+    max: usize,
+    video: Arc<OpenVideo>,
+    part: Vec<FrameIndex>,
+}
+
+impl Counting {
+    /// The frames counted so far when it was opened.
+    pub fn counted(&self) -> &Arc<OpenVideo> {
+        &self.video
+    }
+}
+
+/// Where a stream of a file being indexed ([`FrameStore::frames_as_counted`]) is.
+enum Step {
+    /// A part to deliver, from `video`, after the `done` frames before it.
+    Part { done: usize, video: Arc<OpenVideo>, part: Vec<FrameIndex> },
+    /// The next part to wait for, after `done` frames.
+    Next { done: usize },
+}
+
 pub struct FrameStore {
     /// Recently requested frames per video and spec, to recognise sequential readers.
     recent: Mutex<HashMap<(VideoId, OutputSpec), std::collections::VecDeque<FrameIndex>>>,
@@ -414,9 +447,83 @@ impl FrameStore {
         Self::through(&slot, shown.saturating_sub(1)).await
     }
 
+    /// Open the video a client names for `selection` (at most `max` frames). A selection of
+    /// frames counted from the start ([`Selection::first_counted`]) of a file being indexed by
+    /// a decode pass does not wait for the whole index: it is opened once the pass has counted
+    /// its first frame, and [`FrameStore::frames_as_counted`] streams it as the pass goes on (a
+    /// data loader reading a camera file from its start).
+    pub async fn open_for(&self, name: &str, selection: &Selection, max: usize) -> Result<ForSelection, Error> {
+        let Some(first) = selection.first_counted() else {
+            return Ok(ForSelection::Whole(self.open(name).await?));
+        };
+        let slot = self.slot(name).await?;
+        let (video, so_far) = Self::through(&slot, first).await?;
+        if !so_far {
+            return Ok(ForSelection::Whole(video));
+        }
+        let part = selection.counted_part(0, video.index.frame_count() as u64, max)?;
+        Ok(ForSelection::Counting(Counting { slot, selection: selection.clone(), max, video, part }))
+    }
+
+    /// The frames of a selection opened while its file is indexed ([`FrameStore::open_for`]),
+    /// each once the decode pass has counted it, in order. `send` streams a part of them from
+    /// the frames counted so far (the video it is given); when that part is delivered the next
+    /// one starts from the frames counted by then, and the whole index serves the rest. The
+    /// decoder of a part goes on into the next without a seek ([`OpenVideo::decodes_like`]). A
+    /// range past the end of the file is found out when the pass ends: its frames up to the
+    /// end are delivered, then `OUT_OF_RANGE`.
+    pub fn frames_as_counted<S>(
+        counting: Counting,
+        send: impl Fn(Arc<OpenVideo>, Vec<FrameIndex>) -> S + Send + Sync + 'static,
+    ) -> impl Stream<Item = Result<Frame, Error>> + Send + 'static
+    where
+        S: Stream<Item = Result<Frame, EngineError>> + Send + 'static,
+    {
+        let Counting { slot, selection, max, video, part } = counting;
+        let send = Arc::new(send);
+        let parts = stream::unfold(Some(Step::Part { done: 0, video, part }), move |step| {
+            let (slot, selection, send) = (slot.clone(), selection.clone(), send.clone());
+            async move {
+                match step? {
+                    Step::Part { done, video, part } => {
+                        let done = done + part.len();
+                        let next = selection.needed_after(done).map(|_| Step::Next { done });
+                        Some((send(video, part).map_err(Error::from).boxed(), next))
+                    }
+                    // Once a part is delivered: the frames counted by then, or the whole index.
+                    Step::Next { done } => {
+                        let needed = selection.needed_after(done)?;
+                        let next = async {
+                            let (video, so_far) = Self::through(&slot, needed).await?;
+                            let count = video.index.frame_count();
+                            let part = if so_far {
+                                selection.counted_part(done, count as u64, max)?
+                            } else {
+                                selection.resolve(&video.name, &video.index, max)?.split_off(done.min(count))
+                            };
+                            Ok::<_, Error>((video, part, so_far))
+                        };
+                        match next.await {
+                            Ok((video, part, true)) => {
+                                Some((stream::empty().boxed(), Some(Step::Part { done, video, part })))
+                            }
+                            Ok((video, rest, false)) => Some((send(video, rest).map_err(Error::from).boxed(), None)),
+                            Err(e) => Some((stream::once(async move { Err(e) }).boxed(), None)),
+                        }
+                    }
+                }
+            }
+        });
+        parts.flatten()
+    }
+
     /// The video of `slot` once indexed through `frame`: its whole index, or the frames its
     /// decode pass has counted so far (with `true`).
     async fn through(slot: &VideoSlot, frame: u64) -> Result<(Arc<OpenVideo>, bool), Error> {
+        // Most requests: a video open for a while, nothing to wait for or hand over.
+        if let Some(Ok(video)) = slot.video.peek() {
+            return Ok((video.clone(), false));
+        }
         let _waiting = slot.progress.waited_on();
         let mut counted = slot.progress.counted_so_far();
         let whole = slot.video.clone();

@@ -13,7 +13,7 @@ use crate::config::LimitsConfig;
 use crate::engine::output::{Encoding, OutputSpec, PixelFormat};
 use crate::engine::pool::OpenVideo;
 use crate::engine::schedule::Class;
-use crate::engine::store::{ClipCodec, Frame, FrameStore, Selection, Target};
+use crate::engine::store::{ClipCodec, Counting, ForSelection, Frame, FrameStore, Selection, Target};
 use crate::engine::storyboard::Layout;
 use crate::error::{Error, RequestError};
 use crate::proto::v1 as pb;
@@ -413,14 +413,33 @@ impl FrameService {
                 pb::frames_request::Selection::TimeRange(t) => time_range(t),
                 pb::frames_request::Selection::Indices(l) => Selection::Indices(l.indices),
             });
-            let video = self.open_through(&req.video, selection.as_ref().and_then(Selection::last_counted)).await?;
-            let indices = self.selection(&video, selection)?;
-            Ok::<_, Error>((video, indices, spec))
+            let Some(selection) = selection else {
+                self.open(&req.video).await?;
+                return Err(RequestError::MissingSelection.into());
+            };
+            if req.video.is_empty() {
+                return Err(RequestError::MissingVideo.into());
+            }
+            let max = self.limits.max_batch_frames;
+            let opened = self.store.open_for(&req.video, &selection, max).await?;
+            let indices = match &opened {
+                ForSelection::Whole(video) => self.store.select(video, &selection, max)?,
+                ForSelection::Counting(_) => Vec::new(),
+            };
+            Ok::<_, Error>((opened, indices, spec))
         };
-        let (video, indices, spec) =
+        let (opened, indices, spec) =
             self.within(bound, &name, setup).await.map_err(|e| report("RequestFrames", &name, "", e))?;
-        tracing::debug!(video = %name, frames = indices.len(), "RequestFrames");
-        Ok(self.frame_stream("RequestFrames", name, in_flight, video, indices, spec, transport))
+        match opened {
+            ForSelection::Whole(video) => {
+                tracing::debug!(video = %name, frames = indices.len(), "RequestFrames");
+                Ok(self.frame_stream("RequestFrames", name, in_flight, video, indices, spec, transport))
+            }
+            ForSelection::Counting(counting) => {
+                tracing::debug!(video = %name, counted = counting.counted().index.frame_count(), "RequestFrames while the video is indexed");
+                Ok(self.frames_as_counted(name, in_flight, counting, spec, transport))
+            }
+        }
     }
 
     /// The frames `indices` of `video` as a response stream of call `call`; the in-flight guard
@@ -444,6 +463,28 @@ impl FrameService {
         Box::pin(frames.map(move |r| {
             let _ = &in_flight;
             r.map_err(Error::from).and_then(|f| fits(to_message(f), limit)).map_err(|e| report(call, &name, "", e))
+        }))
+    }
+
+    /// [`FrameService::frame_stream`] for a selection of a file being indexed, delivered as its
+    /// decode pass counts the frames ([`FrameStore::frames_as_counted`]).
+    fn frames_as_counted(
+        &self,
+        name: String,
+        in_flight: InFlightGuard,
+        counting: Counting,
+        spec: OutputSpec,
+        transport: Transport,
+    ) -> FrameStream {
+        let limit = self.limits.max_message_size.0;
+        let store = self.store.clone();
+        let frames = FrameStore::frames_as_counted(counting, move |video, indices| match transport {
+            Transport::Copying => store.frames_to_send(video, indices, spec).left_stream(),
+            Transport::Uncopied => store.frames(video, indices, spec).right_stream(),
+        });
+        Box::pin(frames.map(move |r| {
+            let _ = &in_flight;
+            r.and_then(|f| fits(to_message(f), limit)).map_err(|e| report("RequestFrames", &name, "", e))
         }))
     }
 }

@@ -1,0 +1,37 @@
+"""A data loader reading a long file without timestamps (a camera's raw `.h264`) from its start
+as soon as it appears: one `RequestFrames` of every STEP-th frame to the end, fitted in MAX_SIZE,
+on a fresh daemon with no state directory, so the file's decode pass runs meanwhile. Prints when
+the first frame came, when a quarter, half and all of them had, and an MD5 of every frame's
+pixels in order (run it against two daemons and compare the last line to check they agree).
+Uses the `framesrv` Python package (clients/python).
+
+    python stream_while_indexing.py FRAMESRV_BINARY MEDIA_DIR VIDEO [STEP [WIDTHxHEIGHT]]
+"""
+import hashlib
+import sys
+import time
+
+import framesrv
+import serving
+
+binary, media, video = sys.argv[1], sys.argv[2], sys.argv[3]
+step = int(sys.argv[4]) if len(sys.argv) > 4 else 5
+size = tuple(int(x) for x in sys.argv[5].split("x")) if len(sys.argv) > 5 else (480, 270)
+port = 51236
+daemon = serving.start(binary, media, port)
+try:
+    client = framesrv.Client(f"127.0.0.1:{port}", timeout=600)
+    digest = hashlib.md5()
+    t0 = time.time()
+    times = []
+    # Stop 0 is the end of the video, as in the proto's range.
+    for rgb in client.frames(video, range(0, 0, step), max_size=size):
+        times.append(time.time() - t0)
+        digest.update(rgb.tobytes())
+    n = len(times)
+    marks = ", ".join(f"{p}: {times[max(0, int(p[:-1]) * n // 100 - 1)]:.2f} s" for p in ["25%", "50%", "100%"])
+    print(f"{n} frames; first {times[0]:.2f} s, {marks}")
+    print(f"md5 of every frame in order: {digest.hexdigest()}")
+finally:
+    daemon.terminate()
+    daemon.wait()
