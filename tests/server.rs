@@ -869,10 +869,14 @@ async fn a_client_deadline_and_the_server_limit_both_answer_deadline_exceeded() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
-    raw_h264(&long_video(&d.media), &d.media.join("long.h264"));
+    // Four times the long video: its pass outlasts both deadlines below even on an idle machine,
+    // and they are long enough for the server's answer (a tenth early) to beat the client's own
+    // timer on a loaded one.
+    let raw = raw_h264(&long_video(&d.media), &d.media.join("once.h264"));
+    std::fs::write(d.media.join("long.h264"), std::fs::read(raw).unwrap().repeat(4)).unwrap();
     let mut c = d.client().await;
     let mut request = tonic::Request::new(pb::GetVideoInfoRequest { video: "long.h264".into(), ..Default::default() });
-    request.set_timeout(std::time::Duration::from_millis(100));
+    request.set_timeout(std::time::Duration::from_millis(500));
     let err = c.get_video_info(request).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
     assert!(err.message().contains("long.h264 is still being indexed ("), "{}", err.message());
@@ -880,7 +884,7 @@ async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
     // A stream's setup too, within the client's deadline (the server does not bound streams):
     // its last frames need the whole index.
     let mut request = tonic::Request::new(batch("long.h264", range(-10, 0, 1)));
-    request.set_timeout(std::time::Duration::from_millis(100));
+    request.set_timeout(std::time::Duration::from_millis(500));
     let err = c.request_frames(request).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
     assert!(err.message().contains("long.h264 is still being indexed ("), "{}", err.message());
@@ -896,7 +900,7 @@ async fn an_index_pass_outlives_the_deadline_of_the_request_that_started_it() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.frame_count, 900);
+    assert_eq!(info.frame_count, 3600);
     assert_eq!(d.store.stats().videos_indexed, 1, "the next request started a second decode pass");
     // Its frames are then served like any other video's.
     let frame = c.request_frame(by_index("long.h264", 450)).await.unwrap().into_inner();
@@ -1821,6 +1825,62 @@ async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
     assert!(!info.indexing && info.frame_count == 1800, "{info:?}");
     let err = c.request_frame(by_index("camera.h264", 1800)).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert_eq!(d.store.stats().videos_indexed, 1);
+    d.stop().await;
+}
+
+/// While a file without timestamps is indexed, a stream of frames counted from the start (a data
+/// loader reading a camera file) goes as the pass counts them rather than after the whole pass,
+/// with the sequential decode's pixels in order, to the end of the file; and a request for a
+/// frame near the start is not kept waiting by another's for a frame near the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_a_file_being_indexed_goes_as_its_pass_counts_the_frames() {
+    let d = start_with(|c| c.state_dir = "none".into()).await;
+    // 3600 frames, a keyframe every 60: a pass of several seconds.
+    let raw = raw_camera(&d.media.join("camera.h264"), "640x360", 120, 60);
+    let mut c = d.client().await;
+    let far = tokio::spawn({
+        let mut c = c.clone();
+        async move { c.request_frame(by_index("camera.h264", 3500)).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.store.indexing("camera.h264").is_some_and(|p| p.starts_with("decoding every frame")) {
+        assert!(std::time::Instant::now() < deadline, "the pass never started");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let near = c.request_frame(by_index("camera.h264", 20)).await.unwrap().into_inner();
+    let so_far = pb::GetVideoInfoRequest { video: "camera.h264".into(), while_indexing: true };
+    let info = c.get_video_info(so_far).await.unwrap().into_inner();
+    assert!(info.indexing && info.frame_count < 3000, "frame 20 waited for frame 3500: {info:?}");
+
+    // Every tenth frame to the end, started while the pass runs.
+    let mut stream = c.request_frames(batch("camera.h264", range(0, 0, 10))).await.unwrap().into_inner();
+    let (mut got, mut while_indexing) = (Vec::new(), Vec::new());
+    while let Some(frame) = stream.message().await.unwrap() {
+        while_indexing.push(d.store.stats().videos_indexing > 0);
+        got.push(frame);
+    }
+    assert!(while_indexing[0], "the stream waited for the whole pass");
+    let counted_first = info.frame_count as usize;
+    assert!(
+        got.iter().zip(&while_indexing).any(|(f, &w)| w && f.index as usize > counted_first + 600),
+        "no frame counted after the stream began came before the pass ended"
+    );
+    let wanted: Vec<usize> = (0..3600).step_by(10).collect();
+    assert_eq!(got.iter().map(|f| f.index as usize).collect::<Vec<_>>(), wanted);
+    let mut all = wanted.clone();
+    all.extend([20, 3500]);
+    all.sort_unstable();
+    all.dedup();
+    let reference = reference_frames_at(&raw, &all, 640 * 360 * 3);
+    let of = |i: usize| &reference[all.binary_search(&i).unwrap()];
+    for frame in &got {
+        assert!(frame.data == *of(frame.index as usize), "frame {} is not the sequential decode's", frame.index);
+    }
+    assert!(near.data == *of(20), "frame 20 is not the sequential decode's");
+    let far = far.await.unwrap().unwrap().into_inner();
+    assert!(far.index == 3500 && far.data == *of(3500), "frame 3500 is not the sequential decode's");
     assert_eq!(d.store.stats().videos_indexed, 1);
     d.stop().await;
 }
