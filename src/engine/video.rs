@@ -630,6 +630,37 @@ fn decode_from_start(
 mod tests {
     use super::*;
 
+    /// The frames a pass has counted so far are the first frames of every later count: a decoder
+    /// of one goes on with the next. Not when the frames differ (another content), nor across
+    /// files.
+    #[test]
+    fn a_decoder_of_the_frames_counted_so_far_serves_the_frames_counted_later() {
+        let id = VideoId { path: PathBuf::from("/m/cam.h264"), device: 1, inode: 2, size: 3, modified_ns: 4 };
+        let meta = |i: u64| DecodedFrameMeta { best_effort_timestamp: None, key: i.is_multiple_of(5), digest: 100 + i };
+        let counted = |id: &VideoId, digests: &[u64]| OpenVideo {
+            id: id.clone(),
+            name: "cam.h264".into(),
+            index: Arc::new(VideoIndex::from_decode(
+                StreamInfo::for_tests(64, 25),
+                20,
+                &digests.iter().map(|&i| meta(i)).collect::<Vec<_>>(),
+                &[],
+                SeekWays { timestamp: false, byte: false },
+                false,
+            )),
+            content_key: ContentKey([0; 16]),
+        };
+        let (early, later): (Vec<u64>, Vec<u64>) = ((0..7).collect(), (0..15).collect());
+        let (early, later) = (counted(&id, &early), counted(&id, &later));
+        assert!(early.decodes_like(&later) && later.decodes_like(&early));
+        assert!(later.counts_further(&early) && !early.counts_further(&later) && !later.counts_further(&later));
+        let mut other: Vec<u64> = (0..15).collect();
+        other[6] = 999;
+        assert!(!early.decodes_like(&counted(&id, &other)), "frame 6 differs");
+        let elsewhere = VideoId { inode: 9, ..id.clone() };
+        assert!(!early.decodes_like(&counted(&elsewhere, &(0..7).collect::<Vec<_>>())));
+    }
+
     #[test]
     fn a_file_removed_before_it_is_opened_is_not_found() {
         let path = PathBuf::from("/nonexistent/framesrv-test/gone.h264");
