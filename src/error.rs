@@ -112,7 +112,7 @@ impl Error {
                 EngineError::EncoderMissing { .. } => Code::FailedPrecondition,
                 EngineError::Overloaded { .. } => Code::ResourceExhausted,
                 EngineError::ShuttingDown | EngineError::Preempted => Code::Unavailable,
-                EngineError::Changed { .. } => Code::Aborted,
+                EngineError::Changed { .. } | EngineError::ChangedWhileRead { .. } => Code::Aborted,
                 EngineError::Vanished { .. } => Code::NotFound,
             },
         }

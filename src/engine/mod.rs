@@ -101,6 +101,10 @@ pub enum EngineError {
     /// that instead): the old opening stopped.
     #[error("{video}: the file changed while it was being indexed (is it still being written?); ask again")]
     Changed { video: String },
+    /// The file was replaced or rewritten while its frames were decoded: the index describes
+    /// the bytes it had, so nothing more is decoded from the ones it has now.
+    #[error("{video}: the file changed while its frames were being read (replaced or rewritten); ask again")]
+    ChangedWhileRead { video: String },
     /// A decoder closed to make room for more urgent work gave the job back; the store submits
     /// it again, so this reaches a client only if that keeps happening.
     #[error("the decoder was taken for more urgent work; retry")]

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, Stream, StreamExt, TryStreamExt};
@@ -490,24 +489,26 @@ impl FrameStore {
                         let next = selection.needed_after(done).map(|_| Step::Next { done });
                         Some((send(video, part).map_err(Error::from).boxed(), next))
                     }
-                    // Once a part is delivered: the frames counted by then, or the whole index.
+                    // Once a part is delivered: the frames counted by then, or with the whole
+                    // index the rest of the selection (a range past the end of the file fails
+                    // after the frames up to it).
                     Step::Next { done } => {
                         let needed = selection.needed_after(done)?;
                         let next = async {
                             let (video, so_far) = Self::through(&slot, needed).await?;
-                            let count = video.index.frame_count();
-                            let part = if so_far {
-                                selection.counted_part(done, count as u64, max)?
-                            } else {
-                                selection.resolve(&video.name, &video.index, max)?.split_off(done.min(count))
-                            };
-                            Ok::<_, Error>((video, part, so_far))
+                            let part = selection.counted_part(done, video.index.frame_count() as u64, max)?;
+                            let past_end =
+                                if so_far { None } else { selection.resolve(&video.name, &video.index, max).err() };
+                            Ok::<_, Error>((video, part, so_far, past_end))
                         };
                         match next.await {
-                            Ok((video, part, true)) => {
+                            Ok((video, part, true, _)) => {
                                 Some((stream::empty().boxed(), Some(Step::Part { done, video, part })))
                             }
-                            Ok((video, rest, false)) => Some((send(video, rest).map_err(Error::from).boxed(), None)),
+                            Ok((video, rest, false, past_end)) => {
+                                let failed = stream::iter(past_end.map(|e| Err(e.into())));
+                                Some((send(video, rest).map_err(Error::from).chain(failed).boxed(), None))
+                            }
                             Err(e) => Some((stream::once(async move { Err(e) }).boxed(), None)),
                         }
                     }
@@ -551,19 +552,8 @@ impl FrameStore {
         let roots = self.roots.clone();
         let owned = name.to_string();
         let (id, changed_ns) = tokio::task::spawn_blocking(move || -> Result<(VideoId, i128), RootsError> {
-            use std::os::unix::fs::MetadataExt;
             let path = roots.resolve(&owned)?;
-            let meta = std::fs::metadata(&path).map_err(|_| RootsError::NotFound { name: owned.clone() })?;
-            let modified_ns = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos() as i128)
-                .unwrap_or(0);
-            // The inode's change time, which no one sets by hand (`cp -p` and `touch -d` set
-            // the modification time): it orders what two requests saw of a changing file.
-            let changed_ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
-            Ok((VideoId { path, device: meta.dev(), inode: meta.ino(), size: meta.len(), modified_ns }, changed_ns))
+            VideoId::of(path).map_err(|_| RootsError::NotFound { name: owned.clone() })
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;

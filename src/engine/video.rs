@@ -38,6 +38,32 @@ pub struct VideoId {
     pub modified_ns: i128,
 }
 
+impl VideoId {
+    /// The file at `path` as it is now, with its inode's change time, which no one sets by hand
+    /// (`cp -p` and `touch -d` set the modification time): it orders what two requests saw of a
+    /// changing file.
+    pub fn of(path: PathBuf) -> std::io::Result<(VideoId, i128)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&path)?;
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        let changed_ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+        Ok((VideoId { path, device: meta.dev(), inode: meta.ino(), size: meta.len(), modified_ns }, changed_ns))
+    }
+
+    /// Whether the file at the path is still this content. A decoder opened by path after the
+    /// file was replaced or rewritten would read other bytes than the index describes: asked
+    /// right after it opens, this tells (a change after that leaves it the bytes it opened,
+    /// unless they are overwritten in place, which its decode then tells).
+    pub fn unchanged(&self) -> bool {
+        VideoId::of(self.path.clone()).is_ok_and(|(now, _)| now == *self)
+    }
+}
+
 /// An indexed video, shared by requests, decoders and the cache.
 #[derive(Debug)]
 pub struct OpenVideo {

@@ -482,6 +482,11 @@ impl WorkerThread {
             self.stats.clone(),
             self.buffers.clone(),
         );
+        // One opened after the file changed would read other bytes than the index describes.
+        let decoder = decoder.and_then(|d| match self.video.id.unchanged() {
+            true => Ok(d),
+            false => Err(EngineError::ChangedWhileRead { video: self.video.name.clone() }),
+        });
         let mut decoder = match decoder {
             Ok(d) => d,
             Err(e) => {
@@ -633,6 +638,17 @@ impl WorkerThread {
 
     /// Answer every request a job stands for with `error` (the decoder could not open, or was
     /// closed for more urgent work: [`EngineError::Preempted`] makes the requests resubmit).
+    /// A decode that failed on a file changed since it was indexed failed because of that (its
+    /// bytes were overwritten under an open decoder): say so, not that the frame is damaged.
+    fn explained(&self, e: EngineError) -> EngineError {
+        match e {
+            EngineError::FrameUnavailable { .. } | EngineError::DecodeFailed { .. } if !self.video.id.unchanged() => {
+                EngineError::ChangedWhileRead { video: self.video.name.clone() }
+            }
+            e => e,
+        }
+    }
+
     fn fail(&self, work: Work, error: &EngineError) {
         match work {
             Work::Frame(job) => self.job_done(|| job.reply.send(Err(error.clone()))),
@@ -703,6 +719,7 @@ impl WorkerThread {
                     }
                 }
                 Err(e) => {
+                    let e = self.explained(e);
                     self.job_done(|| reply.send(pass, Err(e)));
                     return None;
                 }
@@ -751,7 +768,7 @@ impl WorkerThread {
         let result = match result {
             Ok(None) => return Some(Work::Frame(job)),
             Ok(Some(frame)) => Ok(frame),
-            Err(e) => Err(e),
+            Err(e) => Err(self.explained(e)),
         };
         // The window to fill, registered in flight before the answer leaves, so a client that
         // steps back at once waits for the fill rather than starting a cold decode of its own.
