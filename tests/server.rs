@@ -620,6 +620,31 @@ async fn a_streamed_frame_stays_paid_for_until_the_next_is_asked_for() {
     d.stop().await;
 }
 
+/// A request that found a video just before its file was replaced (the same frames at the same
+/// times, other pixels) never gets the new file's pixels under the old file's index: a decoder
+/// opened after the change finds the file is not what was indexed, and the request is told the
+/// file changed (ABORTED). Without the check it served the new file's frame 5 as the old one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoder_opened_after_its_file_was_replaced_reads_nothing_of_the_new_file() {
+    use framesrv::engine::output::OutputSpec;
+    use framesrv::units::FrameIndex;
+    use futures::StreamExt;
+    let d = start().await;
+    let (a, negated) = (d.media.join("a.mp4"), d.media.join("negated.mp4"));
+    ffmpeg(&["-i", a.to_str().unwrap(), "-vf", "negate", "-c:v", "libx264", "-bf", "0", negated.to_str().unwrap()]);
+    let video = d.store.open("a.mp4").await.unwrap();
+    std::fs::rename(&negated, &a).unwrap();
+    let mut frames = Box::pin(d.store.frames(video, vec![FrameIndex(5)], OutputSpec::default()));
+    let err = frames.next().await.unwrap().unwrap_err();
+    assert!(matches!(err, framesrv::engine::EngineError::ChangedWhileRead { .. }), "{err}");
+    assert_eq!(framesrv::error::Error::from(err).code(), Code::Aborted);
+    // The next request opens the file as it is now.
+    let mut c = d.client().await;
+    let frame = c.request_frame(by_index("a.mp4", 5)).await.unwrap().into_inner();
+    assert_eq!(frame.data, reference_frames(&a)[5]);
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_targets_in_one_gop_are_served_by_one_forward_scan() {
     let d = start_with_one_decoder().await;
@@ -1831,8 +1856,9 @@ async fn frames_of_a_file_being_indexed_are_served_as_its_pass_counts_them() {
 
 /// While a file without timestamps is indexed, a stream of frames counted from the start (a data
 /// loader reading a camera file) goes as the pass counts them rather than after the whole pass,
-/// with the sequential decode's pixels in order, to the end of the file; and a request for a
-/// frame near the start is not kept waiting by another's for a frame near the end.
+/// with the sequential decode's pixels in order, to the end of the file (a range past it fails
+/// there); and a request for a frame near the start is not kept waiting by another's for a frame
+/// near the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_a_file_being_indexed_goes_as_its_pass_counts_the_frames() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
@@ -1882,6 +1908,26 @@ async fn a_stream_of_a_file_being_indexed_goes_as_its_pass_counts_the_frames() {
     let far = far.await.unwrap().unwrap().into_inner();
     assert!(far.index == 3500 && far.data == *of(3500), "frame 3500 is not the sequential decode's");
     assert_eq!(d.store.stats().videos_indexed, 1);
+
+    // A range past the end of a file being indexed: its frames up to the end, then OUT_OF_RANGE
+    // (only the whole index tells where the end is).
+    std::fs::copy(&raw, d.media.join("copy.h264")).unwrap();
+    let mut stream = c.request_frames(batch("copy.h264", range(0, 3650, 50))).await.unwrap().into_inner();
+    let (mut got, mut first_while_indexing) = (Vec::new(), None);
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(frame)) => {
+                first_while_indexing.get_or_insert(d.store.stats().videos_indexing > 0);
+                got.push(frame);
+            }
+            Ok(None) => panic!("the stream ended without an error after {} frames", got.len()),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert_eq!(first_while_indexing, Some(true), "the range waited for the whole pass");
+    assert_eq!(got.iter().map(|f| f.index as usize).collect::<Vec<_>>(), (0..3600).step_by(50).collect::<Vec<_>>());
+    assert!(got.iter().all(|f| f.data == *of(f.index as usize)), "a frame is not the sequential decode's");
     d.stop().await;
 }
 
