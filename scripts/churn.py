@@ -1,6 +1,6 @@
 """Opening under churn: files without timestamps (raw .h264, decoded whole when first opened)
 requested by clients with short deadlines while they grow (cut mid-frame), get replaced and
-vanish; meanwhile two clients check random frames of two stable files (a raw .h264 and an mp4)
+vanish, and streamed from their start by two more; meanwhile two clients check random frames of two stable files (a raw .h264 and an mp4)
 against the ffmpeg CLI's decode. Prints the outcome counts (no wrong frame and no unexpected
 error allowed), the daemon's peak RSS, and its state 15 s after the load stops (nothing left
 being indexed; threads and memory back down).
@@ -120,6 +120,29 @@ def main():
                 except framesrv.FramesrvError as e:
                     count("unexpected", f"{name}: {e}")
 
+    def streamer(seed):
+        # A data loader streaming a churned file from its start, often while it is indexed (the
+        # stream goes as the pass counts): whatever the churn does, an expected status.
+        rng = random.Random(seed)
+        while time.time() < stop:
+            with framesrv.Client(f"127.0.0.1:{port}", timeout=rng.choice([1.0, 5.0, 20.0])) as c:
+                name = rng.choice(NAMES)
+                try:
+                    for _ in c.frames(name, slice(0, None, rng.choice([1, 7, 30])), max_size=(160, 90)):
+                        if time.time() >= stop:
+                            break
+                    count("ok")
+                except framesrv.DeadlineExceeded:
+                    count("deadline")
+                except framesrv.Aborted:
+                    count("aborted")
+                except framesrv.NotFound:
+                    count("not_found")
+                except (framesrv.InvalidArgument, framesrv.OutOfRange):
+                    count("partial")
+                except framesrv.FramesrvError as e:
+                    count("unexpected", f"stream of {name}: {e}")
+
     def churn(seed):
         rng = random.Random(seed)
         while time.time() < stop:
@@ -142,6 +165,7 @@ def main():
 
     workers = ([threading.Thread(target=checker, args=(k,)) for k in range(2)]
                + [threading.Thread(target=hasty, args=(10 + k,)) for k in range(4)]
+               + [threading.Thread(target=streamer, args=(20 + k,)) for k in range(2)]
                + [threading.Thread(target=churn, args=(99,))])
     for w in workers:
         w.start()
