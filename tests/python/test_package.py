@@ -62,6 +62,13 @@ def test_frames_iterate_in_the_order_asked(client, reference):
     assert np.array_equal(pairs[0][1], ref(reference, 70))
     by_time = list(client.frames("clip.mp4", time_range=(1.0, 1.2)))
     assert len(by_time) == 5
+    # A slice: ends left out or counted from the end, as in Python.
+    tail = list(client.frames("clip.mp4", slice(70, None, 2), with_meta=True))
+    assert [m.index for m, _ in tail] == [70, 72, 74] and np.array_equal(tail[2][1], ref(reference, 74))
+    assert [m.index for m, _ in client.frames("clip.mp4", slice(-3, None), with_meta=True)] == [72, 73, 74]
+    assert [m.index for m, _ in client.frames("clip.mp4", slice(None, 3), with_meta=True)] == [0, 1, 2]
+    with pytest.raises(ValueError):
+        list(client.frames("clip.mp4", slice(5, 0)))
 
 
 def test_hashes_and_keyframes(client):

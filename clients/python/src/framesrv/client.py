@@ -209,12 +209,15 @@ class Client:
             request.keep_behind = int(keep_behind)
         return self._call(self._stub.RequestFrame, request, video)
 
-    def frames(self, video: str, indices: Union[Sequence[int], range, None] = None,
+    def frames(self, video: str, indices: Union[Sequence[int], range, slice, None] = None,
                time_range: Optional[Tuple[float, float]] = None, max_size: MaxSize = None,
                gray: bool = False, with_meta: bool = False, upright: bool = False) -> Iterator:
-        """Frames streamed in the order asked: a `range` (sent as a range), any list of indices
+        """Frames streamed in the order asked: a `range` (sent as a range), a `slice` (as a
+        range whose ends may be left out or count from the end: `slice(0, None, 5)` is every
+        fifth frame to the end, `slice(-30, None)` the last thirty), any list of indices
         (repeats allowed), or a `time_range` (start_s, stop_s). Yields arrays, or
-        (pb.Frame, array) pairs with `with_meta`."""
+        (pb.Frame, array) pairs with `with_meta`. A file without timestamps being indexed
+        streams frames counted from the start as its decode pass counts them."""
         request = pb.FramesRequest(video=video, output=_output(max_size, gray, upright))
         _select(request, indices, time_range)
         for frame in self._stream(self._stub.RequestFrames, request, video):
@@ -231,7 +234,7 @@ class Client:
 
     # Frame jobs -----------------------------------------------------------------------------
 
-    def hashes(self, video: str, indices: Union[Sequence[int], range, None] = None,
+    def hashes(self, video: str, indices: Union[Sequence[int], range, slice, None] = None,
                time_range: Optional[Tuple[float, float]] = None, md5: bool = False,
                timeout: Optional[float] = None) -> list:
         """Per-frame pb.FrameHash (index, time_s, ahash, dhash, md5 when asked) of the whole
@@ -272,6 +275,13 @@ def _select(request, indices, time_range) -> None:
         raise ValueError("give exactly one of indices= or time_range=")
     if isinstance(indices, range):
         request.range.CopyFrom(pb.IndexRange(start=indices.start, stop=indices.stop, step=indices.step))
+    elif isinstance(indices, slice):
+        # The proto's stop 0 is the end: a slice says that with None, and its stop 0 is empty.
+        if indices.stop == 0 or (indices.step is not None and indices.step <= 0):
+            raise ValueError(f"{indices}: leave stop out (None) for the end; steps are positive")
+        start = indices.start or 0
+        stop = 0 if indices.stop is None else indices.stop
+        request.range.CopyFrom(pb.IndexRange(start=start, stop=stop, step=indices.step or 1))
     elif indices is not None:
         request.indices.CopyFrom(pb.IndexList(indices=[int(i) for i in indices]))
     else:
