@@ -97,51 +97,49 @@ def main():
             except framesrv.FramesrvError as e:
                 count("unexpected", f"{name} frame {i}: {e}")
 
+    def outcome(name, ask):
+        """Run `ask` and count how it went: what churning a file may answer, and nothing else."""
+        try:
+            ask()
+            count("ok")
+        except framesrv.DeadlineExceeded:
+            count("deadline")
+        except framesrv.Aborted:
+            count("aborted")
+        except framesrv.NotFound:
+            count("not_found")
+        except (framesrv.InvalidArgument, framesrv.OutOfRange) as e:
+            # A churned file caught while it is copied over in place (truncated, then
+            # written): not a video yet, or fewer frames than the info before said.
+            count("partial" if name in NAMES else "unexpected", "" if name in NAMES else f"{name}: {e}")
+        except framesrv.FramesrvError as e:
+            count("unexpected", f"{name}: {e}")
+
     def hasty(seed):
         rng = random.Random(seed)
         while time.time() < stop:
             with framesrv.Client(f"127.0.0.1:{port}", timeout=rng.choice([0.05, 0.3, 1.0, 5.0])) as c:
                 name = rng.choice(NAMES + ["stable.h264"])
-                try:
+
+                def ask():
                     info = c.info(name)
                     if rng.random() < 0.5:
                         c.frame(name, index=rng.randrange(info.frame_count))
-                    count("ok")
-                except framesrv.DeadlineExceeded:
-                    count("deadline")
-                except framesrv.Aborted:
-                    count("aborted")
-                except framesrv.NotFound:
-                    count("not_found")
-                except (framesrv.InvalidArgument, framesrv.OutOfRange) as e:
-                    # A churned file caught while it is copied over in place (truncated, then
-                    # written): not a video yet, or fewer frames than the info before said.
-                    count("partial" if name in NAMES else "unexpected", "" if name in NAMES else f"{name}: {e}")
-                except framesrv.FramesrvError as e:
-                    count("unexpected", f"{name}: {e}")
+                outcome(name, ask)
 
     def streamer(seed):
         # A data loader streaming a churned file from its start, often while it is indexed (the
-        # stream goes as the pass counts): whatever the churn does, an expected status.
+        # stream goes as the pass counts the frames).
         rng = random.Random(seed)
         while time.time() < stop:
             with framesrv.Client(f"127.0.0.1:{port}", timeout=rng.choice([1.0, 5.0, 20.0])) as c:
                 name = rng.choice(NAMES)
-                try:
+
+                def ask():
                     for _ in c.frames(name, slice(0, None, rng.choice([1, 7, 30])), max_size=(160, 90)):
                         if time.time() >= stop:
                             break
-                    count("ok")
-                except framesrv.DeadlineExceeded:
-                    count("deadline")
-                except framesrv.Aborted:
-                    count("aborted")
-                except framesrv.NotFound:
-                    count("not_found")
-                except (framesrv.InvalidArgument, framesrv.OutOfRange):
-                    count("partial")
-                except framesrv.FramesrvError as e:
-                    count("unexpected", f"stream of {name}: {e}")
+                outcome(name, ask)
 
     def churn(seed):
         rng = random.Random(seed)
