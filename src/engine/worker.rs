@@ -636,8 +636,6 @@ impl WorkerThread {
         self.fail(work, &EngineError::Preempted);
     }
 
-    /// Answer every request a job stands for with `error` (the decoder could not open, or was
-    /// closed for more urgent work: [`EngineError::Preempted`] makes the requests resubmit).
     /// A decode that failed on a file changed since it was indexed failed because of that (its
     /// bytes were overwritten under an open decoder): say so, not that the frame is damaged.
     fn explained(&self, e: EngineError) -> EngineError {
@@ -649,6 +647,8 @@ impl WorkerThread {
         }
     }
 
+    /// Answer every request a job stands for with `error` (the decoder could not open, or was
+    /// closed for more urgent work: [`EngineError::Preempted`] makes the requests resubmit).
     fn fail(&self, work: Work, error: &EngineError) {
         match work {
             Work::Frame(job) => self.job_done(|| job.reply.send(Err(error.clone()))),
