@@ -16,7 +16,7 @@ use framesrv::engine::decoder::{DecodeOptions, FrameDecoder, RawFrame};
 use framesrv::engine::index::{FrameIdentity, SeekBy, VideoIndex};
 use framesrv::engine::output::{OutputSpec, PixelFormat};
 use framesrv::engine::stats::EngineStats;
-use framesrv::engine::video::{build_index, shown_in_pts_order};
+use framesrv::engine::video::{build_index, shown_in_pts_order, VideoId};
 use framesrv::engine::EngineError;
 use framesrv::units::ByteSize;
 use framesrv::units::FrameIndex;
@@ -30,7 +30,8 @@ fn decoder(path: &Path, index: &Arc<VideoIndex>, stats: &Arc<EngineStats>) -> Fr
 }
 
 fn decoder_with(path: &Path, index: &Arc<VideoIndex>, stats: &Arc<EngineStats>, threads: usize) -> FrameDecoder {
-    FrameDecoder::open(path, "test", index.clone(), options(threads), stats.clone(), BufferPool::new(ByteSize::mib(16)))
+    let id = VideoId::of(path.to_path_buf()).expect("the video exists").0;
+    FrameDecoder::open(&id, "test", index.clone(), options(threads), stats.clone(), BufferPool::new(ByteSize::mib(16)))
         .expect("decoder opens")
 }
 
@@ -593,7 +594,8 @@ fn videos_without_timestamps_seek_and_recognise_the_frames_they_land_on() {
             let options = DecodeOptions { keep_behind: 0, ..options(1) };
             let stats = Arc::new(EngineStats::default());
             let buffers = BufferPool::new(ByteSize::mib(16));
-            let mut d = FrameDecoder::open(&p, "test", index.clone(), options, stats.clone(), buffers).unwrap();
+            let id = VideoId::of(p.clone()).unwrap().0;
+            let mut d = FrameDecoder::open(&id, "test", index.clone(), options, stats.clone(), buffers).unwrap();
             let first = index.first_frame_of(index.frames[n / 2].seek).get();
             expect_frame(&mut d, first + GOP as usize - 1, &reference, "raw.h264, keep_behind 0");
             assert!(stats.frames_decoded.get() < GOP, "decoded {} of a GOP of {GOP}", stats.frames_decoded.get());
@@ -739,10 +741,11 @@ fn truncated_file_serves_what_exists_and_refuses_the_rest() {
     }
 }
 
-/// A file truncated under a decoder that has its index from before: the frames past the cut
-/// are DATA_LOSS (the decoder meets the end of the file early), not a hang or another frame.
+/// A file truncated under a decoder that has its index from before: the decoder says the file
+/// changed (ABORTED, ask again) rather than DATA_LOSS, a hang or another frame, and serves
+/// nothing more of it, not even the part before the cut (the file may be rewritten from there).
 #[test]
-fn a_file_truncated_under_an_open_decoder_answers_data_loss() {
+fn a_file_truncated_under_an_open_decoder_answers_that_it_changed() {
     let dir = scratch();
     let path = encode(
         &dir.path().join("shrinks.mkv"),
@@ -761,14 +764,12 @@ fn a_file_truncated_under_an_open_decoder_answers_data_loss() {
     let len = std::fs::metadata(&path).unwrap().len();
     assert!(len > 100_000, "{len} bytes: more than the demuxer buffers");
     std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
-    for target in [70, 79] {
+    for target in [70, 79, 12] {
         match frame(&mut d, target) {
-            Err(EngineError::FrameUnavailable { .. } | EngineError::DecodeFailed { .. }) => {}
-            other => panic!("frame {target}: expected DATA_LOSS, got {other:?}"),
+            Err(EngineError::ChangedWhileRead { .. }) => {}
+            other => panic!("frame {target}: expected the change, got {other:?}"),
         }
     }
-    // The part before the cut is still served exactly.
-    assert_eq!(frame(&mut d, 12).unwrap(), 12);
 }
 
 #[test]

@@ -646,6 +646,53 @@ async fn a_decoder_opened_after_its_file_was_replaced_reads_nothing_of_the_new_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_in_place_under_an_open_decoder_serves_none_of_its_new_bytes() {
+    use framesrv::engine::output::OutputSpec;
+    use framesrv::units::FrameIndex;
+    use futures::StreamExt;
+    use std::os::unix::fs::MetadataExt;
+    let d = start_with_one_decoder().await;
+    // Raw video keeps every frame at the same place in two files of the same size and length:
+    // a decoder reading the new bytes where the old index points decodes them cleanly.
+    let raw = ["-c:v", "rawvideo", "-pix_fmt", "yuv420p", "-fflags", "+bitexact", "-map_metadata", "-1"];
+    let path = encode(&d.media.join("raw.avi"), 60, 25, &raw);
+    let other = scratch();
+    let negated = other.path().join("negated.avi");
+    let mut args = vec!["-i", path.to_str().unwrap(), "-vf", "negate"];
+    args.extend(raw);
+    args.push(negated.to_str().unwrap());
+    ffmpeg(&args);
+    let (old, new) = (std::fs::read(&path).unwrap(), std::fs::read(&negated).unwrap());
+    assert_eq!(old.len(), new.len(), "the premise: both files have their frames at the same places");
+    let (before, after) = (reference_frames(&path), reference_frames(&negated));
+    assert_ne!(before[50], after[50]);
+
+    let video = d.store.open("raw.avi").await.unwrap();
+    let mut frames = Box::pin(d.store.frames(video.clone(), vec![FrameIndex(2)], OutputSpec::default()));
+    assert_eq!(frames.next().await.unwrap().unwrap().data[..], before[2][..]);
+    assert_eq!(d.store.stats().open_decoders, 1);
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    std::fs::write(&path, &new).unwrap(); // as `cp` does: truncated and written, the same inode
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+
+    // The decoder that is open, not a new one (whose opening checks the file anyway), reads on.
+    let mut frames = Box::pin(d.store.frames(video, vec![FrameIndex(50)], OutputSpec::default()));
+    let err = match frames.next().await.unwrap() {
+        Ok(f) => {
+            panic!("frame 50 served after the file was rewritten (the new file's: {})", f.data[..] == after[50][..])
+        }
+        Err(err) => err,
+    };
+    assert!(matches!(err, framesrv::engine::EngineError::ChangedWhileRead { .. }), "{err}");
+    assert_eq!(framesrv::error::Error::from(err).code(), Code::Aborted);
+    // The next request opens the file as it is now.
+    let mut c = d.client().await;
+    let frame = c.request_frame(by_index("raw.avi", 50)).await.unwrap().into_inner();
+    assert_eq!(frame.data, after[50]);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_targets_in_one_gop_are_served_by_one_forward_scan() {
     let d = start_with_one_decoder().await;
     let long = long_video(&d.media);

@@ -377,8 +377,9 @@ fn engine_figures(clip: &Clip, indices: &[usize], threads: usize) -> Result<Engi
     let options =
         DecodeOptions { threads: threads.max(1), ..framesrv::config::Config::default().store_config().pool.decode };
     let buffers = framesrv::engine::buffers::BufferPool::new(framesrv::units::ByteSize::mib(64));
+    let id = framesrv::engine::video::VideoId::of(clip.path.clone()).map_err(|e| e.to_string())?.0;
     let open = || {
-        FrameDecoder::open(&clip.path, "bench", index.clone(), options, stats.clone(), buffers.clone())
+        FrameDecoder::open(&id, "bench", index.clone(), options, stats.clone(), buffers.clone())
             .map_err(|e| e.to_string())
     };
     let spec = OutputSpec::default();

@@ -11,7 +11,7 @@
 //!
 //! This type is synchronous and not shared: the pool runs each one on its own OS thread.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use crate::engine::output::{OutputSpec, PixelFormat, RawSpec};
 use crate::engine::plan::{self, Plan, Position};
 use crate::engine::stats::EngineStats;
 use crate::engine::threads;
+use crate::engine::video::{HeldFile, VideoId};
 use crate::engine::EngineError;
 use crate::units::{FrameIndex, PacketNo, Pts};
 
@@ -93,6 +94,8 @@ enum Miss {
 pub struct FrameDecoder {
     path: PathBuf,
     video: String,
+    /// The file as indexed, asked after every packet read whether it still is.
+    held: HeldFile,
     file: MediaFile,
     decoder: VideoDecoder,
     converter: Converter,
@@ -145,19 +148,29 @@ fn open_codec(file: &MediaFile, threads: usize, video: &str) -> Result<(VideoDec
 const MAX_AHEAD: usize = 16;
 
 impl FrameDecoder {
+    /// A decoder of the file `id` names, as `index` describes it. Fails with
+    /// [`EngineError::ChangedWhileRead`] when the file at the path is no longer that content,
+    /// and from then on whenever it changes under the decoder (see [`HeldFile`]).
     pub fn open(
-        path: &Path,
+        id: &VideoId,
         video: &str,
         index: Arc<VideoIndex>,
         options: DecodeOptions,
         stats: Arc<EngineStats>,
         buffers: Arc<BufferPool>,
     ) -> Result<FrameDecoder, EngineError> {
-        let file = MediaFile::open(path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
+        let changed = || EngineError::ChangedWhileRead { video: video.to_string() };
+        // Held before FFmpeg opens the path and checked after: both are then the file `id` names.
+        let held = HeldFile::open(id).ok_or_else(changed)?;
+        let file = MediaFile::open(&id.path).map_err(|e| EngineError::from_ffmpeg(video, e))?;
+        if !id.unchanged() {
+            return Err(changed());
+        }
         let (decoder, codec_threads) = open_codec(&file, options.threads, video)?;
         Ok(FrameDecoder {
-            path: path.to_path_buf(),
+            path: id.path.clone(),
             video: video.to_string(),
+            held,
             file,
             decoder,
             converter: Converter::default(),
@@ -344,6 +357,10 @@ impl FrameDecoder {
             SeekTarget::Start => {
                 // Reopening is the one way to the start that no demuxer can get wrong.
                 self.file = MediaFile::open(&self.path).map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+                // The path may name another file by now (replaced by a rename).
+                if !self.held.at_path() {
+                    return Err(EngineError::ChangedWhileRead { video: self.video.clone() });
+                }
                 self.skip_until = None;
                 self.trusted_from = None;
                 self.anchor = None;
@@ -403,7 +420,11 @@ impl FrameDecoder {
             if pos.ended {
                 return Ok(found.ok_or(missed));
             }
-            let packet = self.file.read_packet().map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+            let packet = self.file.read_packet();
+            if !self.held.unchanged() {
+                return Err(EngineError::ChangedWhileRead { video: self.video.clone() });
+            }
+            let packet = packet.map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
             let skip = match &packet {
                 None => false,
                 Some(p) => {

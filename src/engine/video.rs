@@ -45,22 +45,65 @@ impl VideoId {
     pub fn of(path: PathBuf) -> std::io::Result<(VideoId, i128)> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&path)?;
-        let modified_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
         let changed_ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
-        Ok((VideoId { path, device: meta.dev(), inode: meta.ino(), size: meta.len(), modified_ns }, changed_ns))
+        let id =
+            VideoId { path, device: meta.dev(), inode: meta.ino(), size: meta.len(), modified_ns: modified_ns(&meta) };
+        Ok((id, changed_ns))
     }
 
-    /// Whether the file at the path is still this content. A decoder opened by path after the
-    /// file was replaced or rewritten would read other bytes than the index describes: asked
-    /// right after it opens, this tells (a change after that leaves it the bytes it opened,
-    /// unless they are overwritten in place, which its decode then tells).
+    /// Whether `meta` (the file's status now) is of this content.
+    fn describes(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino(), meta.len(), modified_ns(meta))
+            == (self.device, self.inode, self.size, self.modified_ns)
+    }
+
+    /// Whether the file at the path is still this content.
     pub fn unchanged(&self) -> bool {
-        VideoId::of(self.path.clone()).is_ok_and(|(now, _)| now == *self)
+        std::fs::metadata(&self.path).is_ok_and(|meta| self.describes(&meta))
+    }
+}
+
+fn modified_ns(meta: &std::fs::Metadata) -> i128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// A video's file held open as it was indexed, beside the decoder that reads it by path.
+///
+/// Why: the index describes the bytes the file had. A file replaced by a rename leaves an open
+/// decoder the bytes it opened, but one rewritten in place (`cp` onto it, `ffmpeg -y` writing to
+/// it) changes them under the decoder, which then reads new bytes where the old index points:
+/// with a container whose frames keep their places (raw video, or a re-encode that happens to
+/// keep packet sizes) that decodes cleanly into another video's pixels. The kernel updates a
+/// file's size and modification time before a write's bytes can be read, so a decoder that
+/// asks [`HeldFile::unchanged`] after reading each packet never uses a byte written after the
+/// index was made. One `fstat` per packet: a microsecond against a packet's decode.
+#[derive(Debug)]
+pub struct HeldFile {
+    file: std::fs::File,
+    id: VideoId,
+}
+
+impl HeldFile {
+    /// The file `id` names, if the path still names it.
+    pub fn open(id: &VideoId) -> Option<HeldFile> {
+        let file = std::fs::File::open(&id.path).ok()?;
+        let held = HeldFile { file, id: id.clone() };
+        held.unchanged().then_some(held)
+    }
+
+    /// Whether the path still names this file, for opening it again by path.
+    pub fn at_path(&self) -> bool {
+        self.id.unchanged()
+    }
+
+    /// Whether the bytes are still the ones the index describes (see the type's docs).
+    pub fn unchanged(&self) -> bool {
+        self.file.metadata().is_ok_and(|meta| self.id.describes(&meta))
     }
 }
 

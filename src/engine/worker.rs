@@ -475,18 +475,13 @@ impl WorkerThread {
         }
         let threads = self.codec_threads();
         let decoder = FrameDecoder::open(
-            &self.video.id.path,
+            &self.video.id,
             &self.video.name,
             self.video.index.clone(),
             DecodeOptions { threads, ..self.config.decode },
             self.stats.clone(),
             self.buffers.clone(),
         );
-        // One opened after the file changed would read other bytes than the index describes.
-        let decoder = decoder.and_then(|d| match self.video.id.unchanged() {
-            true => Ok(d),
-            false => Err(EngineError::ChangedWhileRead { video: self.video.name.clone() }),
-        });
         let mut decoder = match decoder {
             Ok(d) => d,
             Err(e) => {
@@ -636,17 +631,6 @@ impl WorkerThread {
         self.fail(work, &EngineError::Preempted);
     }
 
-    /// A decode that failed on a file changed since it was indexed failed because of that (its
-    /// bytes were overwritten under an open decoder): say so, not that the frame is damaged.
-    fn explained(&self, e: EngineError) -> EngineError {
-        match e {
-            EngineError::FrameUnavailable { .. } | EngineError::DecodeFailed { .. } if !self.video.id.unchanged() => {
-                EngineError::ChangedWhileRead { video: self.video.name.clone() }
-            }
-            e => e,
-        }
-    }
-
     /// Answer every request a job stands for with `error` (the decoder could not open, or was
     /// closed for more urgent work: [`EngineError::Preempted`] makes the requests resubmit).
     fn fail(&self, work: Work, error: &EngineError) {
@@ -719,7 +703,6 @@ impl WorkerThread {
                     }
                 }
                 Err(e) => {
-                    let e = self.explained(e);
                     self.job_done(|| reply.send(pass, Err(e)));
                     return None;
                 }
@@ -765,10 +748,8 @@ impl WorkerThread {
             registry.side_frame(video, &spec, f)
         };
         let result = decoder.frame_keeping(job.target, &spec, keep, side, &mut || inbox.must_yield(class));
-        let result = match result {
-            Ok(None) => return Some(Work::Frame(job)),
-            Ok(Some(frame)) => Ok(frame),
-            Err(e) => Err(self.explained(e)),
+        let Some(result) = result.transpose() else {
+            return Some(Work::Frame(job));
         };
         // The window to fill, registered in flight before the answer leaves, so a client that
         // steps back at once waits for the fill rather than starting a cold decode of its own.
