@@ -9,6 +9,7 @@ use std::sync::Arc;
 use common::daemon::Daemon;
 use common::*;
 use framesrv::config::Config;
+use framesrv::engine::schedule::Class;
 use framesrv::proto::v1 as pb;
 use framesrv::proto::v1::frame_server_client::FrameServerClient;
 use tonic::transport::Channel;
@@ -603,7 +604,7 @@ async fn a_streamed_frame_stays_paid_for_until_the_next_is_asked_for() {
     let frame = 192 * 128 * 3;
     let d = start_with(|c| c.limits.inflight_bytes = framesrv::units::ByteSize(frame)).await;
     let reference = reference_frames(&d.media.join("a.mp4"));
-    let video = d.store.open("a.mp4").await.unwrap();
+    let video = d.store.open("a.mp4", Class::Interactive).await.unwrap();
     let indices: Vec<FrameIndex> = (0..12).map(FrameIndex).collect();
     let mut frames = Box::pin(d.store.frames_to_send(video, indices, OutputSpec::default()));
     let mut i = 0;
@@ -632,7 +633,7 @@ async fn a_decoder_opened_after_its_file_was_replaced_reads_nothing_of_the_new_f
     let d = start().await;
     let (a, negated) = (d.media.join("a.mp4"), d.media.join("negated.mp4"));
     ffmpeg(&["-i", a.to_str().unwrap(), "-vf", "negate", "-c:v", "libx264", "-bf", "0", negated.to_str().unwrap()]);
-    let video = d.store.open("a.mp4").await.unwrap();
+    let video = d.store.open("a.mp4", Class::Interactive).await.unwrap();
     std::fs::rename(&negated, &a).unwrap();
     let mut frames = Box::pin(d.store.frames(video, vec![FrameIndex(5)], OutputSpec::default()));
     let err = frames.next().await.unwrap().unwrap_err();
@@ -667,7 +668,7 @@ async fn a_file_rewritten_in_place_under_an_open_decoder_serves_none_of_its_new_
     let (before, after) = (reference_frames(&path), reference_frames(&negated));
     assert_ne!(before[50], after[50]);
 
-    let video = d.store.open("raw.avi").await.unwrap();
+    let video = d.store.open("raw.avi", Class::Interactive).await.unwrap();
     let mut frames = Box::pin(d.store.frames(video.clone(), vec![FrameIndex(2)], OutputSpec::default()));
     assert_eq!(frames.next().await.unwrap().unwrap().data[..], before[2][..]);
     assert_eq!(d.store.stats().open_decoders, 1);
@@ -989,7 +990,10 @@ async fn a_file_that_grows_while_it_is_indexed_is_indexed_once_as_it_is_now() {
     let d = start_with(|c| c.state_dir = "none".into()).await;
     let raw = raw_h264(&long_video(&d.media), &d.media.join("growing.h264"));
     let first = d.store.clone();
-    let waiting = tokio::spawn(async move { first.open("growing.h264").await.map(|v| v.index.frame_count()) });
+    let waiting =
+        tokio::spawn(
+            async move { first.open("growing.h264", Class::Interactive).await.map(|v| v.index.frame_count()) },
+        );
     // Its pass is under way; then the camera writes on (the same recording again).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !d.store.indexing("growing.h264").is_some_and(|p| p.starts_with("decoding every frame")) {
@@ -1915,9 +1919,14 @@ async fn a_stream_of_a_file_being_indexed_goes_as_its_pass_counts_the_frames() {
     // 3600 frames, a keyframe every 60: a pass of several seconds.
     let raw = raw_camera(&d.media.join("camera.h264"), "640x360", 120, 60);
     let mut c = d.client().await;
+    // Frame 3500 asked for by a stream, as the stream below asks: a click would have the pass
+    // run at the interactive priority until it is answered, ahead of the stream's decoder.
     let far = tokio::spawn({
         let mut c = c.clone();
-        async move { c.request_frame(by_index("camera.h264", 3500)).await }
+        async move {
+            let one = pb::frames_request::Selection::Indices(pb::IndexList { indices: vec![3500] });
+            c.request_frames(batch("camera.h264", one)).await.unwrap().into_inner().message().await
+        }
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !d.store.indexing("camera.h264").is_some_and(|p| p.starts_with("decoding every frame")) {
@@ -1955,7 +1964,7 @@ async fn a_stream_of_a_file_being_indexed_goes_as_its_pass_counts_the_frames() {
         assert!(frame.data == *of(frame.index as usize), "frame {} is not the sequential decode's", frame.index);
     }
     assert!(near.data == *of(20), "frame 20 is not the sequential decode's");
-    let far = far.await.unwrap().unwrap().into_inner();
+    let far = far.await.unwrap().unwrap().unwrap();
     assert!(far.index == 3500 && far.data == *of(3500), "frame 3500 is not the sequential decode's");
     assert_eq!(d.store.stats().videos_indexed, 1);
 
@@ -1991,7 +2000,7 @@ async fn stopping_the_daemon_stops_the_decode_passes_under_way() {
     let store = d.store.clone();
     let opening = tokio::spawn({
         let store = store.clone();
-        async move { store.open("big.h264").await.map(|_| ()) }
+        async move { store.open("big.h264", Class::Interactive).await.map(|_| ()) }
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !store.indexing("big.h264").is_some_and(|p| p.starts_with("decoding every frame")) {
@@ -2044,7 +2053,7 @@ async fn an_opening_somebody_waits_for_takes_the_next_pass_turn() {
     for (k, name) in names.iter().enumerate() {
         let request = tokio::spawn({
             let (store, name) = (d.store.clone(), name.clone());
-            async move { store.open(&name).await.map(|_| ()) }
+            async move { store.open(&name, Class::Interactive).await.map(|_| ()) }
         });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while stage(name).is_empty() {

@@ -93,6 +93,15 @@ impl Class {
     }
 }
 
+/// The nice value of a decode pass indexing a file (bulk work, `bulk`) while requests of class
+/// `waiting` at most wait for it: theirs, when more urgent. Priority inheritance: a click on a
+/// file being indexed waits for nothing but the pass, which at the bulk priority would get a
+/// sliver of the cores beside streams of other files, and a stream following the pass would
+/// take the cores from the pass it cannot get ahead of.
+pub fn pass_nice(bulk: i32, waiting: Option<Class>) -> i32 {
+    waiting.map_or(bulk, |class| class.nice().min(bulk))
+}
+
 /// A job's class, shared between the queue and whoever may raise it: a speculative fill that an
 /// interactive client starts waiting on becomes interactive work.
 #[derive(Debug)]
@@ -371,6 +380,16 @@ mod tests {
 
     fn range(from: u32, to: u32) -> Vec<FrameIndex> {
         (from..to).map(FrameIndex).collect()
+    }
+
+    #[test]
+    fn a_pass_runs_at_the_priority_of_the_most_urgent_request_waiting_for_it() {
+        let bulk = Class::Bulk.nice();
+        assert_eq!(pass_nice(bulk, None), bulk, "nobody waits: bulk work");
+        assert_eq!(pass_nice(bulk, Some(Class::Interactive)), Class::Interactive.nice());
+        assert_eq!(pass_nice(bulk, Some(Class::Stream)), Class::Stream.nice());
+        assert_eq!(pass_nice(bulk, Some(Class::Bulk)), bulk);
+        assert_eq!(pass_nice(bulk, Some(Class::Speculative)), bulk, "never below bulk");
     }
 
     #[test]

@@ -421,10 +421,11 @@ impl FrameStore {
         &self.roots
     }
 
-    /// Open (index, on first use) the video a client names.
-    pub async fn open(&self, name: &str) -> Result<Arc<OpenVideo>, Error> {
+    /// Open (index, on first use) the video a client names, for work of `class` (while it
+    /// waits for a decode pass, the pass runs at that priority: [`schedule::pass_nice`]).
+    pub async fn open(&self, name: &str, class: Class) -> Result<Arc<OpenVideo>, Error> {
         let slot = self.slot(name).await?;
-        let _waiting = slot.progress.waited_on();
+        let _waiting = slot.progress.waited_on(class);
         Ok(slot.video.clone().await?)
     }
 
@@ -432,9 +433,9 @@ impl FrameStore {
     /// timestamps is indexed by a decode pass, that is the frames the pass has counted once it
     /// has counted that far ([`Progress::counted_so_far`]): an hour of camera footage shows its
     /// first frames in a second rather than after minutes.
-    pub async fn open_through(&self, name: &str, frame: u64) -> Result<Arc<OpenVideo>, Error> {
+    pub async fn open_through(&self, name: &str, frame: u64, class: Class) -> Result<Arc<OpenVideo>, Error> {
         let slot = self.slot(name).await?;
-        Ok(Self::through(&slot, frame).await?.0)
+        Ok(Self::through(&slot, frame, class).await?.0)
     }
 
     /// Open the video a client names as far as it is indexed: while a file without timestamps
@@ -443,20 +444,20 @@ impl FrameStore {
     pub async fn open_so_far(&self, name: &str) -> Result<(Arc<OpenVideo>, bool), Error> {
         let slot = self.slot(name).await?;
         let shown = slot.progress.frames_shown() as u64;
-        Self::through(&slot, shown.saturating_sub(1)).await
+        Self::through(&slot, shown.saturating_sub(1), Class::Interactive).await
     }
 
     /// Open the video a client names for `selection` (at most `max` frames). A selection of
     /// frames counted from the start ([`Selection::first_counted`]) of a file being indexed by
     /// a decode pass does not wait for the whole index: it is opened once the pass has counted
     /// its first frame, and [`FrameStore::frames_as_counted`] streams it as the pass goes on (a
-    /// data loader reading a camera file from its start).
+    /// data loader reading a camera file from its start). Stream work.
     pub async fn open_for(&self, name: &str, selection: &Selection, max: usize) -> Result<ForSelection, Error> {
         let Some(first) = selection.first_counted() else {
-            return Ok(ForSelection::Whole(self.open(name).await?));
+            return Ok(ForSelection::Whole(self.open(name, Class::Stream).await?));
         };
         let slot = self.slot(name).await?;
-        let (video, so_far) = Self::through(&slot, first).await?;
+        let (video, so_far) = Self::through(&slot, first, Class::Stream).await?;
         if !so_far {
             return Ok(ForSelection::Whole(video));
         }
@@ -495,7 +496,7 @@ impl FrameStore {
                     Step::Next { done } => {
                         let needed = selection.needed_after(done)?;
                         let next = async {
-                            let (video, so_far) = Self::through(&slot, needed).await?;
+                            let (video, so_far) = Self::through(&slot, needed, Class::Stream).await?;
                             let part = selection.counted_part(done, video.index.frame_count() as u64, max)?;
                             let past_end =
                                 if so_far { None } else { selection.resolve(&video.name, &video.index, max).err() };
@@ -519,13 +520,13 @@ impl FrameStore {
     }
 
     /// The video of `slot` once indexed through `frame`: its whole index, or the frames its
-    /// decode pass has counted so far (with `true`).
-    async fn through(slot: &VideoSlot, frame: u64) -> Result<(Arc<OpenVideo>, bool), Error> {
+    /// decode pass has counted so far (with `true`). For work of `class`, as [`FrameStore::open`].
+    async fn through(slot: &VideoSlot, frame: u64, class: Class) -> Result<(Arc<OpenVideo>, bool), Error> {
         // Most requests: a video open for a while, nothing to wait for or hand over.
         if let Some(Ok(video)) = slot.video.peek() {
             return Ok((video.clone(), false));
         }
-        let _waiting = slot.progress.waited_on();
+        let _waiting = slot.progress.waited_on(class);
         let mut counted = slot.progress.counted_so_far();
         let whole = slot.video.clone();
         tokio::pin!(whole);

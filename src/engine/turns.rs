@@ -196,6 +196,7 @@ impl Drop for Turn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::schedule::Class;
 
     #[test]
     fn an_opening_somebody_waits_for_goes_first_else_first_come_first_served() {
@@ -211,7 +212,7 @@ mod tests {
         let first = turns.take(&Arc::new(Progress::default())).await.unwrap();
         assert!(turns.all_taken());
         let (nobody, somebody) = (Arc::new(Progress::default()), Arc::new(Progress::default()));
-        let _waits = somebody.waited_on();
+        let _waits = somebody.waited_on(Class::Interactive);
         let order = Arc::new(Mutex::new(Vec::new()));
         let wait = |name: &'static str, progress: Arc<Progress>| {
             let (turns, order) = (turns.clone(), order.clone());
@@ -248,7 +249,7 @@ mod tests {
         let turns = Turns::new(1);
         let (pass, urgent) = (Arc::new(Progress::default()), Arc::new(Progress::default()));
         let turn = turns.take(&pass).await.unwrap();
-        let _waits = urgent.waited_on();
+        let _waits = urgent.waited_on(Class::Interactive);
         let taken = tokio::spawn({
             let (turns, urgent) = (turns.clone(), urgent.clone());
             async move { turns.take(&urgent).await }

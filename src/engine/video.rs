@@ -9,7 +9,7 @@
 //! ([`passes_at_once`]); while it runs, the frames it has counted can already be served
 //! ([`Progress::counted_so_far`]). [`build_index`] does it all at once, for tools and tests.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,7 +22,9 @@ use crate::engine::ffmpeg::{
 use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, FrameIdentity, KeyPacket, VideoIndex};
 use crate::engine::index_store::{self, ContentKey, StateDir};
 use crate::engine::output::OutputSpec;
+use crate::engine::schedule::{self, Class};
 use crate::engine::stats::EngineStats;
+use crate::engine::threads;
 use crate::engine::EngineError;
 use crate::units::PacketNo;
 
@@ -209,7 +211,8 @@ pub fn start_opening(id: VideoId, name: String, state: &StateDir, stats: &Engine
 impl PendingPass {
     /// Run the decode pass (on a blocking thread) at nice `nice`, with its codec threads: a
     /// daemon runs it as bulk work, so that a minute-long pass does not slow the clicks and
-    /// streams on videos already open. `between` is called between packets (where a pass
+    /// streams on videos already open, and at the priority of the requests waiting for it while
+    /// some do ([`schedule::pass_nice`]). `between` is called between packets (where a pass
     /// nobody waits for lets an opening somebody waits for go first: [`crate::engine::turns`]).
     pub fn run(
         self,
@@ -226,8 +229,8 @@ impl PendingPass {
             progress.counted.send_replace(Some(Arc::new(OpenVideo { id, name, index: Arc::new(index), content_key })));
         };
         let index = {
-            let _nice = nice.map(AtNice::enter);
-            self.pass.run(progress, &mut hand_over, between)
+            let priority = nice.map(PassPriority::enter);
+            self.pass.run(progress, &mut hand_over, between, priority.as_ref())
         };
         // What the pass counted is of no more use (and would hold memory): its requests get the
         // whole index, or its error.
@@ -270,7 +273,7 @@ fn indexed(
 pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
     match demux(path, video)? {
         Demuxed::Index(index) => Ok(index),
-        Demuxed::NeedsDecode(pass) => pass.run(&Progress::default(), &mut |_| {}, &mut || {}),
+        Demuxed::NeedsDecode(pass) => pass.run(&Progress::default(), &mut |_| {}, &mut || {}, None),
     }
 }
 
@@ -302,19 +305,20 @@ impl DecodePass {
         progress: &Progress,
         hand_over: &mut dyn FnMut(VideoIndex),
         between: &mut dyn FnMut(),
+        priority: Option<&PassPriority>,
     ) -> Result<VideoIndex, EngineError> {
         progress.decoding(self.packets.len());
-        let index = decode_pass(&self, progress, hand_over, between)?;
+        let index = decode_pass(&self, progress, hand_over, between, priority)?;
         with_frames(index, &self.video)
     }
 }
 
 /// A request waiting for an opening ([`Progress::waited_on`]).
-pub struct WaitedOn<'a>(&'a Progress);
+pub struct WaitedOn<'a>(&'a Progress, Class);
 
 impl Drop for WaitedOn<'_> {
     fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+        self.0.waiters[self.1 as usize].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -336,8 +340,9 @@ pub struct Progress {
     packets: AtomicUsize,
     /// Frames the pass has shown: counted, so those of them handed over are served already.
     shown: AtomicUsize,
-    /// Requests waiting for the opening now ([`Progress::waited_on`]).
-    waiters: AtomicUsize,
+    /// Requests waiting for the opening now, by the class of the work they are for
+    /// ([`Progress::waited_on`]).
+    waiters: [AtomicUsize; Class::ALL.len()],
     /// The decode pass has let an opening somebody waits for go first.
     paused: AtomicBool,
     /// One more than the lowest frame a request waits for that the decode pass has not handed
@@ -364,7 +369,7 @@ impl Default for Progress {
             decoded: AtomicUsize::new(0),
             packets: AtomicUsize::new(0),
             shown: AtomicUsize::new(0),
-            waiters: AtomicUsize::new(0),
+            waiters: Default::default(),
             paused: AtomicBool::new(false),
             wanted: AtomicU64::new(NOBODY_WANTS),
             counted: tokio::sync::watch::Sender::new(None),
@@ -418,11 +423,17 @@ impl Progress {
         self.shown.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request waits for the opening until the guard drops: an opening somebody waits for
-    /// takes the next turn for a decode pass ([`crate::engine::turns`]).
-    pub fn waited_on(&self) -> WaitedOn<'_> {
-        self.waiters.fetch_add(1, Ordering::Relaxed);
-        WaitedOn(self)
+    /// A request for work of `class` waits for the opening until the guard drops: an opening
+    /// somebody waits for takes the next turn for a decode pass ([`crate::engine::turns`]), and
+    /// its pass runs at that class's CPU priority meanwhile ([`PassPriority`]).
+    pub fn waited_on(&self, class: Class) -> WaitedOn<'_> {
+        self.waiters[class as usize].fetch_add(1, Ordering::Relaxed);
+        WaitedOn(self, class)
+    }
+
+    /// The most urgent class of the requests waiting for the opening now.
+    pub fn most_urgent_waiter(&self) -> Option<Class> {
+        Class::ALL.into_iter().find(|&c| self.waiters[c as usize].load(Ordering::Relaxed) > 0)
     }
 
     /// The decode pass waits (`true`) while an opening somebody waits for goes first.
@@ -437,7 +448,7 @@ impl Progress {
 
     /// Whether a request waits for the opening now.
     pub fn waited_for(&self) -> bool {
-        self.waiters.load(Ordering::Relaxed) > 0
+        self.most_urgent_waiter().is_some()
     }
 
     /// Frames the decode pass has shown so far.
@@ -528,7 +539,9 @@ fn with_frames(index: VideoIndex, video: &str) -> Result<VideoIndex, EngineError
 pub fn shown_in_pts_order(path: &Path, video: &str) -> Result<bool, EngineError> {
     const PROBED: usize = 120;
     let mut shown: Vec<Option<i64>> = Vec::new();
-    decode_from_start(path, video, Some(PROBED), 1, &mut |_, _, _| Ok(()), &mut |f| shown.push(f.pts().map(|p| p.0)))?;
+    decode_from_start(path, video, Some(PROBED), 1, None, &mut |_, _, _| Ok(()), &mut |f| {
+        shown.push(f.pts().map(|p| p.0))
+    })?;
     Ok(shown.windows(2).all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if a < b)))
 }
 
@@ -542,6 +555,7 @@ fn decode_pass(
     progress: &Progress,
     hand_over: &mut dyn FnMut(VideoIndex),
     between: &mut dyn FnMut(),
+    priority: Option<&PassPriority>,
 ) -> Result<VideoIndex, EngineError> {
     let DecodePass { path, video, stream, seek_ways, packets } = pass;
     let video = video.as_str();
@@ -569,11 +583,15 @@ fn decode_pass(
         video,
         None,
         threads,
+        priority,
         &mut |packet, p, delay| {
             if progress.abandoned() {
                 return Err(EngineError::Changed { video: video.to_string() });
             }
             between();
+            if let Some(priority) = priority {
+                priority.follow(progress.most_urgent_waiter());
+            }
             if progress.stopped() {
                 return Err(EngineError::ShuttingDown);
             }
@@ -644,22 +662,44 @@ pub fn passes_at_once() -> usize {
     (cores / pass_threads()).max(2)
 }
 
-/// The calling thread at a nice value until dropped, then back at 0 (a blocking-pool thread is
-/// used again for other work). Threads it starts meanwhile, such as a codec's frame threads,
-/// keep the value. Only used where lowering it back is allowed (the pool's probe).
-struct AtNice(i32);
+/// The CPU priority of a decode pass, on its own thread and the codec threads it starts:
+/// [`schedule::pass_nice`], followed between packets as requests come to wait for the pass and
+/// give up. Dropped, its own thread is back at 0 (a blocking-pool thread is used again for other
+/// work). Only used where lowering a nice value again is allowed (the pool's probe).
+struct PassPriority {
+    bulk: i32,
+    now: Cell<i32>,
+    /// The pass's own thread first.
+    threads: RefCell<Vec<i32>>,
+}
 
-impl AtNice {
-    fn enter(nice: i32) -> AtNice {
+impl PassPriority {
+    fn enter(bulk: i32) -> PassPriority {
         let me = current_thread_id();
-        set_thread_nice(me, nice);
-        AtNice(me)
+        set_thread_nice(me, bulk);
+        PassPriority { bulk, now: Cell::new(bulk), threads: RefCell::new(vec![me]) }
+    }
+
+    /// Codec threads the pass started (at the nice value it had then).
+    fn started(&self, codec_threads: Vec<i32>) {
+        self.threads.borrow_mut().extend(codec_threads);
+    }
+
+    /// At the priority of the most urgent request waiting for the pass now.
+    fn follow(&self, waiting: Option<Class>) {
+        let nice = schedule::pass_nice(self.bulk, waiting);
+        if nice != self.now.get() {
+            for &tid in self.threads.borrow().iter() {
+                set_thread_nice(tid, nice);
+            }
+            self.now.set(nice);
+        }
     }
 }
 
-impl Drop for AtNice {
+impl Drop for PassPriority {
     fn drop(&mut self) {
-        set_thread_nice(self.0, 0);
+        set_thread_nice(self.threads.borrow()[0], 0);
     }
 }
 
@@ -670,17 +710,27 @@ impl Drop for AtNice {
 /// every frame to `on_frame`: the whole file, or its first `packets` packets and what the decoder
 /// then still holds. Returns the frames frame threading held the
 /// output back by ([`frame_thread_delay`](crate::engine::ffmpeg::VideoDecoder::frame_thread_delay)).
+/// The codec threads it starts are given to `priority`, if any.
 fn decode_from_start(
     path: &Path,
     video: &str,
     packets: Option<usize>,
     threads: usize,
+    priority: Option<&PassPriority>,
     on_packet: &mut dyn FnMut(PacketNo, &VideoPacket, usize) -> Result<(), EngineError>,
     on_frame: &mut dyn FnMut(DecodedFrame),
 ) -> Result<usize, EngineError> {
     let map = |e: FfmpegError| EngineError::from_ffmpeg(video, e);
     let mut file = MediaFile::open(path).map_err(map)?;
-    let mut decoder = file.new_decoder(threads).map_err(map)?;
+    let mut decoder = match priority {
+        Some(priority) if threads > 1 => {
+            let (decoder, started) = threads::started_by(|| file.new_decoder(threads));
+            priority.started(started);
+            decoder
+        }
+        _ => file.new_decoder(threads),
+    }
+    .map_err(map)?;
     let mut read = 0;
     loop {
         let packet = if packets.is_some_and(|n| read >= n) { None } else { file.read_packet().map_err(map)? };

@@ -57,19 +57,21 @@ impl FrameService {
         FrameService { store, limits, in_flight }
     }
 
-    async fn open(&self, video: &str) -> Result<Arc<OpenVideo>, Error> {
-        self.open_through(video, None).await
+    /// Open `video` for work of `class` (the class a decode pass indexing it runs at while the
+    /// request waits for it).
+    async fn open(&self, video: &str, class: Class) -> Result<Arc<OpenVideo>, Error> {
+        self.open_through(video, None, class).await
     }
 
     /// Open `video` for its frames up to `last` counted from the start (`None`: all of it). A
     /// file without timestamps is then served as soon as its decode pass has counted that far.
-    async fn open_through(&self, video: &str, last: Option<u64>) -> Result<Arc<OpenVideo>, Error> {
+    async fn open_through(&self, video: &str, last: Option<u64>, class: Class) -> Result<Arc<OpenVideo>, Error> {
         if video.is_empty() {
             return Err(RequestError::MissingVideo.into());
         }
         match last {
-            Some(frame) => self.store.open_through(video, frame).await,
-            None => self.store.open(video).await,
+            Some(frame) => self.store.open_through(video, frame, class).await,
+            None => self.store.open(video, class).await,
         }
     }
 
@@ -138,7 +140,7 @@ impl FrameService {
             Target::Index(i) if i >= 0 => Some(i as u64),
             _ => None,
         };
-        let video = self.open_through(&req.video, last).await?;
+        let video = self.open_through(&req.video, last, Class::Interactive).await?;
         let index = self.store.resolve(&video, target, req.clamp)?;
         Ok((video, index, spec))
     }
@@ -167,7 +169,7 @@ impl FrameService {
     pub(crate) async fn info(&self, name: &str, while_indexing: bool) -> Result<pb::VideoInfo, Error> {
         let (video, indexing) = match while_indexing {
             true if !name.is_empty() => self.store.open_so_far(name).await?,
-            _ => (self.open(name).await?, false),
+            _ => (self.open(name, Class::Interactive).await?, false),
         };
         let idx = &video.index;
         Ok(pb::VideoInfo {
@@ -249,7 +251,7 @@ impl FrameService {
     /// starts (the hash pass itself runs inside the stream, so a long one is bounded by the
     /// client's deadline, not by the request timeout).
     async fn hashes_setup(&self, req: &pb::FrameHashesRequest) -> Result<(Arc<OpenVideo>, Vec<FrameIndex>), Error> {
-        let video = self.open(&req.video).await?;
+        let video = self.open(&req.video, Class::Bulk).await?;
         let selection = match req.selection.clone() {
             None => Selection::Range { start: 0, stop: 0, step: 1 },
             Some(pb::frame_hashes_request::Selection::Range(r)) => range(r),
@@ -267,10 +269,10 @@ impl FrameService {
             return Err(RequestError::TooLarge { field: "max_distance", value, max }.into());
         }
         let min_loop = if req.min_loop_frames == 0 { 25 } else { req.min_loop_frames };
-        let video = self.open(&req.video).await?;
+        let video = self.open(&req.video, Class::Bulk).await?;
         let other = match req.other_video.as_str() {
             "" => None,
-            name => Some(self.open(name).await?),
+            name => Some(self.open(name, Class::Bulk).await?),
         };
         let report = self.store.duplicates(&video, other.as_ref(), req.max_distance, min_loop).await?;
         let ints = |v: Vec<u32>| v.into_iter().map(i64::from).collect();
@@ -316,7 +318,7 @@ impl FrameService {
         too_large("jpeg_quality", req.jpeg_quality, 100)?;
         let tiles = req.tiles;
         let tile_width = if req.tile_width == 0 && req.tile_height == 0 { 160 } else { req.tile_width };
-        let video = self.open(&req.video).await?;
+        let video = self.open(&req.video, Class::Stream).await?;
         let (w, h) = video.index.stream.shown_size(req.upright);
         let layout = Layout::new(w, h, tiles, tile_width, req.tile_height, req.columns);
         too_large("the storyboard's width (columns x tile width)", layout.width(), MAX_SIDE)?;
@@ -385,7 +387,7 @@ impl FrameService {
             }
             Some(pb::clip_request::Selection::TimeRange(t)) => time_range(*t),
         };
-        let video = self.open(&req.video).await?;
+        let video = self.open(&req.video, Class::Bulk).await?;
         let frames = self.store.select(&video, &selection, self.limits.max_clip_frames)?;
         if frames.is_empty() {
             return Err(RequestError::BadRange("the selection holds no frame".into()).into());
@@ -414,7 +416,7 @@ impl FrameService {
                 pb::frames_request::Selection::Indices(l) => Selection::Indices(l.indices),
             });
             let Some(selection) = selection else {
-                self.open(&req.video).await?;
+                self.open(&req.video, Class::Stream).await?;
                 return Err(RequestError::MissingSelection.into());
             };
             if req.video.is_empty() {
@@ -754,7 +756,7 @@ impl pb::frame_server_server::FrameServer for FrameService {
         let name = req.video.clone();
         let setup = async {
             let spec = self.output_spec(req.output.as_ref())?;
-            let video = self.open(&req.video).await?;
+            let video = self.open(&req.video, Class::Stream).await?;
             let within = req.time_range.map(|t| (t.start_s, t.stop_s));
             let indices = self.selection(&video, Some(Selection::Keyframes { every: req.every, within }))?;
             Ok::<_, Error>((video, indices, spec))
