@@ -19,7 +19,7 @@ use bytes::Bytes;
 use crate::engine::anchor::Anchor;
 use crate::engine::buffers::BufferPool;
 use crate::engine::ffmpeg::{
-    output_capacity, Converter, DecodedFrame, MediaFile, Planes, Turner, VideoDecoder, VideoPacket,
+    output_capacity, Converter, DecodedFrame, MediaFile, Orientation, Planes, Turner, VideoDecoder, VideoPacket,
 };
 use crate::engine::index::{FrameIdentity, SeekBy, SeekTarget, VideoIndex};
 use crate::engine::output::{OutputSpec, PixelFormat, RawSpec};
@@ -98,9 +98,7 @@ pub struct FrameDecoder {
     held: HeldFile,
     file: MediaFile,
     decoder: VideoDecoder,
-    converter: Converter,
-    /// Turns and converts frames asked for upright whose video is not.
-    turner: Turner,
+    conversion: Conversion,
     /// Whether frames also (or only) carry their luma; see [`FrameDecoder::set_luma`].
     luma: Luma,
     /// Whether frames carry the planes the cache keeps; see [`FrameDecoder::set_planes`].
@@ -144,6 +142,46 @@ fn open_codec(file: &MediaFile, threads: usize, video: &str) -> Result<(VideoDec
     Ok((decoder.map_err(|e| EngineError::from_ffmpeg(video, e))?, started))
 }
 
+/// Decoded pictures converted to an output, as the CLI converts them (swscale's bicubic path;
+/// frames asked for upright whose video is not through the same filter graph as the CLI's).
+/// A decoder converts the frames it hands out with one; so does the decode pass that indexes a
+/// file without timestamps, for the frames streams following it wait for
+/// ([`crate::engine::video`]): the same pictures, converted alike, are the same bytes.
+pub struct Conversion {
+    converter: Converter,
+    turner: Turner,
+    buffers: Arc<BufferPool>,
+}
+
+impl Conversion {
+    pub fn new(buffers: Arc<BufferPool>) -> Conversion {
+        Conversion { converter: Converter::default(), turner: Turner::default(), buffers }
+    }
+
+    /// `frame` of the video called `video` (shown as `orientation` says) in `spec`: the size and
+    /// format it comes out at, and its bytes.
+    pub fn convert(
+        &mut self,
+        video: &str,
+        frame: &DecodedFrame,
+        spec: &OutputSpec,
+        orientation: &Orientation,
+    ) -> Result<(RawSpec, Bytes), EngineError> {
+        let turn = spec.upright && !orientation.is_upright();
+        let coded = (frame.width(), frame.height());
+        let (width, height) = if turn { orientation.turned_size(coded) } else { coded };
+        let raw = spec.raw_spec(width, height);
+        let buffer = self.buffers.take(output_capacity(raw.pixel_format, raw.width, raw.height));
+        let data = if turn {
+            self.turner.convert(frame, orientation, raw.pixel_format, (raw.width, raw.height), buffer)
+        } else {
+            self.converter.convert(frame, raw.pixel_format, raw.width, raw.height, buffer)
+        }
+        .map_err(|e| EngineError::from_ffmpeg(video, e))?;
+        Ok((raw, self.buffers.share(data)))
+    }
+}
+
 /// At most this many frames are kept ahead of the last target.
 const MAX_AHEAD: usize = 16;
 
@@ -173,8 +211,7 @@ impl FrameDecoder {
             held,
             file,
             decoder,
-            converter: Converter::default(),
-            turner: Turner::default(),
+            conversion: Conversion::new(buffers.clone()),
             luma: Luma::Off,
             luma_converter: Converter::default(),
             planes: true,
@@ -565,24 +602,20 @@ impl FrameDecoder {
             return Ok(RawFrame { index: idx, spec, key, data: data.clone(), planes: None, luma });
         }
         let orientation = &self.index.stream.orientation;
-        let turn = spec.upright && !orientation.is_upright();
-        let coded = (frame.width(), frame.height());
-        let (width, height) = if turn { orientation.turned_size(coded) } else { coded };
-        let raw = spec.raw_spec(width, height);
-        let buffer = self.buffers.take(output_capacity(raw.pixel_format, raw.width, raw.height));
-        let data = if turn {
-            self.turner.convert(frame, orientation, raw.pixel_format, (raw.width, raw.height), buffer)
-        } else {
-            self.converter.convert(frame, raw.pixel_format, raw.width, raw.height, buffer)
-        }
-        .map_err(|e| EngineError::from_ffmpeg(&self.video, e))?;
+        let (raw, data) = self.conversion.convert(&self.video, frame, spec, orientation)?;
+        let turned = spec.upright && !orientation.is_upright();
         let planes = match frame.planes_len() {
-            Some(len) if self.planes && !turn && (raw.width, raw.height) == coded && len < data.len() => {
+            Some(len)
+                if self.planes
+                    && !turned
+                    && (raw.width, raw.height) == (frame.width(), frame.height())
+                    && len < data.len() =>
+            {
                 frame.copy_planes(self.buffers.take(len), |b| self.buffers.share(b)).map(Arc::new)
             }
             _ => None,
         };
-        Ok(RawFrame { index: idx, spec: raw, key, data: self.buffers.share(data), planes, luma })
+        Ok(RawFrame { index: idx, spec: raw, key, data, planes, luma })
     }
 
     /// The frame's luma plane, or the frame converted to GRAY8 where it has none to copy.
