@@ -1990,6 +1990,49 @@ async fn a_stream_of_a_file_being_indexed_goes_as_its_pass_counts_the_frames() {
     d.stop().await;
 }
 
+/// Streams following the decode pass of a file without timestamps are served the frames the
+/// pass converts for them as it counts them: the decoders decode (almost) none of them, where a
+/// stream of every fifth frame would have them decode every frame beside the pass; each stream
+/// in its own output, every frame the sequential decode's, in order, to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_following_a_decode_pass_are_served_the_frames_it_converts() {
+    let d = start_with(|c| c.state_dir = "none".into()).await;
+    // 1800 frames, a keyframe every 60.
+    let raw = raw_camera(&d.media.join("camera.h264"), "640x360", 60, 60);
+    let stream = |selection, pixel_format: pb::PixelFormat| {
+        let c = d.client();
+        let mut request = batch("camera.h264", selection);
+        request.output = Some(pb::OutputSpec { pixel_format: pixel_format as i32, ..Default::default() });
+        async move {
+            let mut stream = c.await.request_frames(request).await.unwrap().into_inner();
+            let mut got = Vec::new();
+            while let Some(frame) = stream.message().await.unwrap() {
+                got.push(frame);
+            }
+            got
+        }
+    };
+    let (rgb, gray) =
+        tokio::join!(stream(range(0, 0, 5), pb::PixelFormat::Rgb24), stream(range(3, 1500, 7), pb::PixelFormat::Gray8));
+    let decoded = d.store.stats().frames_decoded as usize;
+    assert_eq!(d.store.stats().videos_indexed, 1);
+    let (every_fifth, every_seventh): (Vec<usize>, Vec<usize>) =
+        ((0..1800).step_by(5).collect(), (3..1500).step_by(7).collect());
+    assert_eq!(rgb.iter().map(|f| f.index as usize).collect::<Vec<_>>(), every_fifth);
+    assert_eq!(gray.iter().map(|f| f.index as usize).collect::<Vec<_>>(), every_seventh);
+    // Frames the pass showed before the streams came are decoded again; a few, not most.
+    assert!(decoded < (every_fifth.len() + every_seventh.len()) / 4, "the decoders decoded {decoded} frames");
+    let reference = reference_frames_at(&raw, &every_fifth, 640 * 360 * 3);
+    for (frame, want) in rgb.iter().zip(&reference) {
+        assert!(frame.data == *want, "rgb24 frame {} is not the sequential decode's", frame.index);
+    }
+    let reference = reference_frames_at_as(&raw, &every_seventh, "gray", 640 * 360);
+    for (frame, want) in gray.iter().zip(&reference) {
+        assert!(frame.data == *want, "gray frame {} is not the sequential decode's", frame.index);
+    }
+    d.stop().await;
+}
+
 /// A daemon told to stop while a file without timestamps is being indexed stops the decode pass
 /// too: the process exits only once its blocking threads are done, and a pass over an hour of
 /// video kept it for minutes after it said it had stopped.

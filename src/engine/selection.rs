@@ -131,6 +131,19 @@ impl Selection {
         }
     }
 
+    /// Whether a selection streamed as a pass counts ([`Selection::first_counted`]) selects
+    /// frame `i`: what the pass converts for it as it counts ([`crate::engine::video::Following`]).
+    pub fn selects_counted(&self, i: u64) -> bool {
+        match self {
+            &Selection::Range { start, stop, step } if start >= 0 && stop >= 0 && step >= 0 => {
+                let (start, step) = (start as u64, step.max(1) as u64);
+                i >= start && (stop == 0 || i < stop as u64) && (i - start).is_multiple_of(step)
+            }
+            Selection::Indices(list) => list.contains(&(i as i64)),
+            _ => false,
+        }
+    }
+
     /// The frame indices selected, checked against the video and `max` frames before the first
     /// frame is decoded.
     pub fn resolve(&self, name: &str, index: &VideoIndex, max: usize) -> Result<Vec<FrameIndex>, SelectionError> {
@@ -255,6 +268,14 @@ mod tests {
         assert!(too_many(&range(0, 15), 1), "a range with its end: at once");
         assert!(!too_many(&range(0, 0), 12) && too_many(&range(0, 0), 13), "to the end: once counted");
         assert!(too_many(&Selection::Indices(vec![1, 2, 3, 4, 5]), 1));
+
+        // The frames a pass converts for it as it counts them.
+        let selected = |s: &Selection| (0..30).filter(|&i| s.selects_counted(i)).collect::<Vec<u64>>();
+        assert_eq!(selected(&range(2, 20)), [2, 5, 8, 11, 14, 17]);
+        assert_eq!(selected(&range(25, 0)), [25, 28], "to the end");
+        assert_eq!(selected(&list), [2, 7]);
+        assert_eq!(selected(&Selection::Range { start: 4, stop: 7, step: 0 }), [4, 5, 6], "step 0 is 1");
+        assert!(selected(&Selection::Range { start: -3, stop: 0, step: 1 }).is_empty(), "counted from the end");
     }
 
     /// Ten frames at 10 fps, all keyframes: frame i is on screen from i/10 s.

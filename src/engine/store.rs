@@ -20,7 +20,7 @@ use crate::engine::budget::{Budget, Paid};
 use crate::engine::buffers::BufferPool;
 use crate::engine::cache::{Admission, CacheStats};
 use crate::engine::clip::{self, ClipChunk};
-use crate::engine::decoder::RawFrame;
+use crate::engine::decoder::{Conversion, RawFrame};
 use crate::engine::dups;
 pub use crate::engine::ffmpeg::ClipCodec;
 use crate::engine::fingerprints::Fingerprints;
@@ -36,7 +36,7 @@ pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
 use crate::engine::turns::{Turn, Turns};
-use crate::engine::video::{self, Opening, Progress};
+use crate::engine::video::{self, Follows, Opening, Progress};
 use crate::engine::EngineError;
 use crate::error::Error;
 use crate::media_roots::{MediaRoots, RootsError};
@@ -265,6 +265,8 @@ struct Opener {
     passes: Arc<Turns>,
     /// The nice value decode passes run at: bulk work, as a hash pass is.
     pass_nice: Option<i32>,
+    /// Where the frames a pass converts for the streams following it take their memory from.
+    buffers: Arc<BufferPool>,
 }
 
 impl Opener {
@@ -281,7 +283,7 @@ impl Opener {
 
     /// The opening itself, on the task [`Opener::open`] spawned.
     async fn opening(self, id: VideoId, name: String, progress: &Arc<Progress>) -> Result<Arc<OpenVideo>, EngineError> {
-        let Opener { state, stats, passes, pass_nice } = self;
+        let Opener { state, stats, passes, pass_nice, buffers } = self;
         let failed = |e| joined(&stats, &name, "the index build")(e);
         let opening = {
             let (state, stats, name) = (state.clone(), stats.clone(), name.clone());
@@ -306,10 +308,35 @@ impl Opener {
             tokio::task::spawn_blocking(move || {
                 let mut turn = Some(turn);
                 let mut between = || turn = turn.take().and_then(Turn::let_pass);
-                pass.run(&state, &stats, pass_nice, &progress, &mut between)
+                let mut conversion = Conversion::new(buffers);
+                pass.run(&state, &stats, pass_nice, &progress, &mut between, Some(&mut conversion))
             })
         };
         run.await.map_err(failed)?
+    }
+}
+
+/// A stream following a decode pass has the pass keep at most this share of
+/// `limits.inflight_bytes` of converted frames for it ([`video::Following`]): 32 MiB by default,
+/// more than a hand-over's worth at the sizes data loaders ask for (a quarter of a second of
+/// 480x270 at 300 frames/s is 29 MiB), and a bound when the stream's client reads slower than
+/// the pass counts.
+const FOLLOWING_SHARE: u64 = 4;
+
+/// The room a stream following a decode pass has, out of `inflight` bytes (0: unbounded, as
+/// though the default).
+fn following_room(inflight: u64) -> u64 {
+    match inflight {
+        0 => crate::config::LimitsConfig::default().inflight_bytes.0 / FOLLOWING_SHARE,
+        bytes => bytes / FOLLOWING_SHARE,
+    }
+}
+
+/// The frames a decode pass kept for the stream following it among those `video` counts, put in
+/// the cache, where the stream's requests for them find them ([`video::Following`]).
+fn cache_kept(follows: &Follows, video: &OpenVideo, registry: &Registry) {
+    for frame in follows.take(video.index.frame_count()) {
+        registry.side_frame(video, &follows.spec(), frame);
     }
 }
 
@@ -327,6 +354,9 @@ pub struct Counting {
     slot: Arc<VideoSlot>,
     selection: Selection,
     max: usize,
+    /// The frames the pass converts for the stream as it counts them, and the cache they go to.
+    follows: Follows,
+    registry: Arc<Registry>,
     video: Arc<OpenVideo>,
     part: Vec<FrameIndex>,
 }
@@ -394,7 +424,7 @@ impl FrameStore {
         let stats = Arc::new(EngineStats::default());
         let buffers = BufferPool::new(config.buffer_pool);
         let registry = Arc::new(Registry::new(config.cache_size, buffers.clone()));
-        let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), registry.clone(), buffers));
+        let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), registry.clone(), buffers.clone()));
         let fingerprints = Fingerprints::new(pool.clone(), config.state_dir.clone(), config.pool.max_per_video);
         let budget = Budget::new(config.inflight);
         let opener = Opener {
@@ -402,6 +432,7 @@ impl FrameStore {
             stats: stats.clone(),
             passes: Turns::new(video::passes_at_once()),
             pass_nice: pool.cpu_priorities().then(|| Class::Bulk.nice()),
+            buffers,
         };
         FrameStore {
             opener,
@@ -451,18 +482,28 @@ impl FrameStore {
     /// frames counted from the start ([`Selection::first_counted`]) of a file being indexed by
     /// a decode pass does not wait for the whole index: it is opened once the pass has counted
     /// its first frame, and [`FrameStore::frames_as_counted`] streams it as the pass goes on (a
-    /// data loader reading a camera file from its start). Stream work.
-    pub async fn open_for(&self, name: &str, selection: &Selection, max: usize) -> Result<ForSelection, Error> {
+    /// data loader reading a camera file from its start), its frames in `spec` converted by the
+    /// pass as it counts them ([`video::Following`]). Stream work.
+    pub async fn open_for(
+        &self,
+        name: &str,
+        selection: &Selection,
+        max: usize,
+        spec: OutputSpec,
+    ) -> Result<ForSelection, Error> {
         let Some(first) = selection.first_counted() else {
             return Ok(ForSelection::Whole(self.open(name, Class::Stream).await?));
         };
         let slot = self.slot(name).await?;
+        // Before the first frame is counted, so that the pass converts it too.
+        let follows = slot.progress.follow(spec, selection.clone(), following_room(self.config.inflight.0));
         let (video, so_far) = Self::through(&slot, first, Class::Stream).await?;
         if !so_far {
             return Ok(ForSelection::Whole(video));
         }
         let part = selection.counted_part(0, video.index.frame_count() as u64, max)?;
-        Ok(ForSelection::Counting(Counting { slot, selection: selection.clone(), max, video, part }))
+        let registry = self.registry.clone();
+        Ok(ForSelection::Counting(Counting { slot, selection: selection.clone(), max, follows, registry, video, part }))
     }
 
     /// The frames of a selection opened while its file is indexed ([`FrameStore::open_for`]),
@@ -479,13 +520,16 @@ impl FrameStore {
     where
         S: Stream<Item = Result<Frame, EngineError>> + Send + 'static,
     {
-        let Counting { slot, selection, max, video, part } = counting;
-        let send = Arc::new(send);
+        let Counting { slot, selection, max, follows, registry, video, part } = counting;
+        let (send, follows) = (Arc::new(send), Arc::new(follows));
         let parts = stream::unfold(Some(Step::Part { done: 0, video, part }), move |step| {
             let (slot, selection, send) = (slot.clone(), selection.clone(), send.clone());
+            let (follows, registry) = (follows.clone(), registry.clone());
             async move {
                 match step? {
                     Step::Part { done, video, part } => {
+                        // What the pass converted of these frames is served from the cache.
+                        cache_kept(&follows, &video, &registry);
                         let done = done + part.len();
                         let next = selection.needed_after(done).map(|_| Step::Next { done });
                         Some((send(video, part).map_err(Error::from).boxed(), next))
@@ -507,6 +551,7 @@ impl FrameStore {
                                 Some((stream::empty().boxed(), Some(Step::Part { done, video, part })))
                             }
                             Ok((video, rest, false, past_end)) => {
+                                cache_kept(&follows, &video, &registry);
                                 let failed = stream::iter(past_end.map(|e| Err(e.into())));
                                 Some((send(video, rest).map_err(Error::from).chain(failed).boxed(), None))
                             }
@@ -810,7 +855,7 @@ impl FrameStore {
     ) -> impl Stream<Item = Result<Frame, EngineError>> + Send + 'static {
         let lookahead = self.config.batch_lookahead.max(1);
         let bytes = video.frame_bytes(spec);
-        if let Some((segments, parallel)) = self.segments(&video, &indices, bytes) {
+        if let Some((segments, parallel)) = self.segments(&video, &indices, spec, bytes) {
             return self.segmented(video, segments, parallel, spec, bytes).left_stream();
         }
         let (payer, producer) = (self.clone(), self.clone());
@@ -874,9 +919,17 @@ impl FrameStore {
         &self,
         video: &OpenVideo,
         indices: &[FrameIndex],
+        spec: OutputSpec,
         frame_bytes: u64,
     ) -> Option<(Vec<Vec<FrameIndex>>, usize)> {
         if !self.config.parallel_streams || indices.len() < schedule::MIN_SEGMENTED_FRAMES {
+            return None;
+        }
+        // Lanes decode every frame of their segments: a stream whose frames the cache holds (a
+        // range read again, frames a decode pass converted for the stream following it) is
+        // served from it instead, a frame at a time, and what it misses decoded as it comes.
+        let sample = &indices[..schedule::MIN_SEGMENTED_FRAMES];
+        if sample.iter().filter(|&&i| self.registry.is_cached(video, &spec, i)).count() * 2 > sample.len() {
             return None;
         }
         let (busy, queued) = self.pool.load();
@@ -1069,6 +1122,12 @@ mod tests {
             progress.finish();
         }
         (path, Arc::new(VideoSlot::new(id, 0, name, video, progress)))
+    }
+
+    #[test]
+    fn a_stream_following_a_pass_has_a_quarter_of_the_inflight_budget_and_room_when_unbounded() {
+        assert_eq!(following_room(128 << 20), 32 << 20);
+        assert_eq!(following_room(0), 32 << 20, "unbounded: as though the default");
     }
 
     #[test]

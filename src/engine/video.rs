@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::engine::decoder::{Conversion, RawFrame};
 use crate::engine::ffmpeg::{
     current_thread_id, set_thread_nice, DecodedFrame, FfmpegError, MediaFile, PacketMeta, SeekWays, StreamInfo,
     VideoPacket,
@@ -23,10 +24,11 @@ use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, FrameIdentity,
 use crate::engine::index_store::{self, ContentKey, StateDir};
 use crate::engine::output::OutputSpec;
 use crate::engine::schedule::{self, Class};
+use crate::engine::selection::Selection;
 use crate::engine::stats::EngineStats;
 use crate::engine::threads;
 use crate::engine::EngineError;
-use crate::units::PacketNo;
+use crate::units::{FrameIndex, PacketNo};
 
 /// Identity of a video file's content as far as caching goes: a replaced file (another inode,
 /// as a rename or `cp -p` leaves it even with the old size and time), or one changed in place
@@ -214,6 +216,7 @@ impl PendingPass {
     /// streams on videos already open, and at the priority of the requests waiting for it while
     /// some do ([`schedule::pass_nice`]). `between` is called between packets (where a pass
     /// nobody waits for lets an opening somebody waits for go first: [`crate::engine::turns`]).
+    /// With `conversion`, it converts the frames streams following it select ([`Following`]).
     pub fn run(
         self,
         state: &StateDir,
@@ -221,6 +224,7 @@ impl PendingPass {
         nice: Option<i32>,
         progress: &Progress,
         between: &mut dyn FnMut(),
+        conversion: Option<&mut Conversion>,
     ) -> Result<Arc<OpenVideo>, EngineError> {
         let started = Instant::now();
         let (id, name, content_key) = (&self.id, &self.name, self.content_key);
@@ -230,7 +234,7 @@ impl PendingPass {
         };
         let index = {
             let priority = nice.map(PassPriority::enter);
-            self.pass.run(progress, &mut hand_over, between, priority.as_ref())
+            self.pass.run(progress, &mut hand_over, between, priority.as_ref(), conversion)
         };
         // What the pass counted is of no more use (and would hold memory): its requests get the
         // whole index, or its error.
@@ -273,7 +277,7 @@ fn indexed(
 pub fn build_index(path: &Path, video: &str) -> Result<VideoIndex, EngineError> {
     match demux(path, video)? {
         Demuxed::Index(index) => Ok(index),
-        Demuxed::NeedsDecode(pass) => pass.run(&Progress::default(), &mut |_| {}, &mut || {}, None),
+        Demuxed::NeedsDecode(pass) => pass.run(&Progress::default(), &mut |_| {}, &mut || {}, None, None),
     }
 }
 
@@ -306,10 +310,81 @@ impl DecodePass {
         hand_over: &mut dyn FnMut(VideoIndex),
         between: &mut dyn FnMut(),
         priority: Option<&PassPriority>,
+        conversion: Option<&mut Conversion>,
     ) -> Result<VideoIndex, EngineError> {
         progress.decoding(self.packets.len());
-        let index = decode_pass(&self, progress, hand_over, between, priority)?;
+        let index = decode_pass(&self, progress, hand_over, between, priority, conversion)?;
         with_frames(index, &self.video)
+    }
+}
+
+/// A stream of frames counted from the start following the decode pass that counts them
+/// ([`Progress::follow`]).
+///
+/// Why: the pass decodes every frame of the file, and a stream served from the frames counted
+/// so far would decode them all again beside it, on the same cores (a data loader reading a
+/// camera file as it appears ended 10-20% later than the pass and the stream one after the
+/// other). The pass converts the frames the stream selects as it shows them (the sequential
+/// decode's pictures, converted as a decoder converts them: the same bytes) and keeps them
+/// here, up to `room` bytes not yet taken; the stream takes those each hand-over counts and
+/// serves them from the cache. A frame the pass did not keep (no room left, or shown before the
+/// stream came) is decoded as before.
+#[derive(Debug)]
+pub struct Following {
+    spec: OutputSpec,
+    selection: Selection,
+    room: u64,
+    ready: parking_lot::Mutex<(std::collections::VecDeque<RawFrame>, u64)>,
+}
+
+impl Following {
+    fn take(&self, counted: usize) -> Vec<RawFrame> {
+        let mut ready = self.ready.lock();
+        let (frames, bytes) = &mut *ready;
+        let n = frames.iter().take_while(|f| f.index.get() < counted).count();
+        let taken: Vec<RawFrame> = frames.drain(..n).collect();
+        *bytes -= taken.iter().map(|f| f.data.len() as u64).sum::<u64>();
+        taken
+    }
+
+    /// Whether half of the room is taken: the frames counted are handed over sooner.
+    fn filling(&self) -> bool {
+        self.ready.lock().1 * 2 >= self.room
+    }
+
+    /// Whether the pass converts frame `i` for the stream: selected, with room left.
+    fn wants(&self, i: usize) -> bool {
+        self.selection.selects_counted(i as u64) && self.ready.lock().1 < self.room
+    }
+
+    fn keep(&self, frame: RawFrame) {
+        let mut ready = self.ready.lock();
+        ready.1 += frame.data.len() as u64;
+        ready.0.push_back(frame);
+    }
+}
+
+/// A stream following a decode pass ([`Progress::follow`]), until dropped.
+pub struct Follows {
+    progress: Arc<Progress>,
+    following: Arc<Following>,
+}
+
+impl Follows {
+    /// The frames the pass kept for the stream among the first `counted` of the video, taken.
+    pub fn take(&self, counted: usize) -> Vec<RawFrame> {
+        self.following.take(counted)
+    }
+
+    /// What the frames are converted to.
+    pub fn spec(&self) -> OutputSpec {
+        self.following.spec
+    }
+}
+
+impl Drop for Follows {
+    fn drop(&mut self) {
+        self.progress.following.lock().retain(|f| !Arc::ptr_eq(f, &self.following));
     }
 }
 
@@ -355,6 +430,8 @@ pub struct Progress {
     /// are served exactly before the pass is over. Their index has fewer frames than the whole
     /// one, so decoders never mix the two ([`OpenVideo::decodes_like`]).
     counted: tokio::sync::watch::Sender<Option<Arc<OpenVideo>>>,
+    /// Streams following the decode pass: it converts the frames they select as it shows them.
+    following: parking_lot::Mutex<Vec<Arc<Following>>>,
 }
 
 impl Default for Progress {
@@ -373,6 +450,7 @@ impl Default for Progress {
             paused: AtomicBool::new(false),
             wanted: AtomicU64::new(NOBODY_WANTS),
             counted: tokio::sync::watch::Sender::new(None),
+            following: parking_lot::Mutex::new(Vec::new()),
         }
     }
 }
@@ -460,6 +538,19 @@ impl Progress {
     /// counted that far ([`Progress::counted_so_far`]).
     pub fn want(&self, frame: u64) {
         self.wanted.fetch_min(frame.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// A stream of `selection` (frames counted from the start) in `spec` follows the decode pass
+    /// until the guard drops: the pass converts the frames it selects as it shows them, keeping
+    /// at most `room` bytes of them for it ([`Following`]).
+    pub fn follow(self: &Arc<Progress>, spec: OutputSpec, selection: Selection, room: u64) -> Follows {
+        let following = Arc::new(Following { spec, selection, room, ready: Default::default() });
+        self.following.lock().push(following.clone());
+        Follows { progress: self.clone(), following }
+    }
+
+    fn followers(&self) -> Vec<Arc<Following>> {
+        self.following.lock().clone()
     }
 
     /// The frames the decode pass has counted, as last handed over (`None` before the first
@@ -556,6 +647,7 @@ fn decode_pass(
     hand_over: &mut dyn FnMut(VideoIndex),
     between: &mut dyn FnMut(),
     priority: Option<&PassPriority>,
+    mut conversion: Option<&mut Conversion>,
 ) -> Result<VideoIndex, EngineError> {
     let DecodePass { path, video, stream, seek_ways, packets } = pass;
     let video = video.as_str();
@@ -578,6 +670,8 @@ fn decode_pass(
     let mut keys = Vec::new();
     let mut last_pos = None;
     let mut handed: Option<(usize, Instant)> = None;
+    // What the last hand-over took.
+    let mut built = Duration::ZERO;
     let delay = decode_from_start(
         path,
         video,
@@ -597,13 +691,21 @@ fn decode_pass(
             }
             progress.decoded_one();
             let shown = metas.borrow().len();
-            if hand_over_now(progress.wanted.load(Ordering::Relaxed), shown, handed, Instant::now()) {
+            // A stream following the pass whose frames fill its room has them handed over
+            // sooner, as often as the cost of a hand-over allows.
+            let every = match progress.followers().iter().any(|f| f.filling()) {
+                true => (built * HAND_OVER_COST_SHARE).clamp(HAND_OVER_SOONEST, HAND_OVER_EVERY),
+                false => HAND_OVER_EVERY,
+            };
+            if hand_over_now(progress.wanted.load(Ordering::Relaxed), shown, handed, Instant::now(), every) {
                 // Forgotten before the hand-over: a request it does not serve asks again when it
                 // sees it ([`Progress::want`] after each one).
                 progress.wanted.store(NOBODY_WANTS, Ordering::Relaxed);
+                let started = Instant::now();
                 let counted = index(&metas.borrow(), &keys, delay);
                 tracing::debug!(video, frames = shown, "frames counted so far handed over");
                 hand_over(counted);
+                built = started.elapsed();
                 handed = Some((shown, Instant::now()));
             }
             last_pos = p.byte_position().or(last_pos);
@@ -614,6 +716,23 @@ fn decode_pass(
             Ok(())
         },
         &mut |f| {
+            let shown = metas.borrow().len();
+            if let Some(conversion) = conversion.as_deref_mut() {
+                for following in progress.followers().iter().filter(|w| w.wants(shown)) {
+                    match conversion.convert(video, &f, &following.spec, &stream.orientation) {
+                        Ok((spec, data)) => following.keep(RawFrame {
+                            index: FrameIndex(shown as u32),
+                            spec,
+                            key: f.is_key(),
+                            data,
+                            planes: None,
+                            luma: None,
+                        }),
+                        // Decoded again by the stream's decoder, which says what is wrong.
+                        Err(e) => tracing::debug!(video, frame = shown, error = %e, "not converted for a stream"),
+                    }
+                }
+            }
             progress.shown_one();
             metas.borrow_mut().push(DecodedFrameMeta {
                 best_effort_timestamp: f.best_effort_timestamp(),
@@ -631,19 +750,28 @@ fn decode_pass(
 /// the pass frame by frame would otherwise have one built per frame.
 const HAND_OVER_EVERY: Duration = Duration::from_millis(250);
 
+/// A stream following a pass ([`Following`]) whose room is filling has the frames counted handed
+/// over sooner than [`HAND_OVER_EVERY`], once this many times what the last hand-over took has
+/// passed (the pass spends at most a tenth of its time on them), and not sooner than
+/// [`HAND_OVER_SOONEST`]. Why: a quarter of a second of a small video is more frames than the
+/// room holds (640x360 counted at 1500 frames/s, every fifth frame kept: 52 MB), and the frames
+/// past it would be decoded again.
+const HAND_OVER_COST_SHARE: u32 = 10;
+const HAND_OVER_SOONEST: Duration = Duration::from_millis(10);
+
 /// [`Progress`]'s `wanted` when no request waits for a frame.
 const NOBODY_WANTS: u64 = u64::MAX;
 
 /// Whether a decode pass that has shown `shown` frames hands them over now: a request waits for
 /// a frame among them (`wanted`: one more than the lowest frame waited for, [`NOBODY_WANTS`] for
 /// none) that the last hand-over (`handed`: its frames, and when) did not have, and that was
-/// long enough ago.
-fn hand_over_now(wanted: u64, shown: usize, handed: Option<(usize, Instant)>, now: Instant) -> bool {
+/// at least `every` ago.
+fn hand_over_now(wanted: u64, shown: usize, handed: Option<(usize, Instant)>, now: Instant, every: Duration) -> bool {
     let (had, at) = match handed {
         Some((had, at)) => (had as u64, Some(at)),
         None => (0, None),
     };
-    wanted > had && wanted <= shown as u64 && at.is_none_or(|at| now.saturating_duration_since(at) >= HAND_OVER_EVERY)
+    wanted > had && wanted <= shown as u64 && at.is_none_or(|at| now.saturating_duration_since(at) >= every)
 }
 
 /// The codec threads of a decode pass: every core, up to eight (frame threads scale little
@@ -794,15 +922,49 @@ mod tests {
         let now = Instant::now();
         let ago = |ms| now - Duration::from_millis(ms);
         // Nobody waits, or for a frame not counted yet: nothing to hand over.
-        assert!(!hand_over_now(NOBODY_WANTS, 500, None, now));
-        assert!(!hand_over_now(501, 500, None, now));
+        let every = HAND_OVER_EVERY;
+        assert!(!hand_over_now(NOBODY_WANTS, 500, None, now, every));
+        assert!(!hand_over_now(501, 500, None, now, every));
         // Frame 499 is counted: the first hand-over is at once.
-        assert!(hand_over_now(500, 500, None, now));
+        assert!(hand_over_now(500, 500, None, now, every));
         // A frame the last hand-over already had needs no other.
-        assert!(!hand_over_now(400, 600, Some((500, ago(1000))), now));
+        assert!(!hand_over_now(400, 600, Some((500, ago(1000))), now, every));
         // One it did not have: once a quarter of a second has passed since.
-        assert!(!hand_over_now(550, 600, Some((500, ago(100))), now));
-        assert!(hand_over_now(550, 600, Some((500, ago(250))), now));
+        assert!(!hand_over_now(550, 600, Some((500, ago(100))), now, every));
+        assert!(hand_over_now(550, 600, Some((500, ago(250))), now, every));
+        // Sooner for a stream following the pass whose room fills.
+        assert!(hand_over_now(550, 600, Some((500, ago(30))), now, Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn a_stream_following_a_pass_takes_the_frames_counted_and_the_pass_keeps_them_within_its_room() {
+        let progress = Arc::new(Progress::default());
+        let spec = OutputSpec::default();
+        let every_other = Selection::Range { start: 0, stop: 0, step: 2 };
+        let follows = progress.follow(spec, every_other, 300);
+        let following = progress.followers().pop().unwrap();
+        let frame = |i: u32| RawFrame {
+            index: FrameIndex(i),
+            spec: crate::engine::output::RawSpec { pixel_format: spec.pixel_format, width: 10, height: 10 },
+            key: false,
+            data: bytes::Bytes::from(vec![i as u8; 100]),
+            planes: None,
+            luma: None,
+        };
+        assert!(following.wants(0) && !following.wants(1), "the frames it selects");
+        following.keep(frame(0));
+        assert!(!following.filling());
+        following.keep(frame(2));
+        assert!(following.filling(), "half its room taken: hand over sooner");
+        following.keep(frame(4));
+        assert!(!following.wants(6), "its room is taken: decoded later instead");
+        // A hand-over of the first four frames gives the stream frames 0 and 2, and room again.
+        let taken: Vec<u32> = follows.take(4).iter().map(|f| f.index.0).collect();
+        assert_eq!(taken, [0, 2]);
+        assert!(following.wants(6) && !following.filling());
+        assert_eq!(follows.take(10).len(), 1);
+        drop(follows);
+        assert!(progress.followers().is_empty(), "a stream gone is no longer followed");
     }
 
     #[test]

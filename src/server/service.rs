@@ -423,7 +423,7 @@ impl FrameService {
                 return Err(RequestError::MissingVideo.into());
             }
             let max = self.limits.max_batch_frames;
-            let opened = self.store.open_for(&req.video, &selection, max).await?;
+            let opened = self.store.open_for(&req.video, &selection, max, spec).await?;
             let indices = match &opened {
                 ForSelection::Whole(video) => self.store.select(video, &selection, max)?,
                 ForSelection::Counting(_) => Vec::new(),

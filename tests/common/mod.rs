@@ -159,13 +159,18 @@ fn reference_frames_sized_at(
 /// The frames `indices` (ascending) of the ffmpeg CLI's sequential decode, rgb24, `frame` bytes
 /// each: for long videos, whose every frame would not fit in memory.
 pub fn reference_frames_at(path: &Path, indices: &[usize], frame: usize) -> Vec<Vec<u8>> {
+    reference_frames_at_as(path, indices, "rgb24", frame)
+}
+
+/// [`reference_frames_at`] in `pix_fmt`.
+pub fn reference_frames_at_as(path: &Path, indices: &[usize], pix_fmt: &str, frame: usize) -> Vec<Vec<u8>> {
     // A few dozen frames per decode: FFmpeg's expression parser does not take hundreds.
     let mut frames = Vec::new();
     for some in indices.chunks(50) {
         let select: Vec<String> = some.iter().map(|i| format!("eq(n\\,{i})")).collect();
         let filter = format!("select={}", select.join("+"));
         let count = some.len().to_string();
-        frames.extend(reference_frames_sized_at(path, &[], &["-vf", &filter, "-frames:v", &count], "rgb24", frame));
+        frames.extend(reference_frames_sized_at(path, &[], &["-vf", &filter, "-frames:v", &count], pix_fmt, frame));
     }
     assert_eq!(frames.len(), indices.len(), "the reference decode of {} lacks frames", path.display());
     frames
