@@ -1996,15 +1996,23 @@ async fn a_stream_of_a_file_being_indexed_goes_as_its_pass_counts_the_frames() {
 /// in its own output, every frame the sequential decode's, in order, to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_following_a_decode_pass_are_served_the_frames_it_converts() {
-    let d = start_with(|c| c.state_dir = "none".into()).await;
+    // Room for every frame the streams select (the default keeps 32 MiB for each, and a test
+    // client reads more slowly than the pass counts): the room's bound is a unit test's.
+    let d = start_with(|c| {
+        c.state_dir = "none".into();
+        c.limits.inflight_bytes = framesrv::units::ByteSize::mib(1024);
+    })
+    .await;
     // 1800 frames, a keyframe every 60.
     let raw = raw_camera(&d.media.join("camera.h264"), "640x360", 60, 60);
-    let stream = |selection, pixel_format: pb::PixelFormat| {
-        let c = d.client();
+    // Connected first, so that the three streams come before the pass has shown many frames.
+    let clients = [d.client().await, d.client().await, d.client().await];
+    let stream = |c: usize, selection, output| {
+        let mut c = clients[c].clone();
         let mut request = batch("camera.h264", selection);
-        request.output = Some(pb::OutputSpec { pixel_format: pixel_format as i32, ..Default::default() });
+        request.output = Some(output);
         async move {
-            let mut stream = c.await.request_frames(request).await.unwrap().into_inner();
+            let mut stream = c.request_frames(request).await.unwrap().into_inner();
             let mut got = Vec::new();
             while let Some(frame) = stream.message().await.unwrap() {
                 got.push(frame);
@@ -2012,14 +2020,23 @@ async fn streams_following_a_decode_pass_are_served_the_frames_it_converts() {
             got
         }
     };
-    let (rgb, gray) =
-        tokio::join!(stream(range(0, 0, 5), pb::PixelFormat::Rgb24), stream(range(3, 1500, 7), pb::PixelFormat::Gray8));
+    let output = |pixel_format: pb::PixelFormat, encoding: pb::Encoding| pb::OutputSpec {
+        pixel_format: pixel_format as i32,
+        encoding: encoding as i32,
+        ..Default::default()
+    };
+    let (rgb, gray, jpeg) = tokio::join!(
+        stream(0, range(0, 0, 5), output(pb::PixelFormat::Rgb24, pb::Encoding::Raw)),
+        stream(1, range(3, 1500, 7), output(pb::PixelFormat::Gray8, pb::Encoding::Raw)),
+        stream(2, range(1, 300, 11), output(pb::PixelFormat::Rgb24, pb::Encoding::Jpeg))
+    );
     let decoded = d.store.stats().frames_decoded as usize;
     assert_eq!(d.store.stats().videos_indexed, 1);
     let (every_fifth, every_seventh): (Vec<usize>, Vec<usize>) =
         ((0..1800).step_by(5).collect(), (3..1500).step_by(7).collect());
     assert_eq!(rgb.iter().map(|f| f.index as usize).collect::<Vec<_>>(), every_fifth);
     assert_eq!(gray.iter().map(|f| f.index as usize).collect::<Vec<_>>(), every_seventh);
+    assert_eq!(jpeg.iter().map(|f| f.index as usize).collect::<Vec<_>>(), (1..300).step_by(11).collect::<Vec<_>>());
     // Frames the pass showed before the streams came are decoded again; a few, not most.
     assert!(decoded < (every_fifth.len() + every_seventh.len()) / 4, "the decoders decoded {decoded} frames");
     let reference = reference_frames_at(&raw, &every_fifth, 640 * 360 * 3);
@@ -2029,6 +2046,33 @@ async fn streams_following_a_decode_pass_are_served_the_frames_it_converts() {
     let reference = reference_frames_at_as(&raw, &every_seventh, "gray", 640 * 360);
     for (frame, want) in gray.iter().zip(&reference) {
         assert!(frame.data == *want, "gray frame {} is not the sequential decode's", frame.index);
+    }
+    // Asked encoded, encoded (the pass converts to the raw frame the encoder starts from).
+    for frame in &jpeg {
+        assert!(
+            frame.encoding == pb::Encoding::Jpeg as i32 && frame.data.starts_with(&[0xFF, 0xD8]),
+            "{}",
+            frame.index
+        );
+    }
+    // Each frame described as the whole index describes it (asked in another output after the
+    // pass, so decoded afresh): while indexed, exactly but for the duration of the last frame
+    // counted at a hand-over, the median interval (its next frame was not counted yet); asked
+    // again, from the cache, exactly.
+    let mut c = d.client().await;
+    let describe = |f: &pb::Frame| (f.index, f.pts, f.time_s, f.key_frame, f.width, f.height);
+    let ask = |i: i64, pixel_format| {
+        let mut request = by_index("camera.h264", i);
+        request.output = Some(output(pixel_format, pb::Encoding::Raw));
+        request
+    };
+    for frame in &rgb {
+        let fresh = c.request_frame(ask(frame.index, pb::PixelFormat::Rgba)).await.unwrap().into_inner();
+        assert_eq!(describe(frame), describe(&fresh));
+        assert!((frame.duration_s - fresh.duration_s).abs() < 1e-9, "frame {}", frame.index);
+        let again = c.request_frame(ask(frame.index, pb::PixelFormat::Rgb24)).await.unwrap().into_inner();
+        assert!(again.cache_hit && again.data == frame.data, "frame {}", frame.index);
+        assert_eq!((describe(&again), again.duration_s), (describe(&fresh), fresh.duration_s));
     }
     d.stop().await;
 }

@@ -495,8 +495,10 @@ impl FrameStore {
             return Ok(ForSelection::Whole(self.open(name, Class::Stream).await?));
         };
         let slot = self.slot(name).await?;
-        // Before the first frame is counted, so that the pass converts it too.
-        let follows = slot.progress.follow(spec, selection.clone(), following_room(self.config.inflight.0));
+        // Before the first frame is counted, so that the pass converts it too; to the raw frame
+        // an encoded one is made from, cached where a request for it looks
+        // ([`FrameStore::frame`]).
+        let follows = slot.progress.follow(spec.as_raw(), selection.clone(), following_room(self.config.inflight.0));
         let (video, so_far) = Self::through(&slot, first, Class::Stream).await?;
         if !so_far {
             return Ok(ForSelection::Whole(video));
@@ -669,6 +671,17 @@ impl FrameStore {
         Ok(Frame { data: Budget::hold(frame.data, paid), ..frame })
     }
 
+    /// A frame as `video`'s index describes it. Why: a frame cached while its file was being
+    /// indexed was described by the frames counted then (the last one counted lasted as long as
+    /// the median interval, its next frame not shown yet), and is served again by the whole
+    /// index, whose description is the one that stays.
+    fn described(video: &OpenVideo, frame: Frame) -> Frame {
+        let Some(entry) = video.index.frame(frame.meta.index) else { return frame };
+        let (pts, time_s, duration_s, key_frame) = (entry.pts.0, entry.time_s, entry.duration_s, entry.key);
+        let meta = FrameMeta { pts, time_s, duration_s, key_frame, ..frame.meta };
+        Frame { meta, ..frame }
+    }
+
     /// Pay for a frame before it exists, in its raw size (an upper bound for PNG and JPEG); the
     /// payment is returned when the transport drops the bytes. Past `limits.inflight_bytes`
     /// stream work waits; a unary request is counted but never waits behind slow stream readers.
@@ -681,6 +694,17 @@ impl FrameStore {
     }
 
     async fn produce(
+        &self,
+        video: &Arc<OpenVideo>,
+        index: FrameIndex,
+        spec: OutputSpec,
+        class: Class,
+        keep_behind: Option<u32>,
+    ) -> Result<Frame, EngineError> {
+        self.cached_or_decoded(video, index, spec, class, keep_behind).await.map(|f| Self::described(video, f))
+    }
+
+    async fn cached_or_decoded(
         &self,
         video: &Arc<OpenVideo>,
         index: FrameIndex,
@@ -929,7 +953,8 @@ impl FrameStore {
         // range read again, frames a decode pass converted for the stream following it) is
         // served from it instead, a frame at a time, and what it misses decoded as it comes.
         let sample = &indices[..schedule::MIN_SEGMENTED_FRAMES];
-        if sample.iter().filter(|&&i| self.registry.is_cached(video, &spec, i)).count() * 2 > sample.len() {
+        let cached = |i| self.registry.is_cached(video, &spec, i) || self.registry.is_cached(video, &spec.as_raw(), i);
+        if sample.iter().filter(|&&i| cached(i)).count() * 2 > sample.len() {
             return None;
         }
         let (busy, queued) = self.pool.load();
