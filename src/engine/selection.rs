@@ -131,16 +131,23 @@ impl Selection {
         }
     }
 
-    /// Whether a selection streamed as a pass counts ([`Selection::first_counted`]) selects
-    /// frame `i`: what the pass converts for it as it counts ([`crate::engine::video::Following`]).
-    pub fn selects_counted(&self, i: u64) -> bool {
+    /// What a selection streamed as a pass counts ([`Selection::first_counted`]) selects, to ask
+    /// frame after frame: what the pass converts for it as it counts
+    /// ([`crate::engine::video::Following`]).
+    pub fn selects(&self) -> Selects {
         match self {
-            &Selection::Range { start, stop, step } if start >= 0 && stop >= 0 && step >= 0 => {
-                let (start, step) = (start as u64, step.max(1) as u64);
-                i >= start && (stop == 0 || i < stop as u64) && (i - start).is_multiple_of(step)
+            &Selection::Range { start, stop, step } if start >= 0 && stop >= 0 && step >= 0 => Selects::Range {
+                start: start as u64,
+                stop: (stop > 0).then_some(stop as u64),
+                step: step.max(1) as u64,
+            },
+            Selection::Indices(list) => {
+                let mut listed: Vec<u64> = list.iter().filter(|&&i| i >= 0).map(|&i| i as u64).collect();
+                listed.sort_unstable();
+                listed.dedup();
+                Selects::Listed(listed)
             }
-            Selection::Indices(list) => list.contains(&(i as i64)),
-            _ => false,
+            _ => Selects::Nothing,
         }
     }
 
@@ -223,6 +230,29 @@ fn check_interval(start_s: f64, stop_s: f64) -> Result<(), SelectionError> {
     Ok(())
 }
 
+/// The frames a selection selects, asked frame after frame by a decode pass as it shows them
+/// ([`Selection::selects`]): a list sorted once, so that each question is a binary search, not
+/// a scan of up to `limits.max_batch_frames` indices for every frame of the file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selects {
+    Range { start: u64, stop: Option<u64>, step: u64 },
+    Listed(Vec<u64>),
+    Nothing,
+}
+
+impl Selects {
+    /// Whether frame `i` (counted from the start) is selected.
+    pub fn frame(&self, i: u64) -> bool {
+        match self {
+            &Selects::Range { start, stop, step } => {
+                i >= start && stop.is_none_or(|stop| i < stop) && (i - start).is_multiple_of(step)
+            }
+            Selects::Listed(listed) => listed.binary_search(&i).is_ok(),
+            Selects::Nothing => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,10 +300,11 @@ mod tests {
         assert!(too_many(&Selection::Indices(vec![1, 2, 3, 4, 5]), 1));
 
         // The frames a pass converts for it as it counts them.
-        let selected = |s: &Selection| (0..30).filter(|&i| s.selects_counted(i)).collect::<Vec<u64>>();
+        let selected = |s: &Selection| (0..30).filter(|&i| s.selects().frame(i)).collect::<Vec<u64>>();
         assert_eq!(selected(&range(2, 20)), [2, 5, 8, 11, 14, 17]);
         assert_eq!(selected(&range(25, 0)), [25, 28], "to the end");
         assert_eq!(selected(&list), [2, 7]);
+        assert_eq!(selected(&Selection::Indices(vec![9, -1, 4, 9, 0])), [0, 4, 9], "sorted once, the end's left out");
         assert_eq!(selected(&Selection::Range { start: 4, stop: 7, step: 0 }), [4, 5, 6], "step 0 is 1");
         assert!(selected(&Selection::Range { start: -3, stop: 0, step: 1 }).is_empty(), "counted from the end");
     }

@@ -498,7 +498,7 @@ impl FrameStore {
         // Before the first frame is counted, so that the pass converts it too; to the raw frame
         // an encoded one is made from, cached where a request for it looks
         // ([`FrameStore::frame`]).
-        let follows = slot.progress.follow(spec.as_raw(), selection.clone(), following_room(self.config.inflight.0));
+        let follows = slot.progress.follow(spec.as_raw(), selection.selects(), following_room(self.config.inflight.0));
         let (video, so_far) = Self::through(&slot, first, Class::Stream).await?;
         if !so_far {
             return Ok(ForSelection::Whole(video));

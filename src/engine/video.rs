@@ -24,7 +24,7 @@ use crate::engine::index::{pts_in_decode_order, DecodedFrameMeta, FrameIdentity,
 use crate::engine::index_store::{self, ContentKey, StateDir};
 use crate::engine::output::OutputSpec;
 use crate::engine::schedule::{self, Class};
-use crate::engine::selection::Selection;
+use crate::engine::selection::Selects;
 use crate::engine::stats::EngineStats;
 use crate::engine::threads;
 use crate::engine::EngineError;
@@ -332,7 +332,7 @@ impl DecodePass {
 #[derive(Debug)]
 pub struct Following {
     spec: OutputSpec,
-    selection: Selection,
+    selects: Selects,
     room: u64,
     ready: parking_lot::Mutex<(std::collections::VecDeque<RawFrame>, u64)>,
 }
@@ -354,7 +354,7 @@ impl Following {
 
     /// Whether the pass converts frame `i` for the stream: selected, with room left.
     fn wants(&self, i: usize) -> bool {
-        self.selection.selects_counted(i as u64) && self.ready.lock().1 < self.room
+        self.selects.frame(i as u64) && self.ready.lock().1 < self.room
     }
 
     fn keep(&self, frame: RawFrame) {
@@ -540,11 +540,11 @@ impl Progress {
         self.wanted.fetch_min(frame.saturating_add(1), Ordering::Relaxed);
     }
 
-    /// A stream of `selection` (frames counted from the start) in `spec` follows the decode pass
-    /// until the guard drops: the pass converts the frames it selects as it shows them, keeping
-    /// at most `room` bytes of them for it ([`Following`]).
-    pub fn follow(self: &Arc<Progress>, spec: OutputSpec, selection: Selection, room: u64) -> Follows {
-        let following = Arc::new(Following { spec, selection, room, ready: Default::default() });
+    /// A stream of the frames `selects` selects (counted from the start) in `spec` follows the
+    /// decode pass until the guard drops: the pass converts them as it shows them, keeping at
+    /// most `room` bytes of them for it ([`Following`]).
+    pub fn follow(self: &Arc<Progress>, spec: OutputSpec, selects: Selects, room: u64) -> Follows {
+        let following = Arc::new(Following { spec, selects, room, ready: Default::default() });
         self.following.lock().push(following.clone());
         Follows { progress: self.clone(), following }
     }
@@ -940,8 +940,8 @@ mod tests {
     fn a_stream_following_a_pass_takes_the_frames_counted_and_the_pass_keeps_them_within_its_room() {
         let progress = Arc::new(Progress::default());
         let spec = OutputSpec::default();
-        let every_other = Selection::Range { start: 0, stop: 0, step: 2 };
-        let follows = progress.follow(spec, every_other, 300);
+        let every_other = crate::engine::selection::Selection::Range { start: 0, stop: 0, step: 2 };
+        let follows = progress.follow(spec, every_other.selects(), 300);
         let following = progress.followers().pop().unwrap();
         let frame = |i: u32| RawFrame {
             index: FrameIndex(i),
