@@ -693,6 +693,7 @@ impl FrameStore {
         }
     }
 
+    /// One frame, from the cache or decoded, described by `video` ([`FrameStore::described`]).
     async fn produce(
         &self,
         video: &Arc<OpenVideo>,
@@ -701,35 +702,27 @@ impl FrameStore {
         class: Class,
         keep_behind: Option<u32>,
     ) -> Result<Frame, EngineError> {
-        self.cached_or_decoded(video, index, spec, class, keep_behind).await.map(|f| Self::described(video, f))
-    }
-
-    async fn cached_or_decoded(
-        &self,
-        video: &Arc<OpenVideo>,
-        index: FrameIndex,
-        spec: OutputSpec,
-        class: Class,
-        keep_behind: Option<u32>,
-    ) -> Result<Frame, EngineError> {
-        self.stats.requests.inc();
-        // Streams queue their own look-ahead (and know where they end): read-ahead is for
-        // clients reading frame by frame with unary requests.
-        if class == Class::Interactive {
-            self.note_access(video, index, spec.as_raw(), class);
-        }
-        let key = FrameKey { video: video.id.clone(), index, spec };
-        if let Some(hit) = self.registry.cache.get(&key) {
-            let hit = self.unpack(video, hit).await?;
-            return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
-        }
-        if spec.encoding == Encoding::Raw {
-            let (frame, hit) = self.raw(video, index, spec, class, keep_behind).await?;
-            return Ok(Frame { meta: frame.meta, data: frame.data, cache_hit: hit });
-        }
-        let (raw, hit) = self.raw(video, index, spec.as_raw(), class, keep_behind).await?;
-        let encoded = self.encode(video, raw, spec).await?;
-        Ok(Frame { meta: encoded.meta, data: encoded.data, cache_hit: hit })
+        let frame = async {
+            self.stats.requests.inc();
+            // Streams queue their own look-ahead (and know where they end): read-ahead is for
+            // clients reading frame by frame with unary requests.
+            if class == Class::Interactive {
+                self.note_access(video, index, spec.as_raw(), class);
+            }
+            let key = FrameKey { video: video.id.clone(), index, spec };
+            if let Some(hit) = self.registry.cache.get(&key) {
+                let hit = self.unpack(video, hit).await?;
+                return Ok(Frame { meta: hit.meta, data: hit.data, cache_hit: true });
+            }
+            if spec.encoding == Encoding::Raw {
+                let (frame, hit) = self.raw(video, index, spec, class, keep_behind).await?;
+                return Ok(Frame { meta: frame.meta, data: frame.data, cache_hit: hit });
+            }
+            let (raw, hit) = self.raw(video, index, spec.as_raw(), class, keep_behind).await?;
+            let encoded = self.encode(video, raw, spec).await?;
+            Ok(Frame { meta: encoded.meta, data: encoded.data, cache_hit: hit })
+        };
+        frame.await.map(|frame| Self::described(video, frame))
     }
 
     /// A cached frame as clients get it: planes the cache keeps are converted on a blocking
