@@ -81,6 +81,16 @@ fn batch(video: &str, selection: pb::frames_request::Selection) -> pb::FramesReq
     pb::FramesRequest { video: video.into(), selection: Some(selection), output: None }
 }
 
+/// Every frame of a `RequestFrames` stream, which must not fail.
+async fn streamed(mut c: FrameServerClient<Channel>, request: pb::FramesRequest) -> Vec<pb::Frame> {
+    let mut stream = c.request_frames(request).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(frame) = stream.message().await.unwrap() {
+        got.push(frame);
+    }
+    got
+}
+
 fn range(start: i64, stop: i64, step: i64) -> pb::frames_request::Selection {
     pb::frames_request::Selection::Range(pb::IndexRange { start, stop, step })
 }
@@ -756,17 +766,7 @@ async fn streams_return_ranges_lists_and_time_ranges_in_request_order() {
     let d = start().await;
     let reference = reference_frames(&d.media.join("a.mp4"));
     let mut c = d.client().await;
-    let collect = |req: pb::FramesRequest| {
-        let mut c = c.clone();
-        async move {
-            let mut s = c.request_frames(req).await.unwrap().into_inner();
-            let mut out = Vec::new();
-            while let Some(f) = s.message().await.unwrap() {
-                out.push(f);
-            }
-            out
-        }
-    };
+    let collect = |req: pb::FramesRequest| streamed(c.clone(), req);
     let got = collect(batch("a.mp4", range(5, 25, 2))).await;
     assert_eq!(got.iter().map(|f| f.index).collect::<Vec<_>>(), (5..25).step_by(2).collect::<Vec<_>>());
     for f in &got {
@@ -2008,17 +2008,9 @@ async fn streams_following_a_decode_pass_are_served_the_frames_it_converts() {
     // Connected first, so that the three streams come before the pass has shown many frames.
     let clients = [d.client().await, d.client().await, d.client().await];
     let stream = |c: usize, selection, output| {
-        let mut c = clients[c].clone();
         let mut request = batch("camera.h264", selection);
         request.output = Some(output);
-        async move {
-            let mut stream = c.request_frames(request).await.unwrap().into_inner();
-            let mut got = Vec::new();
-            while let Some(frame) = stream.message().await.unwrap() {
-                got.push(frame);
-            }
-            got
-        }
+        streamed(clients[c].clone(), request)
     };
     let output = |pixel_format: pb::PixelFormat, encoding: pb::Encoding| pb::OutputSpec {
         pixel_format: pixel_format as i32,
