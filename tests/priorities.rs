@@ -71,13 +71,7 @@ async fn a_fill_runs_at_the_speculative_priority_on_its_codec_threads_too() {
 
 /// Nice values of every thread of this process.
 fn nice_of_all_threads() -> Vec<i32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let close = stat.rfind(')').unwrap();
-        out.push(stat[close + 2..].split(' ').nth(16).unwrap().parse().unwrap());
-    }
-    out
+    nice_by_thread().into_values().collect()
 }
 
 /// A decode pass over a file without timestamps (the index of a raw `.h264`) runs as bulk work,
