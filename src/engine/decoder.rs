@@ -158,6 +158,11 @@ impl Conversion {
         Conversion { converter: Converter::default(), turner: Turner::default(), buffers }
     }
 
+    /// Whether frames in `spec` of a video shown as `orientation` says are turned.
+    pub fn turns(spec: &OutputSpec, orientation: &Orientation) -> bool {
+        spec.upright && !orientation.is_upright()
+    }
+
     /// `frame` of the video called `video` (shown as `orientation` says) in `spec`: the size and
     /// format it comes out at, and its bytes.
     pub fn convert(
@@ -167,7 +172,7 @@ impl Conversion {
         spec: &OutputSpec,
         orientation: &Orientation,
     ) -> Result<(RawSpec, Bytes), EngineError> {
-        let turn = spec.upright && !orientation.is_upright();
+        let turn = Self::turns(spec, orientation);
         let coded = (frame.width(), frame.height());
         let (width, height) = if turn { orientation.turned_size(coded) } else { coded };
         let raw = spec.raw_spec(width, height);
@@ -603,7 +608,7 @@ impl FrameDecoder {
         }
         let orientation = &self.index.stream.orientation;
         let (raw, data) = self.conversion.convert(&self.video, frame, spec, orientation)?;
-        let turned = spec.upright && !orientation.is_upright();
+        let turned = Conversion::turns(spec, orientation);
         let planes = match frame.planes_len() {
             Some(len)
                 if self.planes
