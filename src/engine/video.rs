@@ -553,6 +553,12 @@ impl Progress {
         self.following.lock().clone()
     }
 
+    /// Whether a stream following the pass has half its room taken ([`Following::filling`]):
+    /// asked before every packet, so without a copy of the list.
+    fn followers_filling(&self) -> bool {
+        self.following.lock().iter().any(|f| f.filling())
+    }
+
     /// The frames the decode pass has counted, as last handed over (`None` before the first
     /// hand-over and once the opening is over).
     pub fn counted_so_far(&self) -> tokio::sync::watch::Receiver<Option<Arc<OpenVideo>>> {
@@ -693,7 +699,7 @@ fn decode_pass(
             let shown = metas.borrow().len();
             // A stream following the pass whose frames fill its room has them handed over
             // sooner, as often as the cost of a hand-over allows.
-            let every = match progress.followers().iter().any(|f| f.filling()) {
+            let every = match progress.followers_filling() {
                 true => (built * HAND_OVER_COST_SHARE).clamp(HAND_OVER_SOONEST, HAND_OVER_EVERY),
                 false => HAND_OVER_EVERY,
             };
