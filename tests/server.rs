@@ -1306,6 +1306,24 @@ async fn shutdown_lets_in_flight_streams_finish() {
     d.stop().await;
 }
 
+/// A client that stops reading holds its stream in flight forever: shutdown waits for it only
+/// the grace period (and a second for connections to close), then the daemon exits anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_after_its_grace_even_when_a_reader_never_reads_on() {
+    let mut d = start_with(|c| c.limits.shutdown_grace_s = 1.0).await;
+    long_video(&d.media);
+    let mut c = d.client().await;
+    let mut stream = c.request_frames(batch("long.mp4", range(0, 900, 1))).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
+    let began = std::time::Instant::now();
+    d.signal_stop();
+    tokio::time::timeout(std::time::Duration::from_secs(30), d.stop())
+        .await
+        .expect("the daemon exits after its grace period, whatever its clients do");
+    assert!(began.elapsed() >= std::time::Duration::from_secs(1), "the stream had its grace period");
+    drop(stream);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequential_reader_is_served_from_readahead_without_seeking() {
     let d = start().await;

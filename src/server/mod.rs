@@ -142,8 +142,14 @@ pub async fn run_with_store(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let signal = stopping.clone();
+    // The signal is watched by a task of its own, so the exit deadline below starts when it
+    // fires, whatever the steps of the graceful path (run inside tonic's accept loop) wait for.
+    let (stopping, mut begun) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    });
+    let mut deadline = begun.clone();
     let grace = config.shutdown_grace();
     let delay = config.shutdown_delay();
     // No server-wide timeout layer: the service bounds each unary call itself (one place, and
@@ -154,11 +160,11 @@ pub async fn run_with_store(
     }
     let serve =
         builder.add_routes(tonic::service::Routes::from(router)).serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
+            // An error here means the sender is gone without firing: the server is being dropped.
+            let _ = begun.wait_for(|b| *b).await;
             tracing::info!("shutting down: draining in-flight requests");
             draining.store(true, Ordering::Relaxed);
             health.set_not_serving::<FrameServerServer<FrameService>>().await;
-            signal.notify_one();
             // Keep taking requests until load balancers have seen the failing readiness (their
             // health-check interval times the failures they need), so none is sent to a replica
             // that has already closed its connections.
@@ -173,15 +179,22 @@ pub async fn run_with_store(
                 tracing::warn!(grace_s = grace.as_secs_f64(), "requests still in flight after the grace period");
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tracing::debug!("closing connections");
         });
     tokio::pin!(serve);
     let result = tokio::select! {
         r = &mut serve => r.map_err(ServerError::from),
-        _ = async { stopping.notified().await; tokio::time::sleep(delay + grace + std::time::Duration::from_secs(1)).await } => {
+        _ = async {
+            if deadline.wait_for(|b| *b).await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(delay + grace + std::time::Duration::from_secs(1)).await
+        } => {
             tracing::warn!(grace_s = grace.as_secs_f64(), "in-flight requests still running after the grace period; exiting anyway");
             Ok(())
         }
     };
+    watcher.abort();
     store.shut_down();
     tracing::info!("stopped");
     result
