@@ -2,9 +2,9 @@
 //! that frame's pixels.
 //!
 //! The request path reads top to bottom:
-//! - [`store`]: the facade. Resolves a name inside the media roots, opens (indexes) the video
-//!   once, answers from the [`cache`] or asks the [`pool`] for a decode, and makes concurrent
-//!   requests for the same missing frame share one decode.
+//! - [`store`]: the facade. Answers from the [`cache`] or asks the [`pool`] for a decode, and
+//!   makes concurrent requests for the same missing frame share one decode; [`opened`]: the
+//!   videos open, each resolved inside the media roots and opened (indexed) once.
 //! - [`registry`]: the cache, frames in flight and who waits for them (single-flight); the
 //!   decoder threads write to it directly.
 //! - [`pool`]: decoder threads per video, a bounded number of them, each with an inbox of jobs
@@ -47,6 +47,7 @@ mod frequency;
 mod hashes;
 pub mod index;
 pub mod index_store;
+mod opened;
 pub mod output;
 pub mod plan;
 pub mod pool;
@@ -129,6 +130,25 @@ impl EngineError {
             | FfmpegError::Decode(reason)
             | FfmpegError::Convert(reason) => EngineError::DecodeFailed { video, reason },
             FfmpegError::Encode(reason) => EngineError::EncodeFailed { video, reason },
+        }
+    }
+
+    /// How a blocking task that did not finish is told to the request: a panic (a bug, logged and
+    /// counted) is [`EngineError::Panicked`]; a task cancelled by the runtime shutting down is
+    /// [`EngineError::ShuttingDown`].
+    pub(crate) fn joined<'a>(
+        stats: &'a stats::EngineStats,
+        video: &'a str,
+        what: &'static str,
+    ) -> impl Fn(tokio::task::JoinError) -> EngineError + 'a {
+        move |e| {
+            if e.is_panic() {
+                tracing::error!(video, what, error = %e, "a panic was caught");
+                stats.panics.inc();
+                EngineError::Panicked { video: video.to_string(), what }
+            } else {
+                EngineError::ShuttingDown
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The frame store: what the gRPC service (or any Rust caller) talks to.
 //!
-//! It resolves a name inside the media roots, indexes the video once (on a blocking thread,
-//! shared by concurrent first requests), and answers frame requests from the byte-bounded cache
-//! or by sending a job to the decoder pool. Concurrent requests for the same missing frame wait
+//! It opens the video a client names ([`opened`](super::opened): resolved inside the media
+//! roots, indexed once, shared by concurrent first requests), and answers frame requests from
+//! the byte-bounded cache or by sending a job to the decoder pool. Concurrent requests for the same missing frame wait
 //! for one decode: the first registers the frame as in flight, later ones queue behind it, and
 //! the decoder thread itself completes them all, so a client that gives up does not strand the
 //! others. PNG and JPEG are encoded from the cached raw pixels on the blocking pool.
@@ -10,9 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, Stream, StreamExt, TryStreamExt};
-use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -20,12 +18,13 @@ use crate::engine::budget::{Budget, Paid};
 use crate::engine::buffers::BufferPool;
 use crate::engine::cache::{Admission, CacheStats};
 use crate::engine::clip::{self, ClipChunk};
-use crate::engine::decoder::{Conversion, RawFrame};
+use crate::engine::decoder::RawFrame;
 use crate::engine::dups;
 pub use crate::engine::ffmpeg::ClipCodec;
 use crate::engine::fingerprints::Fingerprints;
 use crate::engine::hashes::HashTable;
 use crate::engine::index_store::StateDir;
+use crate::engine::opened::{Opener, VideoSlot, Videos};
 use crate::engine::output::{self, Encoding, OutputSpec};
 use crate::engine::pool::{DecoderPool, OpenVideo, PoolConfig, SubmitError, VideoId};
 pub use crate::engine::registry::{CachedFrame, Frame, FrameMeta};
@@ -35,11 +34,11 @@ use crate::engine::segments;
 pub use crate::engine::selection::{Selection, SelectionError, Target};
 use crate::engine::stats::EngineStats;
 use crate::engine::storyboard::{self, Layout};
-use crate::engine::turns::{Turn, Turns};
-use crate::engine::video::{self, Follows, Opening, Progress};
+use crate::engine::turns::Turns;
+use crate::engine::video::{self, Follows};
 use crate::engine::EngineError;
 use crate::error::Error;
-use crate::media_roots::{MediaRoots, RootsError};
+use crate::media_roots::MediaRoots;
 use crate::units::{ByteSize, FrameIndex};
 
 /// Everything a store needs to know, from config.
@@ -193,129 +192,6 @@ impl Submission {
     }
 }
 
-struct VideoSlot {
-    id: VideoId,
-    /// The file's change time when its opening started (see [`VideoSlot::serves`]).
-    changed_ns: i128,
-    /// The names requests called it by (relative to different roots, or spelt differently): the
-    /// first, and a few more, so that each is told how far its opening got.
-    names: Mutex<Vec<String>>,
-    video: IndexJob,
-    progress: Arc<Progress>,
-}
-
-/// How many names of one video a slot remembers.
-const NAMES_KEPT: usize = 8;
-
-impl VideoSlot {
-    fn new(id: VideoId, changed_ns: i128, name: &str, video: IndexJob, progress: Arc<Progress>) -> VideoSlot {
-        VideoSlot { id, changed_ns, names: Mutex::new(vec![name.to_string()]), video, progress }
-    }
-
-    /// Whether a request that found the file as `id`, changed at `changed_ns`, is served by this
-    /// slot: the same content, or an older look at a file that has changed since (a request
-    /// that looked just before a camera wrote more, or a file was replaced). That request gets
-    /// the file as it is now rather than reopening the content it saw, which would abandon the
-    /// newer opening and have the next request start it again.
-    fn serves(&self, id: &VideoId, changed_ns: i128) -> bool {
-        self.id == *id || changed_ns < self.changed_ns
-    }
-
-    fn called(&self, name: &str) -> bool {
-        self.names.lock().iter().any(|n| n == name)
-    }
-
-    /// A request called it `name`.
-    fn also_called(&self, name: &str) {
-        let mut names = self.names.lock();
-        if names.len() < NAMES_KEPT && !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
-        }
-    }
-}
-
-/// A video's opening (its index read from the state directory, or built), shared by every
-/// request for it. It runs on a task of its own and goes on when the requests that wait for it
-/// give up (a deadline shorter than a decode pass over a long file): its result stays in the
-/// slot, so the next request gets it rather than starting the pass again.
-type IndexJob = Shared<BoxFuture<'static, Result<Arc<OpenVideo>, EngineError>>>;
-
-/// Forget the least recently used videos beyond `keep`, only those whose opening has finished: a
-/// video still being indexed stays, so its result is there for the next request rather than
-/// built again (its pass goes on either way). So more than `keep` are held only while more are
-/// being opened at once.
-fn forget_opened(videos: &mut LruCache<std::path::PathBuf, Arc<VideoSlot>>, keep: usize) {
-    while videos.len() > keep {
-        let Some(path) = videos.iter().rev().find(|(_, slot)| slot.progress.finished()).map(|(p, _)| p.clone()) else {
-            return;
-        };
-        videos.pop(&path);
-    }
-}
-
-/// What opening a video needs besides the video.
-#[derive(Clone)]
-struct Opener {
-    state: StateDir,
-    stats: Arc<EngineStats>,
-    /// Turns for decode passes ([`video::passes_at_once`]). Taken before the pass's blocking
-    /// thread starts, so files waiting for a turn hold no thread of the blocking pool (a folder
-    /// of a thousand camera streams opened at once would otherwise fill it, and stall every other
-    /// blocking task of the daemon). An opening somebody waits for goes first.
-    passes: Arc<Turns>,
-    /// The nice value decode passes run at: bulk work, as a hash pass is.
-    pass_nice: Option<i32>,
-    /// Where the frames a pass converts for the streams following it take their memory from.
-    buffers: Arc<BufferPool>,
-}
-
-impl Opener {
-    fn open(&self, id: VideoId, name: String, progress: Arc<Progress>) -> IndexJob {
-        let (this, video) = (self.clone(), name.clone());
-        let task = tokio::spawn(async move {
-            let result = this.opening(id, name, &progress).await;
-            progress.finish();
-            result
-        });
-        let stats = self.stats.clone();
-        async move { task.await.unwrap_or_else(|e| Err(joined(&stats, &video, "the index build")(e))) }.boxed().shared()
-    }
-
-    /// The opening itself, on the task [`Opener::open`] spawned.
-    async fn opening(self, id: VideoId, name: String, progress: &Arc<Progress>) -> Result<Arc<OpenVideo>, EngineError> {
-        let Opener { state, stats, passes, pass_nice, buffers } = self;
-        let failed = |e| joined(&stats, &name, "the index build")(e);
-        let opening = {
-            let (state, stats, name) = (state.clone(), stats.clone(), name.clone());
-            tokio::task::spawn_blocking(move || video::start_opening(id, name, &state, &stats))
-        };
-        let pass = match opening.await.map_err(failed)?? {
-            Opening::Open(video) => return Ok(video),
-            Opening::Pass(pass) => pass,
-        };
-        if passes.all_taken() {
-            tracing::info!(video = %name, "waiting for other files' decode passes to finish");
-            progress.waiting();
-        }
-        let Some(turn) = passes.take(progress).await else {
-            return Err(EngineError::ShuttingDown);
-        };
-        if progress.abandoned() {
-            return Err(EngineError::Changed { video: name });
-        }
-        let run = {
-            let (stats, progress) = (stats.clone(), progress.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut turn = Some(turn);
-                let mut between = || turn = turn.take().and_then(Turn::let_pass);
-                let mut conversion = Conversion::new(buffers);
-                pass.run(&state, &stats, pass_nice, &progress, &mut between, Some(&mut conversion))
-            })
-        };
-        run.await.map_err(failed)?
-    }
-}
-
 /// A stream following a decode pass has the pass keep at most this share of
 /// `limits.inflight_bytes` of converted frames for it ([`video::Following`]): 32 MiB by default,
 /// more than a hand-over's worth at the sizes data loaders ask for (a quarter of a second of
@@ -379,34 +255,13 @@ enum Step {
 pub struct FrameStore {
     /// Recently requested frames per video and spec, to recognise sequential readers.
     recent: Mutex<HashMap<(VideoId, OutputSpec), std::collections::VecDeque<FrameIndex>>>,
-    roots: MediaRoots,
     config: StoreConfig,
     registry: Arc<Registry>,
     pool: Arc<DecoderPool>,
-    videos: Mutex<LruCache<std::path::PathBuf, Arc<VideoSlot>>>,
     stats: Arc<EngineStats>,
     budget: Budget,
     fingerprints: Fingerprints,
-    opener: Opener,
-}
-
-/// How a blocking task that did not finish is told to the request: a panic (a bug, logged and
-/// counted) is [`EngineError::Panicked`]; a task cancelled by the runtime shutting down is
-/// [`EngineError::ShuttingDown`].
-fn joined<'a>(
-    stats: &'a EngineStats,
-    video: &'a str,
-    what: &'static str,
-) -> impl Fn(tokio::task::JoinError) -> EngineError + 'a {
-    move |e| {
-        if e.is_panic() {
-            tracing::error!(video, what, error = %e, "a panic was caught");
-            stats.panics.inc();
-            EngineError::Panicked { video: video.to_string(), what }
-        } else {
-            EngineError::ShuttingDown
-        }
-    }
+    videos: Videos,
 }
 
 /// A storyboard: the grid as JPEG, its layout and the frame each tile shows.
@@ -427,21 +282,19 @@ impl FrameStore {
         let pool = Arc::new(DecoderPool::new(config.pool, stats.clone(), registry.clone(), buffers.clone()));
         let fingerprints = Fingerprints::new(pool.clone(), config.state_dir.clone(), config.pool.max_per_video);
         let budget = Budget::new(config.inflight);
-        let opener = Opener {
-            state: StateDir { dir: config.state_dir.clone(), max_bytes: config.state_max_bytes },
-            stats: stats.clone(),
-            passes: Turns::new(video::passes_at_once()),
-            pass_nice: pool.cpu_priorities().then(|| Class::Bulk.nice()),
+        let opener = Opener::new(
+            StateDir { dir: config.state_dir.clone(), max_bytes: config.state_max_bytes },
+            stats.clone(),
+            Turns::new(video::passes_at_once()),
+            pool.cpu_priorities().then(|| Class::Bulk.nice()),
             buffers,
-        };
+        );
         FrameStore {
-            opener,
             recent: Mutex::new(HashMap::new()),
-            roots,
+            videos: Videos::new(roots, opener, config.max_open_videos),
             config,
             registry,
             pool,
-            videos: Mutex::new(LruCache::unbounded()),
             stats,
             budget,
             fingerprints,
@@ -449,33 +302,32 @@ impl FrameStore {
     }
 
     pub fn roots(&self) -> &MediaRoots {
-        &self.roots
+        self.videos.roots()
     }
 
     /// Open (index, on first use) the video a client names, for work of `class` (while it
     /// waits for a decode pass, the pass runs at that priority: [`schedule::pass_nice`]).
     pub async fn open(&self, name: &str, class: Class) -> Result<Arc<OpenVideo>, Error> {
-        let slot = self.slot(name).await?;
-        let _waiting = slot.progress.waited_on(class);
-        Ok(slot.video.clone().await?)
+        let slot = self.videos.slot(name).await?;
+        Ok(slot.open(class).await?)
     }
 
     /// Open the video a client names for its frame `frame` alone. While a file without
     /// timestamps is indexed by a decode pass, that is the frames the pass has counted once it
-    /// has counted that far ([`Progress::counted_so_far`]): an hour of camera footage shows its
+    /// has counted that far ([`video::Progress::counted_so_far`]): an hour of camera footage shows its
     /// first frames in a second rather than after minutes.
     pub async fn open_through(&self, name: &str, frame: u64, class: Class) -> Result<Arc<OpenVideo>, Error> {
-        let slot = self.slot(name).await?;
-        Ok(Self::through(&slot, frame, class).await?.0)
+        let slot = self.videos.slot(name).await?;
+        Ok(slot.through(frame, class).await?.0)
     }
 
     /// Open the video a client names as far as it is indexed: while a file without timestamps
     /// is being indexed by a decode pass, the frames the pass has counted (at least one), with
     /// `true`. What a page showing a long camera file while it is indexed asks for.
     pub async fn open_so_far(&self, name: &str) -> Result<(Arc<OpenVideo>, bool), Error> {
-        let slot = self.slot(name).await?;
-        let shown = slot.progress.frames_shown() as u64;
-        Self::through(&slot, shown.saturating_sub(1), Class::Interactive).await
+        let slot = self.videos.slot(name).await?;
+        let shown = slot.progress().frames_shown() as u64;
+        Ok(slot.through(shown.saturating_sub(1), Class::Interactive).await?)
     }
 
     /// Open the video a client names for `selection` (at most `max` frames). A selection of
@@ -494,12 +346,13 @@ impl FrameStore {
         let Some(first) = selection.first_counted() else {
             return Ok(ForSelection::Whole(self.open(name, Class::Stream).await?));
         };
-        let slot = self.slot(name).await?;
+        let slot = self.videos.slot(name).await?;
         // Before the first frame is counted, so that the pass converts it too; to the raw frame
         // an encoded one is made from, cached where a request for it looks
         // ([`FrameStore::frame`]).
-        let follows = slot.progress.follow(spec.as_raw(), selection.selects(), following_room(self.config.inflight.0));
-        let (video, so_far) = Self::through(&slot, first, Class::Stream).await?;
+        let follows =
+            slot.progress().follow(spec.as_raw(), selection.selects(), following_room(self.config.inflight.0));
+        let (video, so_far) = slot.through(first, Class::Stream).await?;
         if !so_far {
             return Ok(ForSelection::Whole(video));
         }
@@ -542,7 +395,7 @@ impl FrameStore {
                     Step::Next { done } => {
                         let needed = selection.needed_after(done)?;
                         let next = async {
-                            let (video, so_far) = Self::through(&slot, needed, Class::Stream).await?;
+                            let (video, so_far) = slot.through(needed, Class::Stream).await?;
                             let part = selection.counted_part(done, video.index.frame_count() as u64, max)?;
                             let past_end =
                                 if so_far { None } else { selection.resolve(&video.name, &video.index, max).err() };
@@ -566,78 +419,11 @@ impl FrameStore {
         parts.flatten()
     }
 
-    /// The video of `slot` once indexed through `frame`: its whole index, or the frames its
-    /// decode pass has counted so far (with `true`). For work of `class`, as [`FrameStore::open`].
-    async fn through(slot: &VideoSlot, frame: u64, class: Class) -> Result<(Arc<OpenVideo>, bool), Error> {
-        // Most requests: a video open for a while, nothing to wait for or hand over.
-        if let Some(Ok(video)) = slot.video.peek() {
-            return Ok((video.clone(), false));
-        }
-        let _waiting = slot.progress.waited_on(class);
-        let mut counted = slot.progress.counted_so_far();
-        let whole = slot.video.clone();
-        tokio::pin!(whole);
-        loop {
-            let far_enough = counted.borrow_and_update().clone().filter(|v| frame < v.index.frame_count() as u64);
-            if let Some(video) = far_enough {
-                return Ok((video, true));
-            }
-            slot.progress.want(frame);
-            tokio::select! {
-                biased;
-                video = &mut whole => return Ok((video?, false)),
-                changed = counted.changed() => {
-                    if changed.is_err() {
-                        return Ok((whole.await?, false));
-                    }
-                }
-            }
-        }
-    }
-
-    /// The slot of the video a client names, its opening started on first use.
-    async fn slot(&self, name: &str) -> Result<Arc<VideoSlot>, Error> {
-        let roots = self.roots.clone();
-        let owned = name.to_string();
-        let (id, changed_ns) = tokio::task::spawn_blocking(move || -> Result<(VideoId, i128), RootsError> {
-            let path = roots.resolve(&owned)?;
-            VideoId::of(path).map_err(|_| RootsError::NotFound { name: owned.clone() })
-        })
-        .await
-        .map_err(|_| EngineError::ShuttingDown)??;
-        let slot = {
-            let mut videos = self.videos.lock();
-            match videos.get(&id.path) {
-                Some(slot) if slot.serves(&id, changed_ns) => {
-                    slot.also_called(name);
-                    slot.clone()
-                }
-                stale => {
-                    // The file changed: an opening of its old content still under way is of no
-                    // use to anyone (a file being written would otherwise queue a pass over it
-                    // for every request).
-                    if let Some(old) = stale {
-                        old.progress.abandon();
-                    }
-                    let progress = Arc::new(Progress::default());
-                    let job = self.opener.open(id.clone(), name.to_string(), progress.clone());
-                    let slot = Arc::new(VideoSlot::new(id.clone(), changed_ns, name, job, progress));
-                    videos.put(id.path.clone(), slot.clone());
-                    forget_opened(&mut videos, self.config.max_open_videos.max(1));
-                    slot
-                }
-            }
-        };
-        Ok(slot)
-    }
-
     /// How far the opening of the video a client calls `name` has got, while it is being opened
     /// (its first request came and its index is not ready): what a request that ran out of time
     /// was waiting for.
     pub fn indexing(&self, name: &str) -> Option<String> {
-        let videos = self.videos.lock();
-        let (_, slot) = videos.iter().find(|(_, slot)| slot.called(name) && !slot.progress.finished())?;
-        Some(slot.progress.describe(std::time::Instant::now()))
+        self.videos.indexing(name)
     }
 
     /// The frame a target points at, clamped to the video or an OUT_OF_RANGE error.
@@ -732,7 +518,7 @@ impl FrameStore {
             return hit.unpack(&video.name, &self.registry.buffers);
         }
         let (name, buffers) = (video.name.clone(), self.registry.buffers.clone());
-        tokio::task::spawn_blocking(move || hit.unpack(&name, &buffers)).await.map_err(joined(
+        tokio::task::spawn_blocking(move || hit.unpack(&name, &buffers)).await.map_err(EngineError::joined(
             &self.stats,
             &video.name,
             "the pixel converter",
@@ -753,7 +539,7 @@ impl FrameStore {
             })
         })
         .await
-        .map_err(joined(&self.stats, &video_name, "the image encoder"))?
+        .map_err(EngineError::joined(&self.stats, &video_name, "the image encoder"))?
         .map_err(|e| EngineError::EncodeFailed { video: video_name, reason: e.to_string() })?;
         self.registry.cache.insert(key, Stored::new(&encoded), Admission::Requested);
         Ok(encoded)
@@ -1025,7 +811,7 @@ impl FrameStore {
             dups::find(&first.frames, second.as_ref().map(|t| t.frames.as_slice()), max_distance, min_loop_frames)
         })
         .await
-        .map_err(joined(&self.stats, &video.name, "the duplicate search"))
+        .map_err(EngineError::joined(&self.stats, &video.name, "the duplicate search"))
     }
 
     /// `frames` (consecutive) encoded as a clip of `codec`, at the size `size` asks for,
@@ -1084,7 +870,7 @@ impl FrameStore {
             output::encode(&bytes::Bytes::from(grid), raw, Encoding::Jpeg, jpeg_quality)
         })
         .await
-        .map_err(joined(&self.stats, &name, "the storyboard encoder"))?
+        .map_err(EngineError::joined(&self.stats, &name, "the storyboard encoder"))?
         .map_err(|e| EngineError::EncodeFailed { video: name, reason: e.to_string() })?;
         Ok(StoryboardImage { jpeg, layout, tiles: times })
     }
@@ -1102,7 +888,7 @@ impl FrameStore {
             stream_segments: self.stats.stream_segments.get(),
             inflight_bytes: self.budget.in_use(),
             videos_indexed: self.stats.videos_indexed.get(),
-            videos_indexing: self.videos.lock().iter().filter(|(_, slot)| !slot.progress.finished()).count() as u64,
+            videos_indexing: self.videos.indexing_count() as u64,
             requests: self.stats.requests.get(),
             index_build_s: self.stats.index_build_us.get() as f64 / 1e6,
             index_loads: self.stats.index_loads.get(),
@@ -1117,9 +903,7 @@ impl FrameStore {
     /// over an hour of video would hold it for minutes after it said it stopped.
     pub fn shut_down(&self) {
         self.pool.close_all();
-        for (_, slot) in self.videos.lock().iter() {
-            slot.progress.stop();
-        }
+        self.videos.stop_all();
     }
 
     pub fn decoder_count(&self) -> usize {
@@ -1131,64 +915,9 @@ impl FrameStore {
 mod tests {
     use super::*;
 
-    fn slot(name: &str, opened: bool) -> (std::path::PathBuf, Arc<VideoSlot>) {
-        let path = std::path::PathBuf::from(name);
-        let id = VideoId { path: path.clone(), device: 0, inode: 0, size: 0, modified_ns: 0 };
-        let video: IndexJob = futures::future::pending().boxed().shared();
-        let progress = Arc::new(Progress::default());
-        if opened {
-            progress.finish();
-        }
-        (path, Arc::new(VideoSlot::new(id, 0, name, video, progress)))
-    }
-
     #[test]
     fn a_stream_following_a_pass_has_a_quarter_of_the_inflight_budget_and_room_when_unbounded() {
         assert_eq!(following_room(128 << 20), 32 << 20);
         assert_eq!(following_room(0), 32 << 20, "unbounded: as though the default");
-    }
-
-    #[test]
-    fn a_request_that_saw_a_file_before_it_changed_is_served_as_it_is_now() {
-        let (_, slot) = slot("cam.h264", false);
-        let now = VideoId { size: 1000, modified_ns: 50, ..slot.id.clone() };
-        let slot = VideoSlot::new(now.clone(), 2_000, "cam.h264", slot.video.clone(), slot.progress.clone());
-        assert!(slot.serves(&now, 2_000));
-        let before = VideoId { size: 600, modified_ns: 40, ..now.clone() };
-        assert!(slot.serves(&before, 1_000), "an older look reopened the file");
-        // A newer one is another opening (the file changed after this one started).
-        let after = VideoId { size: 1400, modified_ns: 60, ..now.clone() };
-        assert!(!slot.serves(&after, 3_000));
-        // A file replaced by another whose times were copied (`cp -p`): its change time is new.
-        let copied = VideoId { inode: 99, modified_ns: 10, ..now };
-        assert!(!slot.serves(&copied, 2_500));
-    }
-
-    #[test]
-    fn a_slot_knows_the_names_it_was_asked_by() {
-        let (_, slot) = slot("cam/a.h264", false);
-        slot.also_called("./cam/a.h264");
-        slot.also_called("cam/a.h264");
-        assert!(slot.called("cam/a.h264") && slot.called("./cam/a.h264") && !slot.called("b.h264"));
-        assert_eq!(slot.names.lock().len(), 2, "each name once");
-        for i in 0..20 {
-            slot.also_called(&format!("alias{i}"));
-        }
-        assert_eq!(slot.names.lock().len(), NAMES_KEPT, "a bounded list");
-    }
-
-    #[test]
-    fn videos_still_being_opened_are_not_forgotten() {
-        let mut videos = LruCache::unbounded();
-        for (name, opened) in [("a", true), ("b", false), ("c", true), ("d", false)] {
-            let (path, slot) = slot(name, opened);
-            videos.put(path, slot);
-        }
-        forget_opened(&mut videos, 2);
-        let kept: Vec<String> = videos.iter().map(|(_, s)| s.names.lock()[0].clone()).collect();
-        assert_eq!(kept, ["d", "b"], "the opened ones go first, the least recently used first");
-        // Beyond the bound only while more are being opened.
-        forget_opened(&mut videos, 1);
-        assert_eq!(videos.len(), 2);
     }
 }
