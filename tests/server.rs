@@ -2014,7 +2014,7 @@ async fn a_stream_of_a_file_being_indexed_goes_as_its_pass_counts_the_frames() {
 /// in its own output, every frame the sequential decode's, in order, to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_following_a_decode_pass_are_served_the_frames_it_converts() {
-    // Room for every frame the streams select (the default keeps 32 MiB for them all, and a test
+    // Room for every frame the streams select (the default keeps 32 MiB for each, and a test
     // client reads more slowly than the pass counts): the room's bound is a unit test's.
     let d = start_with(|c| {
         c.state_dir = "none".into();

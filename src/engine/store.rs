@@ -192,14 +192,14 @@ impl Submission {
     }
 }
 
-/// The streams following a decode pass have the pass keep at most this share of
-/// `limits.inflight_bytes` of converted frames for them ([`video::Following`]): 32 MiB by default,
+/// A stream following a decode pass has the pass keep at most this share of
+/// `limits.inflight_bytes` of converted frames for it ([`video::Following`]): 32 MiB by default,
 /// more than a hand-over's worth at the sizes data loaders ask for (a quarter of a second of
 /// 480x270 at 300 frames/s is 29 MiB), and a bound when the stream's client reads slower than
 /// the pass counts.
 const FOLLOWING_SHARE: u64 = 4;
 
-/// The room the streams following a decode pass share, out of `inflight` bytes (0: unbounded, as
+/// The room a stream following a decode pass has, out of `inflight` bytes (0: unbounded, as
 /// though the default).
 fn following_room(inflight: u64) -> u64 {
     match inflight {
@@ -916,7 +916,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_streams_following_a_pass_share_a_quarter_of_the_inflight_budget_and_room_when_unbounded() {
+    fn a_stream_following_a_pass_has_a_quarter_of_the_inflight_budget_and_room_when_unbounded() {
         assert_eq!(following_room(128 << 20), 32 << 20);
         assert_eq!(following_room(0), 32 << 20, "unbounded: as though the default");
     }

@@ -326,18 +326,15 @@ impl DecodePass {
 /// camera file as it appears ended 10-20% later than the pass and the stream one after the
 /// other). The pass converts the frames the stream selects as it shows them (the sequential
 /// decode's pictures, converted as a decoder converts them: the same bytes) and keeps them
-/// here, while what it keeps for all the streams following it, not yet taken, is under `room`
-/// bytes (so many data-loader workers following one pass hold no more than one); the stream
-/// takes those each hand-over counts and serves them from the cache. A frame the pass did not
-/// keep (no room left, or shown before the stream came) is decoded as before.
+/// here, up to `room` bytes not yet taken; the stream takes those each hand-over counts and
+/// serves them from the cache. A frame the pass did not keep (no room left, or shown before the
+/// stream came) is decoded as before.
 #[derive(Debug)]
 pub struct Following {
     spec: OutputSpec,
     selects: Selects,
     room: u64,
     ready: parking_lot::Mutex<(std::collections::VecDeque<RawFrame>, u64)>,
-    /// The bytes kept for every stream following the pass, this one's included.
-    kept_by_all: Arc<AtomicU64>,
 }
 
 impl Following {
@@ -346,35 +343,24 @@ impl Following {
         let (frames, bytes) = &mut *ready;
         let n = frames.iter().take_while(|f| f.index.get() < counted).count();
         let taken: Vec<RawFrame> = frames.drain(..n).collect();
-        let bytes_taken = taken.iter().map(|f| f.data.len() as u64).sum::<u64>();
-        *bytes -= bytes_taken;
-        self.kept_by_all.fetch_sub(bytes_taken, Ordering::Relaxed);
+        *bytes -= taken.iter().map(|f| f.data.len() as u64).sum::<u64>();
         taken
     }
 
     /// Whether half of the room is taken: the frames counted are handed over sooner.
     fn filling(&self) -> bool {
-        self.kept_by_all.load(Ordering::Relaxed) * 2 >= self.room
+        self.ready.lock().1 * 2 >= self.room
     }
 
     /// Whether the pass converts frame `i` for the stream: selected, with room left.
     fn wants(&self, i: usize) -> bool {
-        self.selects.frame(i as u64) && self.kept_by_all.load(Ordering::Relaxed) < self.room
+        self.selects.frame(i as u64) && self.ready.lock().1 < self.room
     }
 
     fn keep(&self, frame: RawFrame) {
         let mut ready = self.ready.lock();
-        let bytes = frame.data.len() as u64;
-        ready.1 += bytes;
-        self.kept_by_all.fetch_add(bytes, Ordering::Relaxed);
+        ready.1 += frame.data.len() as u64;
         ready.0.push_back(frame);
-    }
-}
-
-impl Drop for Following {
-    /// Its frames not taken go (the stream is gone), and so does their share of the room.
-    fn drop(&mut self) {
-        self.kept_by_all.fetch_sub(self.ready.get_mut().1, Ordering::Relaxed);
     }
 }
 
@@ -446,8 +432,6 @@ pub struct Progress {
     counted: tokio::sync::watch::Sender<Option<Arc<OpenVideo>>>,
     /// Streams following the decode pass: it converts the frames they select as it shows them.
     following: parking_lot::Mutex<Vec<Arc<Following>>>,
-    /// The bytes it keeps for them, not yet taken ([`Following`]).
-    kept_for_followers: Arc<AtomicU64>,
 }
 
 impl Default for Progress {
@@ -467,7 +451,6 @@ impl Default for Progress {
             wanted: AtomicU64::new(NOBODY_WANTS),
             counted: tokio::sync::watch::Sender::new(None),
             following: parking_lot::Mutex::new(Vec::new()),
-            kept_for_followers: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -558,11 +541,10 @@ impl Progress {
     }
 
     /// A stream of the frames `selects` selects (counted from the start) in `spec` follows the
-    /// decode pass until the guard drops: the pass converts them as it shows them, keeping them
-    /// while what it keeps for all its followers is under `room` bytes ([`Following`]).
+    /// decode pass until the guard drops: the pass converts them as it shows them, keeping at
+    /// most `room` bytes of them for it ([`Following`]).
     pub fn follow(self: &Arc<Progress>, spec: OutputSpec, selects: Selects, room: u64) -> Follows {
-        let kept_by_all = self.kept_for_followers.clone();
-        let following = Arc::new(Following { spec, selects, room, ready: Default::default(), kept_by_all });
+        let following = Arc::new(Following { spec, selects, room, ready: Default::default() });
         self.following.lock().push(following.clone());
         Follows { progress: self.clone(), following }
     }
@@ -961,7 +943,7 @@ mod tests {
     }
 
     #[test]
-    fn streams_following_a_pass_take_the_frames_counted_and_the_pass_keeps_them_within_its_room() {
+    fn a_stream_following_a_pass_takes_the_frames_counted_and_the_pass_keeps_them_within_its_room() {
         let progress = Arc::new(Progress::default());
         let spec = OutputSpec::default();
         let every_other = crate::engine::selection::Selection::Range { start: 0, stop: 0, step: 2 };
@@ -989,21 +971,6 @@ mod tests {
         assert_eq!(follows.take(10).len(), 1);
         drop(follows);
         assert!(progress.followers().is_empty(), "a stream gone is no longer followed");
-        // The room is the pass's: the streams following it share it.
-        let (a, b) =
-            (progress.follow(spec, every_other.selects(), 300), progress.follow(spec, every_other.selects(), 300));
-        let (fa, fb) = {
-            let followers = progress.followers();
-            (followers[0].clone(), followers[1].clone())
-        };
-        fa.keep(frame(0));
-        fa.keep(frame(2));
-        assert!(fb.wants(0) && fb.filling(), "the other stream's frames fill the room for both");
-        fb.keep(frame(0));
-        assert!(!fa.wants(4) && !fb.wants(4), "300 bytes kept for the two: room for neither");
-        drop((a, fa));
-        assert!(fb.wants(4), "a stream gone gives back the room its frames took");
-        assert_eq!(b.take(10).len(), 1);
     }
 
     #[test]
