@@ -3,8 +3,8 @@
 //! the requests for some frames that wait for a decoder slot, to give a new decoder the frames
 //! of a stream in the order the runtime may happen to retry them in under load.
 //!
-//! Inert unless a test arms them: one relaxed atomic load per decoded target (of a request, or
-//! read ahead), and per request that waits for a slot.
+//! Inert unless a test arms them: one relaxed atomic load per decoded target of a request, per
+//! frame read ahead, and per request that waits for a slot.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -907,9 +907,13 @@ impl WorkerThread {
         // Read ahead for a sequential reader, whose next step should cost no conversion: the
         // frames are cached as converted, not as planes.
         decoder.set_planes(false);
-        let result = decoder.frame_keeping(next, &raw, 0, &mut |f| registry.side_frame(video, &raw, f), &mut || {
-            inbox.must_yield(class)
-        });
+        // Frames that come out beside the target (frame threads can hand over two in one step)
+        // are read ahead too: a fault armed for one fires there.
+        let mut side = |f: RawFrame| {
+            crate::engine::faults::check(&video.name, f.index.0);
+            registry.side_frame(video, &raw, f)
+        };
+        let result = decoder.frame_keeping(next, &raw, 0, &mut side, &mut || inbox.must_yield(class));
         decoder.set_planes(true);
         match result {
             Ok(Some(f)) => registry.side_frame(video, &raw, f),
