@@ -155,21 +155,20 @@ impl VideoSlot {
     /// The video once indexed through `frame`: its whole index, or the frames its decode pass
     /// has counted so far (with `true`). For work of `class`, as [`VideoSlot::open`].
     pub(crate) async fn through(&self, frame: u64, class: Class) -> Result<(Arc<OpenVideo>, bool), EngineError> {
-        let slot = self;
         // Most requests: a video open for a while, nothing to wait for or hand over.
-        if let Some(Ok(video)) = slot.video.peek() {
+        if let Some(Ok(video)) = self.video.peek() {
             return Ok((video.clone(), false));
         }
-        let _waiting = slot.progress.waited_on(class);
-        let mut counted = slot.progress.counted_so_far();
-        let whole = slot.video.clone();
+        let _waiting = self.progress.waited_on(class);
+        let mut counted = self.progress.counted_so_far();
+        let whole = self.video.clone();
         tokio::pin!(whole);
         loop {
             let far_enough = counted.borrow_and_update().clone().filter(|v| frame < v.index.frame_count() as u64);
             if let Some(video) = far_enough {
                 return Ok((video, true));
             }
-            slot.progress.want(frame);
+            self.progress.want(frame);
             tokio::select! {
                 biased;
                 video = &mut whole => return Ok((video?, false)),

@@ -2,10 +2,10 @@
 //!
 //! It opens the video a client names ([`opened`](super::opened): resolved inside the media
 //! roots, indexed once, shared by concurrent first requests), and answers frame requests from
-//! the byte-bounded cache or by sending a job to the decoder pool. Concurrent requests for the same missing frame wait
-//! for one decode: the first registers the frame as in flight, later ones queue behind it, and
-//! the decoder thread itself completes them all, so a client that gives up does not strand the
-//! others. PNG and JPEG are encoded from the cached raw pixels on the blocking pool.
+//! the byte-bounded cache or by sending a job to the decoder pool. Concurrent requests for the
+//! same missing frame wait for one decode: the first registers the frame as in flight, later
+//! ones queue behind it, and the decoder thread itself completes them all, so a client that
+//! gives up does not strand the others. PNG and JPEG are encoded from the cached raw pixels on the blocking pool.
 
 use std::collections::HashMap;
 use std::sync::Arc;
